@@ -1,0 +1,129 @@
+//! Slots of the per-CPU `COUNTERS` array: one per verdict reason and per event.
+
+use crate::parse::NotTcp;
+
+/// What the program did with a packet, as exported in `syndetector_packets_total{verdict}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop,
+    Tx,
+}
+
+impl Verdict {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Drop => "drop",
+            Verdict::Tx => "tx",
+        }
+    }
+}
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident = $idx:literal, $verdict:expr, $label:literal; )*) => {
+        /// Index into the per-CPU counter array. Every packet increments exactly one slot
+        /// whose `verdict()` is `Some`; event slots (`verdict() == None`) count things that
+        /// happen besides the verdict.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $( $(#[$doc])* $name = $idx, )*
+        }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$name,)*];
+
+            /// The verdict this slot counts, or `None` for an event slot.
+            #[must_use]
+            pub const fn verdict(self) -> Option<Verdict> {
+                match self { $(Counter::$name => $verdict,)* }
+            }
+
+            /// The `reason` label of a verdict slot, or the event's name.
+            #[must_use]
+            pub const fn label(self) -> &'static str {
+                match self { $(Counter::$name => $label,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Not IPv4/IPv6.
+    PassNotIp = 0, Some(Verdict::Pass), "not_ip";
+    /// IP but not TCP.
+    PassNotTcp = 1, Some(Verdict::Pass), "not_tcp";
+    PassFragment = 2, Some(Verdict::Pass), "fragment";
+    PassTruncated = 3, Some(Verdict::Pass), "truncated";
+    PassMalformed = 4, Some(Verdict::Pass), "malformed";
+    /// Too many VLAN tags or IPv6 extension headers.
+    PassTooDeep = 5, Some(Verdict::Pass), "too_deep";
+    /// No usable config written by the agent yet: fail open.
+    PassNoConfig = 6, Some(Verdict::Pass), "no_config";
+    /// A map lookup or insert failed: fail open.
+    PassMapError = 7, Some(Verdict::Pass), "map_error";
+    /// TCP that is not a connection request (established traffic, handshake ACKs, RST...).
+    PassTcp = 8, Some(Verdict::Pass), "tcp";
+    /// A SYN from a source within its limits.
+    PassSyn = 9, Some(Verdict::Pass), "syn";
+    /// A SYN from a source that is blocked.
+    DropBlocked = 10, Some(Verdict::Drop), "blocked";
+    /// The SYN that pushed its source over a threshold (the source is now blocked).
+    DropOverLimit = 11, Some(Verdict::Drop), "over_limit";
+    /// A handshake's third packet arrived for a pending flow.
+    HandshakeCompleted = 12, None, "handshake_completed";
+    /// Pending handshakes that timed out, counted as the program ages a source.
+    HandshakeFailed = 13, None, "handshake_failed";
+    /// A source crossed its SYN-rate limit and was blocked.
+    BlockedSynRate = 14, None, "blocked_syn_rate";
+    /// A source crossed its half-open limit and was blocked.
+    BlockedHalfOpen = 15, None, "blocked_half_open";
+    /// A SYN for a flow already pending (a retransmission): counted once as half-open.
+    SynRetransmit = 16, None, "syn_retransmit";
+}
+
+/// Number of slots in the counter array.
+pub const COUNTER_SLOTS: u32 = 17;
+
+const _: () = assert!(Counter::ALL.len() == COUNTER_SLOTS as usize);
+
+impl From<NotTcp> for Counter {
+    #[inline(always)]
+    fn from(reason: NotTcp) -> Self {
+        match reason {
+            NotTcp::NotIp => Counter::PassNotIp,
+            NotTcp::OtherProtocol => Counter::PassNotTcp,
+            NotTcp::Fragment => Counter::PassFragment,
+            NotTcp::Truncated => Counter::PassTruncated,
+            NotTcp::Malformed => Counter::PassMalformed,
+            NotTcp::TooDeep => Counter::PassTooDeep,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_dense_and_in_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{c:?} is out of place");
+        }
+    }
+
+    #[test]
+    fn labels_are_unique_snake_case() {
+        for (i, a) in Counter::ALL.iter().enumerate() {
+            assert!(a.label().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            for b in &Counter::ALL[i + 1..] {
+                assert!(
+                    a.label() != b.label() || a.verdict() != b.verdict(),
+                    "{a:?} and {b:?} share a label"
+                );
+            }
+        }
+    }
+}

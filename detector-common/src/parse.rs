@@ -1,0 +1,248 @@
+//! Ethernet (up to two VLAN tags) → IPv4/IPv6 (options, extension headers) → TCP.
+//!
+//! One generic path serves both IP versions: addresses come out as 16 bytes, IPv4 in its
+//! IPv4-mapped IPv6 form (`::ffff:a.b.c.d`), so maps and decisions never fork on the family.
+
+use crate::packet::Packet;
+
+pub const ETH_HEADER_LEN: usize = 14;
+pub const VLAN_TAG_LEN: usize = 4;
+/// 802.1Q (C-tag) and 802.1ad (S-tag, the outer tag of QinQ).
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+/// At most this many VLAN tags are stripped; a third one makes the frame unparsed.
+pub const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers skipped before giving up (hop-by-hop, routing, destination options).
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+/// No header the parser reads may start beyond this offset. It bounds every packet
+/// offset for the verifier, and keeps the cost of a hostile extension-header chain flat.
+pub const MAX_L4_OFFSET: usize = 512;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// TCP flag bits as they sit in byte 13 of the TCP header.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpVersion {
+    V4,
+    V6,
+}
+
+/// The fields of a TCP segment that tracking and the cookie responder use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSegment {
+    pub version: IpVersion,
+    pub vlan_tags: u8,
+    /// Offset of the IP header from the start of the frame.
+    pub l3_offset: u16,
+    /// Offset of the TCP header from the start of the frame.
+    pub l4_offset: u16,
+    /// TCP header length in bytes (data offset × 4), 20..=60.
+    pub tcp_header_len: u8,
+    pub flags: u8,
+    /// Source and destination address, network order, IPv4 mapped into IPv6.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Ports, sequence and acknowledgement numbers in host order.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack_seq: u32,
+}
+
+impl TcpSegment {
+    #[inline(always)]
+    #[must_use]
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// A connection request: SYN without ACK (and without RST, which makes no sense with it).
+    #[inline(always)]
+    #[must_use]
+    pub fn is_syn(&self) -> bool {
+        self.flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN
+    }
+
+    /// Could be the third packet of a handshake: ACK set, no SYN/RST/FIN.
+    #[inline(always)]
+    #[must_use]
+    pub fn may_complete_handshake(&self) -> bool {
+        self.flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN)
+            == tcp_flags::ACK
+    }
+}
+
+/// Why a frame was not parsed to TCP. Each variant has its own pass counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotTcp {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    NotIp,
+    /// IP, but the transport is not TCP.
+    OtherProtocol,
+    /// An IP fragment: only the first could carry TCP ports, and we do not reassemble.
+    Fragment,
+    /// A header is cut short by the end of the frame.
+    Truncated,
+    /// A header field is impossible (IHL < 5, TCP data offset < 5, wrong IP version).
+    Malformed,
+    /// More VLAN tags or IPv6 extension headers than we walk, or headers past `MAX_L4_OFFSET`.
+    TooDeep,
+}
+
+/// Parses a frame that starts with an Ethernet header.
+#[inline(always)]
+pub fn parse_tcp<P: Packet + ?Sized>(pkt: &P) -> Result<TcpSegment, NotTcp> {
+    let (ethertype, l3, vlan_tags) = parse_ethernet(pkt)?;
+    let (version, l4, src, dst) = match ethertype {
+        ETH_P_IPV4 => parse_ipv4(pkt, l3)?,
+        ETH_P_IPV6 => parse_ipv6(pkt, l3)?,
+        _ => return Err(NotTcp::NotIp),
+    };
+    parse_tcp_header(pkt, l4).map(|tcp| TcpSegment {
+        version,
+        vlan_tags,
+        // Both offsets are bounded by MAX_L4_OFFSET, so they fit.
+        #[allow(clippy::cast_possible_truncation, reason = "bounded by MAX_L4_OFFSET")]
+        l3_offset: l3 as u16,
+        #[allow(clippy::cast_possible_truncation, reason = "bounded by MAX_L4_OFFSET")]
+        l4_offset: l4 as u16,
+        src,
+        dst,
+        ..tcp
+    })
+}
+
+/// Returns (inner ethertype, offset of the L3 header, number of VLAN tags).
+#[inline(always)]
+fn parse_ethernet<P: Packet + ?Sized>(pkt: &P) -> Result<(u16, usize, u8), NotTcp> {
+    let mut ethertype = pkt.be16_at(12).ok_or(NotTcp::Truncated)?;
+    let mut offset = ETH_HEADER_LEN;
+    let mut tags = 0u8;
+    // Unrolled by the compiler: a fixed, tiny bound.
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        // The tag is TCI (2 bytes) then the next ethertype.
+        ethertype = pkt.be16_at(offset + 2).ok_or(NotTcp::Truncated)?;
+        offset += VLAN_TAG_LEN;
+        tags += 1;
+    }
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        return Err(NotTcp::TooDeep);
+    }
+    Ok((ethertype, offset, tags))
+}
+
+type L3 = (IpVersion, usize, [u8; 16], [u8; 16]);
+
+#[inline(always)]
+fn parse_ipv4<P: Packet + ?Sized>(pkt: &P, l3: usize) -> Result<L3, NotTcp> {
+    let version_ihl = pkt.u8_at(l3).ok_or(NotTcp::Truncated)?;
+    if version_ihl >> 4 != 4 {
+        return Err(NotTcp::Malformed);
+    }
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if header_len < 20 {
+        return Err(NotTcp::Malformed);
+    }
+    // Read the fixed header's last byte first: one check covers the fields below.
+    pkt.u8_at(l3 + 19).ok_or(NotTcp::Truncated)?;
+    let frag = pkt.be16_at(l3 + 6).ok_or(NotTcp::Truncated)?;
+    // More-fragments flag or a non-zero fragment offset.
+    if frag & 0x3fff != 0 {
+        return Err(NotTcp::Fragment);
+    }
+    if pkt.u8_at(l3 + 9).ok_or(NotTcp::Truncated)? != IPPROTO_TCP {
+        return Err(NotTcp::OtherProtocol);
+    }
+    let src = pkt.read::<4>(l3 + 12).ok_or(NotTcp::Truncated)?;
+    let dst = pkt.read::<4>(l3 + 16).ok_or(NotTcp::Truncated)?;
+    Ok((IpVersion::V4, l3 + header_len, ipv4_mapped(src), ipv4_mapped(dst)))
+}
+
+#[inline(always)]
+fn parse_ipv6<P: Packet + ?Sized>(pkt: &P, l3: usize) -> Result<L3, NotTcp> {
+    let version = pkt.u8_at(l3).ok_or(NotTcp::Truncated)? >> 4;
+    if version != 6 {
+        return Err(NotTcp::Malformed);
+    }
+    let mut next = pkt.u8_at(l3 + 6).ok_or(NotTcp::Truncated)?;
+    let src = pkt.read::<16>(l3 + 8).ok_or(NotTcp::Truncated)?;
+    let dst = pkt.read::<16>(l3 + 24).ok_or(NotTcp::Truncated)?;
+    let mut offset = l3 + 40;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                // Next header, then length in 8-octet units not counting the first 8.
+                let ext = pkt.read::<2>(offset).ok_or(NotTcp::Truncated)?;
+                next = ext[0];
+                offset += (usize::from(ext[1]) + 1) * 8;
+                if offset > MAX_L4_OFFSET {
+                    return Err(NotTcp::TooDeep);
+                }
+            }
+            _ => break,
+        }
+    }
+    match next {
+        IPPROTO_TCP => Ok((IpVersion::V6, offset, src, dst)),
+        IPPROTO_FRAGMENT => Err(NotTcp::Fragment),
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => Err(NotTcp::TooDeep),
+        _ => Err(NotTcp::OtherProtocol),
+    }
+}
+
+/// Parses the TCP header at `l4`; addresses and L3 offsets are filled in by the caller.
+#[inline(always)]
+fn parse_tcp_header<P: Packet + ?Sized>(pkt: &P, l4: usize) -> Result<TcpSegment, NotTcp> {
+    if l4 > MAX_L4_OFFSET {
+        return Err(NotTcp::TooDeep);
+    }
+    let fixed = pkt.read::<20>(l4).ok_or(NotTcp::Truncated)?;
+    let header_len = (fixed[12] >> 4) * 4;
+    if header_len < 20 {
+        return Err(NotTcp::Malformed);
+    }
+    // The options must be inside the frame too: a SYN-ACK built from this header reads them.
+    pkt.u8_at(l4 + usize::from(header_len) - 1)
+        .ok_or(NotTcp::Truncated)?;
+    Ok(TcpSegment {
+        version: IpVersion::V4,
+        vlan_tags: 0,
+        l3_offset: 0,
+        l4_offset: 0,
+        tcp_header_len: header_len,
+        flags: fixed[13],
+        src: [0; 16],
+        dst: [0; 16],
+        src_port: u16::from_be_bytes([fixed[0], fixed[1]]),
+        dst_port: u16::from_be_bytes([fixed[2], fixed[3]]),
+        seq: u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]),
+        ack_seq: u32::from_be_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]),
+    })
+}
+
+/// `a.b.c.d` → `::ffff:a.b.c.d`, the key form of an IPv4 address.
+#[inline(always)]
+#[must_use]
+pub fn ipv4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+}

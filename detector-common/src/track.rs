@@ -1,0 +1,279 @@
+//! Per-source decisions: SYN rate, half-open estimate, blocking and handshake accounting.
+//!
+//! Pure functions over `SourceState`; the program fetches the state from its LRU map,
+//! calls these, and applies the verdict.
+
+use crate::{
+    config::{Config, PENDING_SLOTS},
+    state::SourceState,
+};
+
+/// Why a source was blocked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockReason {
+    SynRate,
+    HalfOpen,
+}
+
+/// What to do with a SYN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SynVerdict {
+    Pass,
+    /// The source was already blocked.
+    DropBlocked,
+    /// This SYN pushed the source over a threshold; it is blocked from now on.
+    DropNewlyBlocked(BlockReason),
+}
+
+#[inline(always)]
+#[allow(clippy::cast_possible_truncation, reason = "slot numbers wrap by design")]
+fn slot_of(ns: u64, cfg: &Config) -> u32 {
+    (ns / cfg.pending_slot_ns) as u32
+}
+
+impl SourceState {
+    /// A source seen for the first time at `now_ns`.
+    #[must_use]
+    pub fn new(now_ns: u64, cfg: &Config) -> Self {
+        Self {
+            last_seen_ns: now_ns,
+            window_start_ns: now_ns,
+            blocked_until_ns: 0,
+            syns_total: 0,
+            syns_in_window: 0,
+            completed: 0,
+            failed: 0,
+            blocks: 0,
+            newest_slot: slot_of(now_ns, cfg),
+            _pad: 0,
+            pending: [0; PENDING_SLOTS],
+        }
+    }
+
+    /// Handshakes begun and neither completed nor timed out.
+    #[inline(always)]
+    #[must_use]
+    pub fn half_open(&self) -> u32 {
+        let mut sum = 0u32;
+        for n in self.pending {
+            sum = sum.saturating_add(n);
+        }
+        sum
+    }
+
+    #[inline(always)]
+    #[must_use]
+    pub fn is_blocked(&self, now_ns: u64) -> bool {
+        now_ns < self.blocked_until_ns
+    }
+
+    /// Moves pending handshakes older than the timeout into `failed`; returns how many.
+    #[inline(always)]
+    pub fn age(&mut self, now_ns: u64, cfg: &Config) -> u32 {
+        let current = slot_of(now_ns, cfg);
+        let gap = current.wrapping_sub(self.newest_slot);
+        if gap == 0 || gap > u32::MAX / 2 {
+            // Same slot, or a clock that went backwards (a state written with a later
+            // timestamp by another CPU): nothing expires.
+            return 0;
+        }
+        let mut expired = 0u32;
+        // Slots newest+1 ..= newest+gap (mod PENDING_SLOTS) hold the ones that fell off.
+        // Bounded at PENDING_SLOTS iterations so the verifier sees a fixed loop.
+        for i in 1..=PENDING_SLOTS as u32 {
+            if i > gap {
+                break;
+            }
+            let idx = (self.newest_slot.wrapping_add(i) as usize) % PENDING_SLOTS;
+            expired = expired.saturating_add(self.pending[idx]);
+            self.pending[idx] = 0;
+        }
+        self.newest_slot = current;
+        self.failed = self.failed.saturating_add(expired);
+        expired
+    }
+
+    /// Blocks the source from `now_ns` for the configured TTL.
+    #[inline(always)]
+    fn block(&mut self, now_ns: u64, cfg: &Config) {
+        self.blocked_until_ns = now_ns.saturating_add(cfg.block_ttl_ns);
+        self.blocks = self.blocks.saturating_add(1);
+    }
+}
+
+/// Accounts a SYN from this source and decides its fate. `new_flow` is false for a
+/// retransmitted SYN of a flow that is already pending: it counts towards the rate but
+/// not again towards the half-open estimate. Call `SourceState::age` first.
+#[inline(always)]
+pub fn on_syn(state: &mut SourceState, now_ns: u64, cfg: &Config, new_flow: bool) -> SynVerdict {
+    state.last_seen_ns = now_ns;
+    state.syns_total = state.syns_total.saturating_add(1);
+    if state.is_blocked(now_ns) {
+        return SynVerdict::DropBlocked;
+    }
+    if now_ns.wrapping_sub(state.window_start_ns) >= Config::rate_window_ns() {
+        state.window_start_ns = now_ns;
+        state.syns_in_window = 0;
+    }
+    state.syns_in_window = state.syns_in_window.saturating_add(1);
+    if cfg.syn_rate_limit != 0 && state.syns_in_window > cfg.syn_rate_limit {
+        state.block(now_ns, cfg);
+        return SynVerdict::DropNewlyBlocked(BlockReason::SynRate);
+    }
+    if new_flow {
+        if cfg.half_open_limit != 0 && state.half_open() >= cfg.half_open_limit {
+            state.block(now_ns, cfg);
+            return SynVerdict::DropNewlyBlocked(BlockReason::HalfOpen);
+        }
+        let idx = (state.newest_slot as usize) % PENDING_SLOTS;
+        state.pending[idx] = state.pending[idx].saturating_add(1);
+    }
+    SynVerdict::Pass
+}
+
+/// Accounts the ACK that completes a handshake whose SYN was seen at `syn_ns`.
+/// Call `SourceState::age` first. Returns whether the handshake was still pending (a late
+/// one was already counted as failed, and stays so).
+#[inline(always)]
+pub fn on_handshake_complete(
+    state: &mut SourceState,
+    syn_ns: u64,
+    now_ns: u64,
+    cfg: &Config,
+) -> bool {
+    state.last_seen_ns = now_ns;
+    let syn_slot = slot_of(syn_ns, cfg);
+    let age_in_slots = state.newest_slot.wrapping_sub(syn_slot);
+    if age_in_slots >= PENDING_SLOTS as u32 {
+        return false;
+    }
+    let idx = (syn_slot as usize) % PENDING_SLOTS;
+    if state.pending[idx] == 0 {
+        // The estimate was already reduced (e.g. the entry was re-created after eviction).
+        return false;
+    }
+    state.pending[idx] -= 1;
+    state.completed = state.completed.saturating_add(1);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const SEC: u64 = 1_000 * MS;
+
+    fn cfg(rate: u32, half_open: u32) -> Config {
+        Config::new(rate, half_open, 10 * SEC, 3 * SEC)
+    }
+
+    fn syn(s: &mut SourceState, now: u64, c: &Config) -> SynVerdict {
+        s.age(now, c);
+        on_syn(s, now, c, true)
+    }
+
+    #[test]
+    fn rate_limit_blocks_the_syn_that_crosses_it_then_drops_until_ttl() {
+        let c = cfg(5, 0);
+        let mut s = SourceState::new(0, &c);
+        for i in 0..5 {
+            assert_eq!(syn(&mut s, i * MS, &c), SynVerdict::Pass, "syn {i}");
+        }
+        assert_eq!(
+            syn(&mut s, 6 * MS, &c),
+            SynVerdict::DropNewlyBlocked(BlockReason::SynRate)
+        );
+        assert_eq!(syn(&mut s, 7 * MS, &c), SynVerdict::DropBlocked);
+        assert!(s.is_blocked(10 * SEC));
+        assert!(!s.is_blocked(10 * SEC + 6 * MS));
+        assert_eq!(syn(&mut s, 11 * SEC, &c), SynVerdict::Pass);
+        assert_eq!(s.blocks, 1);
+        assert_eq!(s.syns_total, 8);
+    }
+
+    #[test]
+    fn rate_window_resets_each_second() {
+        let c = cfg(3, 0);
+        let mut s = SourceState::new(0, &c);
+        for second in 0..10 {
+            for i in 0..3 {
+                let now = second * SEC + i * MS;
+                assert_eq!(syn(&mut s, now, &c), SynVerdict::Pass, "{second}/{i}");
+            }
+        }
+    }
+
+    #[test]
+    fn half_open_limit_blocks_and_completion_frees_room() {
+        let c = cfg(0, 3);
+        let mut s = SourceState::new(0, &c);
+        for i in 0..3 {
+            assert_eq!(syn(&mut s, i * MS, &c), SynVerdict::Pass);
+        }
+        assert_eq!(s.half_open(), 3);
+        assert!(on_handshake_complete(&mut s, 0, 5 * MS, &c));
+        assert_eq!(s.half_open(), 2);
+        assert_eq!(syn(&mut s, 6 * MS, &c), SynVerdict::Pass);
+        assert_eq!(
+            syn(&mut s, 7 * MS, &c),
+            SynVerdict::DropNewlyBlocked(BlockReason::HalfOpen)
+        );
+        assert_eq!(s.completed, 1);
+    }
+
+    #[test]
+    fn retransmitted_syn_does_not_count_twice() {
+        let c = cfg(0, 2);
+        let mut s = SourceState::new(0, &c);
+        assert_eq!(syn(&mut s, 0, &c), SynVerdict::Pass);
+        for i in 1..10 {
+            assert_eq!(on_syn(&mut s, i * MS, &c, false), SynVerdict::Pass);
+        }
+        assert_eq!(s.half_open(), 1);
+        assert_eq!(s.syns_total, 10);
+    }
+
+    #[test]
+    fn pending_handshakes_fail_between_one_and_four_thirds_of_the_timeout() {
+        let c = cfg(0, 0);
+        let mut s = SourceState::new(0, &c);
+        for i in 0..4 {
+            syn(&mut s, i * 100 * MS, &c);
+        }
+        assert_eq!(s.age(3 * SEC - MS, &c), 0, "none may fail before the timeout");
+        assert_eq!(s.half_open(), 4);
+        assert_eq!(s.age(4 * SEC, &c), 4, "all must fail by 4/3 of the timeout");
+        assert_eq!((s.half_open(), s.failed), (0, 4));
+    }
+
+    #[test]
+    fn long_idle_gap_expires_everything_once() {
+        let c = cfg(0, 0);
+        let mut s = SourceState::new(0, &c);
+        syn(&mut s, 0, &c);
+        syn(&mut s, 2 * SEC, &c);
+        assert_eq!(s.age(1_000 * SEC, &c), 2);
+        assert_eq!(s.age(1_001 * SEC, &c), 0);
+        assert_eq!(s.failed, 2);
+    }
+
+    #[test]
+    fn late_completion_is_not_pending_any_more() {
+        let c = cfg(0, 0);
+        let mut s = SourceState::new(0, &c);
+        syn(&mut s, 0, &c);
+        s.age(5 * SEC, &c);
+        assert!(!on_handshake_complete(&mut s, 0, 5 * SEC, &c));
+        assert_eq!((s.failed, s.completed, s.half_open()), (1, 0, 0));
+    }
+
+    #[test]
+    fn clock_going_backwards_expires_nothing() {
+        let c = cfg(0, 0);
+        let mut s = SourceState::new(10 * SEC, &c);
+        syn(&mut s, 10 * SEC, &c);
+        assert_eq!(s.age(9 * SEC, &c), 0);
+        assert_eq!(s.half_open(), 1);
+    }
+}
