@@ -1,0 +1,1 @@
+//! The self-contained demo: a lab, the agent, a flood, and what the agent saw.

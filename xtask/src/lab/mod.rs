@@ -1,0 +1,1 @@
+//! Network-namespace lab: namespaces, veth pairs, servers, clients and floods, removed on drop.
