@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod counters;
+pub mod filter;
 pub mod names;
 pub mod packet;
 pub mod parse;

@@ -28,7 +28,9 @@ pub enum SynVerdict {
 #[inline(always)]
 #[allow(clippy::cast_possible_truncation, reason = "slot numbers wrap by design")]
 fn slot_of(ns: u64, cfg: &Config) -> u32 {
-    (ns / cfg.pending_slot_ns) as u32
+    // checked: a plain `/` would leave a panicking branch that the BPF target cannot link.
+    // `Config::is_usable` guarantees a non-zero slot width before we get here.
+    ns.checked_div(cfg.pending_slot_ns).unwrap_or(0) as u32
 }
 
 impl SourceState {

@@ -1,0 +1,36 @@
+//! `detector_common::packet::Packet` over the XDP frame, with the checks the verifier wants.
+
+use aya_ebpf::programs::XdpContext;
+use detector_common::{packet::Packet, parse::MAX_L4_OFFSET};
+
+/// The bytes `data..data_end` of the frame being processed.
+pub struct XdpPacket {
+    start: usize,
+    end: usize,
+}
+
+impl XdpPacket {
+    #[inline(always)]
+    pub fn new(ctx: &XdpContext) -> Self {
+        Self { start: ctx.data(), end: ctx.data_end() }
+    }
+}
+
+/// Reads never start past this: the parser's deepest header plus the TCP header.
+const MAX_READ_OFFSET: usize = MAX_L4_OFFSET + 64;
+
+impl Packet for XdpPacket {
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        // The verifier only accepts a variable packet offset it can bound from above.
+        if offset > MAX_READ_OFFSET {
+            return None;
+        }
+        let at = self.start + offset;
+        if at + N > self.end {
+            return None;
+        }
+        // SAFETY: `at..at + N` is inside the frame, checked just above.
+        Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+    }
+}

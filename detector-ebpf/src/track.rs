@@ -1,0 +1,134 @@
+//! Half-open tracking and per-source blocking: fetch state from the maps, call
+//! `detector_common::track`, apply the result.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    macros::map,
+    maps::{Array, LruHashMap},
+    programs::XdpContext,
+};
+use detector_common::{
+    config::Config,
+    counters::Counter,
+    filter,
+    names::PENDING_FILTER_BUCKETS,
+    parse::TcpSegment,
+    state::{FlowKey, PendingFlow, SourceKey, SourceState},
+    track::{self, BlockReason, SynVerdict},
+};
+
+use crate::{events, stats::{count, count_by}};
+
+/// Default sizes; the agent sets the real ones from its config before loading.
+#[map(name = "SOURCES")]
+static SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_entries(65_536, 0);
+
+#[map(name = "PENDING")]
+static PENDING: LruHashMap<FlowKey, PendingFlow> = LruHashMap::with_max_entries(131_072, 0);
+
+#[map(name = "PENDING_FILTER")]
+static PENDING_FILTER: Array<u32> = Array::with_max_entries(PENDING_FILTER_BUCKETS, 0);
+
+#[inline(always)]
+fn flow_of(seg: &TcpSegment) -> FlowKey {
+    FlowKey { src: seg.src, dst: seg.dst, src_port: seg.src_port, dst_port: seg.dst_port }
+}
+
+/// The state of the segment's source, created on first sight.
+#[inline(always)]
+fn source_state(key: &SourceKey, now: u64, cfg: &Config) -> Option<&'static mut SourceState> {
+    if let Some(state) = SOURCES.get_ptr_mut(key) {
+        // SAFETY: a live map value; concurrent updates from other CPUs can lose an
+        // increment, which the estimates tolerate.
+        return Some(unsafe { &mut *state });
+    }
+    let fresh = SourceState::new(now, cfg);
+    // BPF_NOEXIST: another CPU may have created it meanwhile; then use theirs.
+    let _ = SOURCES.insert(key, &fresh, u64::from(BPF_NOEXIST));
+    // SAFETY: as above.
+    SOURCES.get_ptr_mut(key).map(|state| unsafe { &mut *state })
+}
+
+/// A connection request: account it to its source and decide.
+#[inline(always)]
+pub fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
+    let key = SourceKey { addr: seg.src };
+    let Some(state) = source_state(&key, now, cfg) else {
+        events::map_full(ctx);
+        return Counter::PassMapError;
+    };
+    let expired = state.age(now, cfg);
+    if expired != 0 {
+        count_by(Counter::HandshakeFailed, expired);
+    }
+    if state.is_blocked(now) {
+        // A blocked source's retransmissions must not refresh its pending flows.
+        let _ = track::on_syn(state, now, cfg, false);
+        return Counter::DropBlocked;
+    }
+    let flow = flow_of(seg);
+    let pending = PendingFlow { syn_ns: now, isn: seg.seq, _pad: 0 };
+    let new_flow = PENDING.insert(&flow, &pending, u64::from(BPF_NOEXIST)).is_ok();
+    if !new_flow {
+        count(Counter::SynRetransmit);
+    }
+    match track::on_syn(state, now, cfg, new_flow) {
+        SynVerdict::Pass => {
+            let _ = PENDING_FILTER.set(filter::bucket(&flow), filter::stamp(now), u64::from(BPF_ANY));
+            Counter::PassSyn
+        }
+        SynVerdict::DropBlocked => Counter::DropBlocked,
+        SynVerdict::DropNewlyBlocked(reason) => {
+            if new_flow {
+                let _ = PENDING.remove(&flow);
+            }
+            count(match reason {
+                BlockReason::SynRate => Counter::BlockedSynRate,
+                BlockReason::HalfOpen => Counter::BlockedHalfOpen,
+            });
+            events::source_blocked(ctx, &key, reason, now);
+            Counter::DropOverLimit
+        }
+    }
+}
+
+/// A segment that may be a handshake's third packet: complete its pending flow, if any.
+/// Always passes; only the accounting differs.
+#[inline(always)]
+pub fn on_ack(seg: &TcpSegment, cfg: &Config, now: u64) {
+    let flow = flow_of(seg);
+    let Some(stamp) = PENDING_FILTER.get(filter::bucket(&flow)) else {
+        return;
+    };
+    if !filter::is_recent(*stamp, now, cfg) {
+        return;
+    }
+    // SAFETY: read-only copy of a live map value.
+    let Some(pending) = (unsafe { PENDING.get(&flow) }).copied() else {
+        return;
+    };
+    if seg.seq != pending.isn.wrapping_add(1) {
+        return;
+    }
+    // Whoever removes the entry accounts for it: another CPU may race us to it.
+    if PENDING.remove(&flow).is_err() {
+        return;
+    }
+    let key = SourceKey { addr: seg.src };
+    let on_time = match SOURCES.get_ptr_mut(&key) {
+        Some(state) => {
+            // SAFETY: see `source_state`.
+            let state = unsafe { &mut *state };
+            let expired = state.age(now, cfg);
+            if expired != 0 {
+                count_by(Counter::HandshakeFailed, expired);
+            }
+            track::on_handshake_complete(state, pending.syn_ns, now, cfg)
+        }
+        // The source was evicted meanwhile; the handshake did complete.
+        None => true,
+    };
+    if on_time {
+        count(Counter::HandshakeCompleted);
+    }
+}
