@@ -4,6 +4,7 @@
 //! host and then proven in the kernel through BPF_PROG_TEST_RUN fixtures.
 #![no_std]
 
+pub mod checksum;
 pub mod config;
 pub mod counters;
 pub mod filter;
@@ -11,6 +12,7 @@ pub mod names;
 pub mod packet;
 pub mod parse;
 pub mod state;
+pub mod synack;
 pub mod track;
 
 #[cfg(test)]
