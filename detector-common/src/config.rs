@@ -19,9 +19,9 @@ pub struct Config {
     pub syn_rate_limit: u32,
     /// Half-open handshakes one source may hold before it is blocked; 0 disables the check.
     pub half_open_limit: u32,
-    /// Reserved for the mitigation mode; u32 rather than an enum so that any value the
-    /// agent writes is a valid bit pattern for the program.
-    pub mode: u32,
+    /// `FLAG_*` bits: what the program may do right now. A u32 of bits rather than an
+    /// enum so that any value the agent writes is a valid bit pattern for the program.
+    pub flags: u32,
     /// How long a blocked source stays blocked.
     pub block_ttl_ns: u64,
     /// A handshake not completed within this long counts as failed.
@@ -29,9 +29,32 @@ pub struct Config {
     /// Width of one half-open slot: `handshake_timeout_ns / (PENDING_SLOTS - 1)`, so a
     /// pending handshake expires between 1× and 4/3× the timeout.
     pub pending_slot_ns: u64,
+    /// SYN-ACKs one CPU may send per second; beyond it SYNs are dropped. The agent divides
+    /// the configured host-wide budget by the number of CPUs.
+    pub cookie_budget_per_cpu: u32,
+    /// Columns per row of the heavy-hitter sketch (a power of two; see `sketch`).
+    pub sketch_width: u32,
+    /// The unscaled window a cookie SYN-ACK advertises.
+    pub synack_window: u16,
+    /// The window scale the kernel will use for cookie connections (from the host's
+    /// `tcp_rmem`/`rmem_max`, computed by the agent).
+    pub synack_wscale: u8,
+    pub _pad: u8,
+    /// Keys the sketch's hashes, so a flood cannot be crafted offline to collide with a
+    /// legitimate source in every row. Chosen at random by the agent.
+    pub sketch_seed: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
+
+/// Verdicts are applied. Without it the program only counts what it would do (monitor).
+pub const FLAG_ENFORCE: u32 = 1 << 0;
+/// Answer SYNs to local listeners with cookies from XDP (cookie mode, or auto under attack).
+pub const FLAG_COOKIES: u32 = 1 << 1;
+/// Cookie SYN-ACKs carry a timestamp that encodes wscale/SACK/ECN (host `tcp_timestamps=2`).
+pub const FLAG_COOKIE_TIMESTAMPS: u32 = 1 << 2;
+/// Cookie SYN-ACKs accept ECN when the client asks (only with timestamps).
+pub const FLAG_COOKIE_ECN: u32 = 1 << 3;
 
 impl Config {
     /// A config with the derived fields filled in. `handshake_timeout_ns` must be at least
@@ -47,18 +70,32 @@ impl Config {
             magic: CONFIG_MAGIC,
             syn_rate_limit,
             half_open_limit,
-            mode: 0,
+            flags: FLAG_ENFORCE,
             block_ttl_ns,
             handshake_timeout_ns,
             pending_slot_ns: handshake_timeout_ns / (PENDING_SLOTS as u64 - 1),
+            cookie_budget_per_cpu: 0,
+            sketch_width: 0,
+            synack_window: 65_535,
+            synack_wscale: 0,
+            _pad: 0,
+            sketch_seed: 0,
         }
+    }
+
+    #[inline(always)]
+    #[must_use]
+    pub const fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
     }
 
     /// Whether the program may act on this config. Anything else means pass-through.
     #[inline(always)]
     #[must_use]
     pub fn is_usable(&self) -> bool {
-        self.magic == CONFIG_MAGIC && self.pending_slot_ns != 0
+        self.magic == CONFIG_MAGIC
+            && self.pending_slot_ns != 0
+            && (!self.has(FLAG_COOKIES) || self.sketch_width.is_power_of_two())
     }
 
     /// The length of the window over which `syn_rate_limit` is counted.

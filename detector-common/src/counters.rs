@@ -82,12 +82,43 @@ counters! {
     BlockedHalfOpen = 15, None, "blocked_half_open";
     /// A SYN for a flow already pending (a retransmission): counted once as half-open.
     SynRetransmit = 16, None, "syn_retransmit";
+    /// A SYN answered from XDP with a cookie SYN-ACK.
+    TxCookie = 17, Some(Verdict::Tx), "cookie";
+    /// A SYN beyond this CPU's SYN-ACK budget for the second: dropped, never reflected.
+    DropCookieBudget = 18, Some(Verdict::Drop), "cookie_budget";
+    /// A SYN to a port with no local listener: the kernel answers (with a RST).
+    PassCookieNoListener = 19, Some(Verdict::Pass), "cookie_no_listener";
+    /// A SYN the responder does not rewrite (IPv4 options, IPv6 extension headers).
+    PassCookieUnsupported = 20, Some(Verdict::Pass), "cookie_unsupported";
+    /// The cookie helper failed for another reason.
+    PassCookieHelperError = 21, Some(Verdict::Pass), "cookie_helper_error";
+    /// Monitor mode: the SYN would have been dropped, its source being blocked.
+    PassMonitorBlocked = 22, Some(Verdict::Pass), "monitor_blocked";
+    /// Monitor mode: the SYN would have been dropped for crossing a limit.
+    PassMonitorOverLimit = 23, Some(Verdict::Pass), "monitor_over_limit";
+    /// The cookie helper declined (-ENOENT): `tcp_syncookies` is not 2 and the listener's
+    /// SYN queue is not full. The agent sets the sysctl; this counts the gap.
+    PassCookieNotArmed = 24, Some(Verdict::Pass), "cookie_not_armed";
 }
 
 /// Number of slots in the counter array.
-pub const COUNTER_SLOTS: u32 = 17;
+pub const COUNTER_SLOTS: u32 = 25;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_SLOTS as usize);
+
+impl Counter {
+    /// What monitor mode counts instead: every drop becomes a pass that says what would
+    /// have happened. (The agent never sets cookies without enforcement, so no TX here.)
+    #[inline(always)]
+    #[must_use]
+    pub fn monitored(self) -> Counter {
+        match self {
+            Counter::DropBlocked => Counter::PassMonitorBlocked,
+            Counter::DropOverLimit | Counter::DropCookieBudget => Counter::PassMonitorOverLimit,
+            other => other,
+        }
+    }
+}
 
 impl From<NotTcp> for Counter {
     #[inline(always)]

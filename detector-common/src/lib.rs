@@ -11,6 +11,7 @@ pub mod filter;
 pub mod names;
 pub mod packet;
 pub mod parse;
+pub mod sketch;
 pub mod state;
 pub mod synack;
 pub mod track;

@@ -44,11 +44,28 @@ pub struct SynOptions {
 #[inline(always)]
 #[must_use]
 pub fn parse_syn_options(buf: &[u8; MAX_OPTIONS_LEN], len: usize) -> SynOptions {
+    parse_syn_options_with(buf, len, |i| i)
+}
+
+/// `parse_syn_options` with a hook applied to the walk's position at every step.
+///
+/// The XDP program passes a hook that routes the position through a map value, which the
+/// verifier cannot see through: every iteration then looks alike to it and its states are
+/// pruned, where exact positions would make it explore each path of option lengths
+/// separately and give up at its 1M-instruction limit. Every access stays bounds-checked.
+#[inline(always)]
+#[must_use]
+pub fn parse_syn_options_with(
+    buf: &[u8; MAX_OPTIONS_LEN],
+    len: usize,
+    mut opaque: impl FnMut(usize) -> usize,
+) -> SynOptions {
     let mut out = SynOptions::default();
     let mut i = 0usize;
     // Each iteration consumes at least one byte: MAX_OPTIONS_LEN bounds the loop.
     for _ in 0..MAX_OPTIONS_LEN {
-        if i >= len {
+        i = opaque(i);
+        if i >= len || i >= MAX_OPTIONS_LEN {
             break;
         }
         let Some(&kind) = buf.get(i) else { break };

@@ -133,6 +133,15 @@ pub fn on_syn(state: &mut SourceState, now_ns: u64, cfg: &Config, new_flow: bool
     SynVerdict::Pass
 }
 
+/// Blocks a source that the sketch found over its SYN-rate limit (cookie mode, where no
+/// per-source window is kept).
+#[inline(always)]
+pub fn block_heavy_hitter(state: &mut SourceState, now_ns: u64, cfg: &Config) {
+    state.last_seen_ns = now_ns;
+    state.syns_total = state.syns_total.saturating_add(1);
+    state.block(now_ns, cfg);
+}
+
 /// Accounts the ACK that completes a handshake whose SYN was seen at `syn_ns`.
 /// Call `SourceState::age` first. Returns whether the handshake was still pending (a late
 /// one was already counted as failed, and stays so).

@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod cookie;
 mod events;
 mod packet;
 mod stats;
@@ -12,9 +13,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use detector_common::{
-    config::Config,
+    config::{Config, FLAG_COOKIES, FLAG_ENFORCE},
     counters::{Counter, Verdict},
-    parse::parse_tcp,
+    parse::{parse_tcp, NotTcp, TcpSegment},
 };
 
 use crate::{packet::XdpPacket, stats::count};
@@ -37,7 +38,7 @@ pub fn syndetector(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn decide(ctx: &XdpContext) -> Counter {
-    let seg = match parse_tcp(&XdpPacket::new(ctx)) {
+    let seg = match parse(ctx) {
         Ok(seg) => seg,
         Err(reason) => return reason.into(),
     };
@@ -50,12 +51,30 @@ fn decide(ctx: &XdpContext) -> Counter {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if seg.is_syn() {
-        return track::on_syn(ctx, &seg, cfg, now);
+        let counter = if cfg.has(FLAG_COOKIES) {
+            match track::screen_for_cookie(ctx, &seg, cfg, now) {
+                Some(counter) => counter,
+                None => cookie::answer_syn(ctx, &seg, cfg, now),
+            }
+        } else {
+            track::on_syn(ctx, &seg, cfg, now)
+        };
+        return if cfg.has(FLAG_ENFORCE) { counter } else { counter.monitored() };
     }
     if seg.may_complete_handshake() {
         track::on_ack(&seg, cfg, now);
     }
     Counter::PassTcp
+}
+
+/// The parser as a BPF-to-BPF call: its temporaries live in its own stack frame, which
+/// the SYN paths (also calls) then reuse. Inlined, they would all share the entry point's
+/// frame and the deepest call chain would pass the verifier's 512-byte stack limit.
+#[inline(never)]
+fn parse(ctx: &XdpContext) -> Result<TcpSegment, NotTcp> {
+    // black_box: otherwise LLVM passes data/data_end to this call as 32-bit values and
+    // widens them here with shifts, and the verifier refuses shifts of packet pointers.
+    parse_tcp(&XdpPacket::new(core::hint::black_box(ctx)))
 }
 
 #[cfg(not(test))]

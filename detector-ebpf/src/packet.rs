@@ -26,7 +26,9 @@ impl Packet for XdpPacket {
         if offset > MAX_READ_OFFSET {
             return None;
         }
-        let at = self.start + offset;
+        // black_box: LLVM would otherwise hoist `end - start` out of the parser and compare
+        // offsets against it, and arithmetic on the packet-end pointer is refused.
+        let at = core::hint::black_box(self.start + offset);
         if at + N > self.end {
             return None;
         }

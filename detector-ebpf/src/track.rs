@@ -13,6 +13,7 @@ use detector_common::{
     filter,
     names::PENDING_FILTER_BUCKETS,
     parse::TcpSegment,
+    sketch,
     state::{FlowKey, PendingFlow, SourceKey, SourceState},
     track::{self, BlockReason, SynVerdict},
 };
@@ -25,6 +26,10 @@ static SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_entrie
 
 #[map(name = "PENDING")]
 static PENDING: LruHashMap<FlowKey, PendingFlow> = LruHashMap::with_max_entries(131_072, 0);
+
+/// Default size; the agent sets `SKETCH_ROWS × sketch_width` from its config.
+#[map(name = "SKETCH")]
+static SKETCH: Array<u64> = Array::with_max_entries(sketch::SKETCH_ROWS * 16_384, 0);
 
 #[map(name = "PENDING_FILTER")]
 static PENDING_FILTER: Array<u32> = Array::with_max_entries(PENDING_FILTER_BUCKETS, 0);
@@ -50,7 +55,8 @@ fn source_state(key: &SourceKey, now: u64, cfg: &Config) -> Option<&'static mut 
 }
 
 /// A connection request: account it to its source and decide.
-#[inline(always)]
+// A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
+#[inline(never)]
 pub fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
     let key = SourceKey { addr: seg.src };
     let Some(state) = source_state(&key, now, cfg) else {
@@ -92,9 +98,55 @@ pub fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Cou
     }
 }
 
+/// Screens a SYN that the responder is about to answer with a cookie. No per-flow or
+/// per-source entry is made for it: a spoofed flood must not fill the maps. Only a source
+/// the sketch estimates over the SYN-rate limit gets an entry, as a block.
+/// `None` means: go ahead and answer.
+// A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
+#[inline(never)]
+pub fn screen_for_cookie(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Option<Counter> {
+    let key = SourceKey { addr: seg.src };
+    if let Some(state) = SOURCES.get_ptr_mut(&key) {
+        // SAFETY: see `source_state`.
+        let state = unsafe { &mut *state };
+        if state.is_blocked(now) {
+            let _ = track::on_syn(state, now, cfg, false);
+            return Some(Counter::DropBlocked);
+        }
+    }
+    if cfg.syn_rate_limit == 0 || sketch_estimate(&key, cfg, now) <= cfg.syn_rate_limit {
+        return None;
+    }
+    let Some(state) = source_state(&key, now, cfg) else {
+        events::map_full(ctx);
+        return Some(Counter::PassMapError);
+    };
+    track::block_heavy_hitter(state, now, cfg);
+    count(Counter::BlockedSynRate);
+    events::source_blocked(ctx, &key, BlockReason::SynRate, now);
+    Some(Counter::DropOverLimit)
+}
+
+/// Counts the SYN in the sketch and returns the source's estimate for this epoch.
+#[inline(always)]
+fn sketch_estimate(key: &SourceKey, cfg: &Config, now: u64) -> u32 {
+    let epoch = sketch::epoch(now);
+    let mut estimate = u32::MAX;
+    for row in 0..sketch::SKETCH_ROWS {
+        let Some(cell) = SKETCH.get_ptr_mut(sketch::cell_index(key, row, cfg)) else {
+            // Out of range only if the config's width disagrees with the map: fail open.
+            return 0;
+        };
+        // SAFETY: a live array value; concurrent CPUs may lose an increment (an estimate).
+        estimate = estimate.min(sketch::bump(unsafe { &mut *cell }, epoch));
+    }
+    estimate
+}
+
 /// A segment that may be a handshake's third packet: complete its pending flow, if any.
 /// Always passes; only the accounting differs.
-#[inline(always)]
+// A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
+#[inline(never)]
 pub fn on_ack(seg: &TcpSegment, cfg: &Config, now: u64) {
     let flow = flow_of(seg);
     let Some(stamp) = PENDING_FILTER.get(filter::bucket(&flow)) else {

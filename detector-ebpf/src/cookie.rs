@@ -1,0 +1,368 @@
+//! The cookie responder: answer a SYN to a local listener with a SYN-ACK built in place
+//! (XDP_TX), its cookie from the kernel's socket-bound helper.
+//!
+//! `bpf_tcp_gen_syncookie` (not the raw helpers) because it marks the listener as recently
+//! overflowed, which is what makes the kernel accept the returning cookie ACK without
+//! netfilter (../shared/DESIGN-NOTES.md). Needs kernel >= 5.3 and, for the helper to
+//! answer at all, `net.ipv4.tcp_syncookies = 2` (set by the agent while cookies are on).
+
+use core::{ffi::c_void, hint::black_box, mem::size_of};
+
+use aya_ebpf::{
+    bindings::{
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as TupleV4,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as TupleV6, tcphdr, BPF_F_CURRENT_NETNS,
+        BPF_TCP_LISTEN,
+    },
+    helpers::generated::{
+        bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail,
+        bpf_xdp_get_buff_len,
+    },
+    macros::map,
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
+use detector_common::{
+    config::{Config, FLAG_COOKIE_ECN, FLAG_COOKIE_TIMESTAMPS},
+    counters::Counter,
+    parse::{IpVersion, TcpSegment, ETH_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN},
+    synack::{
+        build_ipv4_reply, build_ipv6_reply, build_synack, parse_syn_options_with, ReplySettings,
+        MAX_OPTIONS_LEN, SYNACK_LEN_MSS_ONLY, SYNACK_LEN_WITH_TS, SynOptions,
+    },
+};
+
+const ENOENT: i64 = 2;
+const NS_PER_SEC: u64 = 1_000_000_000;
+const NS_PER_MS: u64 = 1_000_000;
+/// The deepest IP header we answer for: behind two VLAN tags.
+const MAX_L3: usize = ETH_HEADER_LEN + MAX_VLAN_TAGS * VLAN_TAG_LEN;
+/// The deepest TCP header we answer for: an IPv6 header without extension headers.
+const MAX_L4: usize = MAX_L3 + 40;
+/// The helper's `th_len` may be up to this, so this much must be inside the packet.
+const MAX_TCP_HEADER: usize = 60;
+
+/// Per CPU: [start of the current second, SYN-ACKs sent in it].
+#[map(name = "COOKIE_BUDGET")]
+static COOKIE_BUDGET: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch for `opaque`.
+#[map(name = "OPTION_WALK")]
+static OPTION_WALK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Returns `i` unchanged, but as a value read from a map, whose bounds the verifier does
+/// not know (see `parse_syn_options_with`, and DESIGN-NOTES lesson 4).
+#[inline(always)]
+fn opaque(i: usize) -> usize {
+    match OPTION_WALK.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, only this CPU touches it; volatile so the round trip stays.
+        Some(slot) => unsafe {
+            core::ptr::write_volatile(slot, i as u64);
+            core::ptr::read_volatile(slot) as usize
+        },
+        // Cannot happen (a one-slot array); ending the walk is the safe answer.
+        None => MAX_OPTIONS_LEN,
+    }
+}
+
+/// The option walk as a BPF-to-BPF call: the verifier then continues after it from one
+/// state per way out of the walk that differs in what is live, instead of re-verifying
+/// the rest of the responder from every iteration that can end the walk.
+#[inline(never)]
+fn walk_options(buf: &[u8; MAX_OPTIONS_LEN], len: usize, out: &mut SynOptions) {
+    *out = parse_syn_options_with(buf, len, opaque);
+}
+
+/// Answers a SYN with a cookie, or says why not. The caller has already screened the
+/// source (blocked, heavy hitter).
+// A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
+#[inline(never)]
+pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
+    let Some(budget) = COOKIE_BUDGET.get_ptr_mut(0) else {
+        return Counter::PassMapError;
+    };
+    // SAFETY: per-CPU value, only this CPU touches it.
+    let budget = unsafe { &mut *budget };
+    if now.wrapping_sub(budget[0]) >= NS_PER_SEC {
+        budget[0] = now;
+        budget[1] = 0;
+    }
+    if budget[1] >= u64::from(cfg.cookie_budget_per_cpu) {
+        return Counter::DropCookieBudget;
+    }
+    let original_len = frame_len(ctx);
+    match respond(ctx, seg, cfg, now, original_len) {
+        Ok(()) => {
+            budget[1] += 1;
+            Counter::TxCookie
+        }
+        Err(reason) => {
+            restore_len(ctx, original_len);
+            reason
+        }
+    }
+}
+
+/// The frame's length. From the helper (kernel >= 5.18), because `data_end - data` is
+/// arithmetic on the packet-end pointer, which the verifier refuses.
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> usize {
+    // SAFETY: a helper call on our own context.
+    #[allow(clippy::cast_possible_truncation, reason = "a frame is far below 4 GiB")]
+    unsafe {
+        bpf_xdp_get_buff_len(ctx.ctx) as usize
+    }
+}
+
+/// Puts the frame back to `len` bytes after a failed attempt, so the kernel gets the SYN
+/// it would have got. (A SYN carrying data beyond its options would have lost that data
+/// to the shrink; the only such SYNs are TCP Fast Open ones, which we never shrink
+/// before the helper has answered.)
+#[inline(always)]
+fn restore_len(ctx: &XdpContext, len: usize) {
+    let now_len = frame_len(ctx);
+    if now_len != len {
+        #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "frame lengths")]
+        // SAFETY: a helper call on our own context.
+        unsafe {
+            bpf_xdp_adjust_tail(ctx.ctx, len as i32 - now_len as i32)
+        };
+    }
+}
+
+#[inline(always)]
+fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64, len: usize) -> Result<(), Counter> {
+    let l3 = usize::from(seg.l3_offset);
+    let l4 = usize::from(seg.l4_offset);
+    let ip_len = match seg.version {
+        IpVersion::V4 => 20,
+        IpVersion::V6 => 40,
+    };
+    // IPv4 options or IPv6 extension headers would have to be stripped or echoed: leave
+    // such (rare) SYNs to the kernel.
+    if l4 != l3 + ip_len || l3 > MAX_L3 {
+        return Err(Counter::PassCookieUnsupported);
+    }
+    // Grow the frame so that th .. th + 60 is inside it: the verifier checks the helper's
+    // variable th_len against its upper bound (../shared/DESIGN-NOTES.md, lesson 1).
+    let want = l4 + MAX_TCP_HEADER;
+    if len < want {
+        #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "< 60")]
+        // SAFETY: a helper call on our own context.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, (want - len) as i32) } != 0 {
+            return Err(Counter::PassCookieHelperError);
+        }
+    }
+    let mut cookie = Cookie::default();
+    gen_cookie(ctx, seg, &mut cookie)?;
+    send_reply(ctx, seg, cfg, &cookie, now)
+}
+
+/// What the kernel gave for one SYN.
+#[derive(Default)]
+struct Cookie {
+    cookie: u32,
+    mss: u16,
+    opts: SynOptions,
+}
+
+/// Builds the SYN-ACK over the SYN and cuts the frame to its length.
+/// A BPF-to-BPF call (at most five arguments), beside `gen_cookie` on the stack.
+#[inline(never)]
+fn send_reply(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, cookie: &Cookie, now: u64) -> Result<(), Counter> {
+    let settings = ReplySettings {
+        timestamps: cfg.has(FLAG_COOKIE_TIMESTAMPS),
+        ecn: cfg.has(FLAG_COOKIE_ECN),
+        wscale: cfg.synack_wscale,
+        window: cfg.synack_window,
+    };
+    #[allow(clippy::cast_possible_truncation, reason = "the TCP millisecond clock wraps")]
+    let tcp = build_synack(seg, &cookie.opts, cookie.cookie, cookie.mss, (now / NS_PER_MS) as u32, &settings);
+    let l3 = usize::from(seg.l3_offset);
+    let l4 = usize::from(seg.l4_offset);
+    // Cut the frame to the reply's length (drops the grown tail and any SYN payload).
+    let cur = frame_len(ctx);
+    let target = l4 + usize::from(tcp.len);
+    #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "frame lengths")]
+    // SAFETY: a helper call on our own context.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, target as i32 - cur as i32) } != 0 {
+        return Err(Counter::PassCookieHelperError);
+    }
+    write_reply(ctx, seg, l3, l4, &tcp.bytes, tcp.len).ok_or(Counter::PassCookieHelperError)
+}
+
+/// Looks up the listener and asks the kernel for a cookie; reads the client's options.
+/// A BPF-to-BPF call, so its buffers do not sit under `send_reply`'s on the stack.
+#[inline(never)]
+fn gen_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Result<(), Counter> {
+    let l3 = usize::from(seg.l3_offset);
+    let l4 = usize::from(seg.l4_offset);
+    let ip_len = match seg.version {
+        IpVersion::V4 => 20,
+        IpVersion::V6 => 40,
+    };
+    // Pointers re-derived after the tail adjustment, every offset bounded for the verifier.
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if l3 > MAX_L3 || l4 > MAX_L4 {
+        return Err(Counter::PassCookieHelperError);
+    }
+    // Each pointer is range-checked as the very value handed to the helper: the verifier
+    // tracks ranges per pointer, and does not know that l4 = l3 + ip_len. black_box keeps
+    // LLVM from recomputing them (a recomputed pointer carries no range).
+    let iph = black_box(data + l3);
+    let th = black_box(data + l4);
+    if iph + 40 > end || th + MAX_TCP_HEADER > end {
+        return Err(Counter::PassCookieHelperError);
+    }
+    // The bound is checked on the options length and th_len derived from it, through
+    // black_box: a range check that LLVM folds into `x - 20 <= 40` bounds only a temporary
+    // for the verifier, and the helper then sees a th_len of 0..=255 (DESIGN-NOTES, lesson 2).
+    let opt_len = black_box(usize::from(seg.tcp_header_len).wrapping_sub(20));
+    if opt_len > MAX_OPTIONS_LEN {
+        return Err(Counter::PassCookieHelperError);
+    }
+    let th_len = opt_len + 20;
+    // SAFETY: th + 20 + 40 <= end, checked above.
+    let opt_bytes: [u8; MAX_OPTIONS_LEN] =
+        unsafe { core::ptr::read_unaligned((th + 20) as *const [u8; MAX_OPTIONS_LEN]) };
+    walk_options(&opt_bytes, opt_len, &mut out.opts);
+
+    let mut tuple = listener_tuple(seg);
+    let tuple_size = match seg.version {
+        IpVersion::V4 => size_of::<TupleV4>(),
+        IpVersion::V6 => size_of::<TupleV6>(),
+    };
+    // SAFETY: helper calls; the socket is released on every path below.
+    unsafe {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "helper ABI")]
+        let sk = bpf_skc_lookup_tcp(
+            ctx.ctx.cast::<c_void>(),
+            &raw mut tuple,
+            tuple_size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return Err(Counter::PassCookieNoListener);
+        }
+        if (*sk).state != BPF_TCP_LISTEN {
+            // An existing connection owns this exact tuple: the kernel handles its SYN.
+            bpf_sk_release(sk.cast());
+            return Err(Counter::PassCookieNoListener);
+        }
+        #[allow(clippy::cast_possible_truncation, reason = "<= 60")]
+        let ret = bpf_tcp_gen_syncookie(
+            sk.cast(),
+            iph as *mut c_void,
+            ip_len as u32,
+            th as *mut tcphdr,
+            th_len as u32,
+        );
+        bpf_sk_release(sk.cast());
+        if ret < 0 {
+            return Err(if ret == -ENOENT {
+                Counter::PassCookieNotArmed
+            } else {
+                Counter::PassCookieHelperError
+            });
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "cookie | mss << 32")]
+        {
+            out.cookie = ret as u32;
+            out.mss = (ret >> 32) as u16;
+        }
+        Ok(())
+    }
+}
+
+/// The listener's view of the SYN: its source is the client, its destination us.
+#[inline(always)]
+fn listener_tuple(seg: &TcpSegment) -> bpf_sock_tuple {
+    // SAFETY: plain old data; every byte the lookup reads is written below.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let sport = seg.src_port.to_be();
+    let dport = seg.dst_port.to_be();
+    match seg.version {
+        IpVersion::V4 => {
+            tuple.__bindgen_anon_1.ipv4 = TupleV4 {
+                saddr: u32::from_ne_bytes([seg.src[12], seg.src[13], seg.src[14], seg.src[15]]),
+                daddr: u32::from_ne_bytes([seg.dst[12], seg.dst[13], seg.dst[14], seg.dst[15]]),
+                sport,
+                dport,
+            };
+        }
+        IpVersion::V6 => {
+            tuple.__bindgen_anon_1.ipv6 = TupleV6 {
+                saddr: words(&seg.src),
+                daddr: words(&seg.dst),
+                sport,
+                dport,
+            };
+        }
+    }
+    tuple
+}
+
+/// An address as the four network-order words the tuple wants.
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+/// Writes the reply over the SYN: MACs swapped, new IP and TCP headers. VLAN tags between
+/// the MACs and the IP header stay as they are. `None` only if the frame is not the length
+/// just set, which the kernel guarantees it is.
+#[inline(always)]
+fn write_reply(
+    ctx: &XdpContext,
+    seg: &TcpSegment,
+    l3: usize,
+    l4: usize,
+    tcp: &[u8; SYNACK_LEN_WITH_TS as usize],
+    tcp_len: u8,
+) -> Option<()> {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if l3 > MAX_L3 || l4 > MAX_L4 {
+        return None;
+    }
+    // Every pointer written through is range-checked itself (see gen_cookie).
+    let iph = black_box(data + l3);
+    let th = black_box(data + l4);
+    if data + ETH_HEADER_LEN > end || iph + 40 > end || th + usize::from(tcp_len) > end {
+        return None;
+    }
+    // SAFETY: every write below is inside data..end, checked above (an IPv4 reply is
+    // l3 + 44 bytes or more, so 40 bytes from iph are inside it for both versions).
+    unsafe {
+        let macs = core::ptr::read_unaligned(data as *const [u8; 12]);
+        let mut swapped = [0u8; 12];
+        swapped[..6].copy_from_slice(&macs[6..]);
+        swapped[6..].copy_from_slice(&macs[..6]);
+        core::ptr::write_unaligned(data as *mut [u8; 12], swapped);
+        match seg.version {
+            IpVersion::V4 => {
+                core::ptr::write_unaligned(iph as *mut [u8; 20], build_ipv4_reply(seg, tcp_len));
+            }
+            IpVersion::V6 => {
+                core::ptr::write_unaligned(iph as *mut [u8; 40], build_ipv6_reply(seg, tcp_len));
+            }
+        }
+        if tcp_len == SYNACK_LEN_WITH_TS {
+            if th + usize::from(SYNACK_LEN_WITH_TS) > end {
+                return None;
+            }
+            core::ptr::write_unaligned(th as *mut [u8; SYNACK_LEN_WITH_TS as usize], *tcp);
+        } else {
+            if th + usize::from(SYNACK_LEN_MSS_ONLY) > end {
+                return None;
+            }
+            let mut short = [0u8; SYNACK_LEN_MSS_ONLY as usize];
+            short.copy_from_slice(&tcp[..SYNACK_LEN_MSS_ONLY as usize]);
+            core::ptr::write_unaligned(th as *mut [u8; SYNACK_LEN_MSS_ONLY as usize], short);
+        }
+    }
+    Some(())
+}
