@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod baseline;
 mod cookie;
 mod events;
 mod packet;

@@ -1,0 +1,75 @@
+//! Baseline programs for `cargo xtask bench`, which reports our paths as ratios to these:
+//! a trivial XDP_PASS (the cost of a test run itself), a trivial XDP_TX that swaps MACs,
+//! and the "helper floor": listener lookup plus cookie helper and nothing else, the least
+//! any socket-bound cookie responder must spend. The agent never attaches them.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{tcphdr, xdp_action, BPF_F_CURRENT_NETNS},
+    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie},
+    macros::xdp,
+    programs::XdpContext,
+};
+
+#[xdp]
+pub fn baseline_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn baseline_tx(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    if data + 12 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: 12 bytes checked just above.
+    unsafe {
+        let macs = core::ptr::read_unaligned(data as *const [u8; 12]);
+        let mut swapped = [0u8; 12];
+        swapped[..6].copy_from_slice(&macs[6..]);
+        swapped[6..].copy_from_slice(&macs[..6]);
+        core::ptr::write_unaligned(data as *mut [u8; 12], swapped);
+    }
+    xdp_action::XDP_TX
+}
+
+/// Untagged IPv4 without options, TCP header of 20..=60 bytes, the frame at least
+/// 14 + 20 + 60 bytes long (the bench pads it): no parsing beyond what the helper needs.
+/// Returns XDP_TX when a cookie was made, XDP_PASS otherwise, so the bench can check
+/// which path ran.
+#[xdp]
+pub fn baseline_helper_floor(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    let iph = data + 14;
+    let th = iph + 20;
+    if th + 60 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: reads inside the range checked above; helper calls with the socket released.
+    unsafe {
+        let ip = core::ptr::read_unaligned(iph as *const [u8; 20]);
+        let tcp = core::ptr::read_unaligned(th as *const [u8; 20]);
+        let th_len = u32::from(core::hint::black_box(tcp[12] >> 4) & 0x0f) * 4;
+        if !(20..=60).contains(&th_len) {
+            return xdp_action::XDP_PASS;
+        }
+        let mut tuple: aya_ebpf::bindings::bpf_sock_tuple = core::mem::zeroed();
+        tuple.__bindgen_anon_1.ipv4.saddr = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+        tuple.__bindgen_anon_1.ipv4.daddr = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+        tuple.__bindgen_anon_1.ipv4.sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
+        tuple.__bindgen_anon_1.ipv4.dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
+        #[allow(clippy::cast_sign_loss, reason = "helper ABI: -1 is the current netns")]
+        let sk = bpf_skc_lookup_tcp(ctx.ctx.cast::<c_void>(), &raw mut tuple, 12, BPF_F_CURRENT_NETNS as u64, 0);
+        if sk.is_null() {
+            return xdp_action::XDP_PASS;
+        }
+        let ret = bpf_tcp_gen_syncookie(sk.cast(), iph as *mut c_void, 20, th as *mut tcphdr, th_len);
+        bpf_sk_release(sk.cast());
+        if ret < 0 {
+            xdp_action::XDP_PASS
+        } else {
+            xdp_action::XDP_TX
+        }
+    }
+}
