@@ -17,3 +17,5 @@ pub const MAP_PENDING: &str = "PENDING";
 pub const MAP_PENDING_FILTER: &str = "PENDING_FILTER";
 /// Buckets in `PENDING_FILTER` (a power of two).
 pub const PENDING_FILTER_BUCKETS: u32 = 1 << 16;
+/// `Array<u64>` of `sketch::SKETCH_ROWS × Config::sketch_width` cells; size from config.
+pub const MAP_SKETCH: &str = "SKETCH";
