@@ -6,6 +6,7 @@ mod baseline;
 mod cookie;
 mod events;
 mod packet;
+mod probe;
 mod stats;
 mod track;
 
