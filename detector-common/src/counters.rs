@@ -107,6 +107,26 @@ pub const COUNTER_SLOTS: u32 = 25;
 const _: () = assert!(Counter::ALL.len() == COUNTER_SLOTS as usize);
 
 impl Counter {
+    /// Whether this slot's packets are connection requests: the SYN rate is their sum.
+    #[must_use]
+    pub const fn is_syn(self) -> bool {
+        matches!(
+            self,
+            Counter::PassMapError
+                | Counter::PassSyn
+                | Counter::DropBlocked
+                | Counter::DropOverLimit
+                | Counter::TxCookie
+                | Counter::DropCookieBudget
+                | Counter::PassCookieNoListener
+                | Counter::PassCookieUnsupported
+                | Counter::PassCookieHelperError
+                | Counter::PassMonitorBlocked
+                | Counter::PassMonitorOverLimit
+                | Counter::PassCookieNotArmed
+        )
+    }
+
     /// What monitor mode counts instead: every drop becomes a pass that says what would
     /// have happened. (The agent never sets cookies without enforcement, so no TX here.)
     #[inline(always)]

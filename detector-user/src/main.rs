@@ -1,1 +1,207 @@
-fn main() {}
+//! `syndetector`: loads the XDP SYN-flood detector, runs detection and mitigation, and
+//! exports Prometheus metrics. In order: configuration (invalid: exit 64, host untouched),
+//! logging, runtime, load and attach, tasks, signals, then undo everything it changed.
+
+mod config;
+mod control;
+mod detect;
+mod error;
+mod http;
+mod kernel_stats;
+mod loader;
+mod maps;
+mod metrics;
+mod mode;
+mod sysctl;
+mod top;
+
+use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{Config, LogFormat, RunArgs},
+    control::{per_cpu_budget, Controller, SharedTop},
+    loader::Logger,
+    metrics::Metrics,
+    sysctl::Sysctls,
+};
+
+/// EX_USAGE from sysexits.h: the configuration or the command line is wrong.
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(version, about = "XDP SYN-flood detector and mitigator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach to interfaces, detect and mitigate SYN floods, export metrics.
+    Run(RunArgs),
+    /// Validate a configuration (file and flags as for `run`) without touching the host.
+    CheckConfig(RunArgs),
+    /// Show the top SYN sources of a running agent.
+    Top(top::TopArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Command::Top(args) => return top::main(&args),
+        Command::CheckConfig(args) => {
+            return match Config::load(&args) {
+                Ok(_) => {
+                    println!("configuration is valid");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => config_error(&e),
+            };
+        }
+        Command::Run(args) => args,
+    };
+    let cfg = match Config::load(&args) {
+        Ok(cfg) => cfg,
+        Err(e) => return config_error(&e),
+    };
+    init_tracing(cfg.file.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+    let result = runtime.context("starting the runtime").and_then(|rt| rt.block_on(run(cfg, args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(e: &error::ConfigError) -> ExitCode {
+    eprintln!("syndetector: invalid configuration: {e}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry.with(fmt::layer()).init(),
+        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).init(),
+    }
+}
+
+async fn run(cfg: Config, args: RunArgs) -> Result<()> {
+    let (sysctls, recovered) = Sysctls::open(Path::new("/proc/sys"), &cfg.sysctl_state_file())
+        .context("opening the sysctl state (needs root)")?;
+    if !recovered.is_empty() {
+        warn!(count = recovered.len(), "restored sysctls a previous run left changed");
+    }
+    let (mut ebpf, logger) = loader::load(&cfg).context("loading the XDP program (needs CAP_BPF, CAP_NET_ADMIN)")?;
+
+    let mut kernel_cfg = cfg.kernel_config();
+    kernel_cfg.sketch_seed = random_seed();
+    kernel_cfg.cookie_budget_per_cpu = per_cpu_budget(cfg.file.cookies.budget_per_second);
+    kernel_cfg.synack_wscale = sysctl::window_scale(sysctl::max_receive_buffer(&sysctls)?);
+    info!(wscale = kernel_cfg.synack_wscale, "window scale for cookie SYN-ACKs, from tcp_rmem/rmem_max");
+
+    let metrics = Arc::new(Metrics::new());
+    let top = SharedTop::default();
+    let config_map = loader::config_map(&mut ebpf)?;
+    let maps = maps::Maps::take(&mut ebpf)?;
+    let poll_interval = cfg.poll_interval();
+    let metrics_addr = cfg.file.metrics_addr;
+    let (interfaces, attach_mode) = (cfg.file.interfaces.clone(), cfg.file.attach_mode);
+    let mut controller = Controller::new(cfg, kernel_cfg, maps, config_map, sysctls, metrics.clone(), top.clone())?;
+
+    // Bind before attaching: a busy port must fail while the host is still untouched.
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .with_context(|| format!("listening on {metrics_addr} for metrics"))?;
+    let mut attachments = Vec::new();
+    for iface in &interfaces {
+        match loader::attach(&mut ebpf, iface, attach_mode) {
+            Ok(a) => {
+                metrics.interface_attached.with_label_values(&[&a.iface, a.mode]).set(1);
+                attachments.push(a);
+            }
+            Err(e) => {
+                controller.shutdown();
+                loader::detach_all(&mut ebpf, attachments);
+                return Err(e.into());
+            }
+        }
+    }
+    info!(addr = %metrics_addr, "serving /metrics, /healthz and /top");
+    let server = tokio::spawn(async move { axum::serve(listener, http::router(metrics, top)).await });
+    let log_pump = logger.map(|logger| tokio::spawn(pump_logs(logger)));
+
+    let result = control_loop(&mut controller, poll_interval, &args).await;
+    controller.shutdown();
+    loader::detach_all(&mut ebpf, attachments);
+    server.abort();
+    if let Some(pump) = log_pump {
+        pump.abort();
+    }
+    info!("stopped; attachments and sysctls restored");
+    result
+}
+
+/// Polls until SIGINT or SIGTERM; SIGHUP reloads the configuration file.
+async fn control_loop(controller: &mut Controller, every: Duration, args: &RunArgs) -> Result<()> {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if let Err(e) = controller.poll() {
+                    controller.poll_failed();
+                    warn!(error = %e, "poll failed");
+                }
+            }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); return Ok(()); }
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); return Ok(()); }
+            _ = sighup.recv() => {
+                let outcome = Config::load(args).map_err(|e| e.to_string()).and_then(|cfg| controller.reload(cfg));
+                controller.reloaded(outcome);
+            }
+        }
+    }
+}
+
+/// Carries the program's log events into tracing as they arrive.
+async fn pump_logs(logger: Logger) {
+    // SAFETY: the logger owns its ring buffer's fd, open and unchanged until it is dropped,
+    // which happens only with the AsyncFd.
+    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }) else {
+        warn!("cannot poll the XDP program's log map; its events are lost");
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else { return };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+/// Keys the sketch's hashes (see detector_common::sketch).
+fn random_seed() -> u32 {
+    let mut bytes = [0u8; 4];
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)) {
+        warn!(error = %e, "no /dev/urandom: the sketch seed falls back to the clock");
+        #[allow(clippy::cast_possible_truncation, reason = "any 32 bits will do")]
+        return maps::monotonic_ns() as u32;
+    }
+    u32::from_ne_bytes(bytes)
+}

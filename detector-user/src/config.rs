@@ -1,0 +1,435 @@
+//! Configuration: a TOML file (every key optional, defaults below), command-line overrides,
+//! and `validate`, which runs before anything touches the host.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{Args, ValueEnum};
+use detector_common::{config::Config as KernelConfig, sketch::SKETCH_ROWS};
+use serde::Deserialize;
+
+use crate::{detect::DetectionThresholds, error::ConfigError, mode::Mode};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic (skb) mode if the driver refuses.
+    #[default]
+    Auto,
+    Driver,
+    Skb,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The file's contents. Every key has a default, so a file may hold only what it changes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub interfaces: Vec<String>,
+    pub attach_mode: AttachMode,
+    pub mode: Mode,
+    pub metrics_addr: SocketAddr,
+    pub poll_interval_ms: u64,
+    pub log_format: LogFormat,
+    /// Where the agent records the sysctls it changed, to restore them after a crash.
+    pub state_dir: PathBuf,
+    /// How many top SYN sources to export and show (`syndetector top`).
+    pub top_sources: usize,
+    pub thresholds: Thresholds,
+    pub detection: Detection,
+    pub cookies: Cookies,
+    pub maps: Maps,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// SYNs per second one source may send before it is blocked (0 = no limit).
+    pub syn_rate_limit: u32,
+    /// Half-open handshakes one source may hold before it is blocked (0 = no limit).
+    pub half_open_limit: u32,
+    pub block_ttl_secs: u64,
+    pub handshake_timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Detection {
+    pub enter_syn_rate: f64,
+    pub exit_syn_rate: f64,
+    pub enter_half_open: u64,
+    pub exit_half_open: u64,
+    pub hold_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cookies {
+    /// Carry wscale/SACK/ECN in a TCP timestamp (sets `net.ipv4.tcp_timestamps = 2`
+    /// while cookies are on). Off: SYN-ACKs carry MSS only.
+    pub timestamps: bool,
+    /// Accept ECN from clients that ask (only with timestamps).
+    pub ecn: bool,
+    /// SYN-ACKs per second the host may send from XDP; SYNs beyond are dropped.
+    pub budget_per_second: u32,
+    /// The unscaled window of cookie SYN-ACKs.
+    pub window: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Maps {
+    pub sources: u32,
+    pub pending: u32,
+    /// Columns per sketch row (a power of two); the sketch has 4 rows of 8-byte cells.
+    pub sketch_width: u32,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            attach_mode: AttachMode::Auto,
+            mode: Mode::Auto,
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9787)),
+            poll_interval_ms: 1000,
+            log_format: LogFormat::Text,
+            state_dir: PathBuf::from("/run/syndetector"),
+            top_sources: 10,
+            thresholds: Thresholds::default(),
+            detection: Detection::default(),
+            cookies: Cookies::default(),
+            maps: Maps::default(),
+        }
+    }
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self { syn_rate_limit: 200, half_open_limit: 100, block_ttl_secs: 60, handshake_timeout_ms: 3000 }
+    }
+}
+
+impl Default for Detection {
+    fn default() -> Self {
+        Self { enter_syn_rate: 5000.0, exit_syn_rate: 2000.0, enter_half_open: 2000, exit_half_open: 500, hold_secs: 30 }
+    }
+}
+
+impl Default for Cookies {
+    fn default() -> Self {
+        Self { timestamps: true, ecn: true, budget_per_second: 200_000, window: 65_535 }
+    }
+}
+
+impl Default for Maps {
+    fn default() -> Self {
+        Self { sources: 65_536, pending: 131_072, sketch_width: 16_384 }
+    }
+}
+
+/// `syndetector run` flags; each overrides the key of the same name in the file.
+#[derive(Debug, Default, Args)]
+pub struct RunArgs {
+    /// Interface to protect (repeat for several).
+    #[arg(long = "iface", value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+    #[arg(long, value_enum)]
+    pub attach_mode: Option<AttachMode>,
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[arg(long, value_name = "MS")]
+    pub poll_interval_ms: Option<u64>,
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, value_name = "SYN/S")]
+    pub syn_rate_limit: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub half_open_limit: Option<u32>,
+    #[arg(long = "block-ttl", value_name = "SECS")]
+    pub block_ttl_secs: Option<u64>,
+    #[arg(long, value_name = "MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    #[arg(long, value_name = "SYN/S")]
+    pub enter_syn_rate: Option<f64>,
+    #[arg(long, value_name = "SYN/S")]
+    pub exit_syn_rate: Option<f64>,
+    #[arg(long, value_name = "N")]
+    pub enter_half_open: Option<u64>,
+    #[arg(long, value_name = "N")]
+    pub exit_half_open: Option<u64>,
+    #[arg(long = "hold", value_name = "SECS")]
+    pub hold_secs: Option<u64>,
+    /// Cookie SYN-ACKs carry wscale/SACK/ECN in a timestamp (true/false).
+    #[arg(long, value_name = "BOOL")]
+    pub cookie_timestamps: Option<bool>,
+    #[arg(long, value_name = "SYN-ACK/S")]
+    pub cookie_budget: Option<u32>,
+}
+
+/// A configuration that passed `validate`: the only kind the agent acts on.
+#[derive(Debug)]
+pub struct Config {
+    pub file: FileConfig,
+}
+
+impl Config {
+    /// Reads the file (if any), applies the flags, validates. Touches nothing.
+    pub fn load(args: &RunArgs) -> Result<Self, ConfigError> {
+        let mut file = match &args.config {
+            Some(path) => parse_file(path)?,
+            None => FileConfig::default(),
+        };
+        apply_overrides(&mut file, args);
+        validate(&file)?;
+        Ok(Self { file })
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.file.poll_interval_ms)
+    }
+
+    pub fn detection(&self) -> DetectionThresholds {
+        let d = &self.file.detection;
+        DetectionThresholds {
+            enter_syn_rate: d.enter_syn_rate,
+            exit_syn_rate: d.exit_syn_rate,
+            enter_half_open: d.enter_half_open,
+            exit_half_open: d.exit_half_open,
+            hold: Duration::from_secs(d.hold_secs),
+        }
+    }
+
+    pub fn sysctl_state_file(&self) -> PathBuf {
+        self.file.state_dir.join("sysctl-state.toml")
+    }
+
+    /// What the program gets. `flags`, `synack_wscale`, `sketch_seed` and the per-CPU
+    /// budget are filled in by the caller, which knows the host.
+    pub fn kernel_config(&self) -> KernelConfig {
+        let t = &self.file.thresholds;
+        let mut k = KernelConfig::new(
+            t.syn_rate_limit,
+            t.half_open_limit,
+            t.block_ttl_secs * 1_000_000_000,
+            t.handshake_timeout_ms * 1_000_000,
+        );
+        k.sketch_width = self.file.maps.sketch_width;
+        k.synack_window = self.file.cookies.window;
+        k
+    }
+
+    pub fn sketch_cells(&self) -> u32 {
+        SKETCH_ROWS * self.file.maps.sketch_width
+    }
+}
+
+pub fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+}
+
+fn apply_overrides(f: &mut FileConfig, a: &RunArgs) {
+    if !a.interfaces.is_empty() {
+        f.interfaces.clone_from(&a.interfaces);
+    }
+    macro_rules! set {
+        ($($arg:ident => $($field:ident).+;)*) => {
+            $( if let Some(v) = a.$arg.clone() { f.$($field).+ = v; } )*
+        };
+    }
+    set! {
+        metrics_addr => metrics_addr;
+        attach_mode => attach_mode;
+        mode => mode;
+        log_format => log_format;
+        poll_interval_ms => poll_interval_ms;
+        state_dir => state_dir;
+        syn_rate_limit => thresholds.syn_rate_limit;
+        half_open_limit => thresholds.half_open_limit;
+        block_ttl_secs => thresholds.block_ttl_secs;
+        handshake_timeout_ms => thresholds.handshake_timeout_ms;
+        enter_syn_rate => detection.enter_syn_rate;
+        exit_syn_rate => detection.exit_syn_rate;
+        enter_half_open => detection.enter_half_open;
+        exit_half_open => detection.exit_half_open;
+        hold_secs => detection.hold_secs;
+        cookie_timestamps => cookies.timestamps;
+        cookie_budget => cookies.budget_per_second;
+    }
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, problem: problem.into() }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(key, format!("{value} is outside {min}..={max}")));
+    }
+    Ok(())
+}
+
+/// Every rule a value must meet before the agent may act on it.
+pub fn validate(f: &FileConfig) -> Result<(), ConfigError> {
+    if f.interfaces.is_empty() {
+        return Err(invalid("interfaces", "no interface given (--iface IF or interfaces = [\"IF\"])"));
+    }
+    for (i, iface) in f.interfaces.iter().enumerate() {
+        if iface.is_empty() || iface.len() > 15 || iface.contains('/') {
+            return Err(invalid("interfaces", format!("{iface:?} is not an interface name")));
+        }
+        if !Path::new("/sys/class/net").join(iface).exists() {
+            return Err(invalid("interfaces", format!("no interface {iface:?} here")));
+        }
+        if f.interfaces[..i].contains(iface) {
+            return Err(invalid("interfaces", format!("{iface:?} is listed twice")));
+        }
+    }
+    in_range("poll_interval_ms", f.poll_interval_ms, 100, 60_000)?;
+    in_range("top_sources", f.top_sources, 0, 100)?;
+    let t = &f.thresholds;
+    in_range("thresholds.block_ttl_secs", t.block_ttl_secs, 1, 86_400)?;
+    in_range("thresholds.handshake_timeout_ms", t.handshake_timeout_ms, 10, 600_000)?;
+    let d = &f.detection;
+    if !(d.enter_syn_rate.is_finite() && d.enter_syn_rate > 0.0) {
+        return Err(invalid("detection.enter_syn_rate", "must be a positive number"));
+    }
+    if !(d.exit_syn_rate.is_finite() && d.exit_syn_rate >= 0.0 && d.exit_syn_rate <= d.enter_syn_rate) {
+        return Err(invalid("detection.exit_syn_rate", "must be between 0 and detection.enter_syn_rate"));
+    }
+    if d.enter_half_open == 0 {
+        return Err(invalid("detection.enter_half_open", "must be at least 1"));
+    }
+    if d.exit_half_open > d.enter_half_open {
+        return Err(invalid("detection.exit_half_open", "must not exceed detection.enter_half_open"));
+    }
+    in_range("detection.hold_secs", d.hold_secs, 0, 3_600)?;
+    let c = &f.cookies;
+    if c.ecn && !c.timestamps {
+        return Err(invalid("cookies.ecn", "needs cookies.timestamps = true (ECN rides in the timestamp)"));
+    }
+    in_range("cookies.budget_per_second", c.budget_per_second, 1, 100_000_000)?;
+    if c.window == 0 {
+        return Err(invalid("cookies.window", "must be at least 1"));
+    }
+    let m = &f.maps;
+    in_range("maps.sources", m.sources, 1_024, 16_777_216)?;
+    in_range("maps.pending", m.pending, 1_024, 16_777_216)?;
+    in_range("maps.sketch_width", m.sketch_width, 256, 1_048_576)?;
+    if !m.sketch_width.is_power_of_two() {
+        return Err(invalid("maps.sketch_width", format!("{} is not a power of two", m.sketch_width)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: "test.toml".into(), message: e.to_string() })
+    }
+
+    fn with_lo(text: &str) -> FileConfig {
+        let mut f = parse(text).unwrap();
+        f.interfaces = vec!["lo".into()];
+        f
+    }
+
+    fn key_of(e: ConfigError) -> &'static str {
+        match e {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("not a validation error: {other}"),
+        }
+    }
+
+    #[test]
+    fn the_example_file_parses_and_validates() {
+        let text = include_str!("../config/syndetector.example.toml");
+        let mut f = parse(text).unwrap();
+        f.interfaces = vec!["lo".into()];
+        validate(&f).unwrap();
+    }
+
+    #[test]
+    fn defaults_are_valid_and_listen_on_loopback() {
+        let f = with_lo("");
+        validate(&f).unwrap();
+        assert!(f.metrics_addr.ip().is_loopback(), "metrics stay local unless configured");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let e = parse("[thresholds]\nsyn_rate = 5\n").unwrap_err().to_string();
+        assert!(e.contains("syn_rate"), "{e}");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let cases: &[(&str, &str)] = &[
+            ("poll_interval_ms = 5", "poll_interval_ms"),
+            ("[thresholds]\nblock_ttl_secs = 0", "thresholds.block_ttl_secs"),
+            ("[thresholds]\nhandshake_timeout_ms = 1", "thresholds.handshake_timeout_ms"),
+            ("[detection]\nexit_syn_rate = 9000.0", "detection.exit_syn_rate"),
+            ("[detection]\nexit_half_open = 9000", "detection.exit_half_open"),
+            ("[cookies]\ntimestamps = false\necn = true", "cookies.ecn"),
+            ("[maps]\nsketch_width = 1000", "maps.sketch_width"),
+            ("[maps]\nsources = 10", "maps.sources"),
+        ];
+        for (text, key) in cases {
+            assert_eq!(key_of(validate(&with_lo(text)).unwrap_err()), *key, "{text}");
+        }
+    }
+
+    #[test]
+    fn missing_or_duplicate_interfaces_are_refused() {
+        let mut f = parse("").unwrap();
+        assert_eq!(key_of(validate(&f).unwrap_err()), "interfaces");
+        f.interfaces = vec!["sd-no-such-if".into()];
+        assert_eq!(key_of(validate(&f).unwrap_err()), "interfaces");
+        f.interfaces = vec!["lo".into(), "lo".into()];
+        assert_eq!(key_of(validate(&f).unwrap_err()), "interfaces");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut f = with_lo("mode = \"drop\"\n[thresholds]\nsyn_rate_limit = 10\n");
+        let args = RunArgs { syn_rate_limit: Some(99), mode: Some(Mode::Cookie), ..RunArgs::default() };
+        apply_overrides(&mut f, &args);
+        assert_eq!(f.thresholds.syn_rate_limit, 99);
+        assert_eq!(f.mode, Mode::Cookie);
+        assert_eq!(f.thresholds.half_open_limit, 100, "untouched keys keep the file's value");
+    }
+
+    #[test]
+    fn kernel_config_converts_units() {
+        let cfg = Config { file: with_lo("[thresholds]\nblock_ttl_secs = 5\nhandshake_timeout_ms = 3000") };
+        let k = cfg.kernel_config();
+        assert_eq!(k.block_ttl_ns, 5_000_000_000);
+        assert_eq!(k.handshake_timeout_ns, 3_000_000_000);
+        assert!(k.is_usable());
+    }
+}
