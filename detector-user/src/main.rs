@@ -90,12 +90,15 @@ fn config_error(e: &error::ConfigError) -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+
     use tracing_subscriber::{fmt, prelude::*, EnvFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
+    let layer = fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => registry.with(fmt::layer()).init(),
-        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).init(),
+        LogFormat::Text => registry.with(layer.with_ansi(std::io::stderr().is_terminal())).init(),
+        LogFormat::Json => registry.with(layer.json().flatten_event(true)).init(),
     }
 }
 
