@@ -60,7 +60,7 @@ enum Family {
 
 pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
     ensure!(
-        nix_geteuid() == 0,
+        geteuid() == 0,
         "the benchmark loads BPF programs and makes a network namespace: run it as root"
     );
     let bytes = std::fs::read(object)
@@ -120,7 +120,7 @@ fn detector_config(rate_limit: u32) -> Config {
 /// A fresh program instance (fresh maps) per case, so cases do not see each other's state.
 fn run_case(object: &[u8], case: &Case, packets: u32) -> Result<f64> {
     let mut ebpf = EbpfLoader::new()
-        .set_max_entries(names::MAP_SKETCH, SKETCH_ROWS * 16_384)
+        .map_max_entries(names::MAP_SKETCH, SKETCH_ROWS * 16_384)
         .load(object)
         .context("loading the object")?;
     let prog: &mut Xdp = ebpf
@@ -218,7 +218,7 @@ fn enter_private_netns() -> Result<()> {
     Ok(())
 }
 
-fn nix_geteuid() -> u32 {
+fn geteuid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
 }

@@ -1,1 +1,216 @@
-//! Network-namespace lab: namespaces, veth pairs, servers, clients and floods, removed on drop.
+//! Network-namespace lab: a server and a client namespace joined by a veth pair, a real
+//! TCP server, real clients, floods from trafgen, the agent, and clean-up on drop.
+//!
+//! Rules (../shared/LAB-RULES.md): addresses only from 198.18.0.0/15 and 2001:2::/48,
+//! no default route, names with a per-run suffix, every flood bounded in count and time,
+//! sysctls changed only inside the lab's namespaces, everything removed on drop.
+
+mod agent;
+mod client;
+mod flood;
+mod metrics;
+mod netns;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{programs::Xdp, Ebpf};
+
+pub use agent::Agent;
+pub use client::{http_get, ClientReport};
+pub use flood::{Flood, FloodSources};
+pub use metrics::Scrape;
+pub use netns::in_netns;
+
+/// The server's addresses; the client's are .2 / ::2.
+pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+/// Spoofed flood sources live here; the server routes it back to the client side so
+/// that SYN-ACKs to them go somewhere (and are dropped there, as on a real network).
+pub const ATTACK_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 128, 0), 17);
+pub const ATTACK_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 2, 0, 0x8000, 0, 0, 0, 0), 64);
+
+static RUNS: AtomicU32 = AtomicU32::new(0);
+
+pub struct Lab {
+    pub server_ns: String,
+    pub client_ns: String,
+    pub server_if: String,
+    pub client_if: String,
+    children: Vec<Child>,
+    /// The trivial XDP program on the client's veth: native XDP_TX on a veth is delivered
+    /// only when the peer has an XDP program (DESIGN-NOTES, lab section).
+    _client_xdp: Option<Ebpf>,
+    scratch: PathBuf,
+}
+
+impl Lab {
+    /// Creates both namespaces and the veth between them, addressed and up.
+    pub fn new() -> Result<Self> {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            bail!("the lab makes network namespaces and attaches XDP programs: it needs root");
+        }
+        let n = RUNS.fetch_add(1, Ordering::Relaxed);
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_micros());
+        // Interface names are at most 15 bytes: "sds" + 12.
+        let suffix = format!("{:x}{n:x}{:x}", std::process::id(), stamp % 0xfff);
+        let suffix: String = suffix.chars().take(11).collect();
+        let mut lab = Self {
+            server_ns: format!("sd-srv-{suffix}"),
+            client_ns: format!("sd-cli-{suffix}"),
+            server_if: format!("sds{suffix}"),
+            client_if: format!("sdc{suffix}"),
+            children: Vec::new(),
+            _client_xdp: None,
+            scratch: std::env::temp_dir().join(format!("sd-lab-{suffix}")),
+        };
+        lab.build().context("building the lab")?;
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.scratch)?;
+        let (s, c, si, ci) = (&self.server_ns, &self.client_ns, &self.server_if, &self.client_if);
+        ip(&["netns", "add", s])?;
+        ip(&["netns", "add", c])?;
+        ip(&["link", "add", si, "netns", s, "type", "veth", "peer", "name", ci, "netns", c])?;
+        for (ns, dev, v4, v6) in [(s, si, SERVER_V4, SERVER_V6), (c, ci, CLIENT_V4, CLIENT_V6)] {
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev])?;
+            ip(&["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        // Replies to spoofed sources leave towards the client side (on-link), like a
+        // server's default route would send them; no default route exists anywhere.
+        ip(&["-n", s, "route", "add", &format!("{}/{}", ATTACK_V4.0, ATTACK_V4.1), "dev", si])?;
+        ip(&["-n", s, "-6", "route", "add", &format!("{}/{}", ATTACK_V6.0, ATTACK_V6.1), "dev", si])?;
+        // The client side must not answer SYN-ACKs for addresses it does not own with RSTs
+        // that could reach the server as noise: it does not own them, so its stack drops them.
+        Ok(())
+    }
+
+    /// Loads `baseline_pass` from the object onto the client veth (see `_client_xdp`).
+    pub fn attach_client_xdp(&mut self, object: &Path) -> Result<()> {
+        let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+        let iface = self.client_if.clone();
+        let ebpf = in_netns(&self.client_ns, move || -> Result<Ebpf> {
+            let mut ebpf = Ebpf::load(&bytes)?;
+            let prog: &mut Xdp = ebpf.program_mut("baseline_pass").context("baseline_pass")?.try_into()?;
+            prog.load()?;
+            prog.attach(&iface, aya::programs::XdpMode::Driver)?;
+            Ok(ebpf)
+        })??;
+        self._client_xdp = Some(ebpf);
+        Ok(())
+    }
+
+    /// A sysctl inside one of the lab's namespaces (never the host's).
+    pub fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<()> {
+        run(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", &format!("{key}={value}")]))
+    }
+
+    /// Starts the lab's HTTP server in the server namespace and waits until it listens.
+    pub fn start_server(&mut self, port: u16, backlog: u32) -> Result<()> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/server.py");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.server_ns, "/usr/bin/python3"])
+            .arg(&script)
+            .args(["--port", &port.to_string(), "--backlog", &backlog.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the lab server (python3)")?;
+        self.children.push(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = std::net::SocketAddr::from((SERVER_V4, port));
+        while Instant::now() < deadline {
+            let up = in_netns(&self.client_ns, move || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?;
+            if up {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("the lab server did not listen on port {port} within 10 s")
+    }
+
+    /// Spawns a process in a namespace; it is killed when the lab is dropped.
+    pub fn spawn(&mut self, ns: &str, cmd: &mut Command) -> Result<u32> {
+        let mut full = Command::new("ip");
+        full.args(["netns", "exec", ns]).arg(cmd.get_program()).args(cmd.get_args());
+        let child = full.spawn().with_context(|| format!("spawning {:?} in {ns}", cmd.get_program()))?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// The kernel's TCP counters in a namespace (/proc/net/netstat and snmp there).
+    pub fn nstat(&self, ns: &str) -> Result<std::collections::HashMap<String, u64>> {
+        in_netns(ns, || {
+            let mut out = std::collections::HashMap::new();
+            for file in ["/proc/thread-self/net/netstat", "/proc/thread-self/net/snmp"] {
+                let text = std::fs::read_to_string(file)?;
+                let mut lines = text.lines();
+                while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+                    let (Some((sec, names)), Some((_, values))) = (names.split_once(':'), values.split_once(':')) else {
+                        continue;
+                    };
+                    for (k, v) in names.split_whitespace().zip(values.split_whitespace()) {
+                        if let Ok(v) = v.parse() {
+                            out.insert(format!("{sec}{k}"), v);
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })?
+    }
+
+    /// `ip -d link show` of the server's veth: says whether an XDP program is attached.
+    pub fn server_link_details(&self) -> Result<String> {
+        let out = Command::new("ip").args(["-n", &self.server_ns, "-d", "link", "show", &self.server_if]).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+
+    pub fn server_addr(v6: bool) -> IpAddr {
+        if v6 { IpAddr::V6(SERVER_V6) } else { IpAddr::V4(SERVER_V4) }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self._client_xdp = None;
+        // Deleting a namespace deletes its veth end, and the pair with it.
+        for ns in [&self.server_ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(args))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!("{:?} {:?} failed: {}", cmd.get_program(), cmd.get_args().collect::<Vec<_>>(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! `cargo xtask setup`: installs, idempotently, what a fresh Debian 12 machine lacks to
+//! build and test (../shared/TOOLCHAIN.md), and says what it found and what it did.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{run, toolchain};
+
+/// Debian packages: the eBPF toolchain (Debian route), what bpf-linker links against,
+/// and the lab's tools (flood generators, capture, Prometheus and promtool).
+const PACKAGES: &[(&str, &str)] = &[
+    ("rustc-web", "rustc with LLVM 22 for the eBPF build"),
+    ("rust-web-src", "the standard library source for -Z build-std"),
+    ("llvm-22-dev", "LLVM that bpf-linker links against"),
+    ("libpolly-22-dev", "needed to link bpf-linker"),
+    ("libzstd-dev", "needed to link bpf-linker"),
+    ("zlib1g-dev", "needed to link bpf-linker"),
+    ("iproute2", "network namespaces and veth for the lab"),
+    ("ethtool", "offload settings in the lab"),
+    ("curl", "legit clients in the lab"),
+    ("python3-scapy", "spoofed SYN floods in the lab (sources inside 198.18.0.0/15)"),
+    ("netsniff-ng", "trafgen"),
+    ("hping3", "single-source floods"),
+    ("tshark", "captures in the lab"),
+    ("bpftool", "inspecting programs and maps"),
+    ("prometheus", "a real Prometheus server and promtool"),
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+pub fn main() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter_map(|(p, why)| {
+            if installed(p) {
+                println!("setup: present    {p}");
+                None
+            } else {
+                println!("setup: missing    {p} ({why})");
+                Some(*p)
+            }
+        })
+        .collect();
+    if !missing.is_empty() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            bail!("installing {} needs root (apt-get)", missing.join(" "));
+        }
+        run(Command::new("apt-get").args(["update", "-q"])).context("apt-get update")?;
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing))
+        .context("apt-get install")?;
+        println!("setup: installed  {}", missing.join(" "));
+    }
+    match toolchain::bpf_linker_version() {
+        Some(v) if v.contains(BPF_LINKER_VERSION) => println!("setup: present    {v}"),
+        found => {
+            println!("setup: installing bpf-linker {BPF_LINKER_VERSION} (found: {})", found.as_deref().unwrap_or("none"));
+            // bpf-linker must link the LLVM that rustc-web uses; without llvm-config on
+            // PATH its build fails with "unable to find -lLLVM".
+            let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+            run(Command::new("cargo")
+                .env("PATH", path)
+                .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+                .args(["--no-default-features", "--features", "llvm-22"]))
+            .context("cargo install bpf-linker")?;
+        }
+    }
+    let route = toolchain::detect().context("neither eBPF toolchain route is usable after setup")?;
+    println!("setup: eBPF build route: {}", route.describe());
+    if toolchain::nightly_has_rust_src() && toolchain::debian_route_present() {
+        println!("setup: (both routes are present; the nightly one is preferred)");
+    }
+    println!("setup: done");
+    Ok(())
+}
