@@ -99,10 +99,17 @@ counters! {
     /// The cookie helper declined (-ENOENT): `tcp_syncookies` is not 2 and the listener's
     /// SYN queue is not full. The agent sets the sysctl; this counts the gap.
     PassCookieNotArmed = 24, Some(Verdict::Pass), "cookie_not_armed";
+    /// A SYN shorter than its SYN-ACK, in a buffer without tailroom to grow: the kernel
+    /// answers it (with its own cookie, as `tcp_syncookies = 2` is set while answering).
+    PassCookieNoRoom = 25, Some(Verdict::Pass), "cookie_no_room";
+    /// A SYN whose exact tuple belongs to an existing socket (typically TIME_WAIT, when a
+    /// client reuses a port): only the kernel can decide it; a cookie ACK would hit that
+    /// socket instead of the listener.
+    PassCookieExistingSocket = 26, Some(Verdict::Pass), "cookie_existing_socket";
 }
 
 /// Number of slots in the counter array.
-pub const COUNTER_SLOTS: u32 = 25;
+pub const COUNTER_SLOTS: u32 = 27;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_SLOTS as usize);
 
@@ -124,6 +131,8 @@ impl Counter {
                 | Counter::PassMonitorBlocked
                 | Counter::PassMonitorOverLimit
                 | Counter::PassCookieNotArmed
+                | Counter::PassCookieNoRoom
+                | Counter::PassCookieExistingSocket
         )
     }
 

@@ -33,14 +33,13 @@ use detector_common::{
 };
 
 const ENOENT: i64 = 2;
+const EINVAL: i64 = 22;
 const NS_PER_SEC: u64 = 1_000_000_000;
 const NS_PER_MS: u64 = 1_000_000;
 /// The deepest IP header we answer for: behind two VLAN tags.
 const MAX_L3: usize = ETH_HEADER_LEN + MAX_VLAN_TAGS * VLAN_TAG_LEN;
 /// The deepest TCP header we answer for: an IPv6 header without extension headers.
 const MAX_L4: usize = MAX_L3 + 40;
-/// The helper's `th_len` may be up to this, so this much must be inside the packet.
-const MAX_TCP_HEADER: usize = 60;
 
 /// Per CPU: [start of the current second, SYN-ACKs sent in it].
 #[map(name = "COOKIE_BUDGET")]
@@ -91,7 +90,7 @@ pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) ->
         return Counter::DropCookieBudget;
     }
     let original_len = frame_len(ctx);
-    match respond(ctx, seg, cfg, now, original_len) {
+    match respond(ctx, seg, cfg, now) {
         Ok(()) => {
             budget[1] += 1;
             Counter::TxCookie
@@ -131,7 +130,7 @@ fn restore_len(ctx: &XdpContext, len: usize) {
 }
 
 #[inline(always)]
-fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64, len: usize) -> Result<(), Counter> {
+fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result<(), Counter> {
     let l3 = usize::from(seg.l3_offset);
     let l4 = usize::from(seg.l4_offset);
     let ip_len = match seg.version {
@@ -142,16 +141,6 @@ fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64, len: usiz
     // such (rare) SYNs to the kernel.
     if l4 != l3 + ip_len || l3 > MAX_L3 {
         return Err(Counter::PassCookieUnsupported);
-    }
-    // Grow the frame so that th .. th + 60 is inside it: the verifier checks the helper's
-    // variable th_len against its upper bound (../shared/DESIGN-NOTES.md, lesson 1).
-    let want = l4 + MAX_TCP_HEADER;
-    if len < want {
-        #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "< 60")]
-        // SAFETY: a helper call on our own context.
-        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, (want - len) as i32) } != 0 {
-            return Err(Counter::PassCookieHelperError);
-        }
     }
     let mut cookie = Cookie::default();
     gen_cookie(ctx, seg, &mut cookie)?;
@@ -186,7 +175,9 @@ fn send_reply(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, cookie: &Cookie,
     #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "frame lengths")]
     // SAFETY: a helper call on our own context.
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, target as i32 - cur as i32) } != 0 {
-        return Err(Counter::PassCookieHelperError);
+        // Only growth can fail: a SYN shorter than its reply, in a buffer without
+        // tailroom. The kernel answers it instead.
+        return Err(Counter::PassCookieNoRoom);
     }
     write_reply(ctx, seg, l3, l4, &tcp.bytes, tcp.len).ok_or(Counter::PassCookieHelperError)
 }
@@ -212,20 +203,31 @@ fn gen_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Result<()
     // LLVM from recomputing them (a recomputed pointer carries no range).
     let iph = black_box(data + l3);
     let th = black_box(data + l4);
-    if iph + 40 > end || th + MAX_TCP_HEADER > end {
+    if iph + 40 > end || th + 20 > end {
         return Err(Counter::PassCookieHelperError);
     }
-    // The bound is checked on the options length and th_len derived from it, through
-    // black_box: a range check that LLVM folds into `x - 20 <= 40` bounds only a temporary
-    // for the verifier, and the helper then sees a th_len of 0..=255 (DESIGN-NOTES, lesson 2).
+    // The bound is checked on the options length itself, through black_box: a range
+    // check that LLVM folds into `x - 20 <= 40` bounds only a temporary for the verifier
+    // (DESIGN-NOTES, lesson 2).
     let opt_len = black_box(usize::from(seg.tcp_header_len).wrapping_sub(20));
     if opt_len > MAX_OPTIONS_LEN {
         return Err(Counter::PassCookieHelperError);
     }
-    let th_len = opt_len + 20;
-    // SAFETY: th + 20 + 40 <= end, checked above.
-    let opt_bytes: [u8; MAX_OPTIONS_LEN] =
-        unsafe { core::ptr::read_unaligned((th + 20) as *const [u8; MAX_OPTIONS_LEN]) };
+    // Options are copied four bytes at a time (their length is a multiple of four), each
+    // word checked against the frame: no tail growth is needed to read them.
+    let mut opt_bytes = [0u8; MAX_OPTIONS_LEN];
+    for word in 0..MAX_OPTIONS_LEN / 4 {
+        let at = 4 * word;
+        if at >= opt_len {
+            break;
+        }
+        if th + 20 + at + 4 > end {
+            return Err(Counter::PassCookieHelperError);
+        }
+        // SAFETY: th + 20 + at + 4 <= end, checked just above.
+        let bytes = unsafe { core::ptr::read_unaligned((th + 20 + at) as *const [u8; 4]) };
+        opt_bytes[at..at + 4].copy_from_slice(&bytes);
+    }
     walk_options(&opt_bytes, opt_len, &mut out.opts);
 
     let mut tuple = listener_tuple(seg);
@@ -247,18 +249,30 @@ fn gen_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Result<()
             return Err(Counter::PassCookieNoListener);
         }
         if (*sk).state != BPF_TCP_LISTEN {
-            // An existing connection owns this exact tuple: the kernel handles its SYN.
+            // An existing socket owns this exact tuple (TIME_WAIT after a client reused
+            // its port, or a live connection): the kernel decides.
             bpf_sk_release(sk.cast());
-            return Err(Counter::PassCookieNoListener);
+            return Err(Counter::PassCookieExistingSocket);
         }
-        #[allow(clippy::cast_possible_truncation, reason = "<= 60")]
-        let ret = bpf_tcp_gen_syncookie(
-            sk.cast(),
-            iph as *mut c_void,
-            ip_len as u32,
-            th as *mut tcphdr,
-            th_len as u32,
-        );
+        #[allow(clippy::cast_possible_truncation, reason = "20 or 40")]
+        let ip_len = ip_len as u32;
+        // The helper's th_len must be a constant the verifier can check against the
+        // frame, and a SYN's header is one of eleven lengths: one call per length. (The
+        // alternative, growing the frame to th + 60, fails on frames without tailroom.)
+        let ret = match opt_len {
+            0 => syncookie::<20>(sk.cast(), iph, ip_len, th, end),
+            4 => syncookie::<24>(sk.cast(), iph, ip_len, th, end),
+            8 => syncookie::<28>(sk.cast(), iph, ip_len, th, end),
+            12 => syncookie::<32>(sk.cast(), iph, ip_len, th, end),
+            16 => syncookie::<36>(sk.cast(), iph, ip_len, th, end),
+            20 => syncookie::<40>(sk.cast(), iph, ip_len, th, end),
+            24 => syncookie::<44>(sk.cast(), iph, ip_len, th, end),
+            28 => syncookie::<48>(sk.cast(), iph, ip_len, th, end),
+            32 => syncookie::<52>(sk.cast(), iph, ip_len, th, end),
+            36 => syncookie::<56>(sk.cast(), iph, ip_len, th, end),
+            40 => syncookie::<60>(sk.cast(), iph, ip_len, th, end),
+            _ => -EINVAL,
+        };
         bpf_sk_release(sk.cast());
         if ret < 0 {
             return Err(if ret == -ENOENT {
@@ -273,6 +287,20 @@ fn gen_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Result<()
             out.mss = (ret >> 32) as u16;
         }
         Ok(())
+    }
+}
+
+/// `bpf_tcp_gen_syncookie` with a TCP header length the verifier sees as the constant
+/// `TH_LEN`, checked against the frame here. The caller releases `sk`.
+#[inline(always)]
+unsafe fn syncookie<const TH_LEN: usize>(sk: *mut c_void, iph: usize, ip_len: u32, th: usize, end: usize) -> i64 {
+    if th + TH_LEN > end {
+        return -EINVAL;
+    }
+    #[allow(clippy::cast_possible_truncation, reason = "<= 60")]
+    // SAFETY: iph + 40 and th + TH_LEN are inside the frame; sk is a live listener.
+    unsafe {
+        bpf_tcp_gen_syncookie(sk, iph as *mut c_void, ip_len, th as *mut tcphdr, TH_LEN as u32)
     }
 }
 

@@ -83,18 +83,19 @@ impl Flood {
                 // 2001:2:0:8000::/64 with a random interface identifier.
                 FloodSources::Random => format!("{}, drnd(8)", bytes(&ATTACK_V6.0.octets()[..8])),
             };
-            format!("0x60, 0, 0, 0, c16(20), 6, 64, {src}, {}", bytes(&SERVER_V6.octets()))
+            format!("0x60, 0, 0, 0, c16(24), 6, 64, {src}, {}", bytes(&SERVER_V6.octets()))
         } else {
             let src = match self.sources {
                 FloodSources::Single(host) => bytes(&Self::single_v4(host).octets()),
                 // 198.18.128.0/17: third octet 128..=255, fourth random.
                 FloodSources::Random => "198, 18, dinc(128, 255), drnd(1)".to_owned(),
             };
-            format!("0x45, 0, c16(40), drnd(2), c16(0x4000), 64, 6, csumip(14, 33), {src}, {}", bytes(&SERVER_V4.octets()))
+            format!("0x45, 0, c16(44), drnd(2), c16(0x4000), 64, 6, csumip(14, 33), {src}, {}", bytes(&SERVER_V4.octets()))
         };
         let csum = if self.v6 { "csumtcp6(14, 54)" } else { "csumtcp(14, 34)" };
         format!(
-            "{{\n  {}, {}, {eth_type},\n  {ip},\n  drnd(2), c16({}), drnd(4), c32(0), 0x50, 0x02, c16(64240), {csum}, c16(0)\n}}\n",
+            // TCP with an MSS option (data offset 6), as most SYN flood tools send.
+            "{{\n  {}, {}, {eth_type},\n  {ip},\n  drnd(2), c16({}), drnd(4), c32(0), 0x60, 0x02, c16(64240), {csum}, c16(0),\n  0x02, 0x04, 0x05, 0xb4\n}}\n",
             bytes(dst_mac),
             bytes(src_mac),
             self.port
