@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => build_ebpf::main(&build_ebpf::BuildEbpfArgs { release: true })
             .and_then(|object| bench::main(&args, &object)),
         Task::Run(args) => build(&build_ebpf::BuildEbpfArgs { release: false })
-            .and_then(|agent| xtask::demo::main(&args, &agent)),
+            .and_then(|agent| xtask::demo::main(&args, &agent, &build_ebpf::object_path(false))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
