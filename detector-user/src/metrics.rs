@@ -10,6 +10,8 @@ use prometheus::{
     Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use detector_common::counters::Counter;
+
 use crate::kernel_stats;
 
 pub struct Metrics {
@@ -95,6 +97,23 @@ impl Metrics {
             registry: r,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // Every bounded label set exists from the first scrape, so dashboards and alerts
+        // see zeros rather than missing series.
+        for c in Counter::ALL {
+            if let Some(verdict) = c.verdict() {
+                m.packets.with_label_values(&[verdict.as_str(), c.label()]).inc_by(0);
+            }
+        }
+        for result in ["completed", "failed"] {
+            m.handshakes.with_label_values(&[result]).inc_by(0);
+        }
+        for reason in ["syn_rate", "half_open"] {
+            m.source_blocks.with_label_values(&[reason]).inc_by(0);
+        }
+        for map in ["sources", "pending"] {
+            m.map_entries.with_label_values(&[map]).set(0);
+            m.map_fill_ratio.with_label_values(&[map]).set(0.0);
+        }
         for result in ["success", "failure"] {
             m.config_reloads.with_label_values(&[result]).inc_by(0);
         }
@@ -118,4 +137,70 @@ impl Metrics {
 pub fn advance(counter: &IntCounter, previous: &mut u64, total: u64) {
     counter.inc_by(total.saturating_sub(*previous));
     *previous = total;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Write, path::Path, process::{Command, Stdio}};
+
+    use super::*;
+
+    const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards/golden-metrics.prom");
+
+    /// The exposition of a running agent: every family, with the label sets the agent
+    /// fills in once it has its config and has polled (one top source, one interface).
+    fn representative() -> String {
+        let m = Metrics::new();
+        for (mode, on) in [("monitor", 0), ("drop", 0), ("cookie", 0), ("auto", 1)] {
+            m.mode.with_label_values(&[mode]).set(on);
+        }
+        for name in ["enter_syn_rate", "exit_syn_rate", "enter_half_open", "exit_half_open", "source_syn_rate", "source_half_open"] {
+            m.threshold.with_label_values(&[name]).set(1.0);
+        }
+        m.top_sources.with_label_values(&["1", "198.18.200.66"]).set(1000.0);
+        m.interface_attached.with_label_values(&["eth0", "driver"]).set(1);
+        for map in ["sources", "pending"] {
+            m.map_capacity.with_label_values(&[map]).set(65_536);
+        }
+        m.render()
+    }
+
+    /// Every family the agent exports, as dashboards/ may query them. Regenerate with
+    /// `UPDATE_GOLDEN=1 cargo test -p detector-user golden`.
+    #[test]
+    fn exposition_matches_the_golden_file() {
+        let text = representative();
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(GOLDEN, &text).unwrap();
+        }
+        let golden = std::fs::read_to_string(GOLDEN).expect("dashboards/golden-metrics.prom");
+        assert_eq!(text, golden, "the exposition changed: review it, then UPDATE_GOLDEN=1");
+    }
+
+    #[test]
+    fn promtool_accepts_the_exposition() {
+        let text = representative();
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package prometheus; `cargo xtask setup` installs it)");
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+        assert!(Path::new(GOLDEN).exists());
+    }
+
+    #[test]
+    fn advance_never_goes_backwards() {
+        let c = IntCounter::new("t_total", "t").unwrap();
+        let mut prev = 0;
+        advance(&c, &mut prev, 10);
+        advance(&c, &mut prev, 4);
+        advance(&c, &mut prev, 7);
+        assert_eq!(c.get(), 13);
+    }
 }
