@@ -5,24 +5,19 @@
 //! Each test runs on its own thread inside a private network namespace (`unshare`), with
 //! its own listener and `tcp_syncookies` there: the host is not touched. Needs root.
 
+mod common;
+
 use std::{net::TcpListener, thread};
 
-use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
-};
+use common::{Detector, XDP_DROP, XDP_PASS, XDP_TX};
 use detector_common::{
     config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE},
     counters::Counter,
     names,
-    state::{FlowKey, PendingFlow, SourceKey, SourceState},
+    state::SourceKey,
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpHeader, TcpOptionElement, TransportSlice};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 const PORT: u16 = 8080;
 const CLOSED_PORT: u16 = 9;
 const SEC: u64 = 1_000_000_000;
@@ -32,16 +27,6 @@ const CLIENT6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]
 const SERVER6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-
-fn object() -> Vec<u8> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    );
-    std::fs::read(path).unwrap_or_else(|e| {
-        panic!("the XDP object is missing at {path} ({e}): build it with `cargo xtask build-ebpf`")
-    })
-}
 
 /// Runs `test` on a thread of its own in a fresh network namespace with a dual-stack
 /// listener on PORT and `tcp_syncookies` set as given (in that namespace only).
@@ -69,48 +54,6 @@ fn in_private_netns(syncookies: &str, test: impl FnOnce() + Send + 'static) {
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e));
-}
-
-struct Detector {
-    ebpf: Ebpf,
-}
-
-impl Detector {
-    fn load(cfg: Config) -> Self {
-        let mut ebpf = EbpfLoader::new().load(&object()).expect("loading the object");
-        for name in [names::PROGRAM, "probe_check_cookie"] {
-            let prog: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            prog.load().unwrap_or_else(|e| panic!("verifying {name}: {e:#}"));
-        }
-        let mut map: Array<_, Config> = Array::try_from(ebpf.map_mut(names::MAP_CONFIG).unwrap()).unwrap();
-        map.set(0, cfg, 0).unwrap();
-        Self { ebpf }
-    }
-
-    fn run(&self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &Xdp = self.ebpf.program(program).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::default() })
-            .expect("BPF_PROG_TEST_RUN");
-        let (verdict, len) = (result.return_value, result.data_size_out as usize);
-        assert_ne!(verdict, 0, "XDP_ABORTED must never happen");
-        out.truncate(len);
-        (verdict, out)
-    }
-
-    fn counter(&self, counter: Counter) -> u64 {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(names::MAP_COUNTERS).unwrap()).unwrap();
-        map.get(&(counter as u32), 0).unwrap().iter().sum()
-    }
-
-    fn sources(&self) -> HashMap<&MapData, SourceKey, SourceState> {
-        HashMap::try_from(self.ebpf.map(names::MAP_SOURCES).unwrap()).unwrap()
-    }
-
-    fn pending(&self) -> HashMap<&MapData, FlowKey, PendingFlow> {
-        HashMap::try_from(self.ebpf.map(names::MAP_PENDING).unwrap()).unwrap()
-    }
 }
 
 fn cookie_config(timestamps: bool) -> Config {
@@ -236,7 +179,7 @@ fn options(header: &TcpHeader) -> Vec<TcpOptionElement> {
 #[test]
 fn ipv4_syn_gets_a_synack_whose_cookie_the_kernel_accepts() {
     in_private_netns("2", || {
-        let det = Detector::load(cookie_config(true));
+        let det = Detector::load(cookie_config(true), &["probe_check_cookie"]);
         let syn = Syn::v4();
         let (verdict, reply) = det.run(names::PROGRAM, &syn.frame(&linux_syn_options()));
         assert_eq!(verdict, XDP_TX);
@@ -261,7 +204,7 @@ fn ipv4_syn_gets_a_synack_whose_cookie_the_kernel_accepts() {
 #[test]
 fn ipv6_syn_gets_a_synack_whose_cookie_the_kernel_accepts() {
     in_private_netns("2", || {
-        let det = Detector::load(cookie_config(true));
+        let det = Detector::load(cookie_config(true), &["probe_check_cookie"]);
         let syn = Syn::v6();
         let (verdict, reply) = det.run(names::PROGRAM, &syn.frame(&linux_syn_options()));
         assert_eq!(verdict, XDP_TX);
@@ -274,7 +217,7 @@ fn ipv6_syn_gets_a_synack_whose_cookie_the_kernel_accepts() {
 #[test]
 fn vlan_and_qinq_tags_are_kept_in_the_reply() {
     in_private_netns("2", || {
-        let det = Detector::load(cookie_config(true));
+        let det = Detector::load(cookie_config(true), &["probe_check_cookie"]);
         for (syn, tags) in [
             (Syn::v4(), vec![(0x8100, 42)]),
             (Syn::v6(), vec![(0x8100, 42)]),
@@ -299,7 +242,7 @@ fn vlan_and_qinq_tags_are_kept_in_the_reply() {
 fn without_timestamps_or_client_options_the_reply_has_mss_only() {
     in_private_netns("2", || {
         // Timestamps off in the config: MSS only, whatever the client offered.
-        let det = Detector::load(cookie_config(false));
+        let det = Detector::load(cookie_config(false), &["probe_check_cookie"]);
         for syn in [Syn::v4(), Syn::v6()] {
             let (verdict, reply) = det.run(names::PROGRAM, &syn.frame(&linux_syn_options()));
             assert_eq!(verdict, XDP_TX);
@@ -309,7 +252,7 @@ fn without_timestamps_or_client_options_the_reply_has_mss_only() {
             assert!(kernel_accepts(&det, &syn, h.sequence_number));
         }
         // Timestamps on, but a client that sent no options at all.
-        let det = Detector::load(cookie_config(true));
+        let det = Detector::load(cookie_config(true), &["probe_check_cookie"]);
         let syn = Syn::v4();
         let (verdict, reply) = det.run(names::PROGRAM, &syn.frame(&[]));
         assert_eq!(verdict, XDP_TX);
@@ -322,7 +265,7 @@ fn without_timestamps_or_client_options_the_reply_has_mss_only() {
 #[test]
 fn syn_to_a_port_without_listener_passes_unchanged() {
     in_private_netns("2", || {
-        let det = Detector::load(cookie_config(true));
+        let det = Detector::load(cookie_config(true), &["probe_check_cookie"]);
         let syn = Syn { dport: CLOSED_PORT, ..Syn::v4() };
         let frame = syn.frame(&linux_syn_options());
         let (verdict, out) = det.run(names::PROGRAM, &frame);
@@ -336,7 +279,7 @@ fn syn_to_a_port_without_listener_passes_unchanged() {
 fn helper_declining_passes_the_syn_unchanged() {
     // tcp_syncookies = 1 and an empty SYN queue: the helper answers -ENOENT.
     in_private_netns("1", || {
-        let det = Detector::load(cookie_config(true));
+        let det = Detector::load(cookie_config(true), &["probe_check_cookie"]);
         let frame = Syn::v6().frame(&linux_syn_options());
         let (verdict, out) = det.run(names::PROGRAM, &frame);
         assert_eq!(verdict, XDP_PASS);
@@ -348,7 +291,7 @@ fn helper_declining_passes_the_syn_unchanged() {
 #[test]
 fn ipv4_options_are_left_to_the_kernel() {
     in_private_netns("2", || {
-        let det = Detector::load(cookie_config(true));
+        let det = Detector::load(cookie_config(true), &["probe_check_cookie"]);
         let syn = Syn::v4();
         let plain = syn.frame(&linux_syn_options());
         // Rebuild the IPv4 header with 4 bytes of options (NOPs), fixing lengths and checksum.
@@ -372,7 +315,7 @@ fn synack_budget_caps_replies_per_cpu() {
     in_private_netns("2", || {
         let mut cfg = cookie_config(true);
         cfg.cookie_budget_per_cpu = 3;
-        let det = Detector::load(cfg);
+        let det = Detector::load(cfg, &[]);
         let verdicts: Vec<u32> = (0..5)
             .map(|i| det.run(names::PROGRAM, &Syn { sport: 41_000 + i, ..Syn::v4() }.frame(&[])).0)
             .collect();
@@ -386,7 +329,7 @@ fn cookie_mode_keeps_no_state_for_ordinary_sources() {
     in_private_netns("2", || {
         let mut cfg = cookie_config(true);
         cfg.syn_rate_limit = 50;
-        let det = Detector::load(cfg);
+        let det = Detector::load(cfg, &[]);
         for last in 1..=200u8 {
             let syn = Syn { src_last: last, ..Syn::v6() };
             assert_eq!(det.run(names::PROGRAM, &syn.frame(&[])).0, XDP_TX);
@@ -401,7 +344,7 @@ fn a_single_source_flooding_in_cookie_mode_is_found_by_the_sketch_and_blocked() 
     in_private_netns("2", || {
         let mut cfg = cookie_config(true);
         cfg.syn_rate_limit = 5;
-        let det = Detector::load(cfg);
+        let det = Detector::load(cfg, &[]);
         let flood = |i: u16| Syn { sport: 42_000 + i, src_last: 66, ..Syn::v4() };
         let verdicts: Vec<u32> = (0..8).map(|i| det.run(names::PROGRAM, &flood(i).frame(&[])).0).collect();
         assert_eq!(verdicts[..5], [XDP_TX; 5], "within the limit: answered");

@@ -1,0 +1,223 @@
+//! The parser on crafted frames: IPv4/IPv6, VLAN and QinQ, IPv4 options, IPv6 extension
+//! headers, fragments, TCP options, malformed and truncated input. Frames are built with
+//! etherparse (an independent encoder) where it can, by hand where it cannot.
+
+use detector_common::parse::{ipv4_mapped, parse_tcp, tcp_flags, IpVersion, NotTcp, TcpSegment};
+use etherparse::{PacketBuilder, TcpOptionElement};
+
+const CLIENT4: [u8; 4] = [198, 18, 0, 2];
+const SERVER4: [u8; 4] = [198, 18, 0, 1];
+const CLIENT6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const SERVER6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+fn syn4(options: &[TcpOptionElement]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+        .ipv4(CLIENT4, SERVER4, 64)
+        .tcp(40000, 80, 1000, 64240)
+        .syn()
+        .options(options)
+        .unwrap()
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+fn syn6() -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+        .ipv6(CLIENT6, SERVER6, 64)
+        .tcp(40000, 80, 1000, 64240)
+        .syn()
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+/// Inserts VLAN tags (outermost first) after the MAC addresses.
+fn tagged(frame: &[u8], tags: &[u16]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    for (i, tpid) in tags.iter().enumerate() {
+        out.extend_from_slice(&tpid.to_be_bytes());
+        out.extend_from_slice(&(100 + u16::try_from(i).unwrap()).to_be_bytes());
+    }
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// An IPv6 SYN with the given extension headers (each: next-header byte is filled in).
+fn syn6_with_ext(exts: &[(u8, usize)]) -> Vec<u8> {
+    let plain = syn6();
+    let (eth, ip, tcp) = (&plain[..14], &plain[14..54], &plain[54..]);
+    let mut headers = Vec::new();
+    let kinds: Vec<u8> = exts.iter().map(|e| e.0).chain(std::iter::once(6)).collect();
+    for (i, (_, len8)) in exts.iter().enumerate() {
+        let mut h = vec![0u8; (len8 + 1) * 8];
+        h[0] = kinds[i + 1];
+        h[1] = u8::try_from(*len8).unwrap();
+        headers.extend_from_slice(&h);
+    }
+    let mut ip = ip.to_vec();
+    ip[6] = kinds[0];
+    let payload = u16::try_from(headers.len() + tcp.len()).unwrap();
+    ip[4..6].copy_from_slice(&payload.to_be_bytes());
+    [eth, &ip, &headers, tcp].concat()
+}
+
+fn ok(frame: &[u8]) -> TcpSegment {
+    parse_tcp(frame).unwrap_or_else(|e| panic!("{e:?} for a valid frame"))
+}
+
+#[test]
+fn ipv4_syn() {
+    let seg = ok(&syn4(&[]));
+    assert_eq!(seg.version, IpVersion::V4);
+    assert_eq!((seg.l3_offset, seg.l4_offset, seg.tcp_header_len, seg.vlan_tags), (14, 34, 20, 0));
+    assert_eq!((seg.src, seg.dst), (ipv4_mapped(CLIENT4), ipv4_mapped(SERVER4)));
+    assert_eq!((seg.src_port, seg.dst_port, seg.seq), (40000, 80, 1000));
+    assert!(seg.is_syn() && !seg.may_complete_handshake());
+}
+
+#[test]
+fn ipv6_syn() {
+    let seg = ok(&syn6());
+    assert_eq!(seg.version, IpVersion::V6);
+    assert_eq!((seg.l3_offset, seg.l4_offset), (14, 54));
+    assert_eq!((seg.src, seg.dst), (CLIENT6, SERVER6));
+}
+
+#[test]
+fn vlan_and_qinq() {
+    for (tags, l3) in [(vec![0x8100], 18), (vec![0x88a8, 0x8100], 22), (vec![0x8100, 0x8100], 22)] {
+        let seg = ok(&tagged(&syn4(&[]), &tags));
+        assert_eq!((seg.l3_offset, usize::from(seg.vlan_tags)), (l3, tags.len()), "{tags:x?}");
+        let seg = ok(&tagged(&syn6(), &tags));
+        assert_eq!(seg.l4_offset, l3 + 40);
+    }
+    assert_eq!(parse_tcp(&tagged(&syn4(&[]), &[0x88a8, 0x8100, 0x8100])[..]), Err(NotTcp::TooDeep));
+}
+
+#[test]
+fn ipv4_options_move_the_tcp_header() {
+    let plain = syn4(&[]);
+    for ihl in 6..=15u8 {
+        let extra = usize::from(ihl - 5) * 4;
+        let mut frame = plain[..14].to_vec();
+        let mut ip = plain[14..34].to_vec();
+        ip[0] = 0x40 | ihl;
+        ip.extend(std::iter::repeat_n(1u8, extra)); // NOP options
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&plain[34..]);
+        let seg = ok(&frame);
+        assert_eq!(usize::from(seg.l4_offset), 34 + extra, "ihl {ihl}");
+        assert_eq!(seg.dst_port, 80);
+    }
+}
+
+#[test]
+fn bad_ip_headers_are_malformed() {
+    let mut frame = syn4(&[]);
+    frame[14] = 0x44; // IHL 4
+    assert_eq!(parse_tcp(&frame[..]), Err(NotTcp::Malformed));
+    let mut frame = syn4(&[]);
+    frame[14] = 0x65; // version 6 in an IPv4 ethertype
+    assert_eq!(parse_tcp(&frame[..]), Err(NotTcp::Malformed));
+    let mut frame = syn4(&[]);
+    frame[46] = 0x40; // TCP data offset 4
+    assert_eq!(parse_tcp(&frame[..]), Err(NotTcp::Malformed));
+}
+
+#[test]
+fn fragments_pass_as_fragments() {
+    for (flags_offset, what) in [(0x2000u16, "more fragments"), (0x0010, "offset 16")] {
+        let mut frame = syn4(&[]);
+        frame[20..22].copy_from_slice(&flags_offset.to_be_bytes());
+        assert_eq!(parse_tcp(&frame[..]), Err(NotTcp::Fragment), "{what}");
+    }
+    let mut frame = syn4(&[]);
+    frame[20..22].copy_from_slice(&0x4000u16.to_be_bytes()); // DF only: not a fragment
+    ok(&frame);
+    assert_eq!(parse_tcp(&syn6_with_ext(&[(44, 0)])[..]), Err(NotTcp::Fragment));
+}
+
+#[test]
+fn ipv6_extension_headers_are_skipped_to_a_bound() {
+    let seg = ok(&syn6_with_ext(&[(0, 0), (60, 1), (43, 0)]));
+    assert_eq!(usize::from(seg.l4_offset), 54 + 8 + 16 + 8);
+    assert_eq!(seg.dst_port, 80);
+    let deep = syn6_with_ext(&[(60, 0), (60, 0), (60, 0), (60, 0), (60, 0)]);
+    assert_eq!(parse_tcp(&deep[..]), Err(NotTcp::TooDeep));
+}
+
+#[test]
+fn tcp_options_set_the_header_length() {
+    let seg = ok(&syn4(&[
+        TcpOptionElement::MaximumSegmentSize(1460),
+        TcpOptionElement::SelectiveAcknowledgementPermitted,
+        TcpOptionElement::Timestamp(1, 0),
+        TcpOptionElement::Noop,
+        TcpOptionElement::WindowScale(7),
+    ]));
+    assert_eq!(seg.tcp_header_len, 40);
+    let mut frame = syn4(&[]);
+    frame[46] = 0xf0; // data offset 15: 60 bytes, but the frame has only 20
+    assert_eq!(parse_tcp(&frame[..]), Err(NotTcp::Truncated));
+    frame.extend_from_slice(&[1u8; 40]);
+    assert_eq!(ok(&frame).tcp_header_len, 60);
+}
+
+#[test]
+fn other_protocols() {
+    let mut udp = Vec::new();
+    PacketBuilder::ethernet2([2; 6], [3; 6]).ipv4(CLIENT4, SERVER4, 64).udp(53, 53).write(&mut udp, &[0; 8]).unwrap();
+    assert_eq!(parse_tcp(&udp[..]), Err(NotTcp::OtherProtocol));
+    let mut arp = syn4(&[]);
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert_eq!(parse_tcp(&arp[..]), Err(NotTcp::NotIp));
+}
+
+#[test]
+fn every_truncation_is_reported_and_never_panics() {
+    let frames = [
+        syn4(&[TcpOptionElement::MaximumSegmentSize(1460)]),
+        syn6(),
+        tagged(&syn4(&[]), &[0x88a8, 0x8100]),
+        syn6_with_ext(&[(0, 0)]),
+    ];
+    for frame in &frames {
+        for len in 0..frame.len() {
+            assert_eq!(parse_tcp(&frame[..len]), Err(NotTcp::Truncated), "cut at {len} of {}", frame.len());
+        }
+        ok(frame);
+    }
+}
+
+#[test]
+fn flag_helpers() {
+    let with = |flags: u8| TcpSegment { flags, ..ok(&syn4(&[])) };
+    use tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN};
+    assert!(with(SYN).is_syn() && with(SYN | ECE | CWR).is_syn());
+    assert!(!with(SYN | ACK).is_syn() && !with(SYN | RST).is_syn());
+    assert!(with(ACK).may_complete_handshake() && with(ACK | PSH).may_complete_handshake());
+    assert!(!with(ACK | FIN).may_complete_handshake() && !with(ACK | RST).may_complete_handshake());
+    assert!(!with(SYN | ACK).may_complete_handshake());
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    let mut seed = 0x9e37_79b9_u32;
+    for len in (0..200).chain([1500, 9000]) {
+        let mut frame = vec![0u8; len];
+        for b in &mut frame {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            *b = seed.to_le_bytes()[0];
+        }
+        // Make some of them look like IP to reach deeper code.
+        if len > 14 && seed % 2 == 0 {
+            frame[12..14].copy_from_slice(if seed % 4 == 0 { &[0x08, 0x00] } else { &[0x86, 0xdd] });
+        }
+        let _ = parse_tcp(&frame[..]);
+    }
+}
