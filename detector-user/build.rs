@@ -17,8 +17,10 @@ fn main() {
     if let Err(e) = fs::copy(&object, &out) {
         eprintln!();
         eprintln!("error: the XDP object is missing at {} ({e}).", object.display());
-        eprintln!("       Build it with `cargo xtask build-ebpf{}` (or `cargo xtask build` for both halves).",
-            if profile == "release" { " --release" } else { "" });
+        eprintln!(
+            "       Build it with `cargo xtask build-ebpf{}` (or `cargo xtask build` for both halves).",
+            if profile == "release" { " --release" } else { "" }
+        );
         eprintln!();
         std::process::exit(1);
     }

@@ -84,8 +84,7 @@ impl TcpSegment {
     #[inline(always)]
     #[must_use]
     pub fn may_complete_handshake(&self) -> bool {
-        self.flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN)
-            == tcp_flags::ACK
+        self.flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN) == tcp_flags::ACK
     }
 }
 
@@ -222,8 +221,7 @@ fn parse_tcp_header<P: Packet + ?Sized>(pkt: &P, l4: usize) -> Result<TcpSegment
         return Err(NotTcp::Malformed);
     }
     // The options must be inside the frame too: a SYN-ACK built from this header reads them.
-    pkt.u8_at(l4 + usize::from(header_len) - 1)
-        .ok_or(NotTcp::Truncated)?;
+    pkt.u8_at(l4 + usize::from(header_len) - 1).ok_or(NotTcp::Truncated)?;
     Ok(TcpSegment {
         version: IpVersion::V4,
         vlan_tags: 0,

@@ -146,12 +146,7 @@ pub fn block_heavy_hitter(state: &mut SourceState, now_ns: u64, cfg: &Config) {
 /// Call `SourceState::age` first. Returns whether the handshake was still pending (a late
 /// one was already counted as failed, and stays so).
 #[inline(always)]
-pub fn on_handshake_complete(
-    state: &mut SourceState,
-    syn_ns: u64,
-    now_ns: u64,
-    cfg: &Config,
-) -> bool {
+pub fn on_handshake_complete(state: &mut SourceState, syn_ns: u64, now_ns: u64, cfg: &Config) -> bool {
     state.last_seen_ns = now_ns;
     let syn_slot = slot_of(syn_ns, cfg);
     let age_in_slots = state.newest_slot.wrapping_sub(syn_slot);
@@ -191,10 +186,7 @@ mod tests {
         for i in 0..5 {
             assert_eq!(syn(&mut s, i * MS, &c), SynVerdict::Pass, "syn {i}");
         }
-        assert_eq!(
-            syn(&mut s, 6 * MS, &c),
-            SynVerdict::DropNewlyBlocked(BlockReason::SynRate)
-        );
+        assert_eq!(syn(&mut s, 6 * MS, &c), SynVerdict::DropNewlyBlocked(BlockReason::SynRate));
         assert_eq!(syn(&mut s, 7 * MS, &c), SynVerdict::DropBlocked);
         assert!(s.is_blocked(10 * SEC));
         assert!(!s.is_blocked(10 * SEC + 6 * MS));
@@ -226,10 +218,7 @@ mod tests {
         assert!(on_handshake_complete(&mut s, 0, 5 * MS, &c));
         assert_eq!(s.half_open(), 2);
         assert_eq!(syn(&mut s, 6 * MS, &c), SynVerdict::Pass);
-        assert_eq!(
-            syn(&mut s, 7 * MS, &c),
-            SynVerdict::DropNewlyBlocked(BlockReason::HalfOpen)
-        );
+        assert_eq!(syn(&mut s, 7 * MS, &c), SynVerdict::DropNewlyBlocked(BlockReason::HalfOpen));
         assert_eq!(s.completed, 1);
     }
 

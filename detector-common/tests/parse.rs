@@ -169,7 +169,11 @@ fn tcp_options_set_the_header_length() {
 #[test]
 fn other_protocols() {
     let mut udp = Vec::new();
-    PacketBuilder::ethernet2([2; 6], [3; 6]).ipv4(CLIENT4, SERVER4, 64).udp(53, 53).write(&mut udp, &[0; 8]).unwrap();
+    PacketBuilder::ethernet2([2; 6], [3; 6])
+        .ipv4(CLIENT4, SERVER4, 64)
+        .udp(53, 53)
+        .write(&mut udp, &[0; 8])
+        .unwrap();
     assert_eq!(parse_tcp(&udp[..]), Err(NotTcp::OtherProtocol));
     let mut arp = syn4(&[]);
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());

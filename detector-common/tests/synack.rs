@@ -4,8 +4,8 @@
 use detector_common::{
     parse::{parse_tcp, IpVersion},
     synack::{
-        build_ipv4_reply, build_ipv6_reply, build_synack, encode_timestamp, parse_syn_options,
-        ReplySettings, SynOptions, MAX_OPTIONS_LEN,
+        build_ipv4_reply, build_ipv6_reply, build_synack, encode_timestamp, parse_syn_options, ReplySettings,
+        SynOptions, MAX_OPTIONS_LEN,
     },
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
@@ -16,8 +16,7 @@ const CLIENT6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]
 const SERVER6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const NOW_MS: u32 = 5_000_000;
 
-const SETTINGS: ReplySettings =
-    ReplySettings { timestamps: true, ecn: true, wscale: 10, window: 65535 };
+const SETTINGS: ReplySettings = ReplySettings { timestamps: true, ecn: true, wscale: 10, window: 65535 };
 
 fn syn_options_full() -> [TcpOptionElement; 4] {
     [
@@ -30,11 +29,7 @@ fn syn_options_full() -> [TcpOptionElement; 4] {
 
 fn syn_frame(v6: bool, options: &[TcpOptionElement], ecn: bool) -> Vec<u8> {
     let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]);
-    let builder = if v6 {
-        builder.ipv6(CLIENT6, SERVER6, 64)
-    } else {
-        builder.ipv4(CLIENT4, SERVER4, 64)
-    };
+    let builder = if v6 { builder.ipv6(CLIENT6, SERVER6, 64) } else { builder.ipv4(CLIENT4, SERVER4, 64) };
     let mut tcp = builder.tcp(40000, 8080, 1000, 64240).syn().options(options).unwrap();
     if ecn {
         tcp = tcp.ece().cwr();

@@ -60,7 +60,8 @@ pub fn baseline_helper_floor(ctx: XdpContext) -> u32 {
         tuple.__bindgen_anon_1.ipv4.sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
         tuple.__bindgen_anon_1.ipv4.dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
         #[allow(clippy::cast_sign_loss, reason = "helper ABI: -1 is the current netns")]
-        let sk = bpf_skc_lookup_tcp(ctx.ctx.cast::<c_void>(), &raw mut tuple, 12, BPF_F_CURRENT_NETNS as u64, 0);
+        let sk =
+            bpf_skc_lookup_tcp(ctx.ctx.cast::<c_void>(), &raw mut tuple, 12, BPF_F_CURRENT_NETNS as u64, 0);
         if sk.is_null() {
             return xdp_action::XDP_PASS;
         }

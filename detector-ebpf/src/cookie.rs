@@ -11,12 +11,10 @@ use core::{ffi::c_void, hint::black_box, mem::size_of};
 use aya_ebpf::{
     bindings::{
         bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as TupleV4,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as TupleV6, tcphdr, BPF_F_CURRENT_NETNS,
-        BPF_TCP_LISTEN,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as TupleV6, tcphdr, BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN,
     },
     helpers::generated::{
-        bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail,
-        bpf_xdp_get_buff_len,
+        bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
     },
     macros::map,
     maps::PerCpuArray,
@@ -27,8 +25,8 @@ use detector_common::{
     counters::Counter,
     parse::{IpVersion, TcpSegment, ETH_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN},
     synack::{
-        build_ipv4_reply, build_ipv6_reply, build_synack, parse_syn_options_with, ReplySettings,
-        MAX_OPTIONS_LEN, SYNACK_LEN_MSS_ONLY, SYNACK_LEN_WITH_TS, SynOptions,
+        build_ipv4_reply, build_ipv6_reply, build_synack, parse_syn_options_with, ReplySettings, SynOptions,
+        MAX_OPTIONS_LEN, SYNACK_LEN_MSS_ONLY, SYNACK_LEN_WITH_TS,
     },
 };
 
@@ -158,7 +156,13 @@ struct Cookie {
 /// Builds the SYN-ACK over the SYN and cuts the frame to its length.
 /// A BPF-to-BPF call (at most five arguments), beside `gen_cookie` on the stack.
 #[inline(never)]
-fn send_reply(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, cookie: &Cookie, now: u64) -> Result<(), Counter> {
+fn send_reply(
+    ctx: &XdpContext,
+    seg: &TcpSegment,
+    cfg: &Config,
+    cookie: &Cookie,
+    now: u64,
+) -> Result<(), Counter> {
     let settings = ReplySettings {
         timestamps: cfg.has(FLAG_COOKIE_TIMESTAMPS),
         ecn: cfg.has(FLAG_COOKIE_ECN),
@@ -293,7 +297,13 @@ fn gen_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Result<()
 /// `bpf_tcp_gen_syncookie` with a TCP header length the verifier sees as the constant
 /// `TH_LEN`, checked against the frame here. The caller releases `sk`.
 #[inline(always)]
-unsafe fn syncookie<const TH_LEN: usize>(sk: *mut c_void, iph: usize, ip_len: u32, th: usize, end: usize) -> i64 {
+unsafe fn syncookie<const TH_LEN: usize>(
+    sk: *mut c_void,
+    iph: usize,
+    ip_len: u32,
+    th: usize,
+    end: usize,
+) -> i64 {
     if th + TH_LEN > end {
         return -EINVAL;
     }
@@ -321,12 +331,8 @@ fn listener_tuple(seg: &TcpSegment) -> bpf_sock_tuple {
             };
         }
         IpVersion::V6 => {
-            tuple.__bindgen_anon_1.ipv6 = TupleV6 {
-                saddr: words(&seg.src),
-                daddr: words(&seg.dst),
-                sport,
-                dport,
-            };
+            tuple.__bindgen_anon_1.ipv6 =
+                TupleV6 { saddr: words(&seg.src), daddr: words(&seg.dst), sport, dport };
         }
     }
     tuple

@@ -50,8 +50,18 @@ pub fn probe_check_cookie(ctx: XdpContext) -> u32 {
             IpVersion::V6 => {
                 let t = &mut tuple.__bindgen_anon_1.ipv6;
                 for i in 0..4 {
-                    t.saddr[i] = u32::from_ne_bytes([seg.src[4 * i], seg.src[4 * i + 1], seg.src[4 * i + 2], seg.src[4 * i + 3]]);
-                    t.daddr[i] = u32::from_ne_bytes([seg.dst[4 * i], seg.dst[4 * i + 1], seg.dst[4 * i + 2], seg.dst[4 * i + 3]]);
+                    t.saddr[i] = u32::from_ne_bytes([
+                        seg.src[4 * i],
+                        seg.src[4 * i + 1],
+                        seg.src[4 * i + 2],
+                        seg.src[4 * i + 3],
+                    ]);
+                    t.daddr[i] = u32::from_ne_bytes([
+                        seg.dst[4 * i],
+                        seg.dst[4 * i + 1],
+                        seg.dst[4 * i + 2],
+                        seg.dst[4 * i + 3],
+                    ]);
                 }
                 t.sport = seg.src_port.to_be();
                 t.dport = seg.dst_port.to_be();
@@ -59,12 +69,14 @@ pub fn probe_check_cookie(ctx: XdpContext) -> u32 {
             }
         };
         #[allow(clippy::cast_sign_loss, reason = "helper ABI: -1 is the current netns")]
-        let sk = bpf_skc_lookup_tcp(ctx.ctx.cast::<c_void>(), &raw mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0);
+        let sk =
+            bpf_skc_lookup_tcp(ctx.ctx.cast::<c_void>(), &raw mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0);
         if sk.is_null() {
             return xdp_action::XDP_PASS;
         }
         #[allow(clippy::cast_possible_truncation, reason = "20 or 40")]
-        let ret = bpf_tcp_check_syncookie(sk.cast(), iph as *mut c_void, ip_len as u32, th as *mut tcphdr, 20);
+        let ret =
+            bpf_tcp_check_syncookie(sk.cast(), iph as *mut c_void, ip_len as u32, th as *mut tcphdr, 20);
         bpf_sk_release(sk.cast());
         if ret == 0 {
             xdp_action::XDP_TX

@@ -18,7 +18,10 @@ use detector_common::{
     track::{self, BlockReason, SynVerdict},
 };
 
-use crate::{events, stats::{count, count_by}};
+use crate::{
+    events,
+    stats::{count, count_by},
+};
 
 /// Default sizes; the agent sets the real ones from its config before loading.
 #[map(name = "SOURCES")]

@@ -122,7 +122,13 @@ impl Default for Thresholds {
 
 impl Default for Detection {
     fn default() -> Self {
-        Self { enter_syn_rate: 5000.0, exit_syn_rate: 2000.0, enter_half_open: 2000, exit_half_open: 500, hold_secs: 30 }
+        Self {
+            enter_syn_rate: 5000.0,
+            exit_syn_rate: 2000.0,
+            enter_half_open: 2000,
+            exit_half_open: 500,
+            hold_secs: 30,
+        }
     }
 }
 
@@ -242,7 +248,8 @@ impl Config {
 }
 
 pub fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
 }
 
@@ -350,7 +357,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: "test.toml".into(), message: e.to_string() })
+        toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: "test.toml".into(), message: e.to_string() })
     }
 
     fn with_lo(text: &str) -> FileConfig {

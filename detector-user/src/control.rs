@@ -22,8 +22,7 @@ use crate::{
     config::Config,
     detect::{Detector, Sample, Transition},
     error::{LoadError, SysctlError},
-    kernel_stats,
-    loader,
+    kernel_stats, loader,
     maps::{monotonic_ns, Maps},
     metrics::{advance, Metrics},
     mode::Mode,
@@ -125,7 +124,13 @@ impl Controller {
             self.sysctls.restore(TIMESTAMPS)?;
         }
         if want_cookies != self.cookies_on {
-            info!(event = "cookies", active = want_cookies, mode = mode.as_str(), "cookie answering {}", if want_cookies { "on" } else { "off" });
+            info!(
+                event = "cookies",
+                active = want_cookies,
+                mode = mode.as_str(),
+                "cookie answering {}",
+                if want_cookies { "on" } else { "off" }
+            );
         }
         self.cookies_on = want_cookies;
         self.metrics.cookies_active.set(i64::from(want_cookies));
@@ -205,7 +210,9 @@ impl Controller {
         m.half_open.set(i64::try_from(scan.half_open).unwrap_or(i64::MAX));
         let pending = self.maps.pending_entries();
         let maps = &self.cfg.file.maps;
-        for (map, entries, capacity) in [("sources", scan.tracked, maps.sources), ("pending", pending, maps.pending)] {
+        for (map, entries, capacity) in
+            [("sources", scan.tracked, maps.sources), ("pending", pending, maps.pending)]
+        {
             m.map_entries.with_label_values(&[map]).set(i64::try_from(entries).unwrap_or(i64::MAX));
             #[allow(clippy::cast_precision_loss, reason = "map sizes are far below 2^52")]
             m.map_fill_ratio.with_label_values(&[map]).set(entries as f64 / f64::from(capacity));
@@ -302,10 +309,17 @@ impl Controller {
         self.metrics.top_sources.reset();
         let top: Vec<TopSource> = rates
             .iter()
-            .map(|(key, rate)| TopSource { source: source_ip(key), syns_per_second: *rate, blocked: blocked.contains(key) })
+            .map(|(key, rate)| TopSource {
+                source: source_ip(key),
+                syns_per_second: *rate,
+                blocked: blocked.contains(key),
+            })
             .collect();
         for (rank, t) in top.iter().enumerate() {
-            self.metrics.top_sources.with_label_values(&[&(rank + 1).to_string(), &t.source.to_string()]).set(t.syns_per_second);
+            self.metrics
+                .top_sources
+                .with_label_values(&[&(rank + 1).to_string(), &t.source.to_string()])
+                .set(t.syns_per_second);
         }
         *self.top.lock().expect("top list lock") = top;
     }

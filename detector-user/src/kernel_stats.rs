@@ -6,22 +6,63 @@ use std::collections::HashMap;
 
 /// (section, field in /proc, metric name, help).
 pub const EXPORTED: &[(&str, &str, &str, &str)] = &[
-    ("TcpExt", "SyncookiesSent", "syndetector_kernel_syncookies_sent_total", "SYN cookies the kernel itself sent (XDP cookies are not counted here)."),
-    ("TcpExt", "SyncookiesRecv", "syndetector_kernel_syncookies_recv_total", "Cookie ACKs the kernel accepted, from XDP cookies and its own."),
-    ("TcpExt", "SyncookiesFailed", "syndetector_kernel_syncookies_failed_total", "ACKs with a cookie the kernel rejected."),
-    ("TcpExt", "ListenOverflows", "syndetector_kernel_listen_overflows_total", "Handshakes completed while the accept queue was full."),
-    ("TcpExt", "ListenDrops", "syndetector_kernel_listen_drops_total", "SYNs or ACKs a listener dropped for any reason."),
-    ("TcpExt", "TCPReqQFullDrop", "syndetector_kernel_reqq_full_drops_total", "SYNs dropped because the SYN queue was full and cookies were off."),
-    ("TcpExt", "TCPReqQFullDoCookies", "syndetector_kernel_reqq_full_do_cookies_total", "SYNs answered with cookies because the SYN queue was full (also counts cookie helper calls)."),
+    (
+        "TcpExt",
+        "SyncookiesSent",
+        "syndetector_kernel_syncookies_sent_total",
+        "SYN cookies the kernel itself sent (XDP cookies are not counted here).",
+    ),
+    (
+        "TcpExt",
+        "SyncookiesRecv",
+        "syndetector_kernel_syncookies_recv_total",
+        "Cookie ACKs the kernel accepted, from XDP cookies and its own.",
+    ),
+    (
+        "TcpExt",
+        "SyncookiesFailed",
+        "syndetector_kernel_syncookies_failed_total",
+        "ACKs with a cookie the kernel rejected.",
+    ),
+    (
+        "TcpExt",
+        "ListenOverflows",
+        "syndetector_kernel_listen_overflows_total",
+        "Handshakes completed while the accept queue was full.",
+    ),
+    (
+        "TcpExt",
+        "ListenDrops",
+        "syndetector_kernel_listen_drops_total",
+        "SYNs or ACKs a listener dropped for any reason.",
+    ),
+    (
+        "TcpExt",
+        "TCPReqQFullDrop",
+        "syndetector_kernel_reqq_full_drops_total",
+        "SYNs dropped because the SYN queue was full and cookies were off.",
+    ),
+    (
+        "TcpExt",
+        "TCPReqQFullDoCookies",
+        "syndetector_kernel_reqq_full_do_cookies_total",
+        "SYNs answered with cookies because the SYN queue was full (also counts cookie helper calls).",
+    ),
     ("Tcp", "ActiveOpens", "syndetector_kernel_tcp_active_opens_total", "Connections this host opened."),
-    ("Tcp", "PassiveOpens", "syndetector_kernel_tcp_passive_opens_total", "Connections this host accepted (SYN_RECV reached)."),
+    (
+        "Tcp",
+        "PassiveOpens",
+        "syndetector_kernel_tcp_passive_opens_total",
+        "Connections this host accepted (SYN_RECV reached).",
+    ),
 ];
 
 /// Parses the "Section: names" / "Section: values" line pairs of /proc/net/{netstat,snmp}.
 pub fn parse(text: &str, into: &mut HashMap<(String, String), u64>) {
     let mut lines = text.lines();
     while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
-        let (Some((section, names)), Some((section2, values))) = (names.split_once(':'), values.split_once(':'))
+        let (Some((section, names)), Some((section2, values))) =
+            (names.split_once(':'), values.split_once(':'))
         else {
             continue;
         };

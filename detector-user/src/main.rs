@@ -108,7 +108,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     if !recovered.is_empty() {
         warn!(count = recovered.len(), "restored sysctls a previous run left changed");
     }
-    let (mut ebpf, logger) = loader::load(&cfg).context("loading the XDP program (needs CAP_BPF, CAP_NET_ADMIN)")?;
+    let (mut ebpf, logger) =
+        loader::load(&cfg).context("loading the XDP program (needs CAP_BPF, CAP_NET_ADMIN)")?;
 
     let mut kernel_cfg = cfg.kernel_config();
     kernel_cfg.sketch_seed = random_seed();
@@ -123,7 +124,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let poll_interval = cfg.poll_interval();
     let metrics_addr = cfg.file.metrics_addr;
     let (interfaces, attach_mode) = (cfg.file.interfaces.clone(), cfg.file.attach_mode);
-    let mut controller = Controller::new(cfg, kernel_cfg, maps, config_map, sysctls, metrics.clone(), top.clone())?;
+    let mut controller =
+        Controller::new(cfg, kernel_cfg, maps, config_map, sysctls, metrics.clone(), top.clone())?;
 
     // Bind before attaching: a busy port must fail while the host is still untouched.
     let listener = tokio::net::TcpListener::bind(metrics_addr)
@@ -187,7 +189,8 @@ async fn control_loop(controller: &mut Controller, every: Duration, args: &RunAr
 async fn pump_logs(logger: Logger) {
     // SAFETY: the logger owns its ring buffer's fd, open and unchanged until it is dropped,
     // which happens only with the AsyncFd.
-    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }) else {
+    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) })
+    else {
         warn!("cannot poll the XDP program's log map; its events are lost");
         return;
     };
@@ -201,7 +204,9 @@ async fn pump_logs(logger: Logger) {
 /// Keys the sketch's hashes (see detector_common::sketch).
 fn random_seed() -> u32 {
     let mut bytes = [0u8; 4];
-    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)) {
+    if let Err(e) =
+        std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+    {
         warn!(error = %e, "no /dev/urandom: the sketch seed falls back to the clock");
         #[allow(clippy::cast_possible_truncation, reason = "any 32 bits will do")]
         return maps::monotonic_ns() as u32;

@@ -57,43 +57,112 @@ impl Metrics {
     #[allow(clippy::too_many_lines, reason = "one declaration per metric, nothing else")]
     pub fn new() -> Self {
         let r = Registry::new();
-        let counter = |name: &str, help: &str| register(&r, GenericCounter::with_opts(opts(name, help)).unwrap());
-        let counter_vec =
-            |name: &str, help: &str, labels: &[&str]| register(&r, GenericCounterVec::new(opts(name, help), labels).unwrap());
+        let counter =
+            |name: &str, help: &str| register(&r, GenericCounter::with_opts(opts(name, help)).unwrap());
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, GenericCounterVec::new(opts(name, help), labels).unwrap())
+        };
         let gauge = |name: &str, help: &str| register(&r, GenericGauge::with_opts(opts(name, help)).unwrap());
-        let int_gauge = |name: &str, help: &str| register(&r, GenericGauge::with_opts(opts(name, help)).unwrap());
-        let gauge_vec =
-            |name: &str, help: &str, labels: &[&str]| register(&r, GenericGaugeVec::new(opts(name, help), labels).unwrap());
-        let int_gauge_vec =
-            |name: &str, help: &str, labels: &[&str]| register(&r, GenericGaugeVec::new(opts(name, help), labels).unwrap());
+        let int_gauge =
+            |name: &str, help: &str| register(&r, GenericGauge::with_opts(opts(name, help)).unwrap());
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, GenericGaugeVec::new(opts(name, help), labels).unwrap())
+        };
+        let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, GenericGaugeVec::new(opts(name, help), labels).unwrap())
+        };
         let kernel = kernel_stats::EXPORTED.iter().map(|(_, _, name, help)| counter(name, help)).collect();
         let m = Self {
-            packets: counter_vec("syndetector_packets_total", "Packets the XDP program decided on, by verdict and reason.", &["verdict", "reason"]),
+            packets: counter_vec(
+                "syndetector_packets_total",
+                "Packets the XDP program decided on, by verdict and reason.",
+                &["verdict", "reason"],
+            ),
             syns: counter("syndetector_syns_total", "Connection requests (SYN without ACK) the program saw."),
-            syns_per_second: gauge("syndetector_syns_per_second", "SYNs per second over the last poll interval: what attack detection compares."),
-            half_open: int_gauge("syndetector_half_open", "Half-open handshakes tracked, host-wide (not tracked while answering with cookies)."),
-            handshakes: counter_vec("syndetector_handshakes_total", "Tracked handshakes by result: completed, or failed (not completed within the timeout).", &["result"]),
+            syns_per_second: gauge(
+                "syndetector_syns_per_second",
+                "SYNs per second over the last poll interval: what attack detection compares.",
+            ),
+            half_open: int_gauge(
+                "syndetector_half_open",
+                "Half-open handshakes tracked, host-wide (not tracked while answering with cookies).",
+            ),
+            handshakes: counter_vec(
+                "syndetector_handshakes_total",
+                "Tracked handshakes by result: completed, or failed (not completed within the timeout).",
+                &["result"],
+            ),
             sources_tracked: int_gauge("syndetector_sources_tracked", "Sources in the per-source map."),
-            sources_blocked: int_gauge("syndetector_sources_blocked", "Sources whose SYNs are being dropped."),
-            source_blocks: counter_vec("syndetector_source_blocks_total", "Times a source was blocked, by the limit it crossed.", &["reason"]),
-            syn_retransmits: counter("syndetector_syn_retransmits_total", "SYNs for a flow already pending (retransmissions)."),
+            sources_blocked: int_gauge(
+                "syndetector_sources_blocked",
+                "Sources whose SYNs are being dropped.",
+            ),
+            source_blocks: counter_vec(
+                "syndetector_source_blocks_total",
+                "Times a source was blocked, by the limit it crossed.",
+                &["reason"],
+            ),
+            syn_retransmits: counter(
+                "syndetector_syn_retransmits_total",
+                "SYNs for a flow already pending (retransmissions).",
+            ),
             map_entries: int_gauge_vec("syndetector_map_entries", "Entries in a map.", &["map"]),
             map_capacity: int_gauge_vec("syndetector_map_capacity", "Maximum entries of a map.", &["map"]),
-            map_fill_ratio: gauge_vec("syndetector_map_fill_ratio", "Entries over capacity (LRU maps evict the oldest when full).", &["map"]),
-            mode: int_gauge_vec("syndetector_mode", "The configured mode (1) among all modes (0).", &["mode"]),
-            under_attack: int_gauge("syndetector_under_attack", "1 while host-wide SYN rate or half-open count says a flood is under way."),
-            cookies_active: int_gauge("syndetector_cookies_active", "1 while the program answers SYNs with cookies from XDP."),
-            attack_transitions: counter_vec("syndetector_attack_transitions_total", "Changes of attack state, by the state entered.", &["to"]),
+            map_fill_ratio: gauge_vec(
+                "syndetector_map_fill_ratio",
+                "Entries over capacity (LRU maps evict the oldest when full).",
+                &["map"],
+            ),
+            mode: int_gauge_vec(
+                "syndetector_mode",
+                "The configured mode (1) among all modes (0).",
+                &["mode"],
+            ),
+            under_attack: int_gauge(
+                "syndetector_under_attack",
+                "1 while host-wide SYN rate or half-open count says a flood is under way.",
+            ),
+            cookies_active: int_gauge(
+                "syndetector_cookies_active",
+                "1 while the program answers SYNs with cookies from XDP.",
+            ),
+            attack_transitions: counter_vec(
+                "syndetector_attack_transitions_total",
+                "Changes of attack state, by the state entered.",
+                &["to"],
+            ),
             cookies_sent: counter("syndetector_cookies_sent_total", "SYN-ACKs with a cookie sent from XDP."),
-            cookie_budget_drops: counter("syndetector_cookie_budget_drops_total", "SYNs dropped because the SYN-ACK budget for the second was spent."),
-            threshold: gauge_vec("syndetector_threshold", "Configured thresholds (SYN/s or handshakes).", &["name"]),
+            cookie_budget_drops: counter(
+                "syndetector_cookie_budget_drops_total",
+                "SYNs dropped because the SYN-ACK budget for the second was spent.",
+            ),
+            threshold: gauge_vec(
+                "syndetector_threshold",
+                "Configured thresholds (SYN/s or handshakes).",
+                &["name"],
+            ),
             kernel,
-            top_sources: gauge_vec("syndetector_top_source_syns_per_second", "The sources with the highest SYN rate over the last poll (at most top_sources series).", &["rank", "source"]),
-            config_reloads: counter_vec("syndetector_config_reloads_total", "Configuration reloads (SIGHUP), by result.", &["result"]),
+            top_sources: gauge_vec(
+                "syndetector_top_source_syns_per_second",
+                "The sources with the highest SYN rate over the last poll (at most top_sources series).",
+                &["rank", "source"],
+            ),
+            config_reloads: counter_vec(
+                "syndetector_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result.",
+                &["result"],
+            ),
             build_info: int_gauge_vec("syndetector_build_info", "Build metadata; always 1.", &["version"]),
-            poll_duration: gauge("syndetector_poll_duration_seconds", "How long the last poll of the maps took."),
+            poll_duration: gauge(
+                "syndetector_poll_duration_seconds",
+                "How long the last poll of the maps took.",
+            ),
             poll_errors: counter("syndetector_poll_errors_total", "Polls that could not read a map."),
-            interface_attached: int_gauge_vec("syndetector_interface_attached", "1 per interface the program is attached to, with its XDP mode.", &["interface", "mode"]),
+            interface_attached: int_gauge_vec(
+                "syndetector_interface_attached",
+                "1 per interface the program is attached to, with its XDP mode.",
+                &["interface", "mode"],
+            ),
             registry: r,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -141,7 +210,11 @@ pub fn advance(counter: &IntCounter, previous: &mut u64, total: u64) {
 
 #[cfg(test)]
 mod tests {
-    use std::{io::Write, path::Path, process::{Command, Stdio}};
+    use std::{
+        io::Write,
+        path::Path,
+        process::{Command, Stdio},
+    };
 
     use super::*;
 
@@ -154,7 +227,14 @@ mod tests {
         for (mode, on) in [("monitor", 0), ("drop", 0), ("cookie", 0), ("auto", 1)] {
             m.mode.with_label_values(&[mode]).set(on);
         }
-        for name in ["enter_syn_rate", "exit_syn_rate", "enter_half_open", "exit_half_open", "source_syn_rate", "source_half_open"] {
+        for name in [
+            "enter_syn_rate",
+            "exit_syn_rate",
+            "enter_half_open",
+            "exit_half_open",
+            "source_syn_rate",
+            "source_half_open",
+        ] {
             m.threshold.with_label_values(&[name]).set(1.0);
         }
         m.top_sources.with_label_values(&["1", "198.18.200.66"]).set(1000.0);
@@ -189,7 +269,8 @@ mod tests {
             .expect("promtool (Debian package prometheus; `cargo xtask setup` installs it)");
         child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
-        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let report =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
         assert!(Path::new(GOLDEN).exists());
     }

@@ -59,9 +59,7 @@ impl Sysctls {
 
     pub fn read(&self, key: &str) -> Result<String, SysctlError> {
         let path = self.path(key);
-        fs::read_to_string(&path)
-            .map(|v| v.trim().to_owned())
-            .map_err(|e| SysctlError::Io(path, e))
+        fs::read_to_string(&path).map(|v| v.trim().to_owned()).map_err(|e| SysctlError::Io(path, e))
     }
 
     /// Sets `key`, recording its original value first (only on the first change).
@@ -121,9 +119,16 @@ impl Sysctls {
         if let Some(dir) = self.state_file.parent() {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
         }
-        let text = toml::to_string(&self.state).map_err(|e| SysctlError::StateFile(self.state_file.clone(), e.to_string()))?;
+        let text = toml::to_string(&self.state)
+            .map_err(|e| SysctlError::StateFile(self.state_file.clone(), e.to_string()))?;
         let tmp = self.state_file.with_extension("tmp");
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
         f.write_all(text.as_bytes()).map_err(io)?;
         f.sync_all().map_err(io)?;
         fs::rename(&tmp, &self.state_file).map_err(io)
@@ -154,11 +159,9 @@ pub fn window_scale(max_receive_buffer: u64) -> u8 {
 /// `max(tcp_rmem[2], rmem_max)`, as the kernel sizes the window it can scale to.
 pub fn max_receive_buffer(sysctls: &Sysctls) -> Result<u64, SysctlError> {
     let rmem = sysctls.read("net.ipv4.tcp_rmem")?;
-    let tcp_max = rmem
-        .split_whitespace()
-        .nth(2)
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| SysctlError::StateFile(sysctls.path("net.ipv4.tcp_rmem"), format!("unexpected value {rmem:?}")))?;
+    let tcp_max = rmem.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
+        SysctlError::StateFile(sysctls.path("net.ipv4.tcp_rmem"), format!("unexpected value {rmem:?}"))
+    })?;
     // rmem_max is not visible in every network namespace: the TCP value then decides.
     let core_max = sysctls.read("net.core.rmem_max").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Ok(tcp_max.max(core_max))

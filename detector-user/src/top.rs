@@ -56,7 +56,13 @@ fn print_table(top: &[TopSource]) {
     }
     println!("{:>4}  {:<40} {:>12}  state", "rank", "source", "SYN/s");
     for (i, t) in top.iter().enumerate() {
-        println!("{:>4}  {:<40} {:>12.1}  {}", i + 1, t.source, t.syns_per_second, if t.blocked { "blocked" } else { "" });
+        println!(
+            "{:>4}  {:<40} {:>12.1}  {}",
+            i + 1,
+            t.source,
+            t.syns_per_second,
+            if t.blocked { "blocked" } else { "" }
+        );
     }
 }
 

@@ -3,12 +3,7 @@
 //! 198.18.0.0/15). The source gets blocked while other clients keep succeeding, the block
 //! expires after its TTL, and the agent leaves nothing attached when it stops.
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    thread,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, thread, time::Duration};
 
 use xtask::lab::{in_netns, Agent, ClientReport, Flood, FloodSources, Lab, SERVER_V4};
 
@@ -16,7 +11,10 @@ const PORT: u16 = 8080;
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
 
 fn object() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"))
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
+    ))
 }
 
 fn legit(lab: &Lab, count: u32) -> ClientReport {
@@ -31,7 +29,20 @@ fn single_source_flood_is_blocked_then_released_while_legit_clients_succeed() {
     let mut agent = Agent::start(
         &lab,
         Path::new(AGENT),
-        &["--mode", "drop", "--syn-rate-limit", "100", "--half-open-limit", "50", "--block-ttl", "5", "--handshake-timeout-ms", "1000"],
+        &[
+            "--mode",
+            "drop",
+            "--log-format",
+            "json",
+            "--syn-rate-limit",
+            "100",
+            "--half-open-limit",
+            "50",
+            "--block-ttl",
+            "5",
+            "--handshake-timeout-ms",
+            "1000",
+        ],
     )
     .unwrap();
     let _ = object();
@@ -47,17 +58,23 @@ fn single_source_flood_is_blocked_then_released_while_legit_clients_succeed() {
         v6: false,
         sources: FloodSources::Single(0x4842),
         port: PORT,
-        count: 3000,
+        count: 6000,
         pps: 2000,
         limit: Duration::from_secs(10),
     };
-    let (report, during) = thread::scope(|scope| {
+    let (report, during, top) = thread::scope(|scope| {
         let f = scope.spawn(|| flood.run(&lab).expect("flood"));
         let during = legit(&lab, 20);
-        (f.join().unwrap(), during)
+        // `top` shows the rates of the agent's last poll: ask while the flood is on.
+        thread::sleep(Duration::from_millis(1200));
+        let top = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.server_ns, AGENT, "top", "--metrics-addr", "127.0.0.1:9787"])
+            .output()
+            .unwrap();
+        (f.join().unwrap(), during, String::from_utf8_lossy(&top.stdout).into_owned())
     });
     println!("flood: {} SYNs from {} in {:?}", report.sent, Flood::single_v4(0x4842), report.elapsed);
-    assert!(report.sent >= 2900, "trafgen sent only {}", report.sent);
+    assert!(report.sent >= 5900, "trafgen sent only {}", report.sent);
     thread::sleep(Duration::from_millis(1500));
     let s = agent.scrape().unwrap();
     let dropped = s.value("syndetector_packets_total{reason=\"blocked\",verdict=\"drop\"}").unwrap()
@@ -74,7 +91,16 @@ fn single_source_flood_is_blocked_then_released_while_legit_clients_succeed() {
     assert_eq!(during.ok, during.total(), "legit requests during the flood: {during}");
     let after = legit(&lab, 20);
     assert_eq!(after.ok, 20, "legit requests after the flood: {after}");
-    assert!(agent.log_text().contains("source blocked"), "a structured block event:\n{}", agent.log_text());
+    // One structured JSON event per block, and the source at the top of `syndetector top`.
+    let events: Vec<serde_json::Value> =
+        agent.log_text().lines().map(|l| serde_json::from_str(l).expect("JSON log line")).collect();
+    assert!(
+        events.iter().any(|e| e["event"] == "source_blocked" && e["source"] == "198.18.200.66"),
+        "a source_blocked event:\n{}",
+        agent.log_text()
+    );
+    println!("syndetector top during the flood:\n{top}");
+    assert!(top.contains("198.18.200.66") && top.contains("blocked"), "syndetector top:\n{top}");
 
     // The block expires after its TTL (5 s) and the same source's SYNs pass again.
     thread::sleep(Duration::from_secs(6));
@@ -86,7 +112,7 @@ fn single_source_flood_is_blocked_then_released_while_legit_clients_succeed() {
     let s = agent.scrape().unwrap();
     let passed_after = s.value("syndetector_packets_total{reason=\"syn\",verdict=\"pass\"}").unwrap();
     assert_eq!(passed_after - passed_before, 5.0, "SYNs from the released source pass");
-    assert!(agent.log_text().contains("source unblocked"));
+    assert!(agent.log_text().contains("\"event\":\"source_unblocked\""));
 
     let status = agent.stop().unwrap();
     assert!(status.success(), "agent exit: {status}\n{}", agent.log_text());

@@ -27,14 +27,27 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// Auto mode reacting quickly; per-source limits off, since the one legit client opens
 /// hundreds of connections per second.
 const AUTO_ARGS: &[&str] = &[
-    "--mode", "auto",
-    "--poll-interval-ms", "200",
-    "--enter-syn-rate", "2000", "--exit-syn-rate", "500", "--hold", "3",
-    "--syn-rate-limit", "0", "--half-open-limit", "0",
+    "--mode",
+    "auto",
+    "--poll-interval-ms",
+    "200",
+    "--enter-syn-rate",
+    "2000",
+    "--exit-syn-rate",
+    "500",
+    "--hold",
+    "3",
+    "--syn-rate-limit",
+    "0",
+    "--half-open-limit",
+    "0",
 ];
 
 fn object() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"))
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
+    ))
 }
 
 /// A lab whose server has a small backlog and no kernel cookies, ready for XDP_TX.
@@ -47,7 +60,14 @@ fn flood_lab() -> Lab {
 }
 
 fn random_flood(v6: bool) -> Flood {
-    Flood { v6, sources: FloodSources::Random, port: PORT, count: 100_000, pps: 5_000, limit: Duration::from_secs(20) }
+    Flood {
+        v6,
+        sources: FloodSources::Random,
+        port: PORT,
+        count: 100_000,
+        pps: 5_000,
+        limit: Duration::from_secs(20),
+    }
 }
 
 fn server(v6: bool) -> SocketAddr {
@@ -64,7 +84,12 @@ fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, key: &str)
 }
 
 /// Runs `during` while the flood is under way (after `warmup`), then lets the flood end.
-fn under_flood<T: Send>(lab: &Lab, flood: Flood, warmup: Duration, during: impl FnOnce() -> T + Send) -> (u64, T) {
+fn under_flood<T: Send>(
+    lab: &Lab,
+    flood: Flood,
+    warmup: Duration,
+    during: impl FnOnce() -> T + Send,
+) -> (u64, T) {
     thread::scope(|scope| {
         let f = scope.spawn(|| flood.run(lab).expect("flood"));
         thread::sleep(warmup);
@@ -108,21 +133,26 @@ fn protected(v6: bool) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = flood_lab();
     let mut agent = Agent::start(&lab, Path::new(AGENT), AUTO_ARGS).unwrap();
-    let (sent, (report, before, after, first_scrape, during_scrape)) = under_flood(&lab, random_flood(v6), Duration::from_secs(3), || {
-        // Scrape, then kernel counters, then the clients, then counters, then scrape: with
-        // tcp_syncookies = 2 the kernel answers the scrapes' own connections with cookies.
-        let first_scrape = agent.scrape().unwrap();
-        let before = lab.nstat(&lab.server_ns).unwrap();
-        let report = legit(&lab, v6, 2000, Duration::from_secs(3));
-        // Kernel counters before the scrape: with tcp_syncookies = 2 the kernel answers
-        // the scrape's own connection with a cookie too.
-        let after = lab.nstat(&lab.server_ns).unwrap();
-        (report, before, after, first_scrape, agent.scrape().unwrap())
-    });
+    let (sent, (report, before, after, first_scrape, during_scrape)) =
+        under_flood(&lab, random_flood(v6), Duration::from_secs(3), || {
+            // Scrape, then kernel counters, then the clients, then counters, then scrape: with
+            // tcp_syncookies = 2 the kernel answers the scrapes' own connections with cookies.
+            let first_scrape = agent.scrape().unwrap();
+            let before = lab.nstat(&lab.server_ns).unwrap();
+            let report = legit(&lab, v6, 2000, Duration::from_secs(3));
+            // Kernel counters before the scrape: with tcp_syncookies = 2 the kernel answers
+            // the scrape's own connection with a cookie too.
+            let after = lab.nstat(&lab.server_ns).unwrap();
+            (report, before, after, first_scrape, agent.scrape().unwrap())
+        });
     let recv = delta(&before, &after, "TcpExtSyncookiesRecv");
     let overflows = delta(&before, &after, "TcpExtListenOverflows");
     let cookies = during_scrape.value("syndetector_cookies_sent_total").unwrap();
-    for line in during_scrape.text.lines().filter(|l| l.starts_with("syndetector_packets_total") && !l.ends_with(" 0")) {
+    for line in during_scrape
+        .text
+        .lines()
+        .filter(|l| l.starts_with("syndetector_packets_total") && !l.ends_with(" 0"))
+    {
         println!("  {line}");
     }
     println!(
@@ -167,13 +197,18 @@ fn syns_passed(s: &Scrape) -> f64 {
     s.text
         .lines()
         .filter(|l| l.starts_with("syndetector_packets_total{") && l.contains("verdict=\"pass\""))
-        .filter(|l| ["reason=\"syn\"", "reason=\"cookie_", "reason=\"monitor_", "reason=\"map_error\""].iter().any(|r| l.contains(r)))
+        .filter(|l| {
+            ["reason=\"syn\"", "reason=\"cookie_", "reason=\"monitor_", "reason=\"map_error\""]
+                .iter()
+                .any(|r| l.contains(r))
+        })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
 
 fn sysctl_in(lab: &Lab, key: &str) -> String {
-    let out = Command::new("ip").args(["netns", "exec", &lab.server_ns, "sysctl", "-n", key]).output().unwrap();
+    let out =
+        Command::new("ip").args(["netns", "exec", &lab.server_ns, "sysctl", "-n", key]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -189,7 +224,11 @@ fn auto_mode_enters_and_leaves_cookie_mode_and_restores_sysctls() {
 
     let flood = Flood { count: 15_000, limit: Duration::from_secs(10), ..random_flood(false) };
     let (_, (during, syncookies, timestamps)) = under_flood(&lab, flood, Duration::from_secs(2), || {
-        (agent.scrape().unwrap(), sysctl_in(&lab, "net.ipv4.tcp_syncookies"), sysctl_in(&lab, "net.ipv4.tcp_timestamps"))
+        (
+            agent.scrape().unwrap(),
+            sysctl_in(&lab, "net.ipv4.tcp_syncookies"),
+            sysctl_in(&lab, "net.ipv4.tcp_timestamps"),
+        )
     });
     assert_eq!(during.value("syndetector_under_attack").unwrap(), 1.0);
     assert_eq!(during.value("syndetector_attack_transitions_total{to=\"attack\"}").unwrap(), 1.0);
@@ -212,7 +251,11 @@ fn wait_for(agent: &Agent, series: &str, value: f64, limit: Duration) -> Scrape 
         if s.get(series) == Some(value) {
             return s;
         }
-        assert!(std::time::Instant::now() < deadline, "{series} did not reach {value} within {limit:?}:\n{}", agent.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} did not reach {value} within {limit:?}:\n{}",
+            agent.log_text()
+        );
         thread::sleep(Duration::from_millis(250));
     }
 }
@@ -221,32 +264,50 @@ fn wait_for(agent: &Agent, series: &str, value: f64, limit: Duration) -> Scrape 
 fn cookie_connections_keep_window_scaling_and_sack_with_timestamps() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut lab = flood_lab();
-    let mut agent = Agent::start(&lab, Path::new(AGENT), &["--mode", "cookie", "--poll-interval-ms", "200", "--syn-rate-limit", "0", "--half-open-limit", "0"]).unwrap();
+    let mut agent = Agent::start(
+        &lab,
+        Path::new(AGENT),
+        &["--mode", "cookie", "--poll-interval-ms", "200", "--syn-rate-limit", "0", "--half-open-limit", "0"],
+    )
+    .unwrap();
     // Capture the SYN-ACK on the client side while one connection is made and held open.
     let pcap = lab.scratch().join("synack.pcap");
     let tshark = lab
         .spawn(
             &lab.client_ns.clone(),
-            Command::new("tshark").args(["-q", "-i", &lab.client_if.clone(), "-c", "1", "-w"]).arg(&pcap).args([
-                "-f",
-                &format!("tcp src port {INFO_PORT} and tcp[tcpflags] & (tcp-syn|tcp-ack) == (tcp-syn|tcp-ack)"),
-            ]),
+            Command::new("tshark")
+                .args(["-q", "-i", &lab.client_if.clone(), "-c", "1", "-w"])
+                .arg(&pcap)
+                .args([
+                    "-f",
+                    &format!(
+                        "tcp src port {INFO_PORT} and tcp[tcpflags] & (tcp-syn|tcp-ack) == (tcp-syn|tcp-ack)"
+                    ),
+                ]),
         )
         .unwrap();
     thread::sleep(Duration::from_secs(2));
     // The test itself is the server here, so it can ask the kernel (TCP_INFO) what the
     // accepted socket negotiated. (`ss -ti` from iproute2 6.1 does not print ts/sack on
     // this kernel even for plain connections; it is printed below for people.)
-    let listener = in_netns(&lab.server_ns, || std::net::TcpListener::bind(("0.0.0.0", INFO_PORT)).unwrap()).unwrap();
+    let listener =
+        in_netns(&lab.server_ns, || std::net::TcpListener::bind(("0.0.0.0", INFO_PORT)).unwrap()).unwrap();
     let addr = SocketAddr::new(IpAddr::V4(xtask::lab::SERVER_V4), INFO_PORT);
-    let client = in_netns(&lab.client_ns, move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
-        .unwrap()
-        .expect("connect through a cookie");
+    let client =
+        in_netns(&lab.client_ns, move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+            .unwrap()
+            .expect("connect through a cookie");
     let (accepted, _) = listener.accept().unwrap();
     let info = tcp_info(&accepted);
-    let ss = Command::new("ip").args(["netns", "exec", &lab.server_ns, "ss", "-tin", "state", "established"]).output().unwrap();
+    let ss = Command::new("ip")
+        .args(["netns", "exec", &lab.server_ns, "ss", "-tin", "state", "established"])
+        .output()
+        .unwrap();
     println!("server side ss -ti:\n{}", String::from_utf8_lossy(&ss.stdout));
-    println!("server side TCP_INFO: options {:#x}, snd_wscale {}, rcv_wscale {}", info.options, info.snd_wscale, info.rcv_wscale);
+    println!(
+        "server side TCP_INFO: options {:#x}, snd_wscale {}, rcv_wscale {}",
+        info.options, info.snd_wscale, info.rcv_wscale
+    );
     assert!(info.options & TCPI_OPT_TIMESTAMPS != 0, "timestamps kept");
     assert!(info.options & TCPI_OPT_SACK != 0, "SACK kept");
     assert!(info.options & TCPI_OPT_WSCALE != 0, "window scaling kept");
@@ -260,7 +321,10 @@ fn cookie_connections_keep_window_scaling_and_sack_with_timestamps() {
     let fields = wait_for_tshark(tshark, &pcap);
     println!("tshark, SYN-ACK seen by the client: TSval, window scale shift, SACK permitted = {fields}");
     let fields: Vec<&str> = fields.trim().split('\t').collect();
-    assert!(fields.len() == 3 && fields.iter().all(|f| !f.is_empty()), "the SYN-ACK carries TS, WS and SACK-permitted: {fields:?}");
+    assert!(
+        fields.len() == 3 && fields.iter().all(|f| !f.is_empty()),
+        "the SYN-ACK carries TS, WS and SACK-permitted: {fields:?}"
+    );
     let tsval: u32 = fields[0].parse().unwrap();
     assert_eq!(tsval & 0x3f, 10 | 1 << 4, "TSval low bits: the client's wscale 10 and SACK");
     assert!(agent.stop().unwrap().success());
@@ -285,7 +349,13 @@ fn tcp_info(stream: &std::net::TcpStream) -> TcpInfo {
     let mut len = libc::socklen_t::try_from(buf.len()).unwrap();
     // SAFETY: a valid socket, a buffer of `len` bytes.
     let rc = unsafe {
-        libc::getsockopt(stream.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, buf.as_mut_ptr().cast(), &raw mut len)
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr().cast(),
+            &raw mut len,
+        )
     };
     assert_eq!(rc, 0, "getsockopt(TCP_INFO): {}", std::io::Error::last_os_error());
     TcpInfo { options: buf[5], snd_wscale: buf[6] & 0x0f, rcv_wscale: buf[6] >> 4 }
@@ -293,7 +363,9 @@ fn tcp_info(stream: &std::net::TcpStream) -> TcpInfo {
 
 fn wait_for_tshark(pid: u32, pcap: &Path) -> String {
     for _ in 0..50 {
-        if !Path::new(&format!("/proc/{pid}")).exists() || std::fs::metadata(pcap).is_ok_and(|m| m.len() > 100) {
+        if !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::metadata(pcap).is_ok_and(|m| m.len() > 100)
+        {
             break;
         }
         thread::sleep(Duration::from_millis(100));
@@ -302,7 +374,16 @@ fn wait_for_tshark(pid: u32, pcap: &Path) -> String {
     let out = Command::new("tshark")
         .args(["-r"])
         .arg(pcap)
-        .args(["-T", "fields", "-e", "tcp.options.timestamp.tsval", "-e", "tcp.options.wscale.shift", "-e", "tcp.options.sack_perm"])
+        .args([
+            "-T",
+            "fields",
+            "-e",
+            "tcp.options.timestamp.tsval",
+            "-e",
+            "tcp.options.wscale.shift",
+            "-e",
+            "tcp.options.sack_perm",
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()

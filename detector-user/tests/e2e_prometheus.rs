@@ -22,7 +22,10 @@ const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
 const DASHBOARDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards");
 
 fn object() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"))
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
+    ))
 }
 
 /// Percent-encodes a query parameter.
@@ -55,7 +58,11 @@ fn try_api(lab: &Lab, path: &str) -> Result<Value, String> {
     .map_err(|e| e.to_string())?
     .unwrap_or_default();
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    if v["status"] == "success" { Ok(v["data"].clone()) } else { Err(body) }
+    if v["status"] == "success" {
+        Ok(v["data"].clone())
+    } else {
+        Err(body)
+    }
 }
 
 fn unix_now() -> f64 {
@@ -74,7 +81,9 @@ fn alert_state(lab: &Lab, name: &str) -> Option<String> {
 /// Every query of every panel (rows included), with the dashboard's variables resolved
 /// as Grafana would for "all instances".
 fn panel_queries() -> Vec<(String, String)> {
-    let dash: Value = serde_json::from_str(&std::fs::read_to_string(format!("{DASHBOARDS}/syndetector.json")).unwrap()).unwrap();
+    let dash: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{DASHBOARDS}/syndetector.json")).unwrap())
+            .unwrap();
     let mut panels: Vec<&Value> = dash["panels"].as_array().unwrap().iter().collect();
     let nested: Vec<&Value> = panels.iter().filter_map(|p| p["panels"].as_array()).flatten().collect();
     panels.extend(nested);
@@ -82,7 +91,10 @@ fn panel_queries() -> Vec<(String, String)> {
         .iter()
         .flat_map(|p| {
             p["targets"].as_array().into_iter().flatten().map(move |t| {
-                (p["title"].as_str().unwrap().to_owned(), t["expr"].as_str().unwrap().replace("$instance", ".*"))
+                (
+                    p["title"].as_str().unwrap().to_owned(),
+                    t["expr"].as_str().unwrap().replace("$instance", ".*"),
+                )
             })
         })
         .collect()
@@ -98,9 +110,22 @@ fn every_panel_has_data_and_the_attack_alert_fires_and_resolves() {
         &lab,
         Path::new(AGENT),
         &[
-            "--mode", "auto", "--poll-interval-ms", "500",
-            "--enter-syn-rate", "1000", "--exit-syn-rate", "300", "--hold", "3",
-            "--syn-rate-limit", "500", "--half-open-limit", "50", "--block-ttl", "5",
+            "--mode",
+            "auto",
+            "--poll-interval-ms",
+            "500",
+            "--enter-syn-rate",
+            "1000",
+            "--exit-syn-rate",
+            "300",
+            "--hold",
+            "3",
+            "--syn-rate-limit",
+            "500",
+            "--half-open-limit",
+            "50",
+            "--block-ttl",
+            "5",
         ],
     )
     .unwrap();
@@ -153,10 +178,23 @@ fn every_panel_has_data_and_the_attack_alert_fires_and_resolves() {
                 }
             })
         });
-        let single = Flood { v6: false, sources: FloodSources::Single(0x4842), port: PORT, count: 3000, pps: 1000, limit: Duration::from_secs(10) };
+        let single = Flood {
+            v6: false,
+            sources: FloodSources::Single(0x4842),
+            port: PORT,
+            count: 3000,
+            pps: 1000,
+            limit: Duration::from_secs(10),
+        };
         single.run(&lab).unwrap();
         // Long enough for the 30 s "for" of SynFloodUnderAttack.
-        let random = Flood { sources: FloodSources::Random, count: 90_000, pps: 2000, limit: Duration::from_secs(50), ..single };
+        let random = Flood {
+            sources: FloodSources::Random,
+            count: 90_000,
+            pps: 2000,
+            limit: Duration::from_secs(50),
+            ..single
+        };
         let flood = scope.spawn(move || random.run(lab_ref).unwrap());
         let deadline = Instant::now() + Duration::from_secs(50);
         let mut fired = false;

@@ -63,7 +63,8 @@ impl Tcp {
 
     fn frame(&self) -> Vec<u8> {
         let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]);
-        let b = if self.v6 { b.ipv6(self.client6(), SERVER6, 64) } else { b.ipv4(self.client4(), SERVER4, 64) };
+        let b =
+            if self.v6 { b.ipv6(self.client6(), SERVER6, 64) } else { b.ipv4(self.client4(), SERVER4, 64) };
         let mut tcp = b.tcp(self.sport, 80, self.seq, 64240);
         if self.syn {
             tcp = tcp.syn();
@@ -124,8 +125,18 @@ fn without_config_everything_passes() {
     run_table(
         &det,
         &[
-            Fixture { name: "SYN", frame: Tcp::syn(2, 40000).frame(), verdict: XDP_PASS, counter: Counter::PassNoConfig },
-            Fixture { name: "ACK", frame: Tcp::syn(2, 40000).completing_ack().frame(), verdict: XDP_PASS, counter: Counter::PassNoConfig },
+            Fixture {
+                name: "SYN",
+                frame: Tcp::syn(2, 40000).frame(),
+                verdict: XDP_PASS,
+                counter: Counter::PassNoConfig,
+            },
+            Fixture {
+                name: "ACK",
+                frame: Tcp::syn(2, 40000).completing_ack().frame(),
+                verdict: XDP_PASS,
+                counter: Counter::PassNoConfig,
+            },
         ],
     );
     assert_eq!(det.sources().keys().count(), 0, "nothing tracked without a config");
@@ -138,7 +149,11 @@ fn frames_it_cannot_or_need_not_track_pass_by_reason() {
     let mut arp = syn.clone();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
     let mut udp = Vec::new();
-    PacketBuilder::ethernet2([2; 6], [3; 6]).ipv4([198, 18, 0, 2], SERVER4, 64).udp(53, 53).write(&mut udp, &[0; 12]).unwrap();
+    PacketBuilder::ethernet2([2; 6], [3; 6])
+        .ipv4([198, 18, 0, 2], SERVER4, 64)
+        .udp(53, 53)
+        .write(&mut udp, &[0; 12])
+        .unwrap();
     let mut fragment = syn.clone();
     fragment[20] = 0x20; // more fragments
     let mut ihl4 = syn.clone();
@@ -148,12 +163,37 @@ fn frames_it_cannot_or_need_not_track_pass_by_reason() {
         &[
             Fixture { name: "ARP", frame: arp, verdict: XDP_PASS, counter: Counter::PassNotIp },
             Fixture { name: "UDP", frame: udp, verdict: XDP_PASS, counter: Counter::PassNotTcp },
-            Fixture { name: "IPv4 fragment", frame: fragment, verdict: XDP_PASS, counter: Counter::PassFragment },
-            Fixture { name: "cut inside TCP", frame: syn[..40].to_vec(), verdict: XDP_PASS, counter: Counter::PassTruncated },
-            Fixture { name: "cut inside IPv4", frame: syn[..20].to_vec(), verdict: XDP_PASS, counter: Counter::PassTruncated },
+            Fixture {
+                name: "IPv4 fragment",
+                frame: fragment,
+                verdict: XDP_PASS,
+                counter: Counter::PassFragment,
+            },
+            Fixture {
+                name: "cut inside TCP",
+                frame: syn[..40].to_vec(),
+                verdict: XDP_PASS,
+                counter: Counter::PassTruncated,
+            },
+            Fixture {
+                name: "cut inside IPv4",
+                frame: syn[..20].to_vec(),
+                verdict: XDP_PASS,
+                counter: Counter::PassTruncated,
+            },
             Fixture { name: "IHL 4", frame: ihl4, verdict: XDP_PASS, counter: Counter::PassMalformed },
-            Fixture { name: "three VLAN tags", frame: with_tags(&syn, &[0x88a8, 0x8100, 0x8100]), verdict: XDP_PASS, counter: Counter::PassTooDeep },
-            Fixture { name: "ACK of a flow never seen", frame: Tcp::syn(9, 1234).completing_ack().frame(), verdict: XDP_PASS, counter: Counter::PassTcp },
+            Fixture {
+                name: "three VLAN tags",
+                frame: with_tags(&syn, &[0x88a8, 0x8100, 0x8100]),
+                verdict: XDP_PASS,
+                counter: Counter::PassTooDeep,
+            },
+            Fixture {
+                name: "ACK of a flow never seen",
+                frame: Tcp::syn(9, 1234).completing_ack().frame(),
+                verdict: XDP_PASS,
+                counter: Counter::PassTcp,
+            },
         ],
     );
     assert_eq!(det.counter(Counter::HandshakeCompleted), 0);
@@ -169,23 +209,55 @@ fn syns_are_tracked_and_handshakes_completed_for_every_encapsulation() {
         ("QinQ IPv6", Tcp::syn(5, 40004).v6(), vec![0x88a8, 0x8100]),
     ];
     for (name, syn, tags) in &cases {
-        run_table(&det, &[Fixture { name, frame: with_tags(&syn.frame(), tags), verdict: XDP_PASS, counter: Counter::PassSyn }]);
+        run_table(
+            &det,
+            &[Fixture {
+                name,
+                frame: with_tags(&syn.frame(), tags),
+                verdict: XDP_PASS,
+                counter: Counter::PassSyn,
+            }],
+        );
         let state = det.sources().get(&syn.key(), 0).unwrap_or_else(|_| panic!("{name}: source tracked"));
         assert_eq!((state.half_open(), state.syns_total), (1, 1), "{name}");
         let pending = det.pending().get(&syn.flow(), 0).unwrap_or_else(|_| panic!("{name}: flow pending"));
         assert_eq!(pending.isn, syn.seq);
 
         // A retransmission counts towards the rate, not twice towards half-open.
-        run_table(&det, &[Fixture { name, frame: with_tags(&syn.frame(), tags), verdict: XDP_PASS, counter: Counter::PassSyn }]);
+        run_table(
+            &det,
+            &[Fixture {
+                name,
+                frame: with_tags(&syn.frame(), tags),
+                verdict: XDP_PASS,
+                counter: Counter::PassSyn,
+            }],
+        );
         assert_eq!(det.sources().get(&syn.key(), 0).unwrap().half_open(), 1, "{name}: retransmission");
 
         // An ACK with the wrong sequence number completes nothing.
         let wrong = Tcp { seq: syn.seq + 100, ..syn.completing_ack() };
-        run_table(&det, &[Fixture { name, frame: with_tags(&wrong.frame(), tags), verdict: XDP_PASS, counter: Counter::PassTcp }]);
+        run_table(
+            &det,
+            &[Fixture {
+                name,
+                frame: with_tags(&wrong.frame(), tags),
+                verdict: XDP_PASS,
+                counter: Counter::PassTcp,
+            }],
+        );
         assert!(det.pending().get(&syn.flow(), 0).is_ok(), "{name}: still pending");
 
         let completed = det.counter(Counter::HandshakeCompleted);
-        run_table(&det, &[Fixture { name, frame: with_tags(&syn.completing_ack().frame(), tags), verdict: XDP_PASS, counter: Counter::PassTcp }]);
+        run_table(
+            &det,
+            &[Fixture {
+                name,
+                frame: with_tags(&syn.completing_ack().frame(), tags),
+                verdict: XDP_PASS,
+                counter: Counter::PassTcp,
+            }],
+        );
         assert_eq!(det.counter(Counter::HandshakeCompleted), completed + 1, "{name}: completed");
         assert!(det.pending().get(&syn.flow(), 0).is_err(), "{name}: no longer pending");
         let state = det.sources().get(&syn.key(), 0).unwrap();
@@ -199,11 +271,31 @@ fn a_source_over_its_syn_rate_is_dropped_until_its_block_expires() {
     let det = Detector::load(config(5, 0), &[]);
     let flood = |i: u16| Tcp::syn(66, 41000 + i);
     let mut table: Vec<Fixture> = (0..5)
-        .map(|i| Fixture { name: "within the limit", frame: flood(i).frame(), verdict: XDP_PASS, counter: Counter::PassSyn })
+        .map(|i| Fixture {
+            name: "within the limit",
+            frame: flood(i).frame(),
+            verdict: XDP_PASS,
+            counter: Counter::PassSyn,
+        })
         .collect();
-    table.push(Fixture { name: "crossing it", frame: flood(5).frame(), verdict: XDP_DROP, counter: Counter::DropOverLimit });
-    table.push(Fixture { name: "blocked", frame: flood(6).frame(), verdict: XDP_DROP, counter: Counter::DropBlocked });
-    table.push(Fixture { name: "another source", frame: Tcp::syn(7, 42000).frame(), verdict: XDP_PASS, counter: Counter::PassSyn });
+    table.push(Fixture {
+        name: "crossing it",
+        frame: flood(5).frame(),
+        verdict: XDP_DROP,
+        counter: Counter::DropOverLimit,
+    });
+    table.push(Fixture {
+        name: "blocked",
+        frame: flood(6).frame(),
+        verdict: XDP_DROP,
+        counter: Counter::DropBlocked,
+    });
+    table.push(Fixture {
+        name: "another source",
+        frame: Tcp::syn(7, 42000).frame(),
+        verdict: XDP_PASS,
+        counter: Counter::PassSyn,
+    });
     table.push(Fixture {
         name: "the blocked source's established traffic",
         frame: flood(0).completing_ack().frame(),
@@ -221,9 +313,20 @@ fn a_source_over_its_syn_rate_is_dropped_until_its_block_expires() {
 fn a_source_over_its_half_open_limit_is_blocked() {
     let det = Detector::load(config(0, 3), &[]);
     let flood = |i: u16| Tcp::syn(77, 43000 + i).v6();
-    let mut table: Vec<Fixture> =
-        (0..3).map(|i| Fixture { name: "pending", frame: flood(i).frame(), verdict: XDP_PASS, counter: Counter::PassSyn }).collect();
-    table.push(Fixture { name: "fourth half-open", frame: flood(3).frame(), verdict: XDP_DROP, counter: Counter::DropOverLimit });
+    let mut table: Vec<Fixture> = (0..3)
+        .map(|i| Fixture {
+            name: "pending",
+            frame: flood(i).frame(),
+            verdict: XDP_PASS,
+            counter: Counter::PassSyn,
+        })
+        .collect();
+    table.push(Fixture {
+        name: "fourth half-open",
+        frame: flood(3).frame(),
+        verdict: XDP_DROP,
+        counter: Counter::DropOverLimit,
+    });
     run_table(&det, &table);
     assert_eq!(det.counter(Counter::BlockedHalfOpen), 1);
 }
@@ -239,8 +342,18 @@ fn monitor_mode_counts_what_it_would_drop_but_passes() {
         &[
             Fixture { name: "1", frame: flood(0).frame(), verdict: XDP_PASS, counter: Counter::PassSyn },
             Fixture { name: "2", frame: flood(1).frame(), verdict: XDP_PASS, counter: Counter::PassSyn },
-            Fixture { name: "would cross", frame: flood(2).frame(), verdict: XDP_PASS, counter: Counter::PassMonitorOverLimit },
-            Fixture { name: "would be blocked", frame: flood(3).frame(), verdict: XDP_PASS, counter: Counter::PassMonitorBlocked },
+            Fixture {
+                name: "would cross",
+                frame: flood(2).frame(),
+                verdict: XDP_PASS,
+                counter: Counter::PassMonitorOverLimit,
+            },
+            Fixture {
+                name: "would be blocked",
+                frame: flood(3).frame(),
+                verdict: XDP_PASS,
+                counter: Counter::PassMonitorBlocked,
+            },
         ],
     );
 }

@@ -59,12 +59,10 @@ enum Family {
 }
 
 pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
-    ensure!(
-        geteuid() == 0,
-        "the benchmark loads BPF programs and makes a network namespace: run it as root"
-    );
-    let bytes = std::fs::read(object)
-        .with_context(|| format!("reading {} (build it with `cargo xtask build-ebpf --release`)", object.display()))?;
+    ensure!(geteuid() == 0, "the benchmark loads BPF programs and makes a network namespace: run it as root");
+    let bytes = std::fs::read(object).with_context(|| {
+        format!("reading {} (build it with `cargo xtask build-ebpf --release`)", object.display())
+    })?;
     enter_private_netns()?;
     // Dual-stack (bindv6only is 0 in a fresh namespace): one listener serves both families.
     let _listener = TcpListener::bind(("::", BENCH_PORT)).context("bench listener")?;
@@ -103,8 +101,14 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
     println!("\nratios (each minus the trivial XDP_PASS):");
     println!("  cookie path IPv4 / helper floor        {:>8.2}", net(3) / net(2));
     println!("  cookie path IPv4 / trivial XDP_TX      {:>8.2}", net(3) / net(1));
-    println!("  cookie path: {many} / {few} sources  {:>8.2}   (flat = 1: the sketch's cost does not grow)", net(5) / net(4));
-    println!("  tracked SYN: {many} / {few} sources  {:>8.2}   (LRU churn when sources outnumber the map)", net(7) / net(6));
+    println!(
+        "  cookie path: {many} / {few} sources  {:>8.2}   (flat = 1: the sketch's cost does not grow)",
+        net(5) / net(4)
+    );
+    println!(
+        "  tracked SYN: {many} / {few} sources  {:>8.2}   (LRU churn when sources outnumber the map)",
+        net(7) / net(6)
+    );
     Ok(())
 }
 
@@ -214,7 +218,8 @@ fn enter_private_netns() -> Result<()> {
         bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
     }
     // Inside the private namespace only: this is not the host's setting.
-    std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2").context("tcp_syncookies=2 in the bench namespace")?;
+    std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2")
+        .context("tcp_syncookies=2 in the bench namespace")?;
     Ok(())
 }
 

@@ -33,14 +33,20 @@ pub fn main(args: &BuildEbpfArgs) -> Result<PathBuf> {
     }
     println!("build-ebpf: using {}", route.describe());
     let mut cmd = toolchain::ebpf_cargo(route);
-    cmd.current_dir(workspace_root().join("detector-ebpf"))
-        .args(["build", "--target", "bpfel-unknown-none", "-Z", "build-std=core"]);
+    cmd.current_dir(workspace_root().join("detector-ebpf")).args([
+        "build",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+    ]);
     if args.release {
         cmd.arg("--release");
     }
     run(&mut cmd).context("building the eBPF crate")?;
     let object = object_path(args.release);
-    let size = std::fs::metadata(&object).with_context(|| format!("no object at {}", object.display()))?.len();
+    let size =
+        std::fs::metadata(&object).with_context(|| format!("no object at {}", object.display()))?.len();
     println!("build-ebpf: {} ({size} bytes)", object.display());
     Ok(object)
 }

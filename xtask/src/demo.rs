@@ -64,10 +64,23 @@ fn lab_demo(agent_bin: &Path, object: &Path) -> Result<()> {
         &lab,
         agent_bin,
         &[
-            "--mode", "auto", "--poll-interval-ms", "500",
-            "--enter-syn-rate", "4000", "--exit-syn-rate", "1000", "--hold", "3",
+            "--mode",
+            "auto",
+            "--poll-interval-ms",
+            "500",
+            "--enter-syn-rate",
+            "4000",
+            "--exit-syn-rate",
+            "1000",
+            "--hold",
+            "3",
             // The demo's one legit client opens hundreds of connections a second.
-            "--syn-rate-limit", "2000", "--half-open-limit", "50", "--block-ttl", "5",
+            "--syn-rate-limit",
+            "2000",
+            "--half-open-limit",
+            "50",
+            "--block-ttl",
+            "5",
         ],
     )?;
     let legit = |n| {
@@ -77,7 +90,14 @@ fn lab_demo(agent_bin: &Path, object: &Path) -> Result<()> {
     println!("   legit requests while calm: {}", legit(100)?);
 
     step("a single spoofed source floods (3000 SYNs at 1000/s from 198.18.200.66)");
-    let single = Flood { v6: false, sources: FloodSources::Single(0x4842), port: PORT, count: 3000, pps: 1000, limit: Duration::from_secs(10) };
+    let single = Flood {
+        v6: false,
+        sources: FloodSources::Single(0x4842),
+        port: PORT,
+        count: 3000,
+        pps: 1000,
+        limit: Duration::from_secs(10),
+    };
     let sent = single.run(&lab)?.sent;
     thread::sleep(Duration::from_millis(600));
     let s = agent.scrape()?;
@@ -122,8 +142,12 @@ fn lab_demo(agent_bin: &Path, object: &Path) -> Result<()> {
 
     step("the flood is over: waiting for the agent to calm down (hold 3 s)");
     let calm = wait_calm(&agent, Duration::from_secs(20))?;
-    println!("   under attack: {}; transitions to attack/calm: {}/{}", calm.value("syndetector_under_attack")?,
-        calm.value("syndetector_attack_transitions_total{to=\"attack\"}")?, calm.value("syndetector_attack_transitions_total{to=\"calm\"}")?);
+    println!(
+        "   under attack: {}; transitions to attack/calm: {}/{}",
+        calm.value("syndetector_under_attack")?,
+        calm.value("syndetector_attack_transitions_total{to=\"attack\"}")?,
+        calm.value("syndetector_attack_transitions_total{to=\"calm\"}")?
+    );
 
     step("stopping the agent (SIGTERM)");
     let status = agent.stop()?;

@@ -10,11 +10,26 @@ use crate::{run, toolchain, workspace_root};
 pub fn main() -> Result<()> {
     let root = workspace_root();
     run(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--check"]))?;
-    run(Command::new("cargo").current_dir(&root).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     if toolchain::nightly_has_rust_src() {
         let mut cmd = toolchain::ebpf_cargo(toolchain::Route::Nightly);
-        cmd.current_dir(root.join("detector-ebpf"))
-            .args(["clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings"]);
+        cmd.current_dir(root.join("detector-ebpf")).args([
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]);
         run(&mut cmd)?;
     } else {
         println!("lint: Debian's rustc-web ships no clippy: the eBPF crate is not linted here");

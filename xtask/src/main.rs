@@ -70,7 +70,10 @@ fn build(args: &build_ebpf::BuildEbpfArgs) -> Result<PathBuf> {
         cargo.arg("--release");
     }
     run(&mut cargo)?;
-    let agent = workspace_root().join("target").join(if args.release { "release" } else { "debug" }).join("syndetector");
+    let agent = workspace_root()
+        .join("target")
+        .join(if args.release { "release" } else { "debug" })
+        .join("syndetector");
     println!("build: {}", agent.display());
     Ok(agent)
 }

@@ -64,7 +64,10 @@ pub fn main() -> Result<()> {
     match toolchain::bpf_linker_version() {
         Some(v) if v.contains(BPF_LINKER_VERSION) => println!("setup: present    {v}"),
         found => {
-            println!("setup: installing bpf-linker {BPF_LINKER_VERSION} (found: {})", found.as_deref().unwrap_or("none"));
+            println!(
+                "setup: installing bpf-linker {BPF_LINKER_VERSION} (found: {})",
+                found.as_deref().unwrap_or("none")
+            );
             // bpf-linker must link the LLVM that rustc-web uses; without llvm-config on
             // PATH its build fails with "unable to find -lLLVM".
             let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());

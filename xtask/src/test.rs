@@ -35,8 +35,10 @@ pub fn main(args: &TestArgs) -> Result<()> {
         .args(&args.rest);
     let tests = run(&mut cargo).context("cargo test");
     let dashboards = if args.rest.is_empty() {
-        run(Command::new("bash").arg(workspace_root().join("dashboards/check.sh")).current_dir(workspace_root()))
-            .context("dashboards/check.sh (promtool)")
+        run(Command::new("bash")
+            .arg(workspace_root().join("dashboards/check.sh"))
+            .current_dir(workspace_root()))
+        .context("dashboards/check.sh (promtool)")
     } else {
         Ok(())
     };

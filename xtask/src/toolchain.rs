@@ -36,11 +36,14 @@ pub fn detect() -> Option<Route> {
 }
 
 pub fn nightly_has_rust_src() -> bool {
-    let Ok(out) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output() else {
+    let Ok(out) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output()
+    else {
         return false;
     };
     out.status.success()
-        && Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("lib/rustlib/src/rust/library").is_dir()
+        && Path::new(String::from_utf8_lossy(&out.stdout).trim())
+            .join("lib/rustlib/src/rust/library")
+            .is_dir()
 }
 
 pub fn debian_route_present() -> bool {
@@ -51,7 +54,15 @@ pub fn debian_route_present() -> bool {
 pub fn ebpf_cargo(route: Route) -> Command {
     let mut cmd = Command::new("cargo");
     // Settings meant for the host build must not leak into the BPF one.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC_WRAPPER", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "RUSTC", "RUSTDOC"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "RUSTC",
+        "RUSTDOC",
+    ] {
         cmd.env_remove(var);
     }
     cmd.env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", "bpf-linker");

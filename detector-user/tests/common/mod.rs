@@ -41,7 +41,8 @@ impl Detector {
     /// verified, `cfg` written (unless `None`-like zeroed configs are wanted: see `load_raw`).
     pub fn load(cfg: Config, extra: &[&str]) -> Self {
         let mut det = Self::load_without_config(extra);
-        let mut map: Array<_, Config> = Array::try_from(det.ebpf.map_mut(names::MAP_CONFIG).unwrap()).unwrap();
+        let mut map: Array<_, Config> =
+            Array::try_from(det.ebpf.map_mut(names::MAP_CONFIG).unwrap()).unwrap();
         map.set(0, cfg, 0).unwrap();
         det
     }
@@ -62,7 +63,11 @@ impl Detector {
         let prog: &Xdp = self.ebpf.program(program).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let result = prog
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         let (verdict, len) = (result.return_value, result.data_size_out as usize);
         assert_ne!(verdict, 0, "XDP_ABORTED must never happen");
@@ -71,7 +76,8 @@ impl Detector {
     }
 
     pub fn counter(&self, counter: Counter) -> u64 {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(names::MAP_COUNTERS).unwrap()).unwrap();
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(names::MAP_COUNTERS).unwrap()).unwrap();
         map.get(&(counter as u32), 0).unwrap().iter().sum()
     }
 

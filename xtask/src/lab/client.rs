@@ -61,7 +61,12 @@ impl ClientReport {
     pub fn quantile(&self, q: f64) -> Duration {
         let mut l = self.latencies.clone();
         l.sort();
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "an index")]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "an index"
+        )]
         l.get(((l.len().saturating_sub(1)) as f64 * q).round() as usize).copied().unwrap_or_default()
     }
 

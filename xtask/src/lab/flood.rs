@@ -62,7 +62,8 @@ impl Flood {
             .output()
             .context("running trafgen (package netsniff-ng)")?;
         let elapsed = started.elapsed();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         // trafgen prints "N packets outgoing"; a time-limited run is killed by timeout (124).
         let sent = text
             .lines()
@@ -90,7 +91,10 @@ impl Flood {
                 // 198.18.128.0/17: third octet 128..=255, fourth random.
                 FloodSources::Random => "198, 18, dinc(128, 255), drnd(1)".to_owned(),
             };
-            format!("0x45, 0, c16(44), drnd(2), c16(0x4000), 64, 6, csumip(14, 33), {src}, {}", bytes(&SERVER_V4.octets()))
+            format!(
+                "0x45, 0, c16(44), drnd(2), c16(0x4000), 64, 6, csumip(14, 33), {src}, {}",
+                bytes(&SERVER_V4.octets())
+            )
         };
         let csum = if self.v6 { "csumtcp6(14, 54)" } else { "csumtcp(14, 34)" };
         format!(

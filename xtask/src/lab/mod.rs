@@ -60,7 +60,9 @@ impl Lab {
             bail!("the lab makes network namespaces and attaches XDP programs: it needs root");
         }
         let n = RUNS.fetch_add(1, Ordering::Relaxed);
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_micros());
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_micros());
         // Interface names are at most 15 bytes: "sds" + 12.
         let suffix = format!("{:x}{n:x}{:x}", std::process::id(), stamp % 0xfff);
         let suffix: String = suffix.chars().take(11).collect();
@@ -132,7 +134,9 @@ impl Lab {
         let deadline = Instant::now() + Duration::from_secs(10);
         let addr = std::net::SocketAddr::from((SERVER_V4, port));
         while Instant::now() < deadline {
-            let up = in_netns(&self.client_ns, move || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?;
+            let up = in_netns(&self.client_ns, move || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })?;
             if up {
                 return Ok(());
             }
@@ -159,7 +163,9 @@ impl Lab {
                 let text = std::fs::read_to_string(file)?;
                 let mut lines = text.lines();
                 while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
-                    let (Some((sec, names)), Some((_, values))) = (names.split_once(':'), values.split_once(':')) else {
+                    let (Some((sec, names)), Some((_, values))) =
+                        (names.split_once(':'), values.split_once(':'))
+                    else {
                         continue;
                     };
                     for (k, v) in names.split_whitespace().zip(values.split_whitespace()) {
@@ -175,7 +181,9 @@ impl Lab {
 
     /// `ip -d link show` of the server's veth: says whether an XDP program is attached.
     pub fn server_link_details(&self) -> Result<String> {
-        let out = Command::new("ip").args(["-n", &self.server_ns, "-d", "link", "show", &self.server_if]).output()?;
+        let out = Command::new("ip")
+            .args(["-n", &self.server_ns, "-d", "link", "show", &self.server_if])
+            .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -184,7 +192,11 @@ impl Lab {
     }
 
     pub fn server_addr(v6: bool) -> IpAddr {
-        if v6 { IpAddr::V6(SERVER_V6) } else { IpAddr::V4(SERVER_V4) }
+        if v6 {
+            IpAddr::V6(SERVER_V6)
+        } else {
+            IpAddr::V4(SERVER_V4)
+        }
     }
 }
 
@@ -210,7 +222,12 @@ fn ip(args: &[&str]) -> Result<()> {
 fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("starting {:?}", cmd.get_program()))?;
     if !out.status.success() {
-        bail!("{:?} {:?} failed: {}", cmd.get_program(), cmd.get_args().collect::<Vec<_>>(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{:?} {:?} failed: {}",
+            cmd.get_program(),
+            cmd.get_args().collect::<Vec<_>>(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

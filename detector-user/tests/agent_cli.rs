@@ -1,0 +1,74 @@
+//! The agent binary refuses bad configuration before touching anything: exit status 64,
+//! a message naming the key, no program loaded or attached, no sysctl changed.
+
+use std::process::{Command, Output};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(AGENT).args(args).output().expect("running syndetector")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
+/// BPF programs currently loaded, by id (to prove nothing was loaded).
+fn loaded_program_ids() -> Vec<String> {
+    let out = Command::new("bpftool").args(["prog", "list"]).output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.contains(" name syndetector "))
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_the_key_and_changes_nothing() {
+    let syncookies = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_syncookies").unwrap();
+    let programs = loaded_program_ids();
+    let unknown = config_file("interfaces = [\"lo\"]\n[thresholds]\nsyn_rate = 5\n");
+    let bad_value = config_file("interfaces = [\"lo\"]\n[maps]\nsketch_width = 1000\n");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["run", "--config", unknown.path().to_str().unwrap()], "syn_rate"),
+        (vec!["run", "--config", bad_value.path().to_str().unwrap()], "maps.sketch_width"),
+        (vec!["run", "--iface", "sd-no-such-if0"], "interfaces"),
+        (vec!["run", "--iface", "lo", "--block-ttl", "0"], "thresholds.block_ttl_secs"),
+        (
+            vec!["run", "--iface", "lo", "--enter-syn-rate", "10", "--exit-syn-rate", "20"],
+            "detection.exit_syn_rate",
+        ),
+        (vec!["run", "--config", "/nonexistent/syndetector.toml"], "/nonexistent/syndetector.toml"),
+        (vec!["check-config", "--iface", "lo", "--poll-interval-ms", "1"], "poll_interval_ms"),
+    ];
+    for (args, key) in &cases {
+        let out = agent(args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(key), "{args:?}: the message must name {key}: {}", stderr(&out));
+    }
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/tcp_syncookies").unwrap(), syncookies);
+    assert_eq!(loaded_program_ids(), programs, "nothing loaded");
+}
+
+#[test]
+fn check_config_accepts_the_example_file() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/syndetector.example.toml");
+    let out = agent(&["check-config", "--config", example, "--iface", "lo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn unknown_flags_are_usage_errors() {
+    let out = agent(&["run", "--iface", "lo", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    assert!(stderr(&out).contains("--no-such-flag"));
+}
