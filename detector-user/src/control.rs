@@ -31,6 +31,8 @@ use crate::{
 
 const SYNCOOKIES: &str = "net.ipv4.tcp_syncookies";
 const TIMESTAMPS: &str = "net.ipv4.tcp_timestamps";
+/// The top-sources list averages each source's SYN rate over about this long.
+const TOP_WINDOW_SECS: f64 = 5.0;
 /// Block/unblock events logged per poll; the rest are summed up in one line.
 const EVENTS_PER_POLL: usize = 20;
 
@@ -68,6 +70,8 @@ pub struct Controller {
     counters: [u64; COUNTER_SLOTS as usize],
     kernel_totals: Vec<u64>,
     source_syns: HashMap<SourceKey, u64>,
+    /// Smoothed SYN rate per source (see `TOP_WINDOW_SECS`).
+    source_rates: HashMap<SourceKey, f64>,
     blocked: HashSet<SourceKey>,
 }
 
@@ -97,6 +101,7 @@ impl Controller {
             counters: [0; COUNTER_SLOTS as usize],
             kernel_totals: vec![0; kernel_stats::EXPORTED.len()],
             source_syns: HashMap::new(),
+            source_rates: HashMap::new(),
             blocked: HashSet::new(),
         };
         this.publish_settings();
@@ -294,15 +299,23 @@ impl Controller {
 
     fn update_top(&mut self, syns_total: &HashMap<SourceKey, u64>, blocked: &HashSet<SourceKey>, dt: f64) {
         let k = self.cfg.file.top_sources;
-        #[allow(clippy::cast_precision_loss, reason = "per-interval counts")]
-        let mut rates: Vec<(SourceKey, f64)> = syns_total
-            .iter()
-            .map(|(key, total)| {
-                let before = self.source_syns.get(key).copied().unwrap_or(0);
-                (*key, total.saturating_sub(before) as f64 / dt)
-            })
-            .filter(|(_, rate)| *rate > 0.0)
-            .collect();
+        // An exponential average over about TOP_WINDOW_SECS: a burst shorter than a poll
+        // stays on the list (and in a Prometheus scraping every few seconds) for a while.
+        let alpha = 1.0 - (-dt / TOP_WINDOW_SECS).exp();
+        let mut smoothed = HashMap::with_capacity(syns_total.len());
+        for (key, total) in syns_total {
+            // A source first seen now made all its SYNs since the last poll.
+            let before = self.source_syns.get(key).copied().unwrap_or(0);
+            #[allow(clippy::cast_precision_loss, reason = "per-interval counts")]
+            let instant = total.saturating_sub(before) as f64 / dt;
+            let previous = self.source_rates.get(key).copied().unwrap_or(0.0);
+            let rate = previous + alpha * (instant - previous);
+            if rate >= 0.01 {
+                smoothed.insert(*key, rate);
+            }
+        }
+        let mut rates: Vec<(SourceKey, f64)> = smoothed.iter().map(|(key, rate)| (*key, *rate)).collect();
+        self.source_rates = smoothed;
         rates.sort_by(|a, b| b.1.total_cmp(&a.1));
         rates.truncate(k);
         self.source_syns.clone_from(syns_total);

@@ -144,7 +144,7 @@ impl Metrics {
             kernel,
             top_sources: gauge_vec(
                 "syndetector_top_source_syns_per_second",
-                "The sources with the highest SYN rate over the last poll (at most top_sources series).",
+                "The sources with the highest SYN rate, averaged over about 5 s (at most top_sources series).",
                 &["rank", "source"],
             ),
             config_reloads: counter_vec(

@@ -137,12 +137,16 @@ fn protected(v6: bool) {
         under_flood(&lab, random_flood(v6), Duration::from_secs(3), || {
             // Scrape, then kernel counters, then the clients, then counters, then scrape: with
             // tcp_syncookies = 2 the kernel answers the scrapes' own connections with cookies.
+            // The agent's counters lag by up to one poll (200 ms): wait one out before each
+            // scrape so that the scrapes bracket the same window as the kernel counters.
+            thread::sleep(Duration::from_millis(400));
             let first_scrape = agent.scrape().unwrap();
             let before = lab.nstat(&lab.server_ns).unwrap();
             let report = legit(&lab, v6, 2000, Duration::from_secs(3));
             // Kernel counters before the scrape: with tcp_syncookies = 2 the kernel answers
             // the scrape's own connection with a cookie too.
             let after = lab.nstat(&lab.server_ns).unwrap();
+            thread::sleep(Duration::from_millis(400));
             (report, before, after, first_scrape, agent.scrape().unwrap())
         });
     let recv = delta(&before, &after, "TcpExtSyncookiesRecv");
