@@ -10,7 +10,7 @@ pub const PENDING_SLOTS: usize = 4;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// Thresholds and timings for the XDP program. All durations in nanoseconds of
-/// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+/// `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {

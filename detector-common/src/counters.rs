@@ -102,7 +102,7 @@ counters! {
     /// A SYN shorter than its SYN-ACK, in a buffer without tailroom to grow: the kernel
     /// answers it (with its own cookie, as `tcp_syncookies = 2` is set while answering).
     PassCookieNoRoom = 25, Some(Verdict::Pass), "cookie_no_room";
-    /// A SYN whose exact tuple belongs to an existing socket (typically TIME_WAIT, when a
+    /// A SYN whose exact tuple belongs to an existing socket (typically `TIME_WAIT`, when a
     /// client reuses a port): only the kernel can decide it; a cookie ACK would hit that
     /// socket instead of the listener.
     PassCookieExistingSocket = 26, Some(Verdict::Pass), "cookie_existing_socket";

@@ -1,8 +1,14 @@
 //! Types shared by the XDP program and the agent, and the pure logic both rely on.
 //!
 //! Everything here is `no_std` and free of kernel helpers, so it is unit-tested on the
-//! host and then proven in the kernel through BPF_PROG_TEST_RUN fixtures.
+//! host and then proven in the kernel through `BPF_PROG_TEST_RUN` fixtures.
 #![no_std]
+// The XDP program needs these functions inlined into its own: calls cost stack frames
+// and verifier work there, so `#[inline(always)]` is deliberate throughout.
+#![allow(clippy::inline_always, reason = "the BPF side must inline the shared logic")]
+// Kernel-shared structs name their explicit padding `_pad` (house style) and must keep
+// every field public for the agent's `Pod` reads.
+#![allow(clippy::pub_underscore_fields, reason = "explicit padding fields")]
 
 pub mod checksum;
 pub mod config;

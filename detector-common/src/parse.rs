@@ -7,7 +7,7 @@ use crate::packet::Packet;
 
 pub const ETH_HEADER_LEN: usize = 14;
 pub const VLAN_TAG_LEN: usize = 4;
-/// 802.1Q (C-tag) and 802.1ad (S-tag, the outer tag of QinQ).
+/// 802.1Q (C-tag) and 802.1ad (S-tag, the outer tag of `QinQ`).
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const ETH_P_IPV4: u16 = 0x0800;

@@ -162,7 +162,8 @@ pub fn build_synack(
     h[4..8].copy_from_slice(&cookie.to_be_bytes());
     h[8..12].copy_from_slice(&syn.seq.wrapping_add(1).to_be_bytes());
     h[14..16].copy_from_slice(&settings.window.to_be_bytes());
-    h[20..24].copy_from_slice(&[OPT_MSS, 4, (mss >> 8) as u8, mss as u8]);
+    let [mss_hi, mss_lo] = mss.to_be_bytes();
+    h[20..24].copy_from_slice(&[OPT_MSS, 4, mss_hi, mss_lo]);
     let mut flags = tcp_flags::SYN | tcp_flags::ACK;
     let len = match opts.tsval {
         Some(tsecr) if settings.timestamps => {

@@ -25,6 +25,9 @@ pub enum SynVerdict {
     DropNewlyBlocked(BlockReason),
 }
 
+#[allow(clippy::cast_possible_truncation, reason = "PENDING_SLOTS is 4")]
+const SLOTS: u32 = PENDING_SLOTS as u32;
+
 #[inline(always)]
 #[allow(clippy::cast_possible_truncation, reason = "slot numbers wrap by design")]
 fn slot_of(ns: u64, cfg: &Config) -> u32 {
@@ -82,7 +85,7 @@ impl SourceState {
         let mut expired = 0u32;
         // Slots newest+1 ..= newest+gap (mod PENDING_SLOTS) hold the ones that fell off.
         // Bounded at PENDING_SLOTS iterations so the verifier sees a fixed loop.
-        for i in 1..=PENDING_SLOTS as u32 {
+        for i in 1..=SLOTS {
             if i > gap {
                 break;
             }
@@ -150,7 +153,7 @@ pub fn on_handshake_complete(state: &mut SourceState, syn_ns: u64, now_ns: u64, 
     state.last_seen_ns = now_ns;
     let syn_slot = slot_of(syn_ns, cfg);
     let age_in_slots = state.newest_slot.wrapping_sub(syn_slot);
-    if age_in_slots >= PENDING_SLOTS as u32 {
+    if age_in_slots >= SLOTS {
         return false;
     }
     let idx = (syn_slot as usize) % PENDING_SLOTS;

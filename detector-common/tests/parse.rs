@@ -198,8 +198,8 @@ fn every_truncation_is_reported_and_never_panics() {
 
 #[test]
 fn flag_helpers() {
-    let with = |flags: u8| TcpSegment { flags, ..ok(&syn4(&[])) };
     use tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN};
+    let with = |flags: u8| TcpSegment { flags, ..ok(&syn4(&[])) };
     assert!(with(SYN).is_syn() && with(SYN | ECE | CWR).is_syn());
     assert!(!with(SYN | ACK).is_syn() && !with(SYN | RST).is_syn());
     assert!(with(ACK).may_complete_handshake() && with(ACK | PSH).may_complete_handshake());
@@ -219,8 +219,8 @@ fn random_bytes_never_panic() {
             *b = seed.to_le_bytes()[0];
         }
         // Make some of them look like IP to reach deeper code.
-        if len > 14 && seed % 2 == 0 {
-            frame[12..14].copy_from_slice(if seed % 4 == 0 { &[0x08, 0x00] } else { &[0x86, 0xdd] });
+        if len > 14 && seed.is_multiple_of(2) {
+            frame[12..14].copy_from_slice(if seed.is_multiple_of(4) { &[0x08, 0x00] } else { &[0x86, 0xdd] });
         }
         let _ = parse_tcp(&frame[..]);
     }

@@ -317,37 +317,40 @@ pub fn validate(f: &FileConfig) -> Result<(), ConfigError> {
     }
     in_range("poll_interval_ms", f.poll_interval_ms, 100, 60_000)?;
     in_range("top_sources", f.top_sources, 0, 100)?;
-    let t = &f.thresholds;
-    in_range("thresholds.block_ttl_secs", t.block_ttl_secs, 1, 86_400)?;
-    in_range("thresholds.handshake_timeout_ms", t.handshake_timeout_ms, 10, 600_000)?;
-    let d = &f.detection;
-    if !(d.enter_syn_rate.is_finite() && d.enter_syn_rate > 0.0) {
+    let thresholds = &f.thresholds;
+    in_range("thresholds.block_ttl_secs", thresholds.block_ttl_secs, 1, 86_400)?;
+    in_range("thresholds.handshake_timeout_ms", thresholds.handshake_timeout_ms, 10, 600_000)?;
+    let detection = &f.detection;
+    if !(detection.enter_syn_rate.is_finite() && detection.enter_syn_rate > 0.0) {
         return Err(invalid("detection.enter_syn_rate", "must be a positive number"));
     }
-    if !(d.exit_syn_rate.is_finite() && d.exit_syn_rate >= 0.0 && d.exit_syn_rate <= d.enter_syn_rate) {
+    if !(detection.exit_syn_rate.is_finite()
+        && detection.exit_syn_rate >= 0.0
+        && detection.exit_syn_rate <= detection.enter_syn_rate)
+    {
         return Err(invalid("detection.exit_syn_rate", "must be between 0 and detection.enter_syn_rate"));
     }
-    if d.enter_half_open == 0 {
+    if detection.enter_half_open == 0 {
         return Err(invalid("detection.enter_half_open", "must be at least 1"));
     }
-    if d.exit_half_open > d.enter_half_open {
+    if detection.exit_half_open > detection.enter_half_open {
         return Err(invalid("detection.exit_half_open", "must not exceed detection.enter_half_open"));
     }
-    in_range("detection.hold_secs", d.hold_secs, 0, 3_600)?;
-    let c = &f.cookies;
-    if c.ecn && !c.timestamps {
+    in_range("detection.hold_secs", detection.hold_secs, 0, 3_600)?;
+    let cookies = &f.cookies;
+    if cookies.ecn && !cookies.timestamps {
         return Err(invalid("cookies.ecn", "needs cookies.timestamps = true (ECN rides in the timestamp)"));
     }
-    in_range("cookies.budget_per_second", c.budget_per_second, 1, 100_000_000)?;
-    if c.window == 0 {
+    in_range("cookies.budget_per_second", cookies.budget_per_second, 1, 100_000_000)?;
+    if cookies.window == 0 {
         return Err(invalid("cookies.window", "must be at least 1"));
     }
-    let m = &f.maps;
-    in_range("maps.sources", m.sources, 1_024, 16_777_216)?;
-    in_range("maps.pending", m.pending, 1_024, 16_777_216)?;
-    in_range("maps.sketch_width", m.sketch_width, 256, 1_048_576)?;
-    if !m.sketch_width.is_power_of_two() {
-        return Err(invalid("maps.sketch_width", format!("{} is not a power of two", m.sketch_width)));
+    let maps = &f.maps;
+    in_range("maps.sources", maps.sources, 1_024, 16_777_216)?;
+    in_range("maps.pending", maps.pending, 1_024, 16_777_216)?;
+    in_range("maps.sketch_width", maps.sketch_width, 256, 1_048_576)?;
+    if !maps.sketch_width.is_power_of_two() {
+        return Err(invalid("maps.sketch_width", format!("{} is not a power of two", maps.sketch_width)));
     }
     Ok(())
 }

@@ -41,9 +41,15 @@ pub enum ControlError {
     #[error(transparent)]
     Sysctl(#[from] SysctlError),
     #[error(transparent)]
-    Load(#[from] LoadError),
+    Load(Box<LoadError>),
     #[error("reading the counters: {0}")]
     Counters(#[from] aya::maps::MapError),
+}
+
+impl From<LoadError> for ControlError {
+    fn from(e: LoadError) -> Self {
+        Self::Load(Box::new(e))
+    }
 }
 
 /// One of the top SYN sources, as `/top` and `syndetector top` show it.

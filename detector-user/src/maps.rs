@@ -71,7 +71,7 @@ impl Maps {
     pub fn scan_sources(&mut self, now_ns: u64, cfg: &KernelConfig) -> SourceScan {
         let mut scan = SourceScan::default();
         let mut aged = Vec::new();
-        for entry in self.sources.iter() {
+        for entry in &self.sources {
             // An entry evicted while we walk shows up as an error: skip it.
             let Ok((key, mut state)) = entry else { continue };
             scan.tracked += 1;
@@ -94,7 +94,7 @@ impl Maps {
     }
 
     pub fn pending_entries(&self) -> u64 {
-        self.pending.keys().filter(Result::is_ok).count() as u64
+        self.pending.keys().flatten().count() as u64
     }
 }
 

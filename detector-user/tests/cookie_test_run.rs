@@ -46,7 +46,7 @@ fn in_private_netns(syncookies: &str, test: impl FnOnce() + Send + 'static) {
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(0, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
         }
         std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", &syncookies).unwrap();
         let _listener = TcpListener::bind(("::", PORT)).expect("listener in the private netns");
@@ -93,14 +93,14 @@ impl Syn {
         Self { v6: true, ..Self::v4() }
     }
 
-    fn client(&self) -> ([u8; 4], [u8; 16]) {
+    fn client(self) -> ([u8; 4], [u8; 16]) {
         let (mut a4, mut a6) = (CLIENT4, CLIENT6);
         a4[3] = self.src_last;
         a6[15] = self.src_last;
         (a4, a6)
     }
 
-    fn frame(&self, options: &[TcpOptionElement]) -> Vec<u8> {
+    fn frame(self, options: &[TcpOptionElement]) -> Vec<u8> {
         let (c4, c6) = self.client();
         let b = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC);
         let b = if self.v6 { b.ipv6(c6, SERVER6, 64) } else { b.ipv4(c4, SERVER4, 64) };
@@ -111,7 +111,7 @@ impl Syn {
     }
 
     /// The client's third packet for a SYN-ACK whose sequence number is `cookie`.
-    fn ack(&self, cookie: u32) -> Vec<u8> {
+    fn ack(self, cookie: u32) -> Vec<u8> {
         let (c4, c6) = self.client();
         let b = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC);
         let b = if self.v6 { b.ipv6(c6, SERVER6, 64) } else { b.ipv4(c4, SERVER4, 64) };
@@ -134,7 +134,7 @@ fn with_vlan_tags(frame: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
 }
 
 /// Decodes a reply independently and checks every field a client relies on.
-fn check_synack(reply: &[u8], syn: &Syn) -> TcpHeader {
+fn check_synack(reply: &[u8], syn: Syn) -> TcpHeader {
     assert_eq!(&reply[..6], &CLIENT_MAC, "destination MAC is the client's");
     assert_eq!(&reply[6..12], &SERVER_MAC, "source MAC is ours");
     let sliced = SlicedPacket::from_ethernet(reply).expect("etherparse decodes the SYN-ACK");
@@ -164,7 +164,7 @@ fn check_synack(reply: &[u8], syn: &Syn) -> TcpHeader {
 }
 
 /// The kernel's verdict on the ACK that would complete this handshake.
-fn kernel_accepts(det: &Detector, syn: &Syn, cookie: u32) -> bool {
+fn kernel_accepts(det: &Detector, syn: Syn, cookie: u32) -> bool {
     match det.run("probe_check_cookie", &syn.ack(cookie)).0 {
         XDP_TX => true,
         XDP_DROP => false,
@@ -183,7 +183,7 @@ fn ipv4_syn_gets_a_synack_whose_cookie_the_kernel_accepts() {
         let syn = Syn::v4();
         let (verdict, reply) = det.run(names::PROGRAM, &syn.frame(&linux_syn_options()));
         assert_eq!(verdict, XDP_TX);
-        let h = check_synack(&reply, &syn);
+        let h = check_synack(&reply, syn);
         let opts = options(&h);
         assert!(opts.contains(&TcpOptionElement::MaximumSegmentSize(1460)), "{opts:?}");
         assert!(opts.contains(&TcpOptionElement::SelectiveAcknowledgementPermitted));
@@ -195,8 +195,8 @@ fn ipv4_syn_gets_a_synack_whose_cookie_the_kernel_accepts() {
         let (val, ecr) = ts.expect("TS option");
         assert_eq!(ecr, 0x0102_0304);
         assert_eq!(val & 0x3f, 7 | 1 << 4, "wscale 7 and SACK encoded for the kernel");
-        assert!(kernel_accepts(&det, &syn, h.sequence_number));
-        assert!(!kernel_accepts(&det, &syn, h.sequence_number ^ 0x00ff_0000), "a forged cookie is refused");
+        assert!(kernel_accepts(&det, syn, h.sequence_number));
+        assert!(!kernel_accepts(&det, syn, h.sequence_number ^ 0x00ff_0000), "a forged cookie is refused");
         assert_eq!(det.counter(Counter::TxCookie), 1);
     });
 }
@@ -208,9 +208,9 @@ fn ipv6_syn_gets_a_synack_whose_cookie_the_kernel_accepts() {
         let syn = Syn::v6();
         let (verdict, reply) = det.run(names::PROGRAM, &syn.frame(&linux_syn_options()));
         assert_eq!(verdict, XDP_TX);
-        let h = check_synack(&reply, &syn);
-        assert!(kernel_accepts(&det, &syn, h.sequence_number));
-        assert!(!kernel_accepts(&det, &syn, h.sequence_number ^ 0x00ff_0000));
+        let h = check_synack(&reply, syn);
+        assert!(kernel_accepts(&det, syn, h.sequence_number));
+        assert!(!kernel_accepts(&det, syn, h.sequence_number ^ 0x00ff_0000));
     });
 }
 
@@ -232,8 +232,8 @@ fn vlan_and_qinq_tags_are_kept_in_the_reply() {
             // Strip the tags and check the rest like an untagged reply.
             let mut untagged = reply[..12].to_vec();
             untagged.extend_from_slice(&reply[12 + tag_bytes..]);
-            let h = check_synack(&untagged, &syn);
-            assert!(kernel_accepts(&det, &syn, h.sequence_number));
+            let h = check_synack(&untagged, syn);
+            assert!(kernel_accepts(&det, syn, h.sequence_number));
         }
     });
 }
@@ -246,19 +246,19 @@ fn without_timestamps_or_client_options_the_reply_has_mss_only() {
         for syn in [Syn::v4(), Syn::v6()] {
             let (verdict, reply) = det.run(names::PROGRAM, &syn.frame(&linux_syn_options()));
             assert_eq!(verdict, XDP_TX);
-            let h = check_synack(&reply, &syn);
+            let h = check_synack(&reply, syn);
             assert_eq!(h.header_len(), 24);
             assert!(matches!(options(&h)[..], [TcpOptionElement::MaximumSegmentSize(_)]));
-            assert!(kernel_accepts(&det, &syn, h.sequence_number));
+            assert!(kernel_accepts(&det, syn, h.sequence_number));
         }
         // Timestamps on, but a client that sent no options at all.
         let det = Detector::load(cookie_config(true), &["probe_check_cookie"]);
         let syn = Syn::v4();
         let (verdict, reply) = det.run(names::PROGRAM, &syn.frame(&[]));
         assert_eq!(verdict, XDP_TX);
-        let h = check_synack(&reply, &syn);
+        let h = check_synack(&reply, syn);
         assert_eq!(h.header_len(), 24);
-        assert!(kernel_accepts(&det, &syn, h.sequence_number));
+        assert!(kernel_accepts(&det, syn, h.sequence_number));
     });
 }
 

@@ -3,6 +3,7 @@
 //! random-source flood, every panel's query returns data, and the under-attack alert
 //! (the real dashboards/alerts.yml) fires during the flood and resolves after it.
 //! A new panel in the dashboard is covered without touching this test. Needs root.
+#![allow(clippy::float_cmp, reason = "metric values compared here are exact counts")]
 
 use std::{
     net::SocketAddr,
@@ -101,6 +102,7 @@ fn panel_queries() -> Vec<(String, String)> {
 }
 
 #[test]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn every_panel_has_data_and_the_attack_alert_fires_and_resolves() {
     let mut lab = Lab::new().expect("lab");
     lab.attach_client_xdp(object()).unwrap();

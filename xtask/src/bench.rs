@@ -160,6 +160,7 @@ fn run_case(object: &[u8], case: &Case, packets: u32) -> Result<f64> {
             case.name
         );
     }
+    #[allow(clippy::cast_precision_loss, reason = "a duration in ns, far below 2^52")]
     Ok(total.as_nanos() as f64 / f64::from(packets))
 }
 

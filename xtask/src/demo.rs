@@ -51,6 +51,7 @@ fn step(text: &str) {
     println!("\n== {text}");
 }
 
+#[allow(clippy::too_many_lines, reason = "one straight script of demo steps, read top to bottom")]
 fn lab_demo(agent_bin: &Path, object: &Path) -> Result<()> {
     step("building the lab: namespaces, veth, HTTP server (backlog 16, kernel SYN cookies off)");
     let mut lab = Lab::new()?;

@@ -15,7 +15,7 @@ pub struct Scrape {
 }
 
 impl Scrape {
-    /// GET http://addr/metrics from inside `ns`.
+    /// `GET http://addr/metrics` from inside `ns`.
     pub fn fetch(ns: &str, addr: SocketAddr) -> Result<Self> {
         let text = in_netns(ns, move || fetch_text(addr))??;
         Ok(Self::parse(text))

@@ -1,7 +1,7 @@
 //! Network-namespace lab: a server and a client namespace joined by a veth pair, a real
 //! TCP server, real clients, floods from trafgen, the agent, and clean-up on drop.
 //!
-//! Rules (../shared/LAB-RULES.md): addresses only from 198.18.0.0/15 and 2001:2::/48,
+//! Rules (`../shared/LAB-RULES.md`): addresses only from `198.18.0.0/15` and `2001:2::/48`,
 //! no default route, names with a per-run suffix, every flood bounded in count and time,
 //! sysctls changed only inside the lab's namespaces, everything removed on drop.
 
@@ -28,7 +28,7 @@ pub use flood::{Flood, FloodSources};
 pub use metrics::Scrape;
 pub use netns::in_netns;
 
-/// The server's addresses; the client's are .2 / ::2.
+/// The server's addresses; the client's end in `.2` / `::2`.
 pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
@@ -46,9 +46,9 @@ pub struct Lab {
     pub server_if: String,
     pub client_if: String,
     children: Vec<Child>,
-    /// The trivial XDP program on the client's veth: native XDP_TX on a veth is delivered
+    /// The trivial XDP program on the client's veth: native `XDP_TX` on a veth is delivered
     /// only when the peer has an XDP program (DESIGN-NOTES, lab section).
-    _client_xdp: Option<Ebpf>,
+    client_xdp: Option<Ebpf>,
     scratch: PathBuf,
 }
 
@@ -72,7 +72,7 @@ impl Lab {
             server_if: format!("sds{suffix}"),
             client_if: format!("sdc{suffix}"),
             children: Vec::new(),
-            _client_xdp: None,
+            client_xdp: None,
             scratch: std::env::temp_dir().join(format!("sd-lab-{suffix}")),
         };
         lab.build().context("building the lab")?;
@@ -100,7 +100,7 @@ impl Lab {
         Ok(())
     }
 
-    /// Loads `baseline_pass` from the object onto the client veth (see `_client_xdp`).
+    /// Loads `baseline_pass` from the object onto the client veth (see `client_xdp`).
     pub fn attach_client_xdp(&mut self, object: &Path) -> Result<()> {
         let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
         let iface = self.client_if.clone();
@@ -111,7 +111,7 @@ impl Lab {
             prog.attach(&iface, aya::programs::XdpMode::Driver)?;
             Ok(ebpf)
         })??;
-        self._client_xdp = Some(ebpf);
+        self.client_xdp = Some(ebpf);
         Ok(())
     }
 
@@ -149,7 +149,8 @@ impl Lab {
     pub fn spawn(&mut self, ns: &str, cmd: &mut Command) -> Result<u32> {
         let mut full = Command::new("ip");
         full.args(["netns", "exec", ns]).arg(cmd.get_program()).args(cmd.get_args());
-        let child = full.spawn().with_context(|| format!("spawning {:?} in {ns}", cmd.get_program()))?;
+        let child =
+            full.spawn().with_context(|| format!("spawning {} in {ns}", cmd.get_program().display()))?;
         let pid = child.id();
         self.children.push(child);
         Ok(pid)
@@ -206,7 +207,7 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self._client_xdp = None;
+        self.client_xdp = None;
         // Deleting a namespace deletes its veth end, and the pair with it.
         for ns in [&self.server_ns, &self.client_ns] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
@@ -220,12 +221,13 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let out = cmd.output().with_context(|| format!("starting {}", cmd.get_program().display()))?;
     if !out.status.success() {
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
         bail!(
-            "{:?} {:?} failed: {}",
-            cmd.get_program(),
-            cmd.get_args().collect::<Vec<_>>(),
+            "{} {} failed: {}",
+            cmd.get_program().display(),
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
