@@ -17,10 +17,12 @@ pub mod filter;
 pub mod names;
 pub mod packet;
 pub mod parse;
+#[cfg(feature = "user")]
+pub mod procnet;
 pub mod sketch;
 pub mod state;
 pub mod synack;
 pub mod track;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "user"))]
 extern crate std;

@@ -24,13 +24,7 @@ pub fn baseline_tx(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     // SAFETY: 12 bytes checked just above.
-    unsafe {
-        let macs = core::ptr::read_unaligned(data as *const [u8; 12]);
-        let mut swapped = [0u8; 12];
-        swapped[..6].copy_from_slice(&macs[6..]);
-        swapped[6..].copy_from_slice(&macs[..6]);
-        core::ptr::write_unaligned(data as *mut [u8; 12], swapped);
-    }
+    unsafe { crate::packet::swap_macs(data) };
     xdp_action::XDP_TX
 }
 

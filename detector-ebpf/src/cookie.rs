@@ -371,11 +371,7 @@ fn write_reply(
     // SAFETY: every write below is inside data..end, checked above (an IPv4 reply is
     // l3 + 44 bytes or more, so 40 bytes from iph are inside it for both versions).
     unsafe {
-        let macs = core::ptr::read_unaligned(data as *const [u8; 12]);
-        let mut swapped = [0u8; 12];
-        swapped[..6].copy_from_slice(&macs[6..]);
-        swapped[6..].copy_from_slice(&macs[..6]);
-        core::ptr::write_unaligned(data as *mut [u8; 12], swapped);
+        crate::packet::swap_macs(data);
         match seg.version {
             IpVersion::V4 => {
                 core::ptr::write_unaligned(iph as *mut [u8; 20], build_ipv4_reply(seg, tcp_len));

@@ -16,6 +16,22 @@ impl XdpPacket {
     }
 }
 
+/// Swaps the destination and source MAC addresses of the frame at `data`.
+///
+/// # Safety
+/// `data .. data + 12` must be inside the frame (checked by the caller for the verifier).
+#[inline(always)]
+pub unsafe fn swap_macs(data: usize) {
+    // SAFETY: upheld by the caller.
+    unsafe {
+        let macs = core::ptr::read_unaligned(data as *const [u8; 12]);
+        let mut swapped = [0u8; 12];
+        swapped[..6].copy_from_slice(&macs[6..]);
+        swapped[6..].copy_from_slice(&macs[..6]);
+        core::ptr::write_unaligned(data as *mut [u8; 12], swapped);
+    }
+}
+
 /// Reads never start past this: the parser's deepest header plus the TCP header.
 const MAX_READ_OFFSET: usize = MAX_L4_OFFSET + 64;
 

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use detector_common::procnet;
+
 /// (section, field in /proc, metric name, help).
 pub const EXPORTED: &[(&str, &str, &str, &str)] = &[
     (
@@ -57,33 +59,12 @@ pub const EXPORTED: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-/// Parses the "Section: names" / "Section: values" line pairs of /proc/net/{netstat,snmp}.
-pub fn parse(text: &str, into: &mut HashMap<(String, String), u64>) {
-    let mut lines = text.lines();
-    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
-        let (Some((section, names)), Some((section2, values))) =
-            (names.split_once(':'), values.split_once(':'))
-        else {
-            continue;
-        };
-        if section != section2 {
-            continue;
-        }
-        for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
-            // Some fields (Tcp MaxConn) are signed; those we export never are.
-            if let Ok(v) = value.parse::<u64>() {
-                into.insert((section.to_owned(), name.to_owned()), v);
-            }
-        }
-    }
-}
-
 /// Reads both files; a missing file (not Linux, or no /proc) gives what the other has.
 pub fn read() -> HashMap<(String, String), u64> {
     let mut out = HashMap::new();
     for path in ["/proc/net/netstat", "/proc/net/snmp"] {
         if let Ok(text) = std::fs::read_to_string(path) {
-            parse(&text, &mut out);
+            procnet::parse(&text, &mut out);
         }
     }
     out
@@ -92,16 +73,6 @@ pub fn read() -> HashMap<(String, String), u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_pairs_of_lines() {
-        let text = "TcpExt: SyncookiesSent SyncookiesRecv ListenOverflows\nTcpExt: 1 22 333\n\
-                    IpExt: InNoRoutes\nIpExt: 4\n";
-        let mut m = HashMap::new();
-        parse(text, &mut m);
-        assert_eq!(m[&("TcpExt".into(), "SyncookiesRecv".into())], 22);
-        assert_eq!(m[&("IpExt".into(), "InNoRoutes".into())], 4);
-    }
 
     #[test]
     fn the_running_kernel_has_every_exported_field() {

@@ -159,24 +159,12 @@ impl Lab {
     /// The kernel's TCP counters in a namespace (/proc/net/netstat and snmp there).
     pub fn nstat(&self, ns: &str) -> Result<std::collections::HashMap<String, u64>> {
         in_netns(ns, || {
-            let mut out = std::collections::HashMap::new();
+            let mut counters = std::collections::HashMap::new();
             for file in ["/proc/thread-self/net/netstat", "/proc/thread-self/net/snmp"] {
-                let text = std::fs::read_to_string(file)?;
-                let mut lines = text.lines();
-                while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
-                    let (Some((sec, names)), Some((_, values))) =
-                        (names.split_once(':'), values.split_once(':'))
-                    else {
-                        continue;
-                    };
-                    for (k, v) in names.split_whitespace().zip(values.split_whitespace()) {
-                        if let Ok(v) = v.parse() {
-                            out.insert(format!("{sec}{k}"), v);
-                        }
-                    }
-                }
+                detector_common::procnet::parse(&std::fs::read_to_string(file)?, &mut counters);
             }
-            Ok(out)
+            // Keyed as nstat names them: TcpExtSyncookiesRecv.
+            Ok(counters.into_iter().map(|((section, field), v)| (format!("{section}{field}"), v)).collect())
         })?
     }
 
