@@ -61,6 +61,24 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the agent.
+    pub fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let pid = libc::pid_t::try_from(self.child.as_ref().context("not running")?.id())?;
+        // SAFETY: signalling our own child.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash would end it: nothing of its own clean-up runs.
+    pub fn crash(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
     /// SIGTERM, then waits (10 s at most) and returns how it exited.
     pub fn stop(&mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
