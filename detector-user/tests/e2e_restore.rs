@@ -11,7 +11,8 @@ use xtask::lab::{Agent, Lab};
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
 
 fn sysctl_in(lab: &Lab, key: &str) -> String {
-    let out = Command::new("ip").args(["netns", "exec", &lab.server_ns, "sysctl", "-n", key]).output().unwrap();
+    let out =
+        Command::new("ip").args(["netns", "exec", &lab.server_ns, "sysctl", "-n", key]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -33,7 +34,11 @@ fn a_crashed_run_is_repaired_by_the_next_start_and_sighup_reloads() {
 
     // The next start (same state directory) puts the originals back before anything else.
     let mut agent = Agent::start(&lab, Path::new(AGENT), &["--mode", "drop"]).unwrap();
-    assert!(agent.log_text().contains("restored a sysctl left changed by a previous run"), "{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("restored a sysctl left changed by a previous run"),
+        "{}",
+        agent.log_text()
+    );
     assert_eq!(sysctl_in(&lab, "net.ipv4.tcp_syncookies"), "0");
     assert_eq!(sysctl_in(&lab, "net.ipv4.tcp_timestamps"), timestamps);
 
