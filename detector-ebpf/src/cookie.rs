@@ -112,9 +112,10 @@ fn frame_len(ctx: &XdpContext) -> usize {
 }
 
 /// Puts the frame back to `len` bytes after a failed attempt, so the kernel gets the SYN
-/// it would have got. (A SYN carrying data beyond its options would have lost that data
-/// to the shrink; the only such SYNs are TCP Fast Open ones, which we never shrink
-/// before the helper has answered.)
+/// at its length. The frame is resized only once the helper has answered, and after a
+/// successful resize the reply is always written, so in practice this is a no-op kept
+/// for safety; a SYN with data (TCP Fast Open) that had been cut would reach the kernel
+/// without its data and be retransmitted by the client.
 #[inline(always)]
 fn restore_len(ctx: &XdpContext, len: usize) {
     let now_len = frame_len(ctx);

@@ -95,8 +95,8 @@ impl Lab {
         // server's default route would send them; no default route exists anywhere.
         ip(&["-n", s, "route", "add", &format!("{}/{}", ATTACK_V4.0, ATTACK_V4.1), "dev", si])?;
         ip(&["-n", s, "-6", "route", "add", &format!("{}/{}", ATTACK_V6.0, ATTACK_V6.1), "dev", si])?;
-        // The client side must not answer SYN-ACKs for addresses it does not own with RSTs
-        // that could reach the server as noise: it does not own them, so its stack drops them.
+        // SYN-ACKs to spoofed sources reach the client namespace, which does not own those
+        // addresses and does not forward: its stack drops them, no RST comes back.
         Ok(())
     }
 
