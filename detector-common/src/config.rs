@@ -29,9 +29,9 @@ pub struct Config {
     /// Width of one half-open slot: `handshake_timeout_ns / (PENDING_SLOTS - 1)`, so a
     /// pending handshake expires between 1× and 4/3× the timeout.
     pub pending_slot_ns: u64,
-    /// SYN-ACKs one CPU may send per second; beyond it SYNs are dropped. The agent divides
-    /// the configured host-wide budget by the number of CPUs.
-    pub cookie_budget_per_cpu: u32,
+    /// SYN-ACKs the host may send from XDP per second, over all CPUs together; beyond it
+    /// SYNs are dropped (a spoofed flood cannot make us reflect more than this).
+    pub cookie_budget_per_second: u32,
     /// Columns per row of the heavy-hitter sketch (a power of two; see `sketch`).
     pub sketch_width: u32,
     /// The unscaled window a cookie SYN-ACK advertises.
@@ -55,6 +55,9 @@ pub const FLAG_COOKIES: u32 = 1 << 1;
 pub const FLAG_COOKIE_TIMESTAMPS: u32 = 1 << 2;
 /// Cookie SYN-ACKs accept ECN when the client asks (only with timestamps).
 pub const FLAG_COOKIE_ECN: u32 = 1 << 3;
+/// Answer only SYNs to ports marked `PORT_ANSWER` in `PORT_POLICY` (the operator listed
+/// the ports to answer for); without it every port not marked `PORT_KERNEL` is answered.
+pub const FLAG_LISTED_PORTS_ONLY: u32 = 1 << 4;
 
 impl Config {
     /// A config with the derived fields filled in. `handshake_timeout_ns` must be at least
@@ -74,7 +77,7 @@ impl Config {
             block_ttl_ns,
             handshake_timeout_ns,
             pending_slot_ns: handshake_timeout_ns / (PENDING_SLOTS as u64 - 1),
-            cookie_budget_per_cpu: 0,
+            cookie_budget_per_second: 0,
             sketch_width: 0,
             synack_window: 65_535,
             synack_wscale: 0,

@@ -106,10 +106,23 @@ counters! {
     /// client reuses a port): only the kernel can decide it; a cookie ACK would hit that
     /// socket instead of the listener.
     PassCookieExistingSocket = 26, Some(Verdict::Pass), "cookie_existing_socket";
+    /// An IP length field disagrees with the frame (IPv4 total length below the headers
+    /// or beyond the frame, IPv6 payload length beyond the frame or zero): the kernel's IP
+    /// layer discards it, so it is neither tracked nor answered.
+    PassBadLength = 27, Some(Verdict::Pass), "bad_length";
+    /// A SYN to an address that is not one of the host's own (forwarded or routed
+    /// traffic): another machine's handshake, never tracked or answered here.
+    PassNotLocal = 28, Some(Verdict::Pass), "not_local";
+    /// A SYN to a port or destination left to the kernel (published by DNAT/redirect rules,
+    /// or by the operator's policy): netfilter must see it before any answer.
+    PassCookieKernelPolicy = 29, Some(Verdict::Pass), "cookie_kernel_policy";
+    /// An untagged SYN on an interface whose NIC strips VLAN tags: it may have been tagged,
+    /// and a reply from XDP would leave untagged.
+    PassCookieVlanOffload = 30, Some(Verdict::Pass), "cookie_vlan_offload";
 }
 
 /// Number of slots in the counter array.
-pub const COUNTER_SLOTS: u32 = 27;
+pub const COUNTER_SLOTS: u32 = 31;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_SLOTS as usize);
 
@@ -133,7 +146,19 @@ impl Counter {
                 | Counter::PassCookieNotArmed
                 | Counter::PassCookieNoRoom
                 | Counter::PassCookieExistingSocket
+                | Counter::PassNotLocal
+                | Counter::PassCookieKernelPolicy
+                | Counter::PassCookieVlanOffload
         )
+    }
+
+    /// Whether this slot's SYNs count towards host-wide attack detection: SYNs that
+    /// reached the decision for a local listener. Not those of sources already blocked
+    /// (one flooder being dropped is handled), nor SYNs for other machines.
+    #[must_use]
+    pub const fn counts_toward_detection(self) -> bool {
+        self.is_syn()
+            && !matches!(self, Counter::DropBlocked | Counter::PassMonitorBlocked | Counter::PassNotLocal)
     }
 
     /// What monitor mode counts instead: every drop becomes a pass that says what would
@@ -159,6 +184,7 @@ impl From<NotTcp> for Counter {
             NotTcp::Truncated => Counter::PassTruncated,
             NotTcp::Malformed => Counter::PassMalformed,
             NotTcp::TooDeep => Counter::PassTooDeep,
+            NotTcp::BadLength => Counter::PassBadLength,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod filter;
 pub mod names;
 pub mod packet;
 pub mod parse;
+pub mod policy;
 #[cfg(feature = "user")]
 pub mod procnet;
 pub mod sketch;

@@ -19,3 +19,24 @@ pub const MAP_PENDING_FILTER: &str = "PENDING_FILTER";
 pub const PENDING_FILTER_BUCKETS: u32 = 1 << 16;
 /// `Array<u64>` of `sketch::SKETCH_ROWS × Config::sketch_width` cells; size from config.
 pub const MAP_SKETCH: &str = "SKETCH";
+/// `HashMap<[u8; 16], u32>`: the host's own addresses in the agent's network namespace
+/// (IPv4 mapped into IPv6, network order; value 1), kept current by the agent from
+/// rtnetlink address events. Cookies answer only SYNs to these: a forwarded SYN matches a
+/// wildcard listener too, but its handshake belongs to another machine.
+pub const MAP_LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+/// Capacity of `LOCAL_ADDRS`.
+pub const LOCAL_ADDRS_CAPACITY: u32 = 4_096;
+/// `Array<u32>`, one slot per TCP port (host order index): a `policy::PORT_*` value.
+/// `PORT_KERNEL` for ports published by DNAT/redirect rules or listed by the operator.
+pub const MAP_PORT_POLICY: &str = "PORT_POLICY";
+/// `LpmTrie<[u8; 16], u32>`: destination prefixes (IPv4-mapped, so an IPv4 /n is /96+n)
+/// whose SYNs are always left to the kernel (DNAT'd addresses, operator's list); value 1.
+pub const MAP_KERNEL_DESTS: &str = "KERNEL_DESTS";
+/// Capacity of `KERNEL_DESTS`.
+pub const KERNEL_DESTS_CAPACITY: u32 = 1_024;
+/// `HashMap<u32, policy::IfacePolicy>`, keyed by ifindex: what the agent learnt about each
+/// interface the program is attached to (e.g. that the NIC strips VLAN tags).
+pub const MAP_IFACES: &str = "IFACES";
+/// `Array<[u64; 2]>`, one slot: [start of the current second, SYN-ACKs sent in it], shared
+/// by all CPUs so the budget holds host-wide.
+pub const MAP_COOKIE_BUDGET: &str = "COOKIE_BUDGET";

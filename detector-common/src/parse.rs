@@ -103,6 +103,8 @@ pub enum NotTcp {
     Malformed,
     /// More VLAN tags or IPv6 extension headers than we walk, or headers past `MAX_L4_OFFSET`.
     TooDeep,
+    /// An IP length field disagrees with the frame or the headers (the kernel drops these).
+    BadLength,
 }
 
 /// Parses a frame that starts with an Ethernet header.

@@ -84,7 +84,7 @@ pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) ->
         budget[0] = now;
         budget[1] = 0;
     }
-    if budget[1] >= u64::from(cfg.cookie_budget_per_cpu) {
+    if budget[1] >= u64::from(cfg.cookie_budget_per_second) {
         return Counter::DropCookieBudget;
     }
     let original_len = frame_len(ctx);

@@ -186,7 +186,7 @@ impl Controller {
         }
         let mut kernel_cfg = new.kernel_config();
         kernel_cfg.sketch_seed = self.kernel_cfg.sketch_seed;
-        kernel_cfg.cookie_budget_per_cpu = per_cpu_budget(new.file.cookies.budget_per_second);
+        kernel_cfg.cookie_budget_per_second = per_cpu_budget(new.file.cookies.budget_per_second);
         kernel_cfg.synack_wscale = self.kernel_cfg.synack_wscale;
         let under_attack = self.detector.under_attack();
         self.kernel_cfg = kernel_cfg;

@@ -113,7 +113,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
 
     let mut kernel_cfg = cfg.kernel_config();
     kernel_cfg.sketch_seed = random_seed();
-    kernel_cfg.cookie_budget_per_cpu = per_cpu_budget(cfg.file.cookies.budget_per_second);
+    kernel_cfg.cookie_budget_per_second = per_cpu_budget(cfg.file.cookies.budget_per_second);
     kernel_cfg.synack_wscale = sysctl::window_scale(sysctl::max_receive_buffer(&sysctls)?);
     info!(wscale = kernel_cfg.synack_wscale, "window scale for cookie SYN-ACKs, from tcp_rmem/rmem_max");
 

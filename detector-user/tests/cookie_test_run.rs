@@ -61,7 +61,7 @@ fn cookie_config(timestamps: bool) -> Config {
     c.flags = FLAG_ENFORCE | FLAG_COOKIES | if timestamps { FLAG_COOKIE_TIMESTAMPS } else { 0 };
     c.sketch_width = 16_384;
     c.sketch_seed = 7;
-    c.cookie_budget_per_cpu = 1_000_000;
+    c.cookie_budget_per_second = 1_000_000;
     c.synack_wscale = 10;
     c
 }
@@ -314,7 +314,7 @@ fn ipv4_options_are_left_to_the_kernel() {
 fn synack_budget_caps_replies_per_cpu() {
     in_private_netns("2", || {
         let mut cfg = cookie_config(true);
-        cfg.cookie_budget_per_cpu = 3;
+        cfg.cookie_budget_per_second = 3;
         let det = Detector::load(cfg, &[]);
         let verdicts: Vec<u32> = (0..5)
             .map(|i| det.run(names::PROGRAM, &Syn { sport: 41_000 + i, ..Syn::v4() }.frame(&[])).0)

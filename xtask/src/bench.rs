@@ -116,7 +116,7 @@ fn detector_config(rate_limit: u32) -> Config {
     let mut c = Config::new(rate_limit, 0, 60 * SEC, 3 * SEC);
     c.sketch_width = 16_384;
     c.sketch_seed = 0x5eed_1234;
-    c.cookie_budget_per_cpu = u32::MAX;
+    c.cookie_budget_per_second = u32::MAX;
     c.synack_wscale = 7;
     c
 }
