@@ -8,6 +8,11 @@ pub trait Packet {
     /// The `N` bytes at `offset`, or `None` when they are not all inside the packet.
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
 
+    /// The frame's total length in bytes, from the Ethernet header to its last byte
+    /// (including any fragments of a multi-buffer frame). The IP length fields are checked
+    /// against it.
+    fn frame_len(&self) -> usize;
+
     #[inline(always)]
     fn u8_at(&self, offset: usize) -> Option<u8> {
         self.read::<1>(offset).map(|b| b[0])
@@ -31,5 +36,10 @@ impl Packet for [u8] {
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         let end = offset.checked_add(N)?;
         self.get(offset..end)?.try_into().ok()
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len()
     }
 }

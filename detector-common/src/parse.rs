@@ -108,24 +108,36 @@ pub enum NotTcp {
 }
 
 /// Parses a frame that starts with an Ethernet header.
+///
+/// Length fields are checked the way the kernel's IP layer checks them before it accepts
+/// a packet (`ip_rcv_core`, `ipv6_rcv`): a frame the kernel would discard is never tracked
+/// nor answered. A frame longer than the IP length is fine: Ethernet pads short frames to
+/// 60 bytes. A frame cut inside a header the parser reads is `Truncated`.
 #[inline(always)]
 pub fn parse_tcp<P: Packet + ?Sized>(pkt: &P) -> Result<TcpSegment, NotTcp> {
     let (ethertype, l3, vlan_tags) = parse_ethernet(pkt)?;
-    let (version, l4, src, dst) = match ethertype {
+    let ip = match ethertype {
         ETH_P_IPV4 => parse_ipv4(pkt, l3)?,
         ETH_P_IPV6 => parse_ipv6(pkt, l3)?,
         _ => return Err(NotTcp::NotIp),
     };
-    parse_tcp_header(pkt, l4).map(|tcp| TcpSegment {
-        version,
+    let tcp = parse_tcp_header(pkt, ip.l4)?;
+    // The TCP header must lie inside the datagram the IP header declares, and that
+    // datagram inside the frame. Scalars only: `end` comes from the header, `frame_len`
+    // from the kernel (no arithmetic on packet pointers).
+    if ip.l4 + usize::from(tcp.tcp_header_len) > ip.end || ip.end > pkt.frame_len() {
+        return Err(NotTcp::BadLength);
+    }
+    Ok(TcpSegment {
+        version: ip.version,
         vlan_tags,
         // Both offsets are bounded by MAX_L4_OFFSET, so they fit.
         #[allow(clippy::cast_possible_truncation, reason = "bounded by MAX_L4_OFFSET")]
         l3_offset: l3 as u16,
         #[allow(clippy::cast_possible_truncation, reason = "bounded by MAX_L4_OFFSET")]
-        l4_offset: l4 as u16,
-        src,
-        dst,
+        l4_offset: ip.l4 as u16,
+        src: ip.src,
+        dst: ip.dst,
         ..tcp
     })
 }
@@ -152,7 +164,16 @@ fn parse_ethernet<P: Packet + ?Sized>(pkt: &P) -> Result<(u16, usize, u8), NotTc
     Ok((ethertype, offset, tags))
 }
 
-type L3 = (IpVersion, usize, [u8; 16], [u8; 16]);
+/// What the IP parsers hand on to the TCP parser.
+struct L3 {
+    version: IpVersion,
+    /// Offset of the TCP header.
+    l4: usize,
+    /// Offset one past the datagram's last byte, as the IP length field declares it.
+    end: usize,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
 
 #[inline(always)]
 fn parse_ipv4<P: Packet + ?Sized>(pkt: &P, l3: usize) -> Result<L3, NotTcp> {
@@ -166,6 +187,12 @@ fn parse_ipv4<P: Packet + ?Sized>(pkt: &P, l3: usize) -> Result<L3, NotTcp> {
     }
     // Read the fixed header's last byte first: one check covers the fields below.
     pkt.u8_at(l3 + 19).ok_or(NotTcp::Truncated)?;
+    // Total length covers the header itself: below it (0 included) the kernel discards
+    // the packet. Checked against the frame once the TCP header is known (`parse_tcp`).
+    let total_len = usize::from(pkt.be16_at(l3 + 2).ok_or(NotTcp::Truncated)?);
+    if total_len < header_len {
+        return Err(NotTcp::BadLength);
+    }
     let frag = pkt.be16_at(l3 + 6).ok_or(NotTcp::Truncated)?;
     // More-fragments flag or a non-zero fragment offset.
     if frag & 0x3fff != 0 {
@@ -176,7 +203,13 @@ fn parse_ipv4<P: Packet + ?Sized>(pkt: &P, l3: usize) -> Result<L3, NotTcp> {
     }
     let src = pkt.read::<4>(l3 + 12).ok_or(NotTcp::Truncated)?;
     let dst = pkt.read::<4>(l3 + 16).ok_or(NotTcp::Truncated)?;
-    Ok((IpVersion::V4, l3 + header_len, ipv4_mapped(src), ipv4_mapped(dst)))
+    Ok(L3 {
+        version: IpVersion::V4,
+        l4: l3 + header_len,
+        end: l3 + total_len,
+        src: ipv4_mapped(src),
+        dst: ipv4_mapped(dst),
+    })
 }
 
 #[inline(always)]
@@ -184,6 +217,12 @@ fn parse_ipv6<P: Packet + ?Sized>(pkt: &P, l3: usize) -> Result<L3, NotTcp> {
     let version = pkt.u8_at(l3).ok_or(NotTcp::Truncated)? >> 4;
     if version != 6 {
         return Err(NotTcp::Malformed);
+    }
+    // Payload length 0 announces a jumbogram (length in a hop-by-hop option): not
+    // handled here, the kernel decides.
+    let payload_len = usize::from(pkt.be16_at(l3 + 4).ok_or(NotTcp::Truncated)?);
+    if payload_len == 0 {
+        return Err(NotTcp::BadLength);
     }
     let mut next = pkt.u8_at(l3 + 6).ok_or(NotTcp::Truncated)?;
     let src = pkt.read::<16>(l3 + 8).ok_or(NotTcp::Truncated)?;
@@ -204,7 +243,7 @@ fn parse_ipv6<P: Packet + ?Sized>(pkt: &P, l3: usize) -> Result<L3, NotTcp> {
         }
     }
     match next {
-        IPPROTO_TCP => Ok((IpVersion::V6, offset, src, dst)),
+        IPPROTO_TCP => Ok(L3 { version: IpVersion::V6, l4: offset, end: l3 + 40 + payload_len, src, dst }),
         IPPROTO_FRAGMENT => Err(NotTcp::Fragment),
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => Err(NotTcp::TooDeep),
         _ => Err(NotTcp::OtherProtocol),

@@ -105,6 +105,8 @@ fn ipv4_options_move_the_tcp_header() {
         let mut frame = plain[..14].to_vec();
         let mut ip = plain[14..34].to_vec();
         ip[0] = 0x40 | ihl;
+        let total = u16::from_be_bytes([ip[2], ip[3]]) + u16::from(ihl - 5) * 4;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
         ip.extend(std::iter::repeat_n(1u8, extra)); // NOP options
         frame.extend_from_slice(&ip);
         frame.extend_from_slice(&plain[34..]);
@@ -163,6 +165,9 @@ fn tcp_options_set_the_header_length() {
     frame[46] = 0xf0; // data offset 15: 60 bytes, but the frame has only 20
     assert_eq!(parse_tcp(&frame[..]), Err(NotTcp::Truncated));
     frame.extend_from_slice(&[1u8; 40]);
+    // The options are in the frame but beyond the IP total length.
+    assert_eq!(parse_tcp(&frame[..]), Err(NotTcp::BadLength));
+    frame[16..18].copy_from_slice(&80u16.to_be_bytes());
     assert_eq!(ok(&frame).tcp_header_len, 60);
 }
 
@@ -224,4 +229,115 @@ fn random_bytes_never_panic() {
         }
         let _ = parse_tcp(&frame[..]);
     }
+}
+
+/// `frame` with its IPv4 total length (at offset 16) set to `len`.
+fn with_ipv4_total_len(frame: &[u8], len: u16) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[16..18].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// `frame` with its IPv6 payload length (at offset 18) set to `len`.
+fn with_ipv6_payload_len(frame: &[u8], len: u16) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[18..20].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+#[test]
+fn ipv4_total_length_must_cover_the_headers_and_fit_the_frame() {
+    let syn = syn4(&[TcpOptionElement::MaximumSegmentSize(1460)]); // IP length 44
+    assert_eq!(u16::from_be_bytes([syn[16], syn[17]]), 44);
+    for (len, what) in [
+        (0, "zero"),
+        (19, "shorter than the IP header"),
+        (20, "IP header only: no room for TCP"),
+        (39, "TCP header cut by the IP length"),
+        (43, "TCP options cut by the IP length"),
+        (45, "one byte beyond the frame"),
+        (1500, "far beyond the frame"),
+    ] {
+        assert_eq!(parse_tcp(&with_ipv4_total_len(&syn, len)[..]), Err(NotTcp::BadLength), "{what}");
+    }
+    ok(&syn);
+}
+
+#[test]
+fn ipv4_total_length_below_the_header_with_options() {
+    // IHL 6 (24 bytes of header) but a total length of 22.
+    let plain = syn4(&[]);
+    let mut frame = plain[..14].to_vec();
+    let mut ip = plain[14..34].to_vec();
+    ip[0] = 0x46;
+    ip[2..4].copy_from_slice(&22u16.to_be_bytes());
+    ip.extend_from_slice(&[1, 1, 1, 0]);
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&plain[34..]);
+    assert_eq!(parse_tcp(&frame[..]), Err(NotTcp::BadLength));
+}
+
+#[test]
+fn bad_ipv4_length_is_reported_for_every_transport() {
+    // The kernel's IP layer discards these whatever they carry.
+    let mut udp = Vec::new();
+    PacketBuilder::ethernet2([2; 6], [3; 6])
+        .ipv4(CLIENT4, SERVER4, 64)
+        .udp(53, 53)
+        .write(&mut udp, &[0; 8])
+        .unwrap();
+    assert_eq!(parse_tcp(&with_ipv4_total_len(&udp, 0)[..]), Err(NotTcp::BadLength));
+}
+
+#[test]
+fn ipv6_payload_length_must_fit_the_frame_and_hold_the_tcp_header() {
+    let syn = syn6(); // payload 20
+    assert_eq!(u16::from_be_bytes([syn[18], syn[19]]), 20);
+    for (len, what) in [
+        (0, "zero: a jumbogram, not handled"),
+        (19, "TCP header cut by the payload length"),
+        (21, "one byte beyond the frame"),
+        (9000, "far beyond the frame"),
+    ] {
+        assert_eq!(parse_tcp(&with_ipv6_payload_len(&syn, len)[..]), Err(NotTcp::BadLength), "{what}");
+    }
+    // With extension headers, the payload length counts them too.
+    let ext = syn6_with_ext(&[(0, 0), (60, 1)]);
+    ok(&ext);
+    let payload = u16::from_be_bytes([ext[18], ext[19]]);
+    assert_eq!(parse_tcp(&with_ipv6_payload_len(&ext, payload - 1)[..]), Err(NotTcp::BadLength));
+    assert_eq!(parse_tcp(&with_ipv6_payload_len(&ext, 8 + 16 + 10)[..]), Err(NotTcp::BadLength));
+}
+
+#[test]
+fn frames_longer_than_the_ip_length_are_padding() {
+    // A bare IPv4 SYN is 54 bytes: on the wire, Ethernet pads it to the 60-byte minimum
+    // (with zeros, or with whatever the sender's buffer held).
+    for fill in [0u8, 0xaa] {
+        let mut frame = syn4(&[]);
+        assert_eq!(frame.len(), 54);
+        frame.resize(60, fill);
+        let seg = ok(&frame);
+        assert_eq!((seg.l4_offset, seg.tcp_header_len, seg.dst_port), (34, 20, 80));
+        assert!(seg.is_syn());
+    }
+    // Tagged frames are padded too (a switch may strip the tag and keep the padding).
+    let mut frame = tagged(&syn4(&[]), &[0x8100]);
+    frame.resize(64, 0);
+    assert_eq!(ok(&frame).vlan_tags, 1);
+    // An IPv6 SYN with padding after it.
+    let mut frame = syn6();
+    frame.extend_from_slice(&[0; 6]);
+    assert_eq!(ok(&frame).version, IpVersion::V6);
+    // A SYN carrying data (TCP Fast Open) whose IP length covers the data.
+    let mut with_data = Vec::new();
+    PacketBuilder::ethernet2([2; 6], [3; 6])
+        .ipv4(CLIENT4, SERVER4, 64)
+        .tcp(40000, 80, 1000, 64240)
+        .syn()
+        .write(&mut with_data, &[7; 100])
+        .unwrap();
+    ok(&with_data);
+    // ... and is bad when the frame lost some of that data.
+    assert_eq!(parse_tcp(&with_data[..with_data.len() - 1]), Err(NotTcp::BadLength));
 }

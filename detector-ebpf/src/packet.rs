@@ -1,18 +1,26 @@
 //! `detector_common::packet::Packet` over the XDP frame, with the checks the verifier wants.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 use detector_common::{packet::Packet, parse::MAX_L4_OFFSET};
 
 /// The bytes `data..data_end` of the frame being processed.
 pub struct XdpPacket {
     start: usize,
     end: usize,
+    /// The whole frame's length, fragments of a multi-buffer frame included.
+    len: usize,
 }
 
 impl XdpPacket {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
-        Self { start: ctx.data(), end: ctx.data_end() }
+        // The length from the helper (kernel >= 5.18), read once here: `data_end - data`
+        // is arithmetic on the packet-end pointer, which the verifier refuses, and the
+        // helper also counts the fragments of a multi-buffer frame, as the IP layer does.
+        // SAFETY: a helper call on our own context.
+        #[allow(clippy::cast_possible_truncation, reason = "a frame is far below 4 GiB")]
+        let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+        Self { start: ctx.data(), end: ctx.data_end(), len }
     }
 }
 
@@ -50,5 +58,10 @@ impl Packet for XdpPacket {
         }
         // SAFETY: `at..at + N` is inside the frame, checked just above.
         Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len
     }
 }
