@@ -1,4 +1,5 @@
-//! The XDP entry point: parse, fetch config, hand SYNs and ACKs to `track`, count, verdict.
+//! The XDP entry point: parse, fetch config, keep SYNs for other machines out, hand SYNs
+//! and ACKs to `track` (and SYNs to `policy` and `cookie` in cookie mode), count, verdict.
 #![no_std]
 #![no_main]
 
@@ -6,6 +7,7 @@ mod baseline;
 mod cookie;
 mod events;
 mod packet;
+mod policy;
 mod probe;
 mod stats;
 mod track;
@@ -53,11 +55,17 @@ fn decide(ctx: &XdpContext) -> Counter {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if seg.is_syn() {
+        // In every mode: a SYN for another machine (routed, forwarded) is neither tracked
+        // nor answered; its handshake is not ours to judge.
+        if !policy::is_local(&seg) {
+            return Counter::PassNotLocal;
+        }
         let counter = if cfg.has(FLAG_COOKIES) {
-            match track::screen_for_cookie(ctx, &seg, cfg, now) {
-                Some(counter) => counter,
-                None => cookie::answer_syn(ctx, &seg, cfg, now),
-            }
+            // Blocked sources first (they are dropped whatever their destination), then
+            // what policy leaves to the kernel, and only then the budget and the helper.
+            track::screen_for_cookie(ctx, &seg, cfg, now)
+                .or_else(|| policy::leave_to_kernel(ctx, &seg, cfg))
+                .unwrap_or_else(|| cookie::answer_syn(ctx, &seg, cfg, now))
         } else {
             track::on_syn(ctx, &seg, cfg, now)
         };
