@@ -6,7 +6,12 @@
 //! netfilter (../shared/DESIGN-NOTES.md). Needs kernel >= 5.3 and, for the helper to
 //! answer at all, `net.ipv4.tcp_syncookies = 2` (set by the agent while cookies are on).
 
-use core::{ffi::c_void, hint::black_box, mem::size_of};
+use core::{
+    ffi::c_void,
+    hint::black_box,
+    intrinsics::{atomic_xadd, AtomicOrdering},
+    mem::size_of,
+};
 
 use aya_ebpf::{
     bindings::{
@@ -17,7 +22,7 @@ use aya_ebpf::{
         bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
     },
     macros::map,
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use detector_common::{
@@ -39,9 +44,10 @@ const MAX_L3: usize = ETH_HEADER_LEN + MAX_VLAN_TAGS * VLAN_TAG_LEN;
 /// The deepest TCP header we answer for: an IPv6 header without extension headers.
 const MAX_L4: usize = MAX_L3 + 40;
 
-/// Per CPU: [start of the current second, SYN-ACKs sent in it].
+/// One slot shared by all CPUs: [start of the current second, SYN-ACKs sent in it], so
+/// that `cookie_budget_per_second` holds host-wide (see `spend_budget`).
 #[map(name = "COOKIE_BUDGET")]
-static COOKIE_BUDGET: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+static COOKIE_BUDGET: Array<[u64; 2]> = Array::with_max_entries(1, 0);
 
 /// Scratch for `opaque`.
 #[map(name = "OPTION_WALK")]
@@ -78,19 +84,33 @@ pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) ->
     let Some(budget) = COOKIE_BUDGET.get_ptr_mut(0) else {
         return Counter::PassMapError;
     };
-    // SAFETY: per-CPU value, only this CPU touches it.
-    let budget = unsafe { &mut *budget };
-    if now.wrapping_sub(budget[0]) >= NS_PER_SEC {
-        budget[0] = now;
-        budget[1] = 0;
+    // Shared by all CPUs: plain (volatile) loads and stores, which are single
+    // instructions and so never torn, and one atomic add for the count. (LLVM's bpf
+    // backend has no atomic loads or stores below cpu v4, so not `AtomicU64::load`.)
+    let window_start = budget.cast::<u64>();
+    // SAFETY: inside the two-u64 map value.
+    let sent = unsafe { window_start.add(1) };
+    // Window reset, racy but benign: CPUs that see the second expired at the same moment
+    // all reset it, and a SYN-ACK counted by another CPU between their load and store is
+    // forgotten. Each such race lets at most one extra SYN-ACK per CPU through, once per
+    // second; a lock or a compare-and-swap on every SYN would cost more than that.
+    // SAFETY (all accesses below): a live, 8-byte aligned array map value.
+    if now.wrapping_sub(unsafe { window_start.read_volatile() }) >= NS_PER_SEC {
+        unsafe {
+            window_start.write_volatile(now);
+            sent.write_volatile(0);
+        }
     }
-    if budget[1] >= u64::from(cfg.cookie_budget_per_second) {
+    // Check, then count once the reply is built: CPUs answering at the same moment may
+    // overshoot the budget by one each, the same bound as above.
+    if unsafe { sent.read_volatile() } >= u64::from(cfg.cookie_budget_per_second) {
         return Counter::DropCookieBudget;
     }
     let original_len = frame_len(ctx);
     match respond(ctx, seg, cfg, now) {
         Ok(()) => {
-            budget[1] += 1;
+            // SAFETY: see above.
+            unsafe { atomic_add(sent, 1) };
             Counter::TxCookie
         }
         Err(reason) => {
@@ -98,6 +118,18 @@ pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) ->
             reason
         }
     }
+}
+
+/// `*dst += n`, atomically, result unused: one BPF atomic add (`lock xadd`, any kernel).
+/// The bpf target has no compare-and-swap, so core leaves `AtomicU64::fetch_add` out;
+/// the intrinsic it would call is what LLVM lowers to that instruction.
+///
+/// # Safety
+/// `dst` must be valid and 8-byte aligned.
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, n: u64) {
+    // SAFETY: upheld by the caller.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, n) };
 }
 
 /// The frame's length. From the helper (kernel >= 5.18), because `data_end - data` is

@@ -2,6 +2,10 @@
 //! and ACKs to `track` (and SYNs to `policy` and `cookie` in cookie mode), count, verdict.
 #![no_std]
 #![no_main]
+// For `atomic_xadd` (see `cookie::atomic_add`): the bpf target has no compare-and-swap, so
+// core offers no `fetch_add`. The crate is built with a nightly or RUSTC_BOOTSTRAP rustc.
+#![feature(core_intrinsics)]
+#![allow(internal_features, reason = "core_intrinsics, for the BPF atomic add")]
 
 mod baseline;
 mod cookie;

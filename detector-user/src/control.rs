@@ -373,12 +373,10 @@ impl Controller {
     }
 }
 
-/// The SYN-ACK budget per CPU: the program counts per CPU to avoid shared writes.
+/// The SYN-ACK budget the program gets: the configured one as is, since the program now
+/// counts it host-wide (one slot shared by all CPUs), not per CPU.
 pub fn per_cpu_budget(per_second: u32) -> u32 {
-    // SAFETY: sysconf has no preconditions.
-    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1);
-    let cpus = u32::try_from(cpus).unwrap_or(1);
-    (per_second / cpus).max(1)
+    per_second
 }
 
 /// A source key as an address: IPv4-mapped keys print as IPv4.
