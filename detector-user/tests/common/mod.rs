@@ -1,8 +1,10 @@
 //! Shared by the BPF_PROG_TEST_RUN suites: the real object, loaded fresh per test.
 #![allow(dead_code, reason = "each suite uses a different part")]
 
+use std::net::Ipv6Addr;
+
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -10,12 +12,23 @@ use detector_common::{
     config::Config,
     counters::Counter,
     names,
+    parse::ipv4_mapped,
+    policy::IfacePolicy,
     state::{FlowKey, PendingFlow, SourceKey, SourceState},
 };
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
+
+/// The fixtures' server addresses (198.18.0.1 and 2001:2::1), local in every loaded
+/// instance: `Detector::load` puts them in `LOCAL_ADDRS`.
+pub const SERVER4: [u8; 4] = [198, 18, 0, 1];
+pub const SERVER6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// BPF_PROG_TEST_RUN without a context runs the program as if received on the loopback
+/// device of the caller's network namespace, which is always ifindex 1.
+pub const TEST_RUN_IFINDEX: u32 = 1;
 
 pub fn assert_root() {
     // SAFETY: geteuid cannot fail.
@@ -38,13 +51,54 @@ pub struct Detector {
 
 impl Detector {
     /// A fresh instance of the object (fresh maps), the detector and `extra` programs
-    /// verified, `cfg` written (unless `None`-like zeroed configs are wanted: see `load_raw`).
+    /// verified, `cfg` written (unless `None`-like zeroed configs are wanted: see `load_raw`),
+    /// and the fixture servers' addresses (`SERVER4`, `SERVER6`) made local.
     pub fn load(cfg: Config, extra: &[&str]) -> Self {
         let mut det = Self::load_without_config(extra);
-        let mut map: Array<_, Config> =
-            Array::try_from(det.ebpf.map_mut(names::MAP_CONFIG).unwrap()).unwrap();
-        map.set(0, cfg, 0).unwrap();
+        det.set_config(cfg);
+        det.set_local(ipv4_mapped(SERVER4), true);
+        det.set_local(SERVER6, true);
         det
+    }
+
+    /// Replaces the config, as the agent does when it switches modes.
+    pub fn set_config(&mut self, cfg: Config) {
+        let mut map: Array<_, Config> =
+            Array::try_from(self.ebpf.map_mut(names::MAP_CONFIG).unwrap()).unwrap();
+        map.set(0, cfg, 0).unwrap();
+    }
+
+    /// Adds an address (IPv4-mapped for IPv4) to `LOCAL_ADDRS`, or removes it.
+    pub fn set_local(&mut self, addr: [u8; 16], local: bool) {
+        let mut map: HashMap<_, [u8; 16], u32> =
+            HashMap::try_from(self.ebpf.map_mut(names::MAP_LOCAL_ADDRS).unwrap()).unwrap();
+        if local {
+            map.insert(addr, 1, 0).unwrap();
+        } else {
+            map.remove(&addr).unwrap();
+        }
+    }
+
+    /// Sets a port's `PORT_POLICY` slot (a `policy::PORT_*` value).
+    pub fn set_port_policy(&mut self, port: u16, value: u32) {
+        let mut map: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut(names::MAP_PORT_POLICY).unwrap()).unwrap();
+        map.set(u32::from(port), value, 0).unwrap();
+    }
+
+    /// Adds a prefix to `KERNEL_DESTS`: an IPv6 address and its prefix length, or an
+    /// IPv4-mapped one with 96 + the IPv4 prefix length.
+    pub fn add_kernel_dest(&mut self, addr: Ipv6Addr, prefix_len: u32) {
+        let mut map: LpmTrie<_, [u8; 16], u32> =
+            LpmTrie::try_from(self.ebpf.map_mut(names::MAP_KERNEL_DESTS).unwrap()).unwrap();
+        map.insert(&Key::new(prefix_len, addr.octets()), 1, 0).unwrap();
+    }
+
+    /// Sets an interface's `IFACES` entry (`policy::IFACE_*` bits).
+    pub fn set_iface_flags(&mut self, ifindex: u32, flags: u32) {
+        let mut map: HashMap<_, u32, IfacePolicy> =
+            HashMap::try_from(self.ebpf.map_mut(names::MAP_IFACES).unwrap()).unwrap();
+        map.insert(ifindex, IfacePolicy { flags }, 0).unwrap();
     }
 
     /// As `load`, but the config slot stays as the kernel created it: zeroed.
@@ -73,6 +127,11 @@ impl Detector {
         assert_ne!(verdict, 0, "XDP_ABORTED must never happen");
         out.truncate(len);
         (verdict, out)
+    }
+
+    /// Every counter slot's value, summed over CPUs, in `Counter::ALL` order.
+    pub fn counters(&self) -> Vec<u64> {
+        Counter::ALL.iter().map(|c| self.counter(*c)).collect()
     }
 
     pub fn counter(&self, counter: Counter) -> u64 {
