@@ -45,7 +45,7 @@ const MAX_L3: usize = ETH_HEADER_LEN + MAX_VLAN_TAGS * VLAN_TAG_LEN;
 const MAX_L4: usize = MAX_L3 + 40;
 
 /// One slot shared by all CPUs: [start of the current second, SYN-ACKs sent in it], so
-/// that `cookie_budget_per_second` holds host-wide (see `spend_budget`).
+/// that `cookie_budget_per_second` holds host-wide (see `answer_syn`).
 #[map(name = "COOKIE_BUDGET")]
 static COOKIE_BUDGET: Array<[u64; 2]> = Array::with_max_entries(1, 0);
 
@@ -84,32 +84,34 @@ pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) ->
     let Some(budget) = COOKIE_BUDGET.get_ptr_mut(0) else {
         return Counter::PassMapError;
     };
-    // Shared by all CPUs: plain (volatile) loads and stores, which are single
-    // instructions and so never torn, and one atomic add for the count. (LLVM's bpf
-    // backend has no atomic loads or stores below cpu v4, so not `AtomicU64::load`.)
+    // Shared by all CPUs: plain (volatile) loads and stores, single instructions that are
+    // never torn, and one atomic add for the count. (LLVM's bpf backend has no atomic
+    // loads or stores below cpu v4, hence not `AtomicU64`.)
     let window_start = budget.cast::<u64>();
-    // SAFETY: inside the two-u64 map value.
+    // SAFETY: the second u64 of the two-u64 map value.
     let sent = unsafe { window_start.add(1) };
-    // Window reset, racy but benign: CPUs that see the second expired at the same moment
-    // all reset it, and a SYN-ACK counted by another CPU between their load and store is
-    // forgotten. Each such race lets at most one extra SYN-ACK per CPU through, once per
-    // second; a lock or a compare-and-swap on every SYN would cost more than that.
-    // SAFETY (all accesses below): a live, 8-byte aligned array map value.
+    // Window reset, racy but benign: a CPU that saw the second expired and resets it may
+    // wipe what other CPUs counted between its load and its store. XDP runs without
+    // preemption, so that is an instant: a few SYN-ACKs over budget once per second at
+    // worst, never compounding. A lock or a compare-and-swap on every SYN would cost more.
+    // SAFETY: a live, 8-byte aligned array map value (so are the accesses below).
     if now.wrapping_sub(unsafe { window_start.read_volatile() }) >= NS_PER_SEC {
+        // SAFETY: as above.
         unsafe {
             window_start.write_volatile(now);
             sent.write_volatile(0);
         }
     }
-    // Check, then count once the reply is built: CPUs answering at the same moment may
-    // overshoot the budget by one each, the same bound as above.
+    // Checked now, counted once the reply is built: CPUs answering at the same moment can
+    // each pass the check, so the budget may be overshot by up to one per CPU.
+    // SAFETY: as above.
     if unsafe { sent.read_volatile() } >= u64::from(cfg.cookie_budget_per_second) {
         return Counter::DropCookieBudget;
     }
     let original_len = frame_len(ctx);
     match respond(ctx, seg, cfg, now) {
         Ok(()) => {
-            // SAFETY: see above.
+            // SAFETY: as above.
             unsafe { atomic_add(sent, 1) };
             Counter::TxCookie
         }

@@ -203,7 +203,9 @@ fn bad_length_table() -> Vec<Fixture> {
 #[test]
 fn frames_whose_ip_length_disagrees_pass_unchanged_in_every_mode() {
     let mut det = Detector::load(monitor_config(), &[]);
-    for (mode, cfg) in [("monitor", monitor_config()), ("drop", tracking_config()), ("cookie", cookie_config())] {
+    for (mode, cfg) in
+        [("monitor", monitor_config()), ("drop", tracking_config()), ("cookie", cookie_config())]
+    {
         det.set_config(cfg);
         run_table(&det, mode, &bad_length_table());
     }
@@ -270,7 +272,8 @@ fn syns_for_other_machines_are_neither_tracked_nor_dropped() {
     let mut strict = tracking_config();
     strict.syn_rate_limit = 1;
     let mut det = Detector::load(monitor_config(), &[]);
-    for (mode, cfg) in [("monitor", monitor_config()), ("drop", tracking_config()), ("drop, rate 1", strict)] {
+    for (mode, cfg) in [("monitor", monitor_config()), ("drop", tracking_config()), ("drop, rate 1", strict)]
+    {
         det.set_config(cfg);
         run_table(&det, mode, &not_local_table());
     }
@@ -302,8 +305,18 @@ fn kernel_ports_are_left_to_the_kernel() {
             &det,
             "cookie",
             &[
-                Fixture::new("IPv4, kernel port", Syn::v4().frame(), XDP_PASS, Counter::PassCookieKernelPolicy),
-                Fixture::new("IPv6, kernel port", Syn::v6().frame(), XDP_PASS, Counter::PassCookieKernelPolicy),
+                Fixture::new(
+                    "IPv4, kernel port",
+                    Syn::v4().frame(),
+                    XDP_PASS,
+                    Counter::PassCookieKernelPolicy,
+                ),
+                Fixture::new(
+                    "IPv6, kernel port",
+                    Syn::v6().frame(),
+                    XDP_PASS,
+                    Counter::PassCookieKernelPolicy,
+                ),
                 Fixture::new(
                     "tagged, kernel port",
                     with_vlan_tag(&Syn::v4().frame()),
@@ -334,7 +347,12 @@ fn listed_ports_only_answers_listed_ports() {
             "cookie, listed ports only",
             &[
                 Fixture::new("not listed", Syn::v4().frame(), XDP_PASS, Counter::PassCookieKernelPolicy),
-                Fixture::new("not listed, IPv6", Syn::v6().frame(), XDP_PASS, Counter::PassCookieKernelPolicy),
+                Fixture::new(
+                    "not listed, IPv6",
+                    Syn::v6().frame(),
+                    XDP_PASS,
+                    Counter::PassCookieKernelPolicy,
+                ),
                 Fixture::new("listed", Syn::v4().port(OTHER_PORT).frame(), XDP_TX, Counter::TxCookie),
                 Fixture::new("listed, IPv6", Syn::v6().port(OTHER_PORT).frame(), XDP_TX, Counter::TxCookie),
             ],
@@ -380,7 +398,12 @@ fn kernel_destinations_match_by_prefix() {
                     XDP_PASS,
                     Counter::PassCookieKernelPolicy,
                 ),
-                Fixture::new("IPv6 still answered", Syn::v6().sport(40_001).frame(), XDP_TX, Counter::TxCookie),
+                Fixture::new(
+                    "IPv6 still answered",
+                    Syn::v6().sport(40_001).frame(),
+                    XDP_TX,
+                    Counter::TxCookie,
+                ),
             ],
         );
         // 2001:2::/64: now the IPv6 server too.
