@@ -15,7 +15,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
-    process::Command,
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -39,6 +39,8 @@ pub struct ThreeHosts {
     /// The middle host's veth toward the backend, and the backend's end.
     pub middle_back_if: String,
     pub backend_if: String,
+    /// The HTTP servers started here; killed on drop.
+    children: Vec<Child>,
 }
 
 impl ThreeHosts {
@@ -54,6 +56,7 @@ impl ThreeHosts {
             backend_ns: format!("sd-bk-{suffix}"),
             middle_back_if: format!("sdm{suffix}"),
             backend_if: format!("sdb{suffix}"),
+            children: Vec::new(),
         };
         hosts.build().context("building the backend namespace")?;
         Ok(hosts)
@@ -71,8 +74,25 @@ impl ThreeHosts {
         }
         // Replies to the client go back through the middle host: a route to the client's
         // prefix only, never a default route.
-        ip(&["-n", b, "route", "add", &format!("{}/24", net_v4(CLIENT_V4)), "via", &MIDDLE_BACK_V4.to_string()])?;
-        ip(&["-n", b, "-6", "route", "add", &format!("{}/64", net_v6(CLIENT_V6)), "via", &MIDDLE_BACK_V6.to_string()])?;
+        ip(&[
+            "-n",
+            b,
+            "route",
+            "add",
+            &format!("{}/24", net_v4(CLIENT_V4)),
+            "via",
+            &MIDDLE_BACK_V4.to_string(),
+        ])?;
+        ip(&[
+            "-n",
+            b,
+            "-6",
+            "route",
+            "add",
+            &format!("{}/64", net_v6(CLIENT_V6)),
+            "via",
+            &MIDDLE_BACK_V6.to_string(),
+        ])?;
         self.lab.sysctl(m, "net.ipv4.ip_forward", "1")?;
         self.lab.sysctl(m, "net.ipv6.conf.all.forwarding", "1")?;
         Ok(())
@@ -87,7 +107,16 @@ impl ThreeHosts {
     pub fn route_client_to_backend(&self) -> Result<()> {
         let c = &self.lab.client_ns;
         ip(&["-n", c, "route", "add", &format!("{}/24", net_v4(BACKEND_V4)), "via", &SERVER_V4.to_string()])?;
-        ip(&["-n", c, "-6", "route", "add", &format!("{}/64", net_v6(BACKEND_V6)), "via", &SERVER_V6.to_string()])
+        ip(&[
+            "-n",
+            c,
+            "-6",
+            "route",
+            "add",
+            &format!("{}/64", net_v6(BACKEND_V6)),
+            "via",
+            &SERVER_V6.to_string(),
+        ])
     }
 
     /// Publishes `port` of the middle host by DNAT to the backend, IPv4 and IPv6, in
@@ -116,7 +145,9 @@ impl ThreeHosts {
 
     /// `nft list ruleset` in the middle namespace, for failure messages.
     pub fn middle_ruleset(&self) -> Result<String> {
-        let out = Command::new("ip").args(["netns", "exec", self.middle_ns(), "nft", "list", "ruleset"]).output()?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.middle_ns(), "nft", "list", "ruleset"])
+            .output()?;
         if !out.status.success() {
             bail!("nft list ruleset: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
@@ -129,7 +160,7 @@ impl ThreeHosts {
     pub fn start_backend_server(&mut self, port: u16, body_size: usize) -> Result<()> {
         let ns = self.backend_ns.clone();
         self.spawn_server(&ns, port, body_size)?;
-        self.wait_listening(self.middle_ns(), SocketAddr::from((BACKEND_V4, port)))
+        wait_listening(self.middle_ns(), SocketAddr::from((BACKEND_V4, port)))
     }
 
     /// The lab's HTTP server in the middle namespace: a wildcard listener on `[::]:port`
@@ -138,31 +169,20 @@ impl ThreeHosts {
     pub fn start_middle_listener(&mut self, port: u16, body_size: usize) -> Result<()> {
         let ns = self.middle_ns().to_owned();
         self.spawn_server(&ns, port, body_size)?;
-        self.wait_listening(&self.lab.client_ns, SocketAddr::from((SERVER_V4, port)))
+        wait_listening(&self.lab.client_ns, SocketAddr::from((SERVER_V4, port)))
     }
 
     fn spawn_server(&mut self, ns: &str, port: u16, body_size: usize) -> Result<()> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/server.py");
-        let (port, size) = (port.to_string(), body_size.to_string());
-        self.lab.spawn(
-            ns,
-            Command::new("/usr/bin/python3").arg(&script).args(["--port", &port, "--size", &size]),
-        )?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "/usr/bin/python3"])
+            .arg(&script)
+            .args(["--port", &port.to_string(), "--size", &body_size.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting the lab server (python3) in {ns}"))?;
+        self.children.push(child);
         Ok(())
-    }
-
-    fn wait_listening(&self, from_ns: &str, addr: SocketAddr) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let up = in_netns(from_ns, move || {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            })?;
-            if up {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("nothing listened on {addr} (seen from {from_ns}) within 10 s")
     }
 
     /// The backend's address, IPv4 or IPv6.
@@ -182,10 +202,37 @@ impl ThreeHosts {
 
 impl Drop for ThreeHosts {
     fn drop(&mut self) {
-        // The lab (dropped next) kills the processes, the backend's too, and deletes its own
-        // namespaces; deleting the backend's deletes its veth and so the pair.
-        let _ = Command::new("ip").args(["netns", "del", &self.backend_ns]).status();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Deleting the backend's namespace deletes its veth, and the pair with it; the lab
+        // (dropped next) deletes its own namespaces.
+        match Command::new("ip").args(["netns", "del", &self.backend_ns]).output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "lab clean-up: ip netns del {}: {}",
+                self.backend_ns,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => eprintln!("lab clean-up: ip netns del {}: {e}", self.backend_ns),
+        }
     }
+}
+
+/// Waits (10 s at most) until `addr` accepts a connection made from `from_ns`.
+fn wait_listening(from_ns: &str, addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let up = in_netns(from_ns, move || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        })?;
+        if up {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing listened on {addr} (seen from {from_ns}) within 10 s")
 }
 
 fn net_v4(a: Ipv4Addr) -> Ipv4Addr {
