@@ -16,7 +16,7 @@
 //! the middle host's listeners with `MIDDLE_BODY`. Needs root; filter with `e2e_real`.
 #![allow(clippy::float_cmp, reason = "metric values compared here are exact counts")]
 
-use std::{collections::HashMap, net::SocketAddr, path::Path, thread, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Mutex, thread, time::Duration};
 
 use xtask::lab::{http_get, in_netns, Agent, Scrape, ThreeHosts};
 
@@ -29,6 +29,9 @@ const CONNECTIONS: u32 = 10;
 /// Per connection: connect, GET and the whole body.
 const TIMEOUT: Duration = Duration::from_secs(3);
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
+/// One agent start-up at a time: loading the program is seconds of verifier CPU, and two
+/// at once on a busy 2-CPU machine can exceed the lab's 20 s start-up limit.
+static AGENT_START: Mutex<()> = Mutex::new(());
 const TX_COOKIE: &str = "syndetector_packets_total{reason=\"cookie\",verdict=\"tx\"}";
 
 fn object() -> &'static Path {
@@ -52,6 +55,7 @@ fn start_agent(hosts: &ThreeHosts, mode: Mode) -> Agent {
     // Per-source limits off: one client opening connections back to back is legit here.
     let args =
         ["--mode", mode, "--poll-interval-ms", "200", "--syn-rate-limit", "0", "--half-open-limit", "0"];
+    let _one = AGENT_START.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     Agent::start(&hosts.lab, Path::new(AGENT), &args).expect("starting the agent")
 }
 
