@@ -18,6 +18,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("zlib1g-dev", "needed to link bpf-linker"),
     ("iproute2", "network namespaces and veth for the lab"),
     ("ethtool", "offload settings in the lab"),
+    ("nftables", "DNAT rules inside the lab's real-host namespaces"),
     ("curl", "legit clients in the lab"),
     ("python3-scapy", "spoofed SYN floods in the lab (sources inside 198.18.0.0/15)"),
     ("netsniff-ng", "trafgen"),

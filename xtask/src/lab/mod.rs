@@ -10,6 +10,7 @@ mod client;
 mod flood;
 mod metrics;
 mod netns;
+mod topology;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -27,6 +28,7 @@ pub use client::{http_get, ClientReport};
 pub use flood::{Flood, FloodSources};
 pub use metrics::Scrape;
 pub use netns::in_netns;
+pub use topology::{ThreeHosts, BACKEND_V4, BACKEND_V6, MIDDLE_BACK_V4, MIDDLE_BACK_V6, NFT_TABLE};
 
 /// The server's addresses; the client's end in `.2` / `::2`.
 pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
