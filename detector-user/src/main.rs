@@ -12,7 +12,10 @@ mod loader;
 mod maps;
 mod metrics;
 mod mode;
+mod prefix;
 mod sysctl;
+#[cfg(test)]
+mod test_netns;
 mod top;
 
 use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
