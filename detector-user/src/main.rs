@@ -2,6 +2,7 @@
 //! exports Prometheus metrics. In order: configuration (invalid: exit 64, host untouched),
 //! logging, runtime, load and attach, tasks, signals, then undo everything it changed.
 
+mod addresses;
 mod config;
 mod control;
 mod detect;
