@@ -13,6 +13,8 @@ mod loader;
 mod maps;
 mod metrics;
 mod mode;
+mod nat;
+mod nat_watch;
 mod prefix;
 mod sysctl;
 #[cfg(test)]
