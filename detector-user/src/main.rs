@@ -20,6 +20,7 @@ mod sysctl;
 #[cfg(test)]
 mod test_netns;
 mod top;
+mod vlan;
 
 use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
 
