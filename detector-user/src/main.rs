@@ -3,6 +3,7 @@
 //! logging, runtime, load and attach, tasks, signals, then undo everything it changed.
 
 mod addresses;
+mod bpf_batch;
 mod config;
 mod control;
 mod detect;
@@ -15,6 +16,7 @@ mod metrics;
 mod mode;
 mod nat;
 mod nat_watch;
+mod policy;
 mod prefix;
 mod sysctl;
 #[cfg(test)]
