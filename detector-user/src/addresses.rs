@@ -146,8 +146,8 @@ pub struct AddressWatch {
 const LINK_EVENT_QUEUE: usize = 256;
 
 /// Subscribes, dumps links and addresses, and returns once the first snapshot is
-/// complete; a dedicated thread (in the caller's network namespace) keeps it current
-/// until every receiver is gone.
+/// complete; a dedicated thread (in the caller's network namespace) keeps it current.
+/// The thread stops at the first event after every receiver is gone.
 pub fn spawn() -> Result<AddressWatch, NetlinkError> {
     let io = |what| move |source| NetlinkError::Io { what, source };
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(io("opening a NETLINK_ROUTE socket"))?;

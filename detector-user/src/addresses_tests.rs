@@ -7,7 +7,7 @@ use super::*;
 use crate::test_netns::TestNs;
 
 fn wait_for(rx: &watch::Receiver<HostSnapshot>, ok: impl Fn(&HostSnapshot) -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if ok(&rx.borrow()) {
             return true;
@@ -41,6 +41,15 @@ fn the_snapshot_follows_address_and_link_changes() {
     assert!(s.local_keys().contains(&mapped("198.18.0.1".parse().unwrap())));
     let ifindex = s.links.iter().find(|(_, l)| l.name == a).map(|(i, _)| *i).expect("the veth is listed");
     assert!(s.addrs.iter().any(|h| h.ifindex == ifindex && h.prefix_len == 24));
+
+    // Bringing both ends up gives the veth an IPv6 link-local address (after DAD): local too.
+    ns.ip_in(&["link", "set", &b, "up"]);
+    let link_local = |s: &HostSnapshot| {
+        s.addrs
+            .iter()
+            .any(|h| h.ifindex == ifindex && matches!(h.addr, IpAddr::V6(v6) if v6.is_unicast_link_local()))
+    };
+    assert!(wait_for(rx, link_local), "no fe80:: address on {a}: {:?}", rx.borrow());
 
     ns.ip_in(&["addr", "del", "198.18.0.1/24", "dev", &a]);
     assert!(wait_for(rx, |s| !has(s, "198.18.0.1") && has(s, "2001:2::1")), "{:?}", rx.borrow());

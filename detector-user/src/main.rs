@@ -17,6 +17,7 @@ mod mode;
 mod nat;
 mod nat_watch;
 mod policy;
+mod policy_inputs;
 mod prefix;
 mod sysctl;
 #[cfg(test)]

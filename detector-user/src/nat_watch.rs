@@ -62,8 +62,8 @@ fn on_read_error(e: &NatError) -> NatFindings {
 }
 
 /// Subscribes to ruleset changes, reads the ruleset once, and keeps the returned channel
-/// current from a dedicated thread (in the caller's network namespace). The thread ends
-/// when every receiver is gone.
+/// current from a dedicated thread (in the caller's network namespace). The thread stops
+/// at the first event after every receiver is gone.
 pub fn spawn() -> Result<watch::Receiver<NatFindings>, NetlinkError> {
     let io = |what| move |source| NetlinkError::Io { what, source };
     let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("opening a NETLINK_NETFILTER socket"))?;
