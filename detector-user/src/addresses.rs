@@ -191,7 +191,15 @@ impl Watcher {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     warn!("rtnetlink overrun: events were lost; reading every address again");
-                    if let Err(e) = self.resync() {
+                    // A dump can overrun too under an event storm: a few tries.
+                    let mut result = self.resync();
+                    for _ in 0..2 {
+                        if result.is_ok() {
+                            break;
+                        }
+                        result = self.resync();
+                    }
+                    if let Err(e) = result {
                         warn!(error = %e, "re-reading addresses failed; the address snapshot may be stale");
                     }
                 }

@@ -18,6 +18,7 @@ mod nat;
 mod nat_watch;
 mod policy;
 mod policy_inputs;
+mod policy_maps;
 mod prefix;
 mod sysctl;
 #[cfg(test)]

@@ -56,7 +56,8 @@ pub fn parse_ruleset(json: &str) -> Result<NatFindings, NatError> {
     let mut sets: HashMap<(&str, &str, &str), &Value> = HashMap::new();
     let mut output_chains: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
     for item in items {
-        if let Some(set) = item.get("set") {
+        // Named sets, and named maps (whose elements are [key, value] pairs).
+        if let Some(set) = item.get("set").or_else(|| item.get("map")) {
             if let (Some(f), Some(t), Some(n)) =
                 (str_of(set, "family"), str_of(set, "table"), str_of(set, "name"))
             {
@@ -129,6 +130,23 @@ fn nat_statement(expr: &Value) -> Option<String> {
 fn read_matches<'a>(exprs: &'a [Value], sets: &dyn Fn(&str) -> Option<&'a Value>) -> Matches {
     let mut m = Matches::default();
     for expr in exprs {
+        // `dnat to tcp dport map { 80 : a, 443 : b }`: the map's keys act as a match.
+        for stmt in NAT_STATEMENTS.iter().filter_map(|n| expr.get(*n)) {
+            for arg in ["addr", "port"].iter().filter_map(|a| stmt.get(*a)) {
+                if let Some(map) = arg.get("map") {
+                    let (Some(key), Some(data)) = (map.get("key"), map.get("data")) else { continue };
+                    let keys = Value::Array(
+                        elements(data, sets)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|e| e.as_array().and_then(|pair| pair.first()).unwrap_or(e).clone())
+                            .collect(),
+                    );
+                    let synthetic = serde_json::json!({"op": "==", "left": key, "right": {"set": keys}});
+                    m.read_match(&synthetic, sets);
+                }
+            }
+        }
         if let Some(xt) = expr.get("xt") {
             if str_of(xt, "type") == Some("match") {
                 let name = str_of(xt, "name").unwrap_or("?");
@@ -136,39 +154,49 @@ fn read_matches<'a>(exprs: &'a [Value], sets: &dyn Fn(&str) -> Option<&'a Value>
             }
             continue;
         }
-        let Some(mat) = expr.get("match") else { continue };
-        let (Some(left), Some(right)) = (mat.get("left"), mat.get("right")) else { continue };
-        let op = str_of(mat, "op").unwrap_or("==");
-        let positive = op == "==" || op == "in";
-        if let Some(key) = left.get("meta").and_then(|m| str_of(m, "key")) {
-            if key == "l4proto" && positive && right.as_str().is_some_and(|p| p != "tcp") {
-                m.not_tcp = true;
-            }
-            continue;
-        }
-        let Some(payload) = left.get("payload") else { continue };
-        let (proto, field) =
-            (str_of(payload, "protocol").unwrap_or(""), str_of(payload, "field").unwrap_or(""));
-        match (proto, field) {
-            ("udp" | "udplite" | "sctp" | "dccp", _) if positive => m.not_tcp = true,
-            ("tcp" | "th", "dport") => match (positive, ports_of(right, sets)) {
-                (true, Some(ports)) => m.ports.get_or_insert_with(BTreeSet::new).extend(ports),
-                (false, _) => m.unreadable.push(format!("port match with {op:?} covers almost every port")),
-                (true, None) => m.unreadable.push(format!("port match {right} is not readable")),
-            },
-            ("ip" | "ip6", "daddr") => match (positive, dests_of(right, sets)) {
-                (true, Some(dests)) => m.dests.get_or_insert_with(BTreeSet::new).extend(dests),
-                (false, _) => m.unreadable.push(format!("destination match with {op:?}")),
-                (true, None) => m.unreadable.push(format!("destination match {right} is not readable")),
-            },
-            _ => {}
+        if let Some(mat) = expr.get("match") {
+            m.read_match(mat, sets);
         }
     }
     m
 }
 
+impl Matches {
+    /// Reads one `match` expression ({op, left, right}).
+    fn read_match<'a>(&mut self, mat: &Value, sets: &dyn Fn(&str) -> Option<&'a Value>) {
+        let (Some(left), Some(right)) = (mat.get("left"), mat.get("right")) else { return };
+        let op = str_of(mat, "op").unwrap_or("==");
+        let positive = op == "==" || op == "in";
+        if let Some(key) = left.get("meta").and_then(|m| str_of(m, "key")) {
+            if key == "l4proto" && positive && right.as_str().is_some_and(|p| p != "tcp") {
+                self.not_tcp = true;
+            }
+            return;
+        }
+        let Some(payload) = left.get("payload") else { return };
+        let (proto, field) =
+            (str_of(payload, "protocol").unwrap_or(""), str_of(payload, "field").unwrap_or(""));
+        match (proto, field) {
+            ("udp" | "udplite" | "sctp" | "dccp", _) if positive => self.not_tcp = true,
+            ("tcp" | "th", "dport") => match (positive, ports_of(right, sets)) {
+                (true, Some(ports)) => self.ports.get_or_insert_with(BTreeSet::new).extend(ports),
+                (false, _) => {
+                    self.unreadable.push(format!("port match with {op:?} covers almost every port"));
+                }
+                (true, None) => self.unreadable.push(format!("port match {right} is not readable")),
+            },
+            ("ip" | "ip6", "daddr") => match (positive, dests_of(right, sets)) {
+                (true, Some(dests)) => self.dests.get_or_insert_with(BTreeSet::new).extend(dests),
+                (false, _) => self.unreadable.push(format!("destination match with {op:?}")),
+                (true, None) => self.unreadable.push(format!("destination match {right} is not readable")),
+            },
+            _ => {}
+        }
+    }
+}
+
 /// Elements of an anonymous set, a named set (`@name`), or one value.
-fn elements<'a>(v: &'a Value, sets: &dyn Fn(&str) -> Option<&'a Value>) -> Option<Vec<&'a Value>> {
+fn elements<'b, 'a: 'b>(v: &'b Value, sets: &dyn Fn(&str) -> Option<&'a Value>) -> Option<Vec<&'b Value>> {
     if let Some(name) = v.as_str().and_then(|s| s.strip_prefix('@')) {
         return elements(sets(name)?, sets);
     }
@@ -182,7 +210,7 @@ fn elements<'a>(v: &'a Value, sets: &dyn Fn(&str) -> Option<&'a Value>) -> Optio
     }
 }
 
-fn ports_of<'a>(v: &'a Value, sets: &dyn Fn(&str) -> Option<&'a Value>) -> Option<BTreeSet<u16>> {
+fn ports_of<'a>(v: &Value, sets: &dyn Fn(&str) -> Option<&'a Value>) -> Option<BTreeSet<u16>> {
     let port = |v: &Value| v.as_u64().and_then(|p| u16::try_from(p).ok());
     let mut out = BTreeSet::new();
     for e in elements(v, sets)? {
@@ -196,7 +224,7 @@ fn ports_of<'a>(v: &'a Value, sets: &dyn Fn(&str) -> Option<&'a Value>) -> Optio
     Some(out)
 }
 
-fn dests_of<'a>(v: &'a Value, sets: &dyn Fn(&str) -> Option<&'a Value>) -> Option<BTreeSet<Prefix>> {
+fn dests_of<'a>(v: &Value, sets: &dyn Fn(&str) -> Option<&'a Value>) -> Option<BTreeSet<Prefix>> {
     let mut out = BTreeSet::new();
     for e in elements(v, sets)? {
         if let Some(p) = e.get("prefix") {

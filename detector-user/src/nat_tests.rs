@@ -123,3 +123,23 @@ fn rules_without_nat_and_empty_rulesets_publish_nothing() {
     assert_eq!(parse_ruleset(r#"{"nftables": []}"#).unwrap(), NatFindings::default());
     assert!(parse_ruleset("not json").is_err());
 }
+
+#[test]
+fn dnat_maps_keyed_on_port_or_address_are_read() {
+    // From `dnat to tcp dport map { 80 : 198.18.1.1, 443 : 198.18.1.2 }` and
+    // `dnat to ip daddr map { 198.18.7.1 : 198.18.1.3 }` (nft 1.0.6 -j output).
+    let found = one_rule(
+        r#"{"dnat": {"addr": {"map": {"key": {"payload": {"protocol": "tcp", "field": "dport"}},
+            "data": {"set": [[80, "198.18.1.1"], [443, "198.18.1.2"]]}}}}}"#,
+        "",
+    );
+    assert_eq!(ports(&found), vec![80, 443]);
+    let named = r#"{"map": {"family": "ip", "table": "t", "name": "m", "type": "ipv4_addr", "map": "ipv4_addr",
+        "elem": [["198.18.7.1", "198.18.1.3"]]}},"#;
+    let found = one_rule(
+        r#"{"dnat": {"addr": {"map": {"key": {"payload": {"protocol": "ip", "field": "daddr"}}, "data": "@m"}}}}"#,
+        named,
+    );
+    assert_eq!(found.kernel_dests, prefixes(&["198.18.7.1/32"]));
+    assert!(!found.all_ports);
+}
