@@ -27,6 +27,8 @@ pub struct NatFindings {
     pub unclassified: Vec<String>,
     /// NAT rules found (classified or not).
     pub nat_rules: usize,
+    /// NAT this host has that the ruleset does not show (`nat_watch::invisible_nat`).
+    pub invisible: Vec<String>,
 }
 
 /// Statements that send a packet elsewhere before the local stack sees it.

@@ -6,6 +6,7 @@
 use std::{
     io::ErrorKind,
     os::fd::AsRawFd,
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -36,7 +37,30 @@ pub fn read_ruleset() -> Result<NatFindings, NatError> {
     if !out.status.success() {
         return Err(NatError::Failed(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
     }
-    parse_ruleset(&String::from_utf8_lossy(&out.stdout))
+    let mut found = parse_ruleset(&String::from_utf8_lossy(&out.stdout))?;
+    found.invisible = invisible_nat(Path::new(PROC_NET));
+    Ok(found)
+}
+
+/// This thread's network namespace's /proc/net (/proc/net follows the main thread's).
+const PROC_NET: &str = "/proc/thread-self/net";
+
+/// NAT that `nft` cannot show, as far as /proc tells: iptables-legacy nat tables (their
+/// rules live outside nf_tables) and IPVS virtual services (kube-proxy IPVS mode).
+pub fn invisible_nat(proc_net: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for (file, tool) in [("ip_tables_names", "iptables-legacy"), ("ip6_tables_names", "ip6tables-legacy")] {
+        let names = std::fs::read_to_string(proc_net.join(file)).unwrap_or_default();
+        if names.lines().any(|l| l.trim() == "nat") {
+            out.push(format!("a {tool} nat table exists: its DNAT/REDIRECT rules are not visible to nft"));
+        }
+    }
+    let ipvs = std::fs::read_to_string(proc_net.join("ip_vs")).unwrap_or_default();
+    let services = ipvs.lines().filter(|l| l.starts_with("TCP ") || l.starts_with("FWM ")).count();
+    if services > 0 {
+        out.push(format!("{services} IPVS virtual services exist: their addresses and ports are not read"));
+    }
+    out
 }
 
 /// What to publish when the ruleset cannot be read: nothing is known, so every port goes
@@ -48,7 +72,7 @@ fn on_read_error(e: &NatError) -> NatFindings {
                 "nft is not installed: DNAT/redirect detection is off; list published ports in \
                  policy.kernel_ports and policy.kernel_destinations"
             );
-            NatFindings::default()
+            NatFindings { invisible: invisible_nat(Path::new(PROC_NET)), ..NatFindings::default() }
         }
         other => {
             warn!(error = %other, "cannot read the nftables ruleset: every port is left to the kernel");
@@ -154,6 +178,24 @@ mod tests {
         assert!(found, "the watcher did not see the new DNAT rule");
         ns.nft("delete table ip sdtest");
         assert!(wait_for(&rx, |f| f.kernel_ports.is_empty()), "the watcher did not see the table go");
+    }
+
+    #[test]
+    fn legacy_nat_tables_and_ipvs_services_are_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(invisible_nat(tmp.path()).is_empty(), "no files: nothing known");
+        std::fs::write(tmp.path().join("ip_tables_names"), "filter\nnat\n").unwrap();
+        std::fs::write(tmp.path().join("ip6_tables_names"), "filter\n").unwrap();
+        std::fs::write(
+            tmp.path().join("ip_vs"),
+            "IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n  \
+             -> RemoteAddress:Port Forward Weight ActiveConn InActConn\nTCP  C6120001:0050 rr\n  \
+             -> C6120102:0050      Masq    1      0          0\n",
+        )
+        .unwrap();
+        let found = invisible_nat(tmp.path());
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("iptables-legacy") && found[1].contains("1 IPVS"), "{found:?}");
     }
 
     fn wait_for(rx: &watch::Receiver<NatFindings>, ok: impl Fn(&NatFindings) -> bool) -> bool {

@@ -120,6 +120,9 @@ impl DesiredPolicy {
         for rule in &nat.unclassified {
             notes.push(format!("NAT rule not classified: {rule}"));
         }
+        for what in &nat.invisible {
+            notes.push(format!("not seen by DNAT detection: {what}; list its ports in policy.kernel_ports"));
+        }
         for (ifindex, p) in &ifaces {
             if p.flags & detector_common::policy::IFACE_VLAN_STRIPPED != 0 {
                 notes.push(format!(
