@@ -39,7 +39,7 @@ pub struct DesiredPolicy {
     pub ifaces: BTreeMap<u32, IfacePolicy>,
     pub listed_ports_only: bool,
     /// Human-readable reasons for every exclusion, logged once per change.
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
 }
 
 impl DesiredPolicy {
@@ -54,11 +54,11 @@ impl DesiredPolicy {
         let capacity = names::LOCAL_ADDRS_CAPACITY as usize;
         let local_addrs: BTreeSet<[u8; 16]> = local.iter().copied().take(capacity).collect();
         if local.len() > capacity {
-            notes.push(format!(
+            notes.push(Note::Warn(format!(
                 "{} of {} local addresses do not fit LOCAL_ADDRS ({capacity}): SYNs to them go to the kernel",
                 local.len() - capacity,
                 local.len()
-            ));
+            )));
         }
 
         let mut ports = vec![PORT_DEFAULT; PORT_SLOTS];
@@ -69,65 +69,67 @@ impl DesiredPolicy {
             ports[usize::from(p)] = PORT_KERNEL;
         }
         if !cfg.kernel_ports.is_empty() {
-            notes.push(format!(
+            notes.push(Note::Info(format!(
                 "ports left to the kernel by policy.kernel_ports: {}",
-                list(&cfg.kernel_ports)
-            ));
+                port_list(&cfg.kernel_ports)
+            )));
         }
         for &p in &nat.kernel_ports {
             if cfg.answer_ports.contains(&p) {
-                notes.push(format!(
+                notes.push(Note::Warn(format!(
                     "port {p} is in policy.answer_ports but a DNAT/redirect rule publishes it: left to the kernel"
-                ));
+                )));
             }
             ports[usize::from(p)] = PORT_KERNEL;
         }
         if !nat.kernel_ports.is_empty() {
-            notes.push(format!(
+            notes.push(Note::Info(format!(
                 "ports published by DNAT/redirect, left to the kernel: {}",
-                list(&nat.kernel_ports)
-            ));
+                port_list(&nat.kernel_ports)
+            )));
         }
 
         let mut kernel_dests: BTreeSet<Prefix> = cfg.kernel_destinations.clone();
         kernel_dests.extend(nat.kernel_dests.iter().copied());
         if !nat.kernel_dests.is_empty() {
-            notes.push(format!(
+            notes.push(Note::Info(format!(
                 "destinations DNAT'd on every port, left to the kernel: {}",
                 list(&nat.kernel_dests)
-            ));
+            )));
         }
         let mut all_ports = nat.all_ports;
         if kernel_dests.len() > names::KERNEL_DESTS_CAPACITY as usize {
-            notes.push(format!(
+            notes.push(Note::Warn(format!(
                 "{} kernel destinations exceed KERNEL_DESTS ({}): every port is left to the kernel",
                 kernel_dests.len(),
                 names::KERNEL_DESTS_CAPACITY
-            ));
+            )));
             kernel_dests.clear();
             all_ports = true;
         }
         if nat.all_ports {
-            notes.push(
+            notes.push(Note::Warn(
                 "a NAT rule matches no port or address we can read: every port is left to the kernel \
                  (cookies are effectively off; set policy.detect_nat = false and list ports to override)"
                     .to_owned(),
-            );
+            ));
         }
         if all_ports {
             ports.fill(PORT_KERNEL);
         }
         for rule in &nat.unclassified {
-            notes.push(format!("NAT rule not classified: {rule}"));
+            notes.push(Note::Warn(format!("NAT rule not classified: {rule}")));
         }
         for what in &nat.invisible {
-            notes.push(format!("not seen by DNAT detection: {what}; list its ports in policy.kernel_ports"));
+            notes.push(Note::Warn(format!(
+                "not seen by DNAT detection: {what}; list its ports in policy.kernel_ports"
+            )));
         }
         for (ifindex, p) in &ifaces {
             if p.flags & detector_common::policy::IFACE_VLAN_STRIPPED != 0 {
-                notes.push(format!(
+                notes.push(Note::Info(format!(
                     "ifindex {ifindex}: VLAN tags stripped before XDP, its SYNs go to the kernel"
-                ));
+                )));
             }
         }
         Self {
@@ -150,7 +152,7 @@ impl DesiredPolicy {
     }
 
     /// Logs the notes when they differ from the last logged ones (once per change).
-    pub fn log_if_changed(&self, last: &mut Option<Vec<String>>) {
+    pub fn log_if_changed(&self, last: &mut Option<Vec<Note>>) {
         if last.as_ref() == Some(&self.notes) {
             return;
         }
@@ -162,9 +164,49 @@ impl DesiredPolicy {
             "cookie policy changed"
         );
         for note in &self.notes {
-            warn!("{note}");
+            match note {
+                Note::Info(text) => info!("{text}"),
+                Note::Warn(text) => warn!("{text}"),
+            }
         }
         *last = Some(self.notes.clone());
+    }
+}
+
+/// Why something was left to the kernel; `Warn` when the operator should act.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    Info(String),
+    Warn(String),
+}
+
+impl Note {
+    pub fn text(&self) -> &str {
+        match self {
+            Self::Info(t) | Self::Warn(t) => t,
+        }
+    }
+}
+
+/// Ports as runs ("25, 9000-9010"), at most 20 runs then a count.
+pub fn port_list(ports: &BTreeSet<u16>) -> String {
+    let mut runs: Vec<(u16, u16)> = Vec::new();
+    for &p in ports {
+        match runs.last_mut() {
+            Some((_, hi)) if u32::from(*hi) + 1 == u32::from(p) => *hi = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    let shown: Vec<String> = runs
+        .iter()
+        .take(20)
+        .map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") })
+        .collect();
+    let more = runs.len().saturating_sub(20);
+    if more == 0 {
+        shown.join(", ")
+    } else {
+        format!("{} and {more} more ranges", shown.join(", "))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::{
     error::NetlinkError,
     nat::NatFindings,
     nat_watch,
-    policy::{DesiredPolicy, PolicyConfig},
+    policy::{DesiredPolicy, Note, PolicyConfig},
     vlan::VlanCheck,
 };
 
@@ -24,7 +24,7 @@ pub struct PolicyInputs {
     vlan: VlanCheck,
     /// (ifindex, name) of the interfaces the program is attached to.
     attached: Vec<(u32, String)>,
-    last_notes: Option<Vec<String>>,
+    last_notes: Option<Vec<Note>>,
 }
 
 impl PolicyInputs {

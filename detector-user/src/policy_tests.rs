@@ -52,8 +52,8 @@ fn config_nat_and_interfaces_combine() {
     assert_eq!(d.kernel_dests, prefixes(&["198.18.5.0/24", "2001:2::/48"]));
     assert!(d.listed_ports_only);
     assert_eq!(d.config_flags(), FLAG_LISTED_PORTS_ONLY);
-    assert!(d.notes.iter().any(|n| n.contains("port 443 is in policy.answer_ports")), "{:?}", d.notes);
-    assert!(d.notes.iter().any(|n| n.contains("ifindex 3")), "{:?}", d.notes);
+    assert!(d.notes.iter().any(|n| n.text().contains("port 443 is in policy.answer_ports")), "{:?}", d.notes);
+    assert!(d.notes.iter().any(|n| n.text().contains("ifindex 3")), "{:?}", d.notes);
 }
 
 #[test]
@@ -67,7 +67,7 @@ fn an_unclassified_nat_rule_sends_every_port_to_the_kernel() {
     assert!(d.ports.iter().all(|&v| v == PORT_KERNEL));
     assert!(!d.listed_ports_only);
     assert_eq!(d.config_flags(), 0);
-    assert!(d.notes.iter().any(|n| n.contains("effectively off")), "{:?}", d.notes);
+    assert!(d.notes.iter().any(|n| n.text().contains("effectively off")), "{:?}", d.notes);
 }
 
 #[test]
@@ -89,4 +89,24 @@ fn diffs_are_minimal() {
     let mut current = vec![PORT_DEFAULT; 8];
     current[2] = PORT_ANSWER;
     assert_eq!(port_diff(&current, &desired), vec![(2, PORT_DEFAULT), (5, PORT_KERNEL)]);
+}
+
+#[test]
+fn port_lists_are_runs() {
+    let ports: BTreeSet<u16> = [25, 80, 81, 82, 443].into_iter().chain(9000..=9010).collect();
+    assert_eq!(port_list(&ports), "25, 80-82, 443, 9000-9010");
+    let many: BTreeSet<u16> = (0..50).map(|i| i * 3).collect();
+    assert!(port_list(&many).ends_with("and 30 more ranges"), "{}", port_list(&many));
+    assert_eq!(port_list(&BTreeSet::new()), "");
+}
+
+#[test]
+fn operator_choices_are_info_and_surprises_are_warnings() {
+    let nat = NatFindings {
+        invisible: vec!["a iptables-legacy nat table exists".into()],
+        ..NatFindings::default()
+    };
+    let d = DesiredPolicy::build(&cfg(&[], &[25], &[]), &BTreeSet::new(), &nat, BTreeMap::new());
+    assert!(matches!(&d.notes[0], Note::Info(t) if t.contains("policy.kernel_ports: 25")), "{:?}", d.notes);
+    assert!(matches!(&d.notes[1], Note::Warn(t) if t.contains("iptables-legacy")), "{:?}", d.notes);
 }
