@@ -410,7 +410,7 @@ fn policy_config(p: &Policy) -> Result<PolicyConfig, ConfigError> {
     if let Some(both) = answer_ports.intersection(&kernel_ports).next() {
         return Err(invalid(
             "policy.kernel_ports",
-            format!("port {both} is also in policy.answer_ports: it cannot be both answered and left to the kernel"),
+            format!("port {both} is also in policy.answer_ports: a port is answered or left to the kernel"),
         ));
     }
     let kernel_destinations = p

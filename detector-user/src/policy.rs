@@ -77,7 +77,8 @@ impl DesiredPolicy {
         for &p in &nat.kernel_ports {
             if cfg.answer_ports.contains(&p) {
                 notes.push(Note::Warn(format!(
-                    "port {p} is in policy.answer_ports but a DNAT/redirect rule publishes it: left to the kernel"
+                    "port {p} is in policy.answer_ports but a DNAT/redirect rule publishes it: \
+                     left to the kernel"
                 )));
             }
             ports[usize::from(p)] = PORT_KERNEL;
