@@ -50,8 +50,8 @@ struct Matches {
 /// Classifies every DNAT/redirect/tproxy rule in `json` (output of `nft -j list ruleset`).
 ///
 /// Rules in base chains on the `output` hook are skipped: they see only packets this host
-/// sends, never a SYN arriving on an interface XDP watches. Rules in regular chains count
-/// wherever they are jumped from (Docker's `DOCKER` chain is one).
+/// sends, never a SYN arriving on an interface XDP watches. Rules in regular chains count,
+/// bounded by the rules that jump to them (`nat_chains`).
 pub fn parse_ruleset(json: &str) -> Result<NatFindings, NatError> {
     let root: Value = serde_json::from_str(json)?;
     let items = root.get("nftables").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
@@ -76,6 +76,7 @@ pub fn parse_ruleset(json: &str) -> Result<NatFindings, NatError> {
             }
         }
     }
+    let chains = chains::Chains::new(items, &sets);
     let mut found = NatFindings::default();
     for rule in items.iter().filter_map(|i| i.get("rule")) {
         let exprs = rule.get("expr").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
@@ -96,12 +97,16 @@ pub fn parse_ruleset(json: &str) -> Result<NatFindings, NatError> {
         let describe =
             |why: &str| format!("table {family} {table} chain {chain} handle {handle}: {statement} {why}");
         // A positive port match bounds the rule to those ports, a positive destination
-        // match to those destinations, whatever else the rule says; without either it
-        // may catch any SYN.
-        match (m.ports, m.dests) {
-            (Some(ports), _) => found.kernel_ports.extend(ports),
-            (None, Some(dests)) => found.kernel_dests.extend(dests),
-            (None, None) => {
+        // match to those destinations, whatever else the rule says; without either, the
+        // ways into its chain may bound it; else it may catch any SYN.
+        match (m.ports, m.dests, chains.bound((family, table, chain))) {
+            (Some(ports), _, _) => found.kernel_ports.extend(ports),
+            (None, Some(dests), _) => found.kernel_dests.extend(dests),
+            (None, None, chains::Bound::Within { ports, dests }) => {
+                found.kernel_ports.extend(ports);
+                found.kernel_dests.extend(dests);
+            }
+            (None, None, chains::Bound::Unbounded) => {
                 found.all_ports = true;
                 let why = if m.unreadable.is_empty() {
                     "matches no port or destination".to_owned()
@@ -239,6 +244,9 @@ fn dests_of<'a>(v: &Value, sets: &dyn Fn(&str) -> Option<&'a Value>) -> Option<B
     }
     Some(out)
 }
+
+#[path = "nat_chains.rs"]
+mod chains;
 
 #[cfg(test)]
 #[path = "nat_tests.rs"]

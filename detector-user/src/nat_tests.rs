@@ -143,3 +143,36 @@ fn dnat_maps_keyed_on_port_or_address_are_read() {
     assert_eq!(found.kernel_dests, prefixes(&["198.18.7.1/32"]));
     assert!(!found.all_ports);
 }
+
+#[test]
+fn regular_chains_are_bounded_by_the_rules_that_jump_to_them() {
+    // tests/fixtures/nft/chains.nft: jumps guarded by ports, a UDP-only jump, a port vmap,
+    // a named verdict map (not followed), a destination-guarded goto two levels up, and a
+    // jump from the output hook (ignored).
+    let found = parse_ruleset(include_str!("../tests/fixtures/nft/chains.json")).unwrap();
+    assert_eq!(ports(&found), vec![22, 80, 443, 8080]);
+    assert_eq!(found.kernel_dests, prefixes(&["198.18.8.8/32"]));
+    assert!(found.all_ports, "the chain behind the named verdict map is unbounded");
+    assert_eq!(found.unclassified.len(), 1, "{:?}", found.unclassified);
+    assert!(found.unclassified[0].contains("chain viamap"), "{}", found.unclassified[0]);
+}
+
+#[test]
+fn a_chain_reached_only_from_an_unguarded_base_rule_stays_unbounded() {
+    let json = r#"{"nftables": [
+      {"chain": {"family": "ip", "table": "t", "name": "pre", "type": "nat", "hook": "prerouting"}},
+      {"chain": {"family": "ip", "table": "t", "name": "a"}},
+      {"chain": {"family": "ip", "table": "t", "name": "orphan"}},
+      {"rule": {"family": "ip", "table": "t", "chain": "pre", "handle": 1, "expr": [{"jump": {"target": "a"}}]}},
+      {"rule": {"family": "ip", "table": "t", "chain": "a", "handle": 2, "expr": [{"dnat": {"addr": "198.18.0.1"}}]}},
+      {"rule": {"family": "ip", "table": "t", "chain": "orphan", "handle": 3, "expr": [{"dnat": {"addr": "198.18.0.1"}}]}}
+    ]}"#;
+    let found = parse_ruleset(json).unwrap();
+    assert!(found.all_ports);
+    assert_eq!(
+        found.unclassified.len(),
+        2,
+        "no way in is not taken as proof of none: {:?}",
+        found.unclassified
+    );
+}
