@@ -2,7 +2,10 @@
 //! match of its own, in a chain entered only by `tcp dport { 80, 443 } jump web`, still
 //! catches ports 80 and 443 only. Any way in that cannot be read makes it unbounded.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    cell::RefCell,
+    collections::{BTreeSet, HashMap, HashSet},
+};
 
 use serde_json::Value;
 
@@ -54,6 +57,9 @@ pub(super) struct Chains<'a> {
     output: HashSet<ChainId<'a>>,
     edges: HashMap<ChainId<'a>, Vec<Edge<'a>>>,
     sets: &'a Sets<'a>,
+    /// Bounds already worked out. One cut short by a cycle is `Unbounded`, which only
+    /// errs on the cautious side, so every entry may be reused.
+    memo: RefCell<HashMap<ChainId<'a>, Bound>>,
 }
 
 fn targets<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
@@ -77,7 +83,13 @@ fn direct_target(expr: &Value) -> Option<&str> {
 
 impl<'a> Chains<'a> {
     pub(super) fn new(items: &'a [Value], sets: &'a Sets<'a>) -> Self {
-        let mut chains = Self { base: HashSet::new(), output: HashSet::new(), edges: HashMap::new(), sets };
+        let mut chains = Self {
+            base: HashSet::new(),
+            output: HashSet::new(),
+            edges: HashMap::new(),
+            sets,
+            memo: RefCell::new(HashMap::new()),
+        };
         let id = |v: &'a Value| Some((str_of(v, "family")?, str_of(v, "table")?, str_of(v, "name")?));
         for item in items {
             if let Some((chain, Some(cid))) = item.get("chain").map(|c| (c, id(c))) {
@@ -150,6 +162,9 @@ impl<'a> Chains<'a> {
         if self.base.contains(&chain) || visiting.contains(&chain) || visiting.len() > 16 {
             return Bound::Unbounded;
         }
+        if let Some(known) = self.memo.borrow().get(&chain) {
+            return known.clone();
+        }
         let Some(edges) = self.edges.get(&chain) else { return Bound::Unbounded };
         visiting.push(chain);
         let mut bound = Bound::Within { ports: BTreeSet::new(), dests: BTreeSet::new() };
@@ -165,11 +180,9 @@ impl<'a> Chains<'a> {
             bound = bound.union(b);
         }
         visiting.pop();
-        if any {
-            bound
-        } else {
-            Bound::Unbounded
-        }
+        let bound = if any { bound } else { Bound::Unbounded };
+        self.memo.borrow_mut().insert(chain, bound.clone());
+        bound
     }
 
     fn rule_bound(&self, from: ChainId<'a>, exprs: &'a [Value], visiting: &mut Vec<ChainId<'a>>) -> Bound {
