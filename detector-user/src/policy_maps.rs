@@ -14,7 +14,7 @@ use aya::{
 };
 use detector_common::{
     names,
-    policy::{IfacePolicy, PORT_DEFAULT},
+    policy::{IfacePolicy, PORT_DEFAULT, PORT_KERNEL},
 };
 
 use crate::{
@@ -131,66 +131,91 @@ impl PolicyMaps {
         result
     }
 
+    /// Two passes: first every change that leaves more SYNs to the kernel (addresses
+    /// removed, slots set to PORT_KERNEL, destinations and VLAN flags added), then the
+    /// ones that let XDP answer more. The program reads the maps meanwhile and never sees
+    /// a state more permissive than both the old and the new policy.
     fn apply(&mut self, desired: &DesiredPolicy) -> Result<PolicyDiff, PolicyError> {
         let mut diff = PolicyDiff::default();
 
-        let e = map_err(names::MAP_LOCAL_ADDRS);
-        let current: BTreeMap<[u8; 16], u32> = self.local.iter().collect::<Result<_, _>>().map_err(&e)?;
-        let (add, remove) = set_diff(&current.keys().copied().collect(), &desired.local_addrs);
-        for key in &remove {
-            self.local.remove(key).map_err(&e)?;
-        }
-        // Missing keys, and present ones whose value is not 1.
-        for key in desired.local_addrs.iter().filter(|k| current.get(*k) != Some(&1)) {
-            self.local.insert(key, 1, 0).map_err(&e)?;
-        }
-        diff.addrs_fixed =
-            desired.local_addrs.iter().filter(|k| current.get(*k).is_some_and(|&v| v != 1)).count();
-        (diff.addrs_added, diff.addrs_removed) = (add.len(), remove.len());
-
-        let e = map_err(names::MAP_PORT_POLICY);
+        let e_local = map_err(names::MAP_LOCAL_ADDRS);
+        let local: BTreeMap<[u8; 16], u32> = self.local.iter().collect::<Result<_, _>>().map_err(&e_local)?;
+        let (local_add, local_remove) = set_diff(&local.keys().copied().collect(), &desired.local_addrs);
         let rescan = self.ports_seen.is_none() || self.reconciles.is_multiple_of(PORT_RESCAN_EVERY);
         if rescan {
             self.ports_seen = Some(self.read_ports()?);
         }
         diff.ports_rescanned = rescan;
-        let seen = self.ports_seen.get_or_insert_with(|| vec![PORT_DEFAULT; PORT_SLOTS]);
-        for (port, value) in port_diff(seen, &desired.ports) {
-            self.ports.set(port, value, 0).map_err(&e)?;
-            seen[port as usize] = value;
-            diff.ports_changed += 1;
-        }
-
-        let e = map_err(names::MAP_KERNEL_DESTS);
-        let current: BTreeSet<Prefix> = self
+        let (to_kernel, relaxed): (Vec<_>, Vec<_>) =
+            port_diff(self.ports_seen.get_or_insert_with(|| vec![PORT_DEFAULT; PORT_SLOTS]), &desired.ports)
+                .into_iter()
+                .partition(|&(_, value)| value == PORT_KERNEL);
+        let e_dests = map_err(names::MAP_KERNEL_DESTS);
+        let dests: BTreeSet<Prefix> = self
             .dests
             .keys()
             .map(|k| k.map(|k| Prefix::from_mapped(k.data(), u8::try_from(k.prefix_len()).unwrap_or(128))))
             .collect::<Result<_, _>>()
-            .map_err(&e)?;
-        let (add, remove) = set_diff(&current, &desired.kernel_dests);
-        for p in &remove {
-            self.dests.remove(&Key::new(u32::from(p.mapped_len()), p.addr())).map_err(&e)?;
-        }
-        for p in &add {
-            self.dests.insert(&Key::new(u32::from(p.mapped_len()), p.addr()), 1, 0).map_err(&e)?;
-        }
-        (diff.dests_added, diff.dests_removed) = (add.len(), remove.len());
+            .map_err(&e_dests)?;
+        let (dests_add, dests_remove) = set_diff(&dests, &desired.kernel_dests);
+        let e_ifaces = map_err(names::MAP_IFACES);
+        let ifaces: BTreeMap<u32, IfacePolicy> =
+            self.ifaces.iter().collect::<Result<_, _>>().map_err(&e_ifaces)?;
 
-        let e = map_err(names::MAP_IFACES);
-        let current: BTreeMap<u32, IfacePolicy> = self.ifaces.iter().collect::<Result<_, _>>().map_err(&e)?;
-        for ifindex in current.keys().filter(|i| !desired.ifaces.contains_key(i)) {
-            self.ifaces.remove(ifindex).map_err(&e)?;
-            diff.ifaces_removed += 1;
+        // Pass 1: more to the kernel.
+        for key in &local_remove {
+            self.local.remove(key).map_err(&e_local)?;
         }
-        for (ifindex, policy) in &desired.ifaces {
-            if current.get(ifindex) != Some(policy) {
-                self.ifaces.insert(ifindex, policy, 0).map_err(&e)?;
-                diff.ifaces_set += 1;
-            }
+        self.set_ports(&to_kernel)?;
+        for p in &dests_add {
+            self.dests.insert(&Key::new(u32::from(p.mapped_len()), p.addr()), 1, 0).map_err(&e_dests)?;
         }
+        // Interfaces gaining flags (every IFACE_* flag leaves SYNs to the kernel).
+        let (gaining, losing): (Vec<_>, Vec<_>) = desired
+            .ifaces
+            .iter()
+            .filter(|(i, p)| ifaces.get(i) != Some(p))
+            .partition(|(i, p)| p.flags & !ifaces.get(i).map_or(0, |old| old.flags) != 0);
+        for (ifindex, policy) in &gaining {
+            self.ifaces.insert(*ifindex, *policy, 0).map_err(&e_ifaces)?;
+        }
+
+        // Pass 2: more answered from XDP.
+        // Missing keys, and present ones whose value is not 1.
+        for key in desired.local_addrs.iter().filter(|k| local.get(*k) != Some(&1)) {
+            self.local.insert(key, 1, 0).map_err(&e_local)?;
+        }
+        self.set_ports(&relaxed)?;
+        for p in &dests_remove {
+            self.dests.remove(&Key::new(u32::from(p.mapped_len()), p.addr())).map_err(&e_dests)?;
+        }
+        for (ifindex, policy) in &losing {
+            self.ifaces.insert(*ifindex, *policy, 0).map_err(&e_ifaces)?;
+        }
+        let gone: Vec<u32> = ifaces.keys().filter(|i| !desired.ifaces.contains_key(i)).copied().collect();
+        for ifindex in &gone {
+            self.ifaces.remove(ifindex).map_err(&e_ifaces)?;
+        }
+
+        diff.addrs_fixed =
+            desired.local_addrs.iter().filter(|k| local.get(*k).is_some_and(|&v| v != 1)).count();
+        (diff.addrs_added, diff.addrs_removed) = (local_add.len(), local_remove.len());
+        diff.ports_changed = to_kernel.len() + relaxed.len();
+        (diff.dests_added, diff.dests_removed) = (dests_add.len(), dests_remove.len());
+        (diff.ifaces_set, diff.ifaces_removed) = (gaining.len() + losing.len(), gone.len());
         self.reconciles = self.reconciles.wrapping_add(1);
         Ok(diff)
+    }
+
+    /// Writes slots and keeps `ports_seen` in step.
+    fn set_ports(&mut self, changes: &[(u32, u32)]) -> Result<(), PolicyError> {
+        for &(port, value) in changes {
+            self.ports.set(port, value, 0).map_err(map_err(names::MAP_PORT_POLICY))?;
+            if let Some(seen) = self.ports_seen.as_mut() {
+                seen[port as usize] = value;
+            }
+        }
+        Ok(())
     }
 }
 
