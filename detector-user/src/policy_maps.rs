@@ -14,7 +14,7 @@ use aya::{
 };
 use detector_common::{
     names,
-    policy::{IfacePolicy, PORT_DEFAULT, PORT_KERNEL},
+    policy::{IfacePolicy, PORT_ANSWER, PORT_DEFAULT, PORT_KERNEL},
 };
 
 use crate::{
@@ -132,7 +132,7 @@ impl PolicyMaps {
     }
 
     /// Two passes: first every change that leaves more SYNs to the kernel (addresses
-    /// removed, slots set to PORT_KERNEL, destinations and VLAN flags added), then the
+    /// removed, slots to PORT_KERNEL or off PORT_ANSWER, destinations and flags added), then the
     /// ones that let XDP answer more. The program reads the maps meanwhile and never sees
     /// a state more permissive than both the old and the new policy.
     fn apply(&mut self, desired: &DesiredPolicy) -> Result<PolicyDiff, PolicyError> {
@@ -146,10 +146,11 @@ impl PolicyMaps {
             self.ports_seen = Some(self.read_ports()?);
         }
         diff.ports_rescanned = rescan;
-        let (to_kernel, relaxed): (Vec<_>, Vec<_>) =
-            port_diff(self.ports_seen.get_or_insert_with(|| vec![PORT_DEFAULT; PORT_SLOTS]), &desired.ports)
-                .into_iter()
-                .partition(|&(_, value)| value == PORT_KERNEL);
+        let seen = self.ports_seen.get_or_insert_with(|| vec![PORT_DEFAULT; PORT_SLOTS]);
+        // Restricting: to PORT_KERNEL, or from PORT_ANSWER (matters with listed ports only).
+        let (to_kernel, relaxed): (Vec<_>, Vec<_>) = port_diff(seen, &desired.ports)
+            .into_iter()
+            .partition(|&(port, value)| value == PORT_KERNEL || seen[port as usize] == PORT_ANSWER);
         let e_dests = map_err(names::MAP_KERNEL_DESTS);
         let dests: BTreeSet<Prefix> = self
             .dests
