@@ -2,6 +2,7 @@
 //! and `validate`, which runs before anything touches the host.
 
 use std::{
+    collections::BTreeSet,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -11,7 +12,9 @@ use clap::{Args, ValueEnum};
 use detector_common::{config::Config as KernelConfig, sketch::SKETCH_ROWS};
 use serde::Deserialize;
 
-use crate::{detect::DetectionThresholds, error::ConfigError, mode::Mode};
+use crate::{
+    detect::DetectionThresholds, error::ConfigError, mode::Mode, policy::PolicyConfig, prefix::Prefix,
+};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -49,6 +52,7 @@ pub struct FileConfig {
     pub detection: Detection,
     pub cookies: Cookies,
     pub maps: Maps,
+    pub policy: Policy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +99,31 @@ pub struct Maps {
     pub sketch_width: u32,
 }
 
+/// Which SYNs cookie mode may answer from XDP (see `policy`). Ports are TCP ports.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Empty: every port with a listener. Otherwise only these (FLAG_LISTED_PORTS_ONLY).
+    pub answer_ports: Vec<u32>,
+    /// Always left to the kernel (e.g. ports published by NAT that detection cannot see).
+    pub kernel_ports: Vec<u32>,
+    /// CIDR prefixes or addresses always left to the kernel (DNAT'd addresses, VIPs).
+    pub kernel_destinations: Vec<String>,
+    /// Read the nftables ruleset for DNAT/redirect/tproxy rules and follow its changes.
+    pub detect_nat: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            answer_ports: Vec::new(),
+            kernel_ports: Vec::new(),
+            kernel_destinations: Vec::new(),
+            detect_nat: true,
+        }
+    }
+}
+
 impl Default for FileConfig {
     fn default() -> Self {
         Self {
@@ -110,6 +139,7 @@ impl Default for FileConfig {
             detection: Detection::default(),
             cookies: Cookies::default(),
             maps: Maps::default(),
+            policy: Policy::default(),
         }
     }
 }
@@ -242,6 +272,13 @@ impl Config {
         k
     }
 
+    /// The validated `[policy]` section in the form `policy::DesiredPolicy::build` takes.
+    #[allow(dead_code, reason = "wired in by the control loop")]
+    pub fn policy(&self) -> PolicyConfig {
+        // validate() already refused anything that does not convert.
+        policy_config(&self.file.policy).unwrap_or_default()
+    }
+
     pub fn sketch_cells(&self) -> u32 {
         SKETCH_ROWS * self.file.maps.sketch_width
     }
@@ -352,7 +389,40 @@ pub fn validate(f: &FileConfig) -> Result<(), ConfigError> {
     if !maps.sketch_width.is_power_of_two() {
         return Err(invalid("maps.sketch_width", format!("{} is not a power of two", maps.sketch_width)));
     }
+    policy_config(&f.policy)?;
     Ok(())
+}
+
+fn ports(key: &'static str, list: &[u32]) -> Result<BTreeSet<u16>, ConfigError> {
+    list.iter()
+        .map(|&p| match u16::try_from(p) {
+            Ok(port) if port != 0 => Ok(port),
+            _ => Err(invalid(key, format!("{p} is not a TCP port (1..=65535)"))),
+        })
+        .collect()
+}
+
+/// Checks and converts `[policy]`: ports in range, prefixes that parse, no port both
+/// answered and left to the kernel, no more destinations than the map holds.
+fn policy_config(p: &Policy) -> Result<PolicyConfig, ConfigError> {
+    let answer_ports = ports("policy.answer_ports", &p.answer_ports)?;
+    let kernel_ports = ports("policy.kernel_ports", &p.kernel_ports)?;
+    if let Some(both) = answer_ports.intersection(&kernel_ports).next() {
+        return Err(invalid(
+            "policy.kernel_ports",
+            format!("port {both} is also in policy.answer_ports: a port is answered or left to the kernel"),
+        ));
+    }
+    let kernel_destinations = p
+        .kernel_destinations
+        .iter()
+        .map(|s| s.parse::<Prefix>().map_err(|e| invalid("policy.kernel_destinations", e.to_string())))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    let capacity = detector_common::names::KERNEL_DESTS_CAPACITY as usize;
+    if kernel_destinations.len() > capacity {
+        return Err(invalid("policy.kernel_destinations", format!("more than {capacity} prefixes")));
+    }
+    Ok(PolicyConfig { answer_ports, kernel_ports, kernel_destinations, detect_nat: p.detect_nat })
 }
 
 #[cfg(test)]
@@ -409,6 +479,13 @@ mod tests {
             ("[cookies]\ntimestamps = false\necn = true", "cookies.ecn"),
             ("[maps]\nsketch_width = 1000", "maps.sketch_width"),
             ("[maps]\nsources = 10", "maps.sources"),
+            ("[policy]\nanswer_ports = [0]", "policy.answer_ports"),
+            ("[policy]\nanswer_ports = [65536]", "policy.answer_ports"),
+            ("[policy]\nkernel_ports = [70000]", "policy.kernel_ports"),
+            ("[policy]\nanswer_ports = [443]\nkernel_ports = [80, 443]", "policy.kernel_ports"),
+            ("[policy]\nkernel_destinations = [\"198.18.0.0/33\"]", "policy.kernel_destinations"),
+            ("[policy]\nkernel_destinations = [\"not-an-address\"]", "policy.kernel_destinations"),
+            ("[policy]\nkernel_destinations = [\"2001:2::/129\"]", "policy.kernel_destinations"),
         ];
         for (text, key) in cases {
             assert_eq!(key_of(validate(&with_lo(text)).unwrap_err()), *key, "{text}");
@@ -433,6 +510,27 @@ mod tests {
         assert_eq!(f.thresholds.syn_rate_limit, 99);
         assert_eq!(f.mode, Mode::Cookie);
         assert_eq!(f.thresholds.half_open_limit, 100, "untouched keys keep the file's value");
+    }
+
+    #[test]
+    fn the_policy_section_converts() {
+        let text = "[policy]\nanswer_ports = [443, 80]\nkernel_ports = [8080]\n\
+                    kernel_destinations = [\"198.18.4.7/24\", \"2001:2::1\"]\ndetect_nat = false\n";
+        let cfg = Config { file: with_lo(text) };
+        validate(&cfg.file).unwrap();
+        let p = cfg.policy();
+        assert_eq!(p.answer_ports.into_iter().collect::<Vec<_>>(), vec![80, 443]);
+        assert_eq!(p.kernel_ports.into_iter().collect::<Vec<_>>(), vec![8080]);
+        let dests: Vec<String> = p.kernel_destinations.iter().map(ToString::to_string).collect();
+        assert_eq!(dests, vec!["198.18.4.0/24", "2001:2::1/128"], "IPv4-mapped keys sort first");
+        assert!(!p.detect_nat);
+        assert!(Config { file: with_lo("") }.policy().detect_nat, "NAT detection is on by default");
+    }
+
+    #[test]
+    fn negative_ports_are_refused_while_parsing() {
+        let e = parse("[policy]\nkernel_ports = [-1]\n").unwrap_err().to_string();
+        assert!(e.contains("kernel_ports"), "{e}");
     }
 
     #[test]

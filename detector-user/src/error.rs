@@ -37,3 +37,43 @@ pub enum LoadError {
     )]
     Attach { iface: String, mode: &'static str, forced: bool, source: aya::programs::ProgramError },
 }
+
+/// Reading or writing the cookie policy maps (`policy::PolicyMaps`).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "the XDP object has no map {0}: it predates the cookie policy maps; rebuild it \
+         (cargo xtask build-ebpf) before enabling cookie mode"
+    )]
+    MissingMap(&'static str),
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: aya::maps::MapError },
+    #[error("map {map} is not {wanted}")]
+    WrongType { map: &'static str, wanted: &'static str },
+    #[error("map {map}: {source}")]
+    Io { map: &'static str, source: std::io::Error },
+    #[error("map {map} holds {len} entries, the policy needs {needed}")]
+    WrongSize { map: &'static str, len: u32, needed: u32 },
+}
+
+/// The rtnetlink watcher (`addresses`) or the nftables event socket (`nat`).
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+    #[error("the kernel refused {what}: {source}")]
+    Refused { what: &'static str, source: std::io::Error },
+}
+
+/// Reading the nftables ruleset (`nat`).
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    #[error("nft is not installed: DNAT detection is off")]
+    NoNft,
+    #[error("running nft: {0}")]
+    Run(std::io::Error),
+    #[error("nft -j list ruleset failed: {0}")]
+    Failed(String),
+    #[error("parsing nft JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}

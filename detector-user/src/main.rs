@@ -2,6 +2,8 @@
 //! exports Prometheus metrics. In order: configuration (invalid: exit 64, host untouched),
 //! logging, runtime, load and attach, tasks, signals, then undo everything it changed.
 
+mod addresses;
+mod bpf_batch;
 mod config;
 mod control;
 mod detect;
@@ -12,8 +14,17 @@ mod loader;
 mod maps;
 mod metrics;
 mod mode;
+mod nat;
+mod nat_watch;
+mod policy;
+mod policy_inputs;
+mod policy_maps;
+mod prefix;
 mod sysctl;
+#[cfg(test)]
+mod test_netns;
 mod top;
+mod vlan;
 
 use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
 

@@ -26,6 +26,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tshark", "captures in the lab"),
     ("bpftool", "inspecting programs and maps"),
     ("prometheus", "a real Prometheus server and promtool"),
+    ("nftables", "nft: the agent reads DNAT/redirect rules; NAT tests in namespaces"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
