@@ -212,9 +212,7 @@ fn syns_passed(s: &Scrape) -> f64 {
 }
 
 fn sysctl_in(lab: &Lab, key: &str) -> String {
-    let out =
-        Command::new("ip").args(["netns", "exec", &lab.server_ns, "sysctl", "-n", key]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    lab.sysctl_get(&lab.server_ns, key).unwrap()
 }
 
 #[test]
