@@ -4,7 +4,7 @@
 
 #![allow(clippy::float_cmp, reason = "metric values compared here are exact counts")]
 
-use std::{path::Path, process::Command, thread, time::Duration};
+use std::{path::Path, thread, time::Duration};
 
 use xtask::lab::{Agent, Lab};
 
