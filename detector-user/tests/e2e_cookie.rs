@@ -267,6 +267,18 @@ fn wait_for(agent: &Agent, series: &str, value: f64, limit: Duration) -> Scrape 
 fn cookie_connections_keep_window_scaling_and_sack_with_timestamps() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut lab = flood_lab();
+    // Receive buffers unlike the defaults (and unlike each other), set before the agent
+    // reads them: a scale hard-coded anywhere (the agent, the program, this test) shows.
+    let (server_ns, client_ns) = (lab.server_ns.clone(), lab.client_ns.clone());
+    lab.sysctl(&server_ns, "net.ipv4.tcp_rmem", "4096 131072 8388608").unwrap();
+    lab.sysctl(&client_ns, "net.ipv4.tcp_rmem", "4096 131072 134217728").unwrap();
+    let server_wscale = kernel_wscale(&lab, &server_ns);
+    let client_wscale = kernel_wscale(&lab, &client_ns);
+    println!("window scales from the namespaces' sysctls: server {server_wscale}, client {client_wscale}");
+    assert_ne!(
+        server_wscale, client_wscale,
+        "the two sides must differ for the checks below to mean anything"
+    );
     let mut agent = Agent::start(
         &lab,
         Path::new(AGENT),
@@ -314,8 +326,8 @@ fn cookie_connections_keep_window_scaling_and_sack_with_timestamps() {
     assert!(info.options & TCPI_OPT_TIMESTAMPS != 0, "timestamps kept");
     assert!(info.options & TCPI_OPT_SACK != 0, "SACK kept");
     assert!(info.options & TCPI_OPT_WSCALE != 0, "window scaling kept");
-    assert_eq!(info.snd_wscale, 10, "the client's scale, decoded from the echoed timestamp");
-    assert_eq!(info.rcv_wscale, 10, "our scale, as advertised in the SYN-ACK");
+    assert_eq!(info.snd_wscale, client_wscale, "the client's scale, decoded from the echoed timestamp");
+    assert_eq!(info.rcv_wscale, server_wscale, "the kernel's own scale for the accepted socket");
     drop((client, accepted));
     thread::sleep(Duration::from_millis(500));
     let s = agent.scrape().unwrap();
@@ -328,9 +340,29 @@ fn cookie_connections_keep_window_scaling_and_sack_with_timestamps() {
         fields.len() == 3 && fields.iter().all(|f| !f.is_empty()),
         "the SYN-ACK carries TS, WS and SACK-permitted: {fields:?}"
     );
+    let shift: u8 = fields[1].parse().unwrap();
+    assert_eq!(
+        shift, info.rcv_wscale,
+        "the SYN-ACK from XDP advertised shift {shift}, the kernel scales the connection by {}",
+        info.rcv_wscale
+    );
     let tsval: u32 = fields[0].parse().unwrap();
-    assert_eq!(tsval & 0x3f, 0xa | 0x10, "TSval low bits: the client's wscale 10 and SACK");
+    assert_eq!(
+        tsval & 0x3f,
+        u32::from(client_wscale) | 0x10,
+        "TSval low bits: the client's wscale {client_wscale} and SACK"
+    );
     assert!(agent.stop().unwrap().success());
+}
+
+/// The receive window scale the kernel picks for a connection in `ns`
+/// (`tcp_select_initial_window`): `clamp(ilog2(max(tcp_rmem[2], rmem_max)) - 15, 0, 14)`.
+fn kernel_wscale(lab: &Lab, ns: &str) -> u8 {
+    let rmem = lab.sysctl_get(ns, "net.ipv4.tcp_rmem").unwrap();
+    let tcp_max: u32 = rmem.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let core_max: u32 = lab.sysctl_get(ns, "net.core.rmem_max").unwrap().parse().unwrap();
+    let space = tcp_max.max(core_max);
+    u8::try_from(space.ilog2().saturating_sub(15).min(14)).unwrap()
 }
 
 const INFO_PORT: u16 = 8081;
