@@ -19,17 +19,23 @@ fn config_file(text: &str) -> tempfile::NamedTempFile {
     f
 }
 
-/// BPF programs currently loaded, by id (to prove nothing was loaded).
+/// BPF programs currently loaded, by id (to prove nothing was loaded). Without a working
+/// `bpftool` (missing, or not root) that cannot be proved: the test fails saying so.
 fn loaded_program_ids() -> Vec<String> {
-    let out = Command::new("bpftool").args(["prog", "list"]).output();
-    out.map(|o| {
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| l.contains(" name syndetector "))
-            .map(str::to_owned)
-            .collect()
-    })
-    .unwrap_or_default()
+    let out = Command::new("bpftool").args(["prog", "list"]).output().unwrap_or_else(|e| {
+        panic!("bpftool is needed to prove that nothing was loaded ({e}): install it (`cargo xtask setup`)")
+    });
+    assert!(
+        out.status.success(),
+        "`bpftool prog list` failed ({}; it needs root): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" name syndetector "))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]

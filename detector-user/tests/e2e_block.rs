@@ -72,6 +72,7 @@ fn single_source_flood_is_blocked_then_released_while_legit_clients_succeed() {
             .args(["netns", "exec", &lab.server_ns, AGENT, "top", "--metrics-addr", "127.0.0.1:9787"])
             .output()
             .unwrap();
+        assert!(top.status.success(), "syndetector top: {}", String::from_utf8_lossy(&top.stderr));
         (f.join().unwrap(), during, String::from_utf8_lossy(&top.stdout).into_owned())
     });
     println!("flood: {} SYNs from {} in {:?}", report.sent, Flood::single_v4(0x4842), report.elapsed);

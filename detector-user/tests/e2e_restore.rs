@@ -4,16 +4,14 @@
 
 #![allow(clippy::float_cmp, reason = "metric values compared here are exact counts")]
 
-use std::{path::Path, process::Command, thread, time::Duration};
+use std::{path::Path, thread, time::Duration};
 
 use xtask::lab::{Agent, Lab};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
 
 fn sysctl_in(lab: &Lab, key: &str) -> String {
-    let out =
-        Command::new("ip").args(["netns", "exec", &lab.server_ns, "sysctl", "-n", key]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    lab.sysctl_get(&lab.server_ns, key).unwrap()
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! runs in a private network namespace (listener sockets, `tcp_syncookies = 2`), which
 //! disappears with the process: the host is not touched.
 
-use std::{net::TcpListener, path::Path, time::Duration};
+use std::{collections::HashSet, net::TcpListener, path::Path, time::Duration};
 
 use anyhow::{bail, ensure, Context, Result};
 use aya::{
@@ -20,7 +20,8 @@ use detector_common::{
     config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE},
     counters::Counter,
     names,
-    sketch::SKETCH_ROWS,
+    sketch::{self, SKETCH_ROWS},
+    state::{SourceKey, SourceState},
 };
 
 const BENCH_PORT: u16 = 8080;
@@ -67,8 +68,11 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
     // Dual-stack (bindv6only is 0 in a fresh namespace): one listener serves both families.
     let _listener = TcpListener::bind(("::", BENCH_PORT)).context("bench listener")?;
 
+    // A SYN-rate limit, or the cookie path skips the sketch altogether. No source can
+    // reach it: no case sends more SYNs than this, and a sketch estimate never exceeds
+    // the SYNs counted.
     let cookie = {
-        let mut c = detector_config(0);
+        let mut c = detector_config(args.packets.max(args.many_sources));
         c.flags = FLAG_ENFORCE | FLAG_COOKIES | FLAG_COOKIE_TIMESTAMPS;
         c
     };
@@ -86,7 +90,10 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         Case { name: "tracked SYN, IPv6, many sources", program: names::PROGRAM, config: Some(tracked), family: Family::V6, sources: many, verdict: 2, path: Some(Counter::PassSyn) },
     ];
 
-    println!("{} fresh packets per case, one BPF_PROG_TEST_RUN each, kernel-measured time", args.packets);
+    println!(
+        "{} fresh packets per case (at least one per source), one BPF_PROG_TEST_RUN each, kernel-measured time",
+        args.packets
+    );
     let mut results = Vec::new();
     for case in &cases {
         let ns = run_case(&bytes, case, args.packets)?;
@@ -123,6 +130,9 @@ fn detector_config(rate_limit: u32) -> Config {
 
 /// A fresh program instance (fresh maps) per case, so cases do not see each other's state.
 fn run_case(object: &[u8], case: &Case, packets: u32) -> Result<f64> {
+    // Every source of the population at least once: a case claiming a million sources
+    // sends a million packets even if fewer were asked for.
+    let packets = packets.max(case.sources);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::MAP_SKETCH, SKETCH_ROWS * 16_384)
         .load(object)
@@ -140,8 +150,10 @@ fn run_case(object: &[u8], case: &Case, packets: u32) -> Result<f64> {
     let mut template = syn_frame(case.family);
     let mut out = vec![0u8; 256];
     let mut total = Duration::ZERO;
+    let mut sent_sources = HashSet::new();
     for i in 0..packets {
         set_source(&mut template, case.family, i % case.sources);
+        sent_sources.insert(source_of(&template, case.family));
         let result = prog.test_run(TestRunOptions {
             data_in: Some(&template),
             data_out: Some(&mut out),
@@ -160,8 +172,92 @@ fn run_case(object: &[u8], case: &Case, packets: u32) -> Result<f64> {
             case.name
         );
     }
+    ensure!(
+        sent_sources.len() == case.sources as usize,
+        "{}: {} distinct sources sent, the case claims {}",
+        case.name,
+        sent_sources.len(),
+        case.sources
+    );
+    if let Some(cfg) = case.config {
+        check_state(&ebpf, case, &cfg, &sent_sources)?;
+    }
     #[allow(clippy::cast_precision_loss, reason = "a duration in ns, far below 2^52")]
     Ok(total.as_nanos() as f64 / f64::from(packets))
+}
+
+/// What the program's maps say about the sources it saw: in cookie mode, the sketch cells
+/// they occupy (the sketch ran, once per source and row); when tracking, one `SOURCES`
+/// entry per source, up to the map's capacity. Printed, and checked against `sent`.
+fn check_state(ebpf: &Ebpf, case: &Case, cfg: &Config, sent: &HashSet<SourceKey>) -> Result<()> {
+    if cfg.has(FLAG_COOKIES) {
+        let sketch: Array<_, u64> = Array::try_from(ebpf.map(names::MAP_SKETCH).context("SKETCH")?)?;
+        let cells: Vec<u64> = sketch.iter().collect::<Result<_, _>>()?;
+        let mut summary = Vec::new();
+        for row in 0..SKETCH_ROWS {
+            let expected: HashSet<u32> = sent.iter().map(|key| sketch::cell_index(key, row, cfg)).collect();
+            let used: HashSet<u32> = (row * cfg.sketch_width..(row + 1) * cfg.sketch_width)
+                .filter(|&i| cells[i as usize] != 0)
+                .collect();
+            ensure!(
+                used == expected,
+                "{}: sketch row {row} has {} cells in use, the {} sources sent map to {}: the sketch did not \
+                 count every source",
+                case.name,
+                used.len(),
+                sent.len(),
+                expected.len()
+            );
+            summary.push(used.len().to_string());
+        }
+        println!(
+            "  {}: {} distinct sources; sketch cells in use per row: {} of {}",
+            case.name,
+            sent.len(),
+            summary.join("/"),
+            cfg.sketch_width
+        );
+    } else {
+        let map = ebpf.map(names::MAP_SOURCES).context("SOURCES")?;
+        let aya::maps::Map::LruHashMap(data) = map else {
+            bail!("SOURCES is not an LRU hash map");
+        };
+        let capacity = data.info()?.max_entries() as usize;
+        let sources: aya::maps::HashMap<_, SourceKey, SourceState> = aya::maps::HashMap::try_from(map)?;
+        let keys: HashSet<SourceKey> = sources.keys().collect::<Result<_, _>>()?;
+        println!(
+            "  {}: {} distinct sources; SOURCES holds {} (capacity {capacity})",
+            case.name,
+            sent.len(),
+            keys.len()
+        );
+        ensure!(keys.is_subset(sent), "{}: SOURCES holds sources that were never sent", case.name);
+        if sent.len() <= capacity {
+            ensure!(keys.len() == sent.len(), "{}: not every source got an entry", case.name);
+        } else {
+            // LRU: the map is full of the latest sources (less a few in per-CPU free lists).
+            ensure!(
+                keys.len() * 10 >= capacity * 9,
+                "{}: SOURCES is not full although {} sources were sent",
+                case.name,
+                sent.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The source address of a bench frame, as the program keys it.
+fn source_of(frame: &[u8], family: Family) -> SourceKey {
+    let mut addr = [0u8; 16];
+    match family {
+        Family::V4 => {
+            addr[10..12].copy_from_slice(&[0xff, 0xff]);
+            addr[12..].copy_from_slice(&frame[26..30]);
+        }
+        Family::V6 => addr.copy_from_slice(&frame[22..38]),
+    }
+    SourceKey { addr }
 }
 
 fn counter(ebpf: &Ebpf, counter: Counter) -> Result<u64> {

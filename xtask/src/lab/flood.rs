@@ -113,12 +113,12 @@ fn attack_v6(host: u64) -> Ipv6Addr {
 }
 
 fn mac(ns: &str, iface: &str) -> Result<[u8; 6]> {
-    let out = Command::new("ip").args(["-n", ns, "-br", "link", "show", "dev", iface]).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = super::run_stdout(Command::new("ip").args(["-n", ns, "-br", "link", "show", "dev", iface]))?;
     let field = text.split_whitespace().nth(2).with_context(|| format!("no MAC for {iface}: {text}"))?;
-    let mut mac = [0u8; 6];
-    for (i, part) in field.split(':').enumerate().take(6) {
-        mac[i] = u8::from_str_radix(part, 16).with_context(|| format!("bad MAC {field}"))?;
-    }
-    Ok(mac)
+    let parts: Vec<u8> = field
+        .split(':')
+        .map(|part| u8::from_str_radix(part, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("bad MAC {field}"))?;
+    <[u8; 6]>::try_from(parts.as_slice()).with_context(|| format!("bad MAC {field}"))
 }

@@ -171,11 +171,27 @@ impl Lab {
     }
 
     /// `ip -d link show` of the server's veth: says whether an XDP program is attached.
+    /// An error if `ip` fails (no such namespace or interface): an empty answer must not
+    /// read as "nothing attached".
     pub fn server_link_details(&self) -> Result<String> {
-        let out = Command::new("ip")
-            .args(["-n", &self.server_ns, "-d", "link", "show", &self.server_if])
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let text = run_stdout(Command::new("ip").args([
+            "-n",
+            &self.server_ns,
+            "-d",
+            "link",
+            "show",
+            &self.server_if,
+        ]))?;
+        if !text.contains(self.server_if.as_str()) {
+            bail!("`ip -d link show {}` did not describe it: {text:?}", self.server_if);
+        }
+        Ok(text)
+    }
+
+    /// A sysctl's value inside one of the lab's namespaces; an error if it cannot be read.
+    pub fn sysctl_get(&self, ns: &str, key: &str) -> Result<String> {
+        let value = run_stdout(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-n", key]))?;
+        Ok(value.trim().to_owned())
     }
 
     pub fn scratch(&self) -> &Path {
@@ -211,15 +227,49 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
+    run_stdout(cmd).map(drop)
+}
+
+/// Runs `cmd` to completion; its stdout, or an error naming the command, its exit status
+/// and its stderr if it did not exit with 0.
+pub(crate) fn run_stdout(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {}", cmd.get_program().display()))?;
     if !out.status.success() {
         let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
         bail!(
-            "{} {} failed: {}",
+            "{} {} failed ({}): {}",
             cmd.get_program().display(),
             args.join(" "),
+            out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_command_is_an_error_not_empty_output() {
+        let e = run_stdout(Command::new("ip").args(["-n", "sd-no-such-netns", "link", "show"])).unwrap_err();
+        assert!(e.to_string().contains("failed"), "{e:#}");
+        let e = run_stdout(&mut Command::new("false")).unwrap_err();
+        assert!(e.to_string().contains("exit status: 1"), "{e:#}");
+        assert_eq!(run_stdout(Command::new("echo").arg("ok")).unwrap(), "ok\n");
+    }
+
+    /// Needs root (makes namespaces), like the lab itself.
+    #[test]
+    fn link_details_and_sysctls_of_a_vanished_namespace_are_errors() {
+        let lab = Lab::new().expect("lab (run as root)");
+        assert!(lab.server_link_details().unwrap().contains("veth"));
+        assert_eq!(lab.sysctl_get(&lab.server_ns, "net.ipv4.tcp_syncookies").unwrap(), "1");
+        ip(&["netns", "del", &lab.server_ns]).unwrap();
+        let e = lab.server_link_details().unwrap_err();
+        println!("{e:#}");
+        assert!(lab.sysctl_get(&lab.server_ns, "net.ipv4.tcp_syncookies").is_err());
+        assert!(lab.sysctl_get(&lab.client_ns, "net.ipv4.no_such_key").is_err());
+    }
 }
