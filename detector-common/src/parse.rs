@@ -73,11 +73,13 @@ impl TcpSegment {
         self.flags & flag != 0
     }
 
-    /// A connection request: SYN without ACK (and without RST, which makes no sense with it).
+    /// A connection request: SYN without ACK, RST or FIN. The kernel discards a SYN with
+    /// RST or FIN in a listener (`tcp_rcv_state_process`), so those make no handshake, and
+    /// the cookie helper refuses them too.
     #[inline(always)]
     #[must_use]
     pub fn is_syn(&self) -> bool {
-        self.flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN
+        self.flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN) == tcp_flags::SYN
     }
 
     /// Could be the third packet of a handshake: ACK set, no SYN/RST/FIN.

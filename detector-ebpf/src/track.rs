@@ -117,8 +117,15 @@ pub fn screen_for_cookie(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: 
             return Some(Counter::DropBlocked);
         }
     }
-    if cfg.syn_rate_limit == 0 || sketch_estimate(&key, cfg, now) <= cfg.syn_rate_limit {
+    if cfg.syn_rate_limit == 0 {
         return None;
+    }
+    match sketch_estimate(&key, cfg, now) {
+        Some(estimate) if estimate <= cfg.syn_rate_limit => return None,
+        Some(_) => {}
+        // A cell outside the map (the config's width disagrees with it): without the
+        // estimate no flooder can be found, so say so rather than answer blind.
+        None => return Some(Counter::PassMapError),
     }
     let Some(state) = source_state(&key, now, cfg) else {
         events::map_full(ctx);
@@ -130,20 +137,19 @@ pub fn screen_for_cookie(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: 
     Some(Counter::DropOverLimit)
 }
 
-/// Counts the SYN in the sketch and returns the source's estimate for this epoch.
+/// Counts the SYN in the sketch and returns the source's estimate for this epoch; `None`
+/// when a cell is outside the map.
 #[inline(always)]
-fn sketch_estimate(key: &SourceKey, cfg: &Config, now: u64) -> u32 {
+fn sketch_estimate(key: &SourceKey, cfg: &Config, now: u64) -> Option<u32> {
     let epoch = sketch::epoch(now);
     let mut estimate = u32::MAX;
     for row in 0..sketch::SKETCH_ROWS {
-        let Some(cell) = SKETCH.get_ptr_mut(sketch::cell_index(key, row, cfg)) else {
-            // Out of range only if the config's width disagrees with the map: fail open.
-            return 0;
-        };
+        // Out of range only if the config's width disagrees with the map.
+        let cell = SKETCH.get_ptr_mut(sketch::cell_index(key, row, cfg))?;
         // SAFETY: a live array value; concurrent CPUs may lose an increment (an estimate).
         estimate = estimate.min(sketch::bump(unsafe { &mut *cell }, epoch));
     }
-    estimate
+    Some(estimate)
 }
 
 /// A segment that may be a handshake's third packet: complete its pending flow, if any.
