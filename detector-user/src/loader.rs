@@ -63,10 +63,6 @@ pub fn config_map(ebpf: &mut Ebpf) -> Result<Array<MapData, KernelConfig>, LoadE
     Array::try_from(map).map_err(|source| LoadError::Map { map: names::MAP_CONFIG, source })
 }
 
-pub fn write_config(map: &mut Array<MapData, KernelConfig>, cfg: &KernelConfig) -> Result<(), LoadError> {
-    map.set(0, cfg, 0).map_err(|source| LoadError::Map { map: names::MAP_CONFIG, source })
-}
-
 /// Attaches to `iface`. In auto mode a driver that refuses native XDP gets generic mode.
 pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<Attachment, LoadError> {
     let prog = program(ebpf)?;
