@@ -67,6 +67,11 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
     fill(&mut maps, args.sources, &cfg)?;
     eprintln!("filled {} sources in {:.1} s", args.sources, t.elapsed().as_secs_f64());
 
+    let t = Instant::now();
+    let mut walked = 0u64;
+    maps.for_each_source(|_, _| walked += 1);
+    eprintln!("one walk of the map alone: {walked} entries in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+
     let metrics = Arc::new(Metrics::new());
     let top = SharedTop::default();
     let kernel_cfg = cfg.kernel_config();

@@ -147,41 +147,29 @@ impl SourceTracker {
             aged.age(now_ns, cfg);
             summary.half_open += u64::from(aged.half_open());
             let failed_total = aged.failed;
-            let previous = records.get(key).copied();
-            let (syns_before, rate_before, failed_before, was_blocked) = match previous {
-                Some(r) => (r.syns_seen, r.rate, r.failed_reported, r.flags & BLOCKED != 0),
-                // A source first seen now made all its SYNs since the last poll.
-                None => (0, 0.0, 0, false),
-            };
+            // One hash lookup per entry: the record is updated in place.
+            let record = records.entry(*key).or_insert(Record { syns_seen: 0, rate: 0.0, failed_reported: 0, flags: 0 });
             // A count below what was reported: the entry was evicted and made anew.
-            let new_syns = if state.syns_total >= syns_before {
-                state.syns_total - syns_before
-            } else {
-                state.syns_total
-            };
-            summary.failed += u64::from(if failed_total >= failed_before {
-                failed_total - failed_before
-            } else {
-                failed_total
-            });
+            let new_syns = state.syns_total.checked_sub(record.syns_seen).unwrap_or(state.syns_total);
+            summary.failed += u64::from(failed_total.checked_sub(record.failed_reported).unwrap_or(failed_total));
             #[allow(clippy::cast_precision_loss, reason = "per-interval counts")]
             let instant = new_syns as f64 / dt;
+            let before = f64::from(record.rate);
             #[allow(clippy::cast_possible_truncation, reason = "a rate for display")]
-            let rate = (f64::from(rate_before) + alpha * (instant - f64::from(rate_before))) as f32;
+            let rate = (before + alpha * (instant - before)) as f32;
+            let was_blocked = record.flags & BLOCKED != 0;
             if blocked && !was_blocked {
                 Events::push(&mut events.blocked, &mut events.more, *key);
             } else if was_blocked && !blocked {
                 Events::push(&mut events.freed, &mut events.more, *key);
             }
-            records.insert(
-                *key,
-                Record {
-                    syns_seen: state.syns_total,
-                    rate,
-                    failed_reported: failed_total,
-                    flags: seen | if blocked { BLOCKED } else { 0 },
-                },
-            );
+            // A source first seen now made all its SYNs since the last poll (syns_seen 0).
+            *record = Record {
+                syns_seen: state.syns_total,
+                rate,
+                failed_reported: failed_total,
+                flags: seen | if blocked { BLOCKED } else { 0 },
+            };
             if k > 0 && rate >= 0.01 {
                 let c = Candidate { rate, key: *key, blocked };
                 if top.len() < k {
