@@ -71,12 +71,13 @@ impl Maps {
         Ok(out)
     }
 
-    /// Calls `f` with every per-source entry, as the kernel holds it right now. An entry
-    /// evicted while we walk is simply not seen. Memory: one batch of buffers.
-    pub fn for_each_source(&self, mut f: impl FnMut(&SourceKey, &SourceState)) {
-        if batch_walk(&self.sources_fd, &mut f).is_err() {
+    /// Calls `f` with every per-source entry, as the kernel holds it right now, a batch
+    /// (keys, values) at a time. An entry evicted while we walk is simply not seen.
+    /// Memory: one batch of buffers.
+    pub fn for_each_source_batch(&self, f: &mut dyn FnMut(&[SourceKey], &[SourceState])) {
+        if batch_walk(&self.sources_fd, f).is_err() {
             for (key, state) in self.sources.iter().flatten() {
-                f(&key, &state);
+                f(&[key], &[state]);
             }
         }
     }
@@ -90,7 +91,9 @@ impl Maps {
     /// Entries in the pending-handshake map.
     pub fn pending_entries(&self) -> u64 {
         let mut n = 0u64;
-        if batch_walk(&self.pending_fd, &mut |_: &FlowKey, _: &PendingFlow| n += 1).is_err() {
+        if batch_walk(&self.pending_fd, &mut |keys: &[FlowKey], _: &[PendingFlow]| n += keys.len() as u64)
+            .is_err()
+        {
             n = self.pending.keys().flatten().count() as u64;
         }
         n
@@ -113,7 +116,7 @@ struct BatchAttr {
 
 /// Walks a hash map with BPF_MAP_LOOKUP_BATCH. Fails (before calling `f`) only if the
 /// first call fails; the caller then falls back to key-by-key iteration.
-fn batch_walk<K: Pod, V: Pod>(fd: &OwnedFd, f: &mut impl FnMut(&K, &V)) -> std::io::Result<()> {
+fn batch_walk<K: Pod, V: Pod>(fd: &OwnedFd, f: &mut dyn FnMut(&[K], &[V])) -> std::io::Result<()> {
     // SAFETY: Pod types are plain integers and byte arrays: all-zero is a valid value.
     let (key0, value0) = unsafe { (std::mem::zeroed::<K>(), std::mem::zeroed::<V>()) };
     let mut keys = vec![key0; BATCH as usize];
@@ -150,8 +153,9 @@ fn batch_walk<K: Pod, V: Pod>(fd: &OwnedFd, f: &mut impl FnMut(&K, &V)) -> std::
             // A later failure (e.g. a bucket larger than a batch): stop, what was seen counts.
             Some(_) => true,
         };
-        for i in 0..attr.count as usize {
-            f(&keys[i], &values[i]);
+        let n = attr.count as usize;
+        if n > 0 {
+            f(&keys[..n], &values[..n]);
         }
         if done {
             return Ok(());

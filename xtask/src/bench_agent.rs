@@ -11,8 +11,13 @@ use anyhow::{Context, Result};
 use crate::{run, workspace_root};
 
 pub fn main(sources: u32) -> Result<()> {
-    run(Command::new("cargo").current_dir(workspace_root()).args(["build", "--release", "-p", "detector-user"]))
-        .context("building the agent")?;
+    run(Command::new("cargo").current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "-p",
+        "detector-user",
+    ]))
+    .context("building the agent")?;
     let agent = workspace_root().join("target/release/syndetector");
     println!("\nagent: poll and scrape with {sources} entries in the per-source map");
     run(Command::new(agent).args(["bench-poll", "--sources", &sources.to_string()]))

@@ -11,6 +11,7 @@
 pub mod bench;
 mod counters;
 pub mod reconcile;
+mod records;
 mod sources;
 
 #[cfg(test)]
@@ -234,7 +235,7 @@ impl Controller {
 
         let maps = &self.maps;
         let scan = self.sources.poll(
-            |f| maps.for_each_source(f),
+            |f| maps.for_each_source_batch(f),
             now_ns,
             &self.kernel_cfg,
             dt,

@@ -9,14 +9,13 @@
 //! therefore not added to the metric (it would count the kernel-aged ones twice). A source
 //! evicted from the LRU map between two polls takes its unreported failures with it.
 //!
-//! Memory: one `Record` per entry of the map (bounded by `maps.sources`): a 16-byte key
-//! and 24 bytes of record, 40 bytes plus one control byte per hash-table bucket; buckets
-//! are a power of two at most 7/8 full, so 1,000,000 sources take 2^21 buckets, about
-//! 86 MB at worst. The top-K list is a heap of K entries. No other per-entry allocation.
+//! Memory: one 32-byte record per entry of the map (bounded by `maps.sources`), in a
+//! table at most half full (`records`: 64 MiB for 1,000,000 sources), a buffer of tags for
+//! one batch, and a heap of K top sources. Nothing else grows with the map.
 
 use std::{
     cmp::{Ordering, Reverse},
-    collections::{BinaryHeap, HashMap},
+    collections::BinaryHeap,
 };
 
 use detector_common::{
@@ -25,7 +24,10 @@ use detector_common::{
 };
 use tracing::{info, warn};
 
-use super::{source_ip, TopSource};
+use super::{
+    records::{Record, Records},
+    source_ip, TopSource,
+};
 
 /// The top-sources list averages each source's SYN rate over about this long.
 const TOP_WINDOW_SECS: f64 = 5.0;
@@ -34,19 +36,6 @@ const EVENTS_PER_POLL: usize = 20;
 
 const SEEN: u8 = 1;
 const BLOCKED: u8 = 2;
-
-/// What the agent remembers about one source between polls.
-#[derive(Clone, Copy, Debug)]
-struct Record {
-    /// `syns_total` at the previous poll.
-    syns_seen: u64,
-    /// Smoothed SYN rate (see `TOP_WINDOW_SECS`).
-    rate: f32,
-    /// Failed handshakes of this source already added to the metric.
-    failed_reported: u32,
-    /// `SEEN` (toggles each poll: marks records whose entry still exists) and `BLOCKED`.
-    flags: u8,
-}
 
 /// What one walk found.
 #[derive(Debug, Default)]
@@ -61,7 +50,9 @@ pub struct SourceSummary {
 
 #[derive(Default)]
 pub struct SourceTracker {
-    records: HashMap<SourceKey, Record>,
+    records: Records,
+    /// Tags of the batch being walked (reused).
+    tags: Vec<u64>,
     /// The `SEEN` value of this walk.
     parity: bool,
 }
@@ -119,11 +110,11 @@ impl Events {
 }
 
 impl SourceTracker {
-    /// Walks the map through `walk` (which calls its argument once per entry), `dt`
-    /// seconds after the previous walk; keeps the `k` highest rates.
+    /// Walks the map through `walk` (which calls its argument with batches of entries),
+    /// `dt` seconds after the previous walk; keeps the `k` highest rates.
     pub fn poll(
         &mut self,
-        walk: impl FnOnce(&mut dyn FnMut(&SourceKey, &SourceState)),
+        walk: impl FnOnce(&mut dyn FnMut(&[SourceKey], &[SourceState])),
         now_ns: u64,
         cfg: &KernelConfig,
         dt: f64,
@@ -137,57 +128,68 @@ impl SourceTracker {
         let mut summary = SourceSummary::default();
         let mut top: BinaryHeap<Reverse<Candidate>> = BinaryHeap::with_capacity(k + 1);
         let mut events = Events::default();
-        let records = &mut self.records;
-        walk(&mut |key, state| {
-            summary.tracked += 1;
-            let blocked = state.is_blocked(now_ns);
-            summary.blocked += u64::from(blocked);
-            // Aged on a copy: the kernel's entry stays exactly as the kernel left it.
-            let mut aged = *state;
-            aged.age(now_ns, cfg);
-            summary.half_open += u64::from(aged.half_open());
-            let failed_total = aged.failed;
-            // One hash lookup per entry: the record is updated in place.
-            let record = records.entry(*key).or_insert(Record { syns_seen: 0, rate: 0.0, failed_reported: 0, flags: 0 });
-            // A count below what was reported: the entry was evicted and made anew.
-            let new_syns = state.syns_total.checked_sub(record.syns_seen).unwrap_or(state.syns_total);
-            summary.failed += u64::from(failed_total.checked_sub(record.failed_reported).unwrap_or(failed_total));
-            #[allow(clippy::cast_precision_loss, reason = "per-interval counts")]
-            let instant = new_syns as f64 / dt;
-            let before = f64::from(record.rate);
-            #[allow(clippy::cast_possible_truncation, reason = "a rate for display")]
-            let rate = (before + alpha * (instant - before)) as f32;
-            let was_blocked = record.flags & BLOCKED != 0;
-            if blocked && !was_blocked {
-                Events::push(&mut events.blocked, &mut events.more, *key);
-            } else if was_blocked && !blocked {
-                Events::push(&mut events.freed, &mut events.more, *key);
+        let (records, tags) = (&mut self.records, &mut self.tags);
+        walk(&mut |keys, states| {
+            records.reserve(records.len() + keys.len());
+            // First the tags, fetching their slots meanwhile; then the work, from cache.
+            tags.clear();
+            for key in keys {
+                let tag = records.tag(key);
+                records.prefetch(tag);
+                tags.push(tag);
             }
-            // A source first seen now made all its SYNs since the last poll (syns_seen 0).
-            *record = Record {
-                syns_seen: state.syns_total,
-                rate,
-                failed_reported: failed_total,
-                flags: seen | if blocked { BLOCKED } else { 0 },
-            };
-            if k > 0 && rate >= 0.01 {
-                let c = Candidate { rate, key: *key, blocked };
-                if top.len() < k {
-                    top.push(Reverse(c));
-                } else if top.peek().is_some_and(|Reverse(min)| c > *min) {
-                    top.pop();
-                    top.push(Reverse(c));
+            for ((key, state), tag) in keys.iter().zip(states).zip(tags.iter()) {
+                summary.tracked += 1;
+                let blocked = state.is_blocked(now_ns);
+                summary.blocked += u64::from(blocked);
+                // Aged on a copy: the kernel's entry stays exactly as the kernel left it.
+                let mut aged = *state;
+                aged.age(now_ns, cfg);
+                summary.half_open += u64::from(aged.half_open());
+                let failed_total = aged.failed;
+                // A source first seen now made all its SYNs since the last poll (a zeroed
+                // record); a count below the record's: the entry was evicted and made anew.
+                let record = records.get_or_insert(*tag);
+                let new_syns = state.syns_total.checked_sub(record.syns_seen).unwrap_or(state.syns_total);
+                summary.failed +=
+                    u64::from(failed_total.checked_sub(record.failed_reported).unwrap_or(failed_total));
+                #[allow(clippy::cast_precision_loss, reason = "per-interval counts")]
+                let instant = new_syns as f64 / dt;
+                let before = f64::from(record.rate);
+                #[allow(clippy::cast_possible_truncation, reason = "a rate for display")]
+                let rate = (before + alpha * (instant - before)) as f32;
+                let was_blocked = record.flags & BLOCKED != 0;
+                *record = Record {
+                    syns_seen: state.syns_total,
+                    rate,
+                    failed_reported: failed_total,
+                    flags: seen | if blocked { BLOCKED } else { 0 },
+                };
+                if blocked && !was_blocked {
+                    Events::push(&mut events.blocked, &mut events.more, *key);
+                } else if was_blocked && !blocked {
+                    Events::push(&mut events.freed, &mut events.more, *key);
+                }
+                if k > 0 && rate >= 0.01 {
+                    let c = Candidate { rate, key: *key, blocked };
+                    if top.len() < k {
+                        top.push(Reverse(c));
+                    } else if top.peek().is_some_and(|Reverse(min)| c > *min) {
+                        top.pop();
+                        top.push(Reverse(c));
+                    }
                 }
             }
         });
-        // Entries gone from the map (expired or evicted) are forgotten.
-        self.records.retain(|key, r| {
+        // Entries gone from the map (expired or evicted) are forgotten. (Their addresses
+        // are not kept, so a blocked source evicted from the map is counted, not named.)
+        let mut gone_blocked = 0;
+        self.records.retain(|r| {
             let keep = r.flags & SEEN == seen;
-            if !keep && r.flags & BLOCKED != 0 {
-                Events::push(&mut events.freed, &mut events.more, *key);
-            }
+            gone_blocked += usize::from(!keep && r.flags & BLOCKED != 0);
             keep
         });
+        events.more += gone_blocked;
         events.log();
         summary.top = top
             .into_sorted_vec()
@@ -230,9 +232,8 @@ mod tests {
     fn poll(t: &mut SourceTracker, entries: &[(SourceKey, SourceState)], now: u64) -> SourceSummary {
         t.poll(
             |f| {
-                for (k, s) in entries {
-                    f(k, s);
-                }
+                let (keys, states): (Vec<_>, Vec<_>) = entries.iter().copied().unzip();
+                f(&keys, &states);
             },
             now,
             &cfg(),
