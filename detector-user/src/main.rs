@@ -164,9 +164,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     // The control thread switches the program to pass-through and restores the sysctls
     // before it ends; only then detach.
     let _ = commands.send(ControlCommand::Stop);
-    match tokio::task::spawn_blocking(move || control.join()).await {
-        Ok(Ok(())) => {}
-        _ => error!("the control thread panicked; sysctls are restored on the next start"),
+    if !matches!(tokio::task::spawn_blocking(move || control.join()).await, Ok(Ok(()))) {
+        error!("the control thread panicked; sysctls are restored on the next start");
     }
     loader::detach_all(&mut ebpf, attachments);
     server.abort();

@@ -118,9 +118,9 @@ struct BatchAttr {
 /// first call fails; the caller then falls back to key-by-key iteration.
 fn batch_walk<K: Pod, V: Pod>(fd: &OwnedFd, f: &mut dyn FnMut(&[K], &[V])) -> std::io::Result<()> {
     // SAFETY: Pod types are plain integers and byte arrays: all-zero is a valid value.
-    let (key0, value0) = unsafe { (std::mem::zeroed::<K>(), std::mem::zeroed::<V>()) };
-    let mut keys = vec![key0; BATCH as usize];
-    let mut values = vec![value0; BATCH as usize];
+    let (zero_key, zero_value) = unsafe { (std::mem::zeroed::<K>(), std::mem::zeroed::<V>()) };
+    let mut keys = vec![zero_key; BATCH as usize];
+    let mut values = vec![zero_value; BATCH as usize];
     // The hash map's batch token is a bucket index (u32); 8 bytes leave room.
     let (mut token_in, mut token_out) = (0u64, 0u64);
     let mut first = true;

@@ -109,13 +109,13 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         cpu.push(thread_cpu().saturating_sub(c));
     }
     done.store(true, Ordering::Relaxed);
-    let scrapes = scraper.join().expect("scraper thread");
+    let scrape_times = scraper.join().expect("scraper thread");
     controller.shutdown();
     let _ = std::fs::remove_dir_all(&state_dir);
     println!("bench-poll: {} sources in the map; load average {}", args.sources, load_average());
     report("poll (wall clock)", &mut polls);
     report("poll (CPU time of the polling thread)", &mut cpu);
-    report("scrape /metrics (concurrent with polls)", &mut scrapes.clone());
+    report("scrape /metrics (concurrent with polls)", &mut scrape_times.clone());
     Ok(())
 }
 
