@@ -4,8 +4,9 @@
 //! state (mode and attack state → cookie sysctls and program config) with what is applied.
 //!
 //! - `counters`: the program's and the kernel's counters into metrics, SYN rates.
-//! - `sources`: the per-source walk (read only), failures, top-K.
+//! - `sources`: the per-source walk (read only), failures, top-K; `records`: its table.
 //! - `reconcile`: desired vs applied, behind small traits so it is tested with fakes.
+//! - `thread`: the control thread and its commands; `bench`: `syndetector bench-poll`.
 
 #[doc(hidden)]
 pub mod bench;
@@ -13,15 +14,15 @@ mod counters;
 pub mod reconcile;
 mod records;
 mod sources;
+mod thread;
 
 #[cfg(test)]
 mod tests;
 
 use std::{
     net::IpAddr,
-    sync::{mpsc, Arc, Mutex},
-    thread,
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use aya::maps::{Array, MapData};
@@ -40,6 +41,7 @@ use crate::{
 use counters::CounterState;
 use reconcile::{ConfigSlot, Desired, Reconcile, Reconciler, SystemClock};
 use sources::SourceTracker;
+pub use thread::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -68,17 +70,6 @@ impl ConfigSlot for ProgramSlot {
         self.0.set(0, cfg, 0).map_err(|e| format!("writing CONFIG: {e}"))
     }
 }
-
-/// What the signal handlers ask of the control thread.
-pub enum Command {
-    /// Re-read the configuration (SIGHUP).
-    Reload,
-    /// Switch the program to pass-through, restore the sysctls, and end the thread.
-    Stop,
-}
-
-/// Loads the configuration again for a reload.
-pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send>;
 
 pub struct Controller {
     cfg: Config,
@@ -275,41 +266,6 @@ impl Controller {
         self.counters.update_kernel(&self.metrics);
         self.metrics.poll_duration.set(started.elapsed().as_secs_f64());
         Ok(())
-    }
-
-    /// Polls every `every` on a thread of its own until `Stop` (or the sender is gone),
-    /// then switches the program to pass-through and restores the sysctls.
-    pub fn spawn(
-        mut self,
-        every: Duration,
-        load: ConfigSource,
-    ) -> (mpsc::Sender<Command>, thread::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel();
-        let handle = thread::Builder::new()
-            .name("syndetector-control".into())
-            .spawn(move || {
-                let mut next = Instant::now();
-                loop {
-                    match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                        Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                        Ok(Command::Reload) => {
-                            let outcome = load().and_then(|cfg| self.reload(cfg));
-                            self.reloaded(outcome);
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = self.poll() {
-                                self.metrics.poll_errors.inc();
-                                warn!(error = %e, "poll failed");
-                            }
-                            // A poll longer than the interval delays the next one.
-                            next = (next + every).max(Instant::now());
-                        }
-                    }
-                }
-                self.shutdown();
-            })
-            .expect("spawning the control thread");
-        (tx, handle)
     }
 
     /// Records the outcome of a SIGHUP reload, as a metric and one log event.

@@ -144,7 +144,7 @@ impl Reconcile {
             program.synack_wscale = w;
         }
         let (sysctls_ok, program_ok) = if desired.cookies {
-            let sysctls_ok = self.sysctls(desired, sys, now, m);
+            let sysctls_ok = self.sysctls(desired, sys, now, m, true);
             if !sysctls_ok {
                 program.flags &= !COOKIE_FLAGS;
             }
@@ -152,12 +152,7 @@ impl Reconcile {
         } else {
             let program_ok = self.program(&program, slot, now, m);
             // Flags first: while the slot may still say "cookies", the helper stays armed.
-            let sysctls_ok = if program_ok {
-                self.sysctls(desired, sys, now, m)
-            } else {
-                record(m, WHAT_SYSCTLS, false);
-                false
-            };
+            let sysctls_ok = self.sysctls(desired, sys, now, m, program_ok);
             (sysctls_ok, program_ok)
         };
         let mut others_ok = true;
@@ -195,7 +190,15 @@ impl Reconcile {
 
     /// The cookie sysctls: 2 while cookies are wanted (timestamps only if configured),
     /// their originals otherwise.
-    fn sysctls(&mut self, d: &Desired, sys: &mut dyn SysctlAccess, now: Instant, m: &Metrics) -> bool {
+    /// `may_apply` false: only read back (a step it waits on has not converged).
+    fn sysctls(
+        &mut self,
+        d: &Desired,
+        sys: &mut dyn SysctlAccess,
+        now: Instant,
+        m: &Metrics,
+        may_apply: bool,
+    ) -> bool {
         let wants = |key: &str| match key {
             SYNCOOKIES => d.cookies,
             _ => d.cookies && d.cookie_timestamps,
@@ -210,6 +213,10 @@ impl Reconcile {
             })
         };
         let already = applied(sys);
+        if !may_apply {
+            record(m, WHAT_SYSCTLS, already);
+            return already;
+        }
         attempt(
             WHAT_SYSCTLS,
             &mut self.backoff[0],
