@@ -1,5 +1,6 @@
-//! Loads the embedded XDP object with the configured map sizes, writes its config, and
-//! attaches it (driver mode first, skb as fallback unless forced).
+//! Loads the embedded XDP object with the configured map sizes, hands its config slot to
+//! the control loop (which writes and re-checks it), and attaches it (driver mode first,
+//! skb as fallback unless forced).
 
 use aya::{
     maps::{Array, MapData},
