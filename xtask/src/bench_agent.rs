@@ -19,6 +19,8 @@ pub fn main(sources: u32) -> Result<()> {
     ]))
     .context("building the agent")?;
     let agent = workspace_root().join("target/release/syndetector");
+    // The bench runs in a private network namespace, whose loopback starts down.
+    run(Command::new("ip").args(["link", "set", "dev", "lo", "up"]))?;
     println!("\nagent: poll and scrape with {sources} entries in the per-source map");
     run(Command::new(agent).args(["bench-poll", "--sources", &sources.to_string()]))
 }

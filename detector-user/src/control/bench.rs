@@ -88,16 +88,20 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let scraper = {
         let done = done.clone();
         std::thread::spawn(move || {
-            let mut times = Vec::new();
+            let (mut times, mut failed) = (Vec::new(), 0u32);
             while !done.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                if let Err(e) = scrape(addr) {
-                    eprintln!("scrape failed: {e}");
+                match scrape(addr) {
+                    Ok(_) => times.push(t.elapsed()),
+                    Err(e) if failed == 0 => {
+                        eprintln!("scrape failed: {e}");
+                        failed += 1;
+                    }
+                    Err(_) => failed += 1,
                 }
-                times.push(t.elapsed());
                 std::thread::sleep(Duration::from_millis(20));
             }
-            times
+            (times, failed)
         })
     };
     let (mut polls, mut cpu) = (Vec::new(), Vec::new());
@@ -109,13 +113,14 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         cpu.push(thread_cpu().saturating_sub(c));
     }
     done.store(true, Ordering::Relaxed);
-    let scrape_times = scraper.join().expect("scraper thread");
+    let (scrape_times, failed) = scraper.join().expect("scraper thread");
     controller.shutdown();
     let _ = std::fs::remove_dir_all(&state_dir);
     println!("bench-poll: {} sources in the map; load average {}", args.sources, load_average());
     report("poll (wall clock)", &mut polls);
     report("poll (CPU time of the polling thread)", &mut cpu);
     report("scrape /metrics (concurrent with polls)", &mut scrape_times.clone());
+    anyhow::ensure!(failed == 0, "{failed} scrapes failed");
     Ok(())
 }
 
@@ -164,5 +169,8 @@ fn scrape(addr: std::net::SocketAddr) -> std::io::Result<usize> {
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut body = Vec::new();
     stream.read_to_end(&mut body)?;
+    if !body.starts_with(b"HTTP/1.0 200") && !body.starts_with(b"HTTP/1.1 200") {
+        return Err(std::io::Error::other("not a 200 answer"));
+    }
     Ok(body.len())
 }

@@ -103,6 +103,7 @@ impl Controller {
         top: SharedTop,
         others: Vec<Box<dyn Reconciler>>,
     ) -> Self {
+        let capacity = usize::try_from(cfg.file.maps.sources).unwrap_or(usize::MAX);
         let mut this = Self {
             detector: Detector::new(cfg.detection()),
             cfg,
@@ -113,7 +114,7 @@ impl Controller {
             metrics,
             top,
             reconcile: Reconcile::new(others),
-            sources: SourceTracker::default(),
+            sources: SourceTracker::with_capacity(capacity),
             counters: CounterState::default(),
             cookies_active: false,
             last_poll: Instant::now(),

@@ -52,6 +52,14 @@ impl Default for Records {
 }
 
 impl Records {
+    /// A table sized for `n` sources up front (the map's capacity: memory is then known at
+    /// start, and the first walk of a full map does not grow the table step by step).
+    pub fn with_capacity(n: usize) -> Self {
+        let mut this = Self::default();
+        this.reserve(n);
+        this
+    }
+
     /// The tag of a source (never EMPTY or TOMBSTONE).
     pub fn tag(&self, key: &SourceKey) -> u64 {
         self.hasher.hash_one(key.addr).max(2)

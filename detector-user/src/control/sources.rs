@@ -10,7 +10,8 @@
 //! evicted from the LRU map between two polls takes its unreported failures with it.
 //!
 //! Memory: one 32-byte record per entry of the map (bounded by `maps.sources`), in a
-//! table at most half full (`records`: 64 MiB for 1,000,000 sources), a buffer of tags for
+//! table sized at start for the map's capacity, at most half full (`records`: 64 MiB for
+//! `maps.sources = 1000000`), a buffer of tags for
 //! one batch, and a heap of K top sources. Nothing else grows with the map.
 
 use std::{
@@ -110,6 +111,11 @@ impl Events {
 }
 
 impl SourceTracker {
+    /// A tracker with room for `sources` records (the per-source map's capacity).
+    pub fn with_capacity(sources: usize) -> Self {
+        Self { records: Records::with_capacity(sources), ..Self::default() }
+    }
+
     /// Walks the map through `walk` (which calls its argument with batches of entries),
     /// `dt` seconds after the previous walk; keeps the `k` highest rates.
     pub fn poll(
