@@ -1,5 +1,6 @@
-//! Loads the embedded XDP object with the configured map sizes, writes its config, and
-//! attaches it (driver mode first, skb as fallback unless forced).
+//! Loads the embedded XDP object with the configured map sizes, hands its config slot to
+//! the control loop (which writes and re-checks it), and attaches it (driver mode first,
+//! skb as fallback unless forced).
 
 use aya::{
     maps::{Array, MapData},
@@ -61,10 +62,6 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
 pub fn config_map(ebpf: &mut Ebpf) -> Result<Array<MapData, KernelConfig>, LoadError> {
     let map = ebpf.take_map(names::MAP_CONFIG).ok_or(LoadError::Missing("CONFIG map"))?;
     Array::try_from(map).map_err(|source| LoadError::Map { map: names::MAP_CONFIG, source })
-}
-
-pub fn write_config(map: &mut Array<MapData, KernelConfig>, cfg: &KernelConfig) -> Result<(), LoadError> {
-    map.set(0, cfg, 0).map_err(|source| LoadError::Map { map: names::MAP_CONFIG, source })
 }
 
 /// Attaches to `iface`. In auto mode a driver that refuses native XDP gets generic mode.

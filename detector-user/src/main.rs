@@ -26,7 +26,7 @@ mod test_netns;
 mod top;
 mod vlan;
 
-use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
+use std::{path::Path, process::ExitCode, sync::Arc};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{Config, LogFormat, RunArgs},
-    control::{per_cpu_budget, Controller, SharedTop},
+    control::{Command as ControlCommand, Controller, SharedTop},
     loader::Logger,
     metrics::Metrics,
     sysctl::Sysctls,
@@ -62,12 +62,17 @@ enum Command {
     CheckConfig(RunArgs),
     /// Show the top SYN sources of a running agent.
     Top(top::TopArgs),
+    /// Time polls and /metrics scrapes against a full per-source map (for `cargo xtask
+    /// bench`; loads the program, attaches nothing, changes no sysctl).
+    #[command(hide = true)]
+    BenchPoll(control::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Top(args) => return top::main(&args),
+        Command::BenchPoll(args) => return control::bench::main(&args),
         Command::CheckConfig(args) => {
             return match Config::load(&args) {
                 Ok(_) => {
@@ -114,19 +119,20 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn run(cfg: Config, args: RunArgs) -> Result<()> {
-    let (sysctls, recovered) = Sysctls::open(Path::new("/proc/sys"), &cfg.sysctl_state_file())
-        .context("opening the sysctl state (needs root)")?;
+    // Blocking work (sysctl writes with fsync, 4 s of verifier) off the async workers.
+    let (sysctls, recovered) =
+        tokio::task::block_in_place(|| Sysctls::open(Path::new("/proc/sys"), &cfg.sysctl_state_file()))
+            .context("opening the sysctl state (needs root)")?;
     if !recovered.is_empty() {
         warn!(count = recovered.len(), "restored sysctls a previous run left changed");
     }
-    let (mut ebpf, logger) =
-        loader::load(&cfg).context("loading the XDP program (needs CAP_BPF, CAP_NET_ADMIN)")?;
+    let (mut ebpf, logger) = tokio::task::block_in_place(|| loader::load(&cfg))
+        .context("loading the XDP program (needs CAP_BPF, CAP_NET_ADMIN)")?;
 
     let mut kernel_cfg = cfg.kernel_config();
     kernel_cfg.sketch_seed = random_seed();
-    kernel_cfg.cookie_budget_per_second = per_cpu_budget(cfg.file.cookies.budget_per_second);
-    kernel_cfg.synack_wscale = sysctl::window_scale(sysctl::max_receive_buffer(&sysctls)?);
-    info!(wscale = kernel_cfg.synack_wscale, "window scale for cookie SYN-ACKs, from tcp_rmem/rmem_max");
+    // Host-wide: the program counts the budget over all CPUs together.
+    kernel_cfg.cookie_budget_per_second = cfg.file.cookies.budget_per_second;
 
     let metrics = Arc::new(Metrics::new());
     let top = SharedTop::default();
@@ -135,8 +141,11 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let poll_interval = cfg.poll_interval();
     let metrics_addr = cfg.file.metrics_addr;
     let (interfaces, attach_mode) = (cfg.file.interfaces.clone(), cfg.file.attach_mode);
-    let mut controller =
-        Controller::new(cfg, kernel_cfg, maps, config_map, sysctls, metrics.clone(), top.clone())?;
+    // The window scale of cookie SYN-ACKs is part of the desired program config: read from
+    // tcp_rmem/rmem_max on every reconcile. Other desired state (policy maps) joins here.
+    let mut controller = tokio::task::block_in_place(|| {
+        Controller::new(cfg, kernel_cfg, maps, config_map, sysctls, metrics.clone(), top.clone(), Vec::new())
+    });
 
     // Bind before attaching: a busy port must fail while the host is still untouched.
     let listener = tokio::net::TcpListener::bind(metrics_addr)
@@ -160,8 +169,15 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let server = tokio::spawn(async move { axum::serve(listener, http::router(metrics, top)).await });
     let log_pump = logger.map(|logger| tokio::spawn(pump_logs(logger)));
 
-    let result = control_loop(&mut controller, poll_interval, &args).await;
-    controller.shutdown();
+    let (commands, control) =
+        controller.spawn(poll_interval, Box::new(move || Config::load(&args).map_err(|e| e.to_string())));
+    let result = wait_for_signals(&commands).await;
+    // The control thread switches the program to pass-through and restores the sysctls
+    // before it ends; only then detach.
+    let _ = commands.send(ControlCommand::Stop);
+    if !matches!(tokio::task::spawn_blocking(move || control.join()).await, Ok(Ok(()))) {
+        error!("the control thread panicked; sysctls are restored on the next start");
+    }
     loader::detach_all(&mut ebpf, attachments);
     server.abort();
     if let Some(pump) = log_pump {
@@ -171,26 +187,19 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     result
 }
 
-/// Polls until SIGINT or SIGTERM; SIGHUP reloads the configuration file.
-async fn control_loop(controller: &mut Controller, every: Duration, args: &RunArgs) -> Result<()> {
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Waits for SIGINT or SIGTERM; SIGHUP asks the control thread to reload the configuration.
+async fn wait_for_signals(commands: &std::sync::mpsc::Sender<ControlCommand>) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
-            _ = interval.tick() => {
-                if let Err(e) = controller.poll() {
-                    controller.poll_failed();
-                    warn!(error = %e, "poll failed");
-                }
-            }
             _ = sigint.recv() => { info!("SIGINT: stopping"); return Ok(()); }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); return Ok(()); }
             _ = sighup.recv() => {
-                let outcome = Config::load(args).map_err(|e| e.to_string()).and_then(|cfg| controller.reload(cfg));
-                controller.reloaded(outcome);
+                if commands.send(ControlCommand::Reload).is_err() {
+                    return Ok(());
+                }
             }
         }
     }

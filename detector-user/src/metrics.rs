@@ -1,6 +1,7 @@
 //! The agent's Prometheus metrics: `syndetector_` prefix, base units, `_total` counters,
-//! bounded labels (verdict/reason, map, mode, interface; source addresses only on the
-//! top-K gauge, at most K series at a time).
+//! bounded labels (verdict/reason, map, mode, interface, rank, reconcile step). No label
+//! carries a value an attacker controls: top sources are ranked here, named only in
+//! `/top`, `syndetector top` and the logs.
 //!
 //! Counters mirror kernel totals (per-CPU sums, /proc/net): each poll adds the increase
 //! since the previous one, so a counter never goes down even if a total is reset.
@@ -41,6 +42,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub poll_duration: Gauge,
     pub poll_errors: IntCounter,
+    pub reconciled: IntGaugeVec,
+    pub reconcile_errors: IntCounterVec,
     pub interface_attached: IntGaugeVec,
 }
 
@@ -144,8 +147,8 @@ impl Metrics {
             kernel,
             top_sources: gauge_vec(
                 "syndetector_top_source_syns_per_second",
-                "The sources with the highest SYN rate, averaged over about 5 s (at most top_sources series).",
-                &["rank", "source"],
+                "SYN rate of the sources ranked 1..top_sources by SYN rate, averaged over about 5 s (addresses in /top).",
+                &["rank"],
             ),
             config_reloads: counter_vec(
                 "syndetector_config_reloads_total",
@@ -158,6 +161,16 @@ impl Metrics {
                 "How long the last poll of the maps took.",
             ),
             poll_errors: counter("syndetector_poll_errors_total", "Polls that could not read a map."),
+            reconciled: int_gauge_vec(
+                "syndetector_reconciled",
+                "1 while what the agent wants applied (sysctls, program config, ...) is what is applied, by step.",
+                &["what"],
+            ),
+            reconcile_errors: counter_vec(
+                "syndetector_reconcile_errors_total",
+                "Failed attempts to apply the desired state, by step (retried with backoff).",
+                &["what"],
+            ),
             interface_attached: int_gauge_vec(
                 "syndetector_interface_attached",
                 "1 per interface the program is attached to, with its XDP mode.",
@@ -185,6 +198,10 @@ impl Metrics {
         }
         for result in ["success", "failure"] {
             m.config_reloads.with_label_values(&[result]).inc_by(0);
+        }
+        for what in crate::control::reconcile::BUILTIN {
+            m.reconciled.with_label_values(&[what]).set(0);
+            m.reconcile_errors.with_label_values(&[what]).inc_by(0);
         }
         for to in ["attack", "calm"] {
             m.attack_transitions.with_label_values(&[to]).inc_by(0);
@@ -237,7 +254,10 @@ mod tests {
         ] {
             m.threshold.with_label_values(&[name]).set(1.0);
         }
-        m.top_sources.with_label_values(&["1", "198.18.200.66"]).set(1000.0);
+        m.top_sources.with_label_values(&["1"]).set(1000.0);
+        for what in crate::control::reconcile::BUILTIN {
+            m.reconciled.with_label_values(&[what]).set(1);
+        }
         m.interface_attached.with_label_values(&["eth0", "driver"]).set(1);
         for map in ["sources", "pending"] {
             m.map_capacity.with_label_values(&[map]).set(65_536);

@@ -88,6 +88,11 @@ impl Sysctls {
         Ok(())
     }
 
+    /// Whether this guard changed `key` and has not put it back yet.
+    pub fn changed(&self, key: &str) -> bool {
+        self.state.original.contains_key(key)
+    }
+
     pub fn restore_all(&mut self) -> Result<(), SysctlError> {
         let keys: Vec<String> = self.state.original.keys().cloned().collect();
         for key in keys {
@@ -156,14 +161,15 @@ pub fn window_scale(max_receive_buffer: u64) -> u8 {
     wscale
 }
 
-/// `max(tcp_rmem[2], rmem_max)`, as the kernel sizes the window it can scale to.
-pub fn max_receive_buffer(sysctls: &Sysctls) -> Result<u64, SysctlError> {
-    let rmem = sysctls.read("net.ipv4.tcp_rmem")?;
+/// `max(tcp_rmem[2], rmem_max)`, as the kernel sizes the window it can scale to. `read`
+/// reads a sysctl by name (re-read on every reconcile: an operator may change them).
+pub fn max_receive_buffer(read: &dyn Fn(&str) -> Result<String, SysctlError>) -> Result<u64, SysctlError> {
+    let rmem = read("net.ipv4.tcp_rmem")?;
     let tcp_max = rmem.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
-        SysctlError::StateFile(sysctls.path("net.ipv4.tcp_rmem"), format!("unexpected value {rmem:?}"))
+        SysctlError::StateFile(PathBuf::from("net.ipv4.tcp_rmem"), format!("unexpected value {rmem:?}"))
     })?;
     // rmem_max is not visible in every network namespace: the TCP value then decides.
-    let core_max = sysctls.read("net.core.rmem_max").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let core_max = read("net.core.rmem_max").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Ok(tcp_max.max(core_max))
 }
 

@@ -116,7 +116,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         "  tracked SYN: {many} / {few} sources  {:>8.2}   (LRU churn when sources outnumber the map)",
         net(7) / net(6)
     );
-    Ok(())
+    crate::bench_agent::main(args.many_sources)
 }
 
 fn detector_config(rate_limit: u32) -> Config {

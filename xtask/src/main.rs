@@ -1,6 +1,7 @@
 //! `cargo xtask`: build, test, run and measure the project. One module per command.
 
 mod bench;
+mod bench_agent;
 mod build_ebpf;
 mod lint;
 mod setup;

@@ -1,0 +1,303 @@
+//! The control loop, on its own thread (map walks, /proc reads, sysctl writes and fsync
+//! are blocking work; the async runtime only serves HTTP and waits for signals). Every
+//! poll: counters, the per-source walk, detection, then reconciliation of the desired
+//! state (mode and attack state → cookie sysctls and program config) with what is applied.
+//!
+//! - `counters`: the program's and the kernel's counters into metrics, SYN rates.
+//! - `sources`: the per-source walk (read only), failures, top-K; `records`: its table.
+//! - `reconcile`: desired vs applied, behind small traits so it is tested with fakes.
+//! - `thread`: the control thread and its commands; `bench`: `syndetector bench-poll`.
+
+#[doc(hidden)]
+pub mod bench;
+mod counters;
+pub mod reconcile;
+mod records;
+mod sources;
+mod thread;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use aya::maps::{Array, MapData};
+use detector_common::{config::Config as KernelConfig, state::SourceKey};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    detect::{Detector, Sample, Transition},
+    maps::{monotonic_ns, Maps},
+    metrics::Metrics,
+    mode::Mode,
+    sysctl::Sysctls,
+};
+use counters::CounterState;
+use reconcile::{ConfigSlot, Desired, Reconcile, Reconciler, SystemClock};
+use sources::SourceTracker;
+pub use thread::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("reading the counters: {0}")]
+    Counters(#[from] aya::maps::MapError),
+}
+
+/// One of the top SYN sources, as `/top` and `syndetector top` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TopSource {
+    pub source: IpAddr,
+    pub syns_per_second: f64,
+    pub blocked: bool,
+}
+
+pub type SharedTop = Arc<Mutex<Vec<TopSource>>>;
+
+/// The program's config slot (`CONFIG[0]`).
+pub struct ProgramSlot(pub Array<MapData, KernelConfig>);
+
+impl ConfigSlot for ProgramSlot {
+    fn read(&self) -> Result<KernelConfig, String> {
+        self.0.get(&0, 0).map_err(|e| format!("reading CONFIG: {e}"))
+    }
+    fn write(&mut self, cfg: &KernelConfig) -> Result<(), String> {
+        self.0.set(0, cfg, 0).map_err(|e| format!("writing CONFIG: {e}"))
+    }
+}
+
+pub struct Controller {
+    cfg: Config,
+    maps: Maps,
+    slot: ProgramSlot,
+    /// The program config as the configuration says (flags and wscale are filled in by
+    /// each reconcile).
+    kernel_cfg: KernelConfig,
+    detector: Detector,
+    sysctls: Sysctls,
+    metrics: Arc<Metrics>,
+    top: SharedTop,
+    reconcile: Reconcile,
+    sources: SourceTracker,
+    counters: CounterState,
+    cookies_active: bool,
+    last_poll: Instant,
+}
+
+impl Controller {
+    /// Takes over the loaded program's maps and reconciles once (nothing attached yet).
+    /// `others` are further desired state to converge each poll (see `Reconciler`).
+    #[allow(clippy::too_many_arguments, reason = "the parts main assembled, handed over once")]
+    pub fn new(
+        cfg: Config,
+        kernel_cfg: KernelConfig,
+        maps: Maps,
+        config_map: Array<MapData, KernelConfig>,
+        sysctls: Sysctls,
+        metrics: Arc<Metrics>,
+        top: SharedTop,
+        others: Vec<Box<dyn Reconciler>>,
+    ) -> Self {
+        let capacity = usize::try_from(cfg.file.maps.sources).unwrap_or(usize::MAX);
+        let mut this = Self {
+            detector: Detector::new(cfg.detection()),
+            cfg,
+            maps,
+            slot: ProgramSlot(config_map),
+            kernel_cfg,
+            sysctls,
+            metrics,
+            top,
+            reconcile: Reconcile::new(others),
+            sources: SourceTracker::with_capacity(capacity),
+            counters: CounterState::default(),
+            cookies_active: false,
+            last_poll: Instant::now(),
+        };
+        this.publish_settings();
+        this.reconcile();
+        this
+    }
+
+    /// The desired state now: mode and attack state.
+    fn desired(&self) -> Desired {
+        let c = &self.cfg.file.cookies;
+        let mode = self.cfg.file.mode;
+        let under_attack = self.detector.under_attack();
+        let mut program = self.kernel_cfg;
+        program.flags = mode.flags(under_attack, c.timestamps, c.ecn);
+        Desired { cookies: mode.cookies_active(under_attack), cookie_timestamps: c.timestamps, program }
+    }
+
+    /// Brings the host and the program to the desired state (level-triggered).
+    fn reconcile(&mut self) {
+        let desired = self.desired();
+        let applied =
+            self.reconcile.step(&desired, &mut self.sysctls, &mut self.slot, &SystemClock, &self.metrics);
+        if applied.cookies_active != self.cookies_active {
+            info!(
+                event = "cookies",
+                active = applied.cookies_active,
+                mode = self.cfg.file.mode.as_str(),
+                "cookie answering {}",
+                if applied.cookies_active { "on" } else { "off" }
+            );
+        }
+        self.cookies_active = applied.cookies_active;
+        self.metrics.cookies_active.set(i64::from(applied.cookies_active));
+    }
+
+    fn publish_settings(&self) {
+        let m = &self.metrics;
+        for mode in Mode::ALL {
+            m.mode.with_label_values(&[mode.as_str()]).set(i64::from(mode == self.cfg.file.mode));
+        }
+        let d = self.cfg.detection();
+        let t = &self.cfg.file.thresholds;
+        #[allow(clippy::cast_precision_loss, reason = "thresholds are far below 2^52")]
+        for (name, value) in [
+            ("enter_syn_rate", d.enter_syn_rate),
+            ("exit_syn_rate", d.exit_syn_rate),
+            ("enter_half_open", d.enter_half_open as f64),
+            ("exit_half_open", d.exit_half_open as f64),
+            ("source_syn_rate", f64::from(t.syn_rate_limit)),
+            ("source_half_open", f64::from(t.half_open_limit)),
+        ] {
+            m.threshold.with_label_values(&[name]).set(value);
+        }
+        let maps = &self.cfg.file.maps;
+        for (map, capacity) in [("sources", maps.sources), ("pending", maps.pending)] {
+            m.map_capacity.with_label_values(&[map]).set(i64::from(capacity));
+        }
+    }
+
+    /// Takes a new configuration (SIGHUP). Thresholds, detection, mode and cookie settings
+    /// apply at once; interfaces and map sizes need a restart and are refused here.
+    pub fn reload(&mut self, new: Config) -> Result<(), String> {
+        let (old, new_f) = (&self.cfg.file, &new.file);
+        if old.interfaces != new_f.interfaces
+            || old.maps.sources != new_f.maps.sources
+            || old.maps.pending != new_f.maps.pending
+            || old.maps.sketch_width != new_f.maps.sketch_width
+            || old.metrics_addr != new_f.metrics_addr
+        {
+            return Err("interfaces, maps and metrics_addr only change with a restart".into());
+        }
+        let mut kernel_cfg = new.kernel_config();
+        kernel_cfg.sketch_seed = self.kernel_cfg.sketch_seed;
+        kernel_cfg.cookie_budget_per_second = new.file.cookies.budget_per_second;
+        let under_attack = self.detector.under_attack();
+        self.kernel_cfg = kernel_cfg;
+        self.detector = Detector::new(new.detection());
+        if under_attack {
+            // Keep the attack state: a reload must not drop mitigation mid-flood.
+            self.detector.observe(Sample { syn_rate: f64::INFINITY, half_open: 0 }, Instant::now());
+        }
+        self.cfg = new;
+        self.publish_settings();
+        // The window scale is re-read from the sysctls here too.
+        self.reconcile();
+        Ok(())
+    }
+
+    /// One poll: counters, maps, detection, reconciliation, metrics.
+    pub fn poll(&mut self) -> Result<(), ControlError> {
+        let started = Instant::now();
+        let dt = started.duration_since(self.last_poll).as_secs_f64().max(1e-3);
+        self.last_poll = started;
+        let now_ns = monotonic_ns();
+
+        let totals = self.maps.counters();
+        let syns = match totals {
+            Ok(totals) => self.counters.update(&totals, &self.metrics),
+            Err(e) => {
+                // Still reconcile below: a broken counter read must not stop convergence.
+                self.reconcile();
+                return Err(e.into());
+            }
+        };
+        #[allow(clippy::cast_precision_loss, reason = "a per-interval count")]
+        let syn_rate = syns.toward_detection as f64 / dt;
+        self.metrics.syns_per_second.set(syn_rate);
+
+        let maps = &self.maps;
+        let scan = self.sources.poll(
+            |f| maps.for_each_source_batch(f),
+            now_ns,
+            &self.kernel_cfg,
+            dt,
+            self.cfg.file.top_sources,
+        );
+        let m = &self.metrics;
+        m.handshakes.with_label_values(&["failed"]).inc_by(scan.failed);
+        m.sources_tracked.set(i64::try_from(scan.tracked).unwrap_or(i64::MAX));
+        m.sources_blocked.set(i64::try_from(scan.blocked).unwrap_or(i64::MAX));
+        m.half_open.set(i64::try_from(scan.half_open).unwrap_or(i64::MAX));
+        let pending = self.maps.pending_entries();
+        let capacities = &self.cfg.file.maps;
+        for (map, entries, capacity) in
+            [("sources", scan.tracked, capacities.sources), ("pending", pending, capacities.pending)]
+        {
+            m.map_entries.with_label_values(&[map]).set(i64::try_from(entries).unwrap_or(i64::MAX));
+            #[allow(clippy::cast_precision_loss, reason = "map sizes are far below 2^52")]
+            m.map_fill_ratio.with_label_values(&[map]).set(entries as f64 / f64::from(capacity));
+        }
+        m.top_sources.reset();
+        for (rank, t) in scan.top.iter().enumerate() {
+            m.top_sources.with_label_values(&[&(rank + 1).to_string()]).set(t.syns_per_second);
+        }
+        *self.top.lock().expect("top list lock") = scan.top;
+
+        let sample = Sample { syn_rate, half_open: scan.half_open };
+        if let Some(t) = self.detector.observe(sample, started) {
+            let (to, what) = match t {
+                Transition::AttackStarted => ("attack", "SYN flood detected"),
+                Transition::AttackEnded => ("calm", "SYN flood over"),
+            };
+            info!(event = "attack_state", state = to, syn_rate, half_open = scan.half_open, "{what}");
+            self.metrics.attack_transitions.with_label_values(&[to]).inc();
+        }
+        self.metrics.under_attack.set(i64::from(self.detector.under_attack()));
+        self.reconcile();
+        self.counters.update_kernel(&self.metrics);
+        self.metrics.poll_duration.set(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Records the outcome of a SIGHUP reload, as a metric and one log event.
+    pub fn reloaded(&self, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                info!(event = "config_reload", result = "success", "configuration reloaded");
+                self.metrics.config_reloads.with_label_values(&["success"]).inc();
+            }
+            Err(e) => {
+                warn!(event = "config_reload", result = "failure", error = %e, "configuration reload refused; the old one stays");
+                self.metrics.config_reloads.with_label_values(&["failure"]).inc();
+            }
+        }
+    }
+
+    /// Stops answering with cookies and puts the sysctls back (the caller then detaches).
+    pub fn shutdown(&mut self) {
+        let mut off = self.kernel_cfg;
+        off.flags = 0;
+        if let Err(e) = self.slot.write(&off) {
+            warn!(error = %e, "could not switch the program to pass-through before detaching");
+        }
+        if let Err(e) = self.sysctls.restore_all() {
+            warn!(error = %e, "could not restore sysctls; the next start will");
+        }
+    }
+}
+
+/// A source key as an address: IPv4-mapped keys print as IPv4.
+pub fn source_ip(key: &SourceKey) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(key.addr);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
