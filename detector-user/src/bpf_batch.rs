@@ -1,6 +1,5 @@
 //! BPF_MAP_LOOKUP_BATCH for array maps (aya 0.14 has no batch operations): reads a whole
 //! array in a few syscalls instead of one per slot.
-#![allow(dead_code, reason = "wired in by the control loop")]
 
 use std::{
     io,

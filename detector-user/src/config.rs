@@ -273,7 +273,6 @@ impl Config {
     }
 
     /// The validated `[policy]` section in the form `policy::DesiredPolicy::build` takes.
-    #[allow(dead_code, reason = "wired in by the control loop")]
     pub fn policy(&self) -> PolicyConfig {
         // validate() already refused anything that does not convert.
         policy_config(&self.file.policy).unwrap_or_default()

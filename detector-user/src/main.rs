@@ -2,7 +2,6 @@
 //! exports Prometheus metrics. In order: configuration (invalid: exit 64, host untouched),
 //! logging, runtime, load and attach, tasks, signals, then undo everything it changed.
 
-mod addresses;
 mod bpf_batch;
 mod config;
 mod control;
@@ -14,17 +13,12 @@ mod loader;
 mod maps;
 mod metrics;
 mod mode;
-mod nat;
-mod nat_watch;
 mod policy;
-mod policy_inputs;
-mod policy_maps;
 mod prefix;
 mod sysctl;
 #[cfg(test)]
 mod test_netns;
 mod top;
-mod vlan;
 
 use std::{path::Path, process::ExitCode, sync::Arc};
 
@@ -134,6 +128,14 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     // Host-wide: the program counts the budget over all CPUs together.
     kernel_cfg.cookie_budget_per_second = cfg.file.cookies.budget_per_second;
 
+    // The cookie policy maps are filled before anything is attached: from the first
+    // packet, only SYNs to our own addresses, on ports no NAT rule rewrites, are answered.
+    let policy_maps = policy::maps::PolicyMaps::take(&mut ebpf)?;
+    let ifaces = interface_indexes(&cfg.file.interfaces)?;
+    let (policy_inputs, desired_policy) = tokio::task::block_in_place(|| policy::feed::start(cfg.policy(), ifaces))
+        .context("watching the host's addresses and NAT rules (rtnetlink, nftables)")?;
+    let policy_step = policy::feed::PolicyStep::new(policy_maps, desired_policy.clone());
+
     let metrics = Arc::new(Metrics::new());
     let top = SharedTop::default();
     let config_map = loader::config_map(&mut ebpf)?;
@@ -142,9 +144,18 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let metrics_addr = cfg.file.metrics_addr;
     let (interfaces, attach_mode) = (cfg.file.interfaces.clone(), cfg.file.attach_mode);
     // The window scale of cookie SYN-ACKs is part of the desired program config: read from
-    // tcp_rmem/rmem_max on every reconcile. Other desired state (policy maps) joins here.
+    // tcp_rmem/rmem_max on every reconcile; the policy maps are reconciled with it.
     let mut controller = tokio::task::block_in_place(|| {
-        Controller::new(cfg, kernel_cfg, maps, config_map, sysctls, metrics.clone(), top.clone(), Vec::new())
+        Controller::new(
+            cfg,
+            kernel_cfg,
+            maps,
+            config_map,
+            sysctls,
+            metrics.clone(),
+            top.clone(),
+            vec![Box::new(policy_step)],
+        )
     });
 
     // Bind before attaching: a busy port must fail while the host is still untouched.
@@ -171,7 +182,12 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
 
     let (commands, control) =
         controller.spawn(poll_interval, Box::new(move || Config::load(&args).map_err(|e| e.to_string())));
+    let waker = commands.clone();
+    let policy_feed = tokio::spawn(policy::feed::run(policy_inputs, desired_policy, poll_interval, move || {
+        waker.send(ControlCommand::Wake).is_ok()
+    }));
     let result = wait_for_signals(&commands).await;
+    policy_feed.abort();
     // The control thread switches the program to pass-through and restores the sysctls
     // before it ends; only then detach.
     let _ = commands.send(ControlCommand::Stop);
@@ -219,6 +235,20 @@ async fn pump_logs(logger: Logger) {
         guard.get_inner_mut().flush();
         guard.clear_ready();
     }
+}
+
+/// (ifindex, name) of each interface; `validate` checked they exist a moment ago.
+fn interface_indexes(names: &[String]) -> Result<Vec<(u32, String)>> {
+    names
+        .iter()
+        .map(|name| {
+            let c_name = std::ffi::CString::new(name.as_str()).context("interface name")?;
+            // SAFETY: a NUL-terminated string that outlives the call.
+            let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+            anyhow::ensure!(index != 0, "interface {name}: {}", std::io::Error::last_os_error());
+            Ok((index, name.clone()))
+        })
+        .collect()
 }
 
 /// Keys the sketch's hashes (see detector_common::sketch).

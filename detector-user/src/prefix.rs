@@ -1,6 +1,5 @@
 //! Address prefixes in the form the policy maps use: IPv4 mapped into IPv6
 //! (`::ffff:a.b.c.d`, network order), so an IPv4 /n is a /96+n.
-#![allow(dead_code, reason = "wired in by the control loop")]
 
 use std::{
     fmt,
@@ -42,6 +41,7 @@ impl Prefix {
     }
 
     /// A single address (/32 or /128).
+    #[cfg(test)]
     pub fn host(ip: IpAddr) -> Self {
         Self::from_mapped(mapped(ip), 128)
     }
@@ -66,6 +66,7 @@ impl Prefix {
         self.len
     }
 
+    #[cfg(test)]
     /// Whether this prefix covers `key` (a mapped address).
     pub fn contains(&self, key: [u8; 16]) -> bool {
         Self::from_mapped(key, self.len).addr == self.addr

@@ -145,6 +145,16 @@ fn run_case(object: &[u8], case: &Case, packets: u32) -> Result<f64> {
     if let Some(cfg) = case.config {
         let mut map: Array<_, Config> = Array::try_from(ebpf.map_mut(names::MAP_CONFIG).context("CONFIG")?)?;
         map.set(0, cfg, 0)?;
+        // The bench SYNs' destinations are "ours", as the agent would record them; any
+        // other destination passes as not_local before the paths measured here.
+        let mut local: aya::maps::HashMap<_, [u8; 16], u32> =
+            aya::maps::HashMap::try_from(ebpf.map_mut(names::MAP_LOCAL_ADDRS).context("LOCAL_ADDRS")?)?;
+        for server in [
+            detector_common::parse::ipv4_mapped([198, 18, 0, 1]),
+            [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        ] {
+            local.insert(server, 1, 0)?;
+        }
     }
     let prog: &Xdp = ebpf.program(case.program).context("program")?.try_into()?;
     let mut template = syn_frame(case.family);

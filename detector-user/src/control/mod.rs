@@ -130,12 +130,12 @@ impl Controller {
         let mode = self.cfg.file.mode;
         let under_attack = self.detector.under_attack();
         let mut program = self.kernel_cfg;
-        program.flags = mode.flags(under_attack, c.timestamps, c.ecn);
+        program.flags = mode.flags(under_attack, c.timestamps, c.ecn) | self.reconcile.extra_flags();
         Desired { cookies: mode.cookies_active(under_attack), cookie_timestamps: c.timestamps, program }
     }
 
     /// Brings the host and the program to the desired state (level-triggered).
-    fn reconcile(&mut self) {
+    pub fn reconcile(&mut self) {
         let desired = self.desired();
         let applied =
             self.reconcile.step(&desired, &mut self.sysctls, &mut self.slot, &SystemClock, &self.metrics);
@@ -187,6 +187,9 @@ impl Controller {
             || old.metrics_addr != new_f.metrics_addr
         {
             return Err("interfaces, maps and metrics_addr only change with a restart".into());
+        }
+        if self.cfg.policy() != new.policy() {
+            return Err("[policy] only changes with a restart".into());
         }
         let mut kernel_cfg = new.kernel_config();
         kernel_cfg.sketch_seed = self.kernel_cfg.sketch_seed;

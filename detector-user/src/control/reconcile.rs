@@ -28,7 +28,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(4);
 pub const WHAT_SYSCTLS: &str = "sysctls";
 pub const WHAT_PROGRAM_CONFIG: &str = "program_config";
 pub const WHAT_WINDOW_SCALE: &str = "window_scale";
-pub const BUILTIN: [&str; 3] = [WHAT_SYSCTLS, WHAT_PROGRAM_CONFIG, WHAT_WINDOW_SCALE];
+/// The cookie policy maps (`policy::feed::PolicyStep`).
+pub const WHAT_POLICY: &str = "policy";
+pub const BUILTIN: [&str; 4] = [WHAT_SYSCTLS, WHAT_PROGRAM_CONFIG, WHAT_WINDOW_SCALE, WHAT_POLICY];
 
 /// The host's sysctls (`sysctl::Sysctls` in production).
 pub trait SysctlAccess {
@@ -66,6 +68,10 @@ pub trait Reconciler: Send {
     fn what(&self) -> &'static str;
     /// Compares desired with applied and applies the difference.
     fn reconcile(&mut self) -> Result<(), String>;
+    /// `config::FLAG_*` bits this state needs in the program's config.
+    fn program_flags(&self) -> u32 {
+        0
+    }
 }
 
 /// What the agent wants applied now.
@@ -126,6 +132,11 @@ impl Reconcile {
             others: others.into_iter().map(|r| (r, Backoff::default())).collect(),
             wscale: None,
         }
+    }
+
+    /// The program-config flags the other steps need.
+    pub fn extra_flags(&self) -> u32 {
+        self.others.iter().fold(0, |flags, (r, _)| flags | r.program_flags())
     }
 
     /// One pass: reads back, applies differences, records the outcome in the metrics.

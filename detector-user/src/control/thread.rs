@@ -18,6 +18,8 @@ pub enum Command {
     Reload,
     /// Switch the program to pass-through, restore the sysctls, and end the thread.
     Stop,
+    /// Desired state changed outside the poll (the cookie policy): reconcile now.
+    Wake,
 }
 
 /// Loads the configuration again for a reload.
@@ -39,6 +41,7 @@ impl Controller {
                 loop {
                     match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
                         Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        Ok(Command::Wake) => self.reconcile(),
                         Ok(Command::Reload) => {
                             let outcome = load().and_then(|cfg| self.reload(cfg));
                             self.reloaded(outcome);

@@ -5,7 +5,6 @@
 //! the kernel. Parsed with `serde_json::Value` rather than the typed `nftables` crate: the
 //! walk must tolerate expressions it does not know (newer nft, iptables-nft's `xt`) and
 //! report them, where a typed schema would refuse the whole ruleset.
-#![allow(dead_code, reason = "wired in by the control loop")]
 
 use std::collections::{BTreeSet, HashMap};
 

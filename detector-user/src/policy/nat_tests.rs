@@ -16,7 +16,7 @@ fn prefixes(list: &[&str]) -> BTreeSet<Prefix> {
 
 #[test]
 fn native_rules_are_classified() {
-    let found = parse_ruleset(include_str!("../tests/fixtures/nft/native.json")).unwrap();
+    let found = parse_ruleset(include_str!("../../tests/fixtures/nft/native.json")).unwrap();
     let mut want: Vec<u16> = vec![25, 80, 443, 2222, 7000, 8080, 8081, 8082, 8443];
     want.extend(9000..=9010);
     want.sort_unstable();
@@ -32,7 +32,7 @@ fn native_rules_are_classified() {
 
 #[test]
 fn iptables_nft_rules_are_classified_where_visible() {
-    let found = parse_ruleset(include_str!("../tests/fixtures/nft/iptables-nft.json")).unwrap();
+    let found = parse_ruleset(include_str!("../../tests/fixtures/nft/iptables-nft.json")).unwrap();
     let mut want = vec![443, 8080];
     want.extend(3000..=3005);
     want.sort_unstable();
@@ -149,7 +149,7 @@ fn regular_chains_are_bounded_by_the_rules_that_jump_to_them() {
     // tests/fixtures/nft/chains.nft: jumps guarded by ports, a UDP-only jump, a port vmap,
     // a named verdict map (not followed), a destination-guarded goto two levels up, and a
     // jump from the output hook (ignored).
-    let found = parse_ruleset(include_str!("../tests/fixtures/nft/chains.json")).unwrap();
+    let found = parse_ruleset(include_str!("../../tests/fixtures/nft/chains.json")).unwrap();
     assert_eq!(ports(&found), vec![22, 80, 443, 8080]);
     assert_eq!(found.kernel_dests, prefixes(&["198.18.8.8/32"]));
     assert!(found.all_ports, "the chain behind the named verdict map is unbounded");

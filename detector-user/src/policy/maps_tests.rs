@@ -1,4 +1,4 @@
-//! Tests of `policy_maps`: reconciling real BPF maps created standalone with the policy
+//! Tests of `policy::maps`: reconciling real BPF maps created standalone with the policy
 //! maps' shapes (needs root), and the object without them.
 
 use std::net::IpAddr;
@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use detector_common::policy::{IFACE_VLAN_STRIPPED, PORT_ANSWER, PORT_KERNEL};
 
 use super::*;
-use crate::{nat::NatFindings, policy::PolicyConfig, prefix::mapped};
+use crate::{policy::{nat::NatFindings, PolicyConfig}, prefix::mapped};
 
 fn key(ip: &str) -> [u8; 16] {
     mapped(ip.parse::<IpAddr>().unwrap())

@@ -1,7 +1,6 @@
 //! The cookie policy on the agent side: what the four policy maps should hold
 //! (`DesiredPolicy`, built from config, the host's addresses, NAT rules and the VLAN
-//! check), and the pure diffs `policy_maps::PolicyMaps` applies.
-#![allow(dead_code, reason = "wired in by the control loop")]
+//! check), and the pure diffs `policy::maps::PolicyMaps` applies.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,7 +11,7 @@ use detector_common::{
 };
 use tracing::{info, warn};
 
-use crate::{nat::NatFindings, prefix::Prefix};
+use crate::{policy::nat::NatFindings, prefix::Prefix};
 
 /// Slots in `PORT_POLICY`: one per TCP port.
 pub const PORT_SLOTS: usize = 1 << 16;
@@ -181,6 +180,7 @@ pub enum Note {
     Warn(String),
 }
 
+#[cfg(test)]
 impl Note {
     pub fn text(&self) -> &str {
         match self {
@@ -230,5 +230,5 @@ pub fn port_diff(current: &[u32], desired: &[u32]) -> Vec<(u32, u32)> {
 }
 
 #[cfg(test)]
-#[path = "policy_tests.rs"]
+#[path = "desired_tests.rs"]
 mod tests;

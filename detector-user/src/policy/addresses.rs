@@ -1,7 +1,6 @@
 //! The host's own addresses and links, kept current from rtnetlink events (no polling):
 //! one NETLINK_ROUTE socket subscribed to link and IPv4/IPv6 address groups, a dump at
 //! start (and again after an overrun), published as a `watch` snapshot.
-#![allow(dead_code, reason = "wired in by the control loop")]
 
 use std::{
     collections::{BTreeMap, BTreeSet},

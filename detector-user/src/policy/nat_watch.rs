@@ -1,7 +1,6 @@
 //! Keeps `nat::NatFindings` current: reads the ruleset with `nft -j list ruleset` at start
 //! and again whenever the kernel announces a ruleset change on NETLINK_NETFILTER (group
 //! NFNLGRP_NFTABLES), debounced; no polling.
-#![allow(dead_code, reason = "wired in by the control loop")]
 
 use std::{
     io::ErrorKind,
@@ -17,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     error::{NatError, NetlinkError},
-    nat::{parse_ruleset, NatFindings},
+    policy::nat::{parse_ruleset, NatFindings},
 };
 
 /// `NFNLGRP_NFTABLES` from linux/netfilter/nfnetlink.h: every nftables ruleset change.

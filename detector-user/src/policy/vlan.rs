@@ -1,7 +1,6 @@
 //! NIC VLAN offload check per attached interface: when the NIC strips 802.1Q tags before
 //! XDP (rx VLAN offload) and VLAN devices sit on top of the interface, an untagged SYN may
 //! have lost its tag and an XDP_TX reply would leave untagged: `IFACE_VLAN_STRIPPED`.
-#![allow(dead_code, reason = "wired in by the control loop")]
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -1,7 +1,6 @@
 //! The four cookie policy maps (`LOCAL_ADDRS`, `PORT_POLICY`, `KERNEL_DESTS`, `IFACES`)
 //! taken from the loaded object, and `reconcile`, which brings them to a
 //! `policy::DesiredPolicy` by applying only the difference (level-triggered).
-#![allow(dead_code, reason = "wired in by the control loop")]
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,7 +18,7 @@ use detector_common::{
 
 use crate::{
     error::PolicyError,
-    policy::{port_diff, set_diff, DesiredPolicy, PORT_SLOTS},
+    policy::desired::{port_diff, set_diff, DesiredPolicy, PORT_SLOTS},
     prefix::Prefix,
 };
 
@@ -221,5 +220,5 @@ impl PolicyMaps {
 }
 
 #[cfg(test)]
-#[path = "policy_maps_tests.rs"]
+#[path = "maps_tests.rs"]
 mod tests;

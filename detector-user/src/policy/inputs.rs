@@ -2,18 +2,19 @@
 //! address watcher, the NAT watcher, the VLAN check and the operator's `[policy]`.
 //! `desired()` on every poll, `changed().await` to wake early when the host changes.
 
-#![allow(dead_code, reason = "wired in by the control loop")]
 
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::{
-    addresses::{self, AddressWatch, LinkEvent},
     error::NetlinkError,
-    nat::NatFindings,
-    nat_watch,
-    policy::{DesiredPolicy, Note, PolicyConfig},
-    vlan::VlanCheck,
+    policy::{
+        addresses::{self, AddressWatch, LinkEvent},
+        nat::NatFindings,
+        nat_watch,
+        vlan::VlanCheck,
+        DesiredPolicy, Note, PolicyConfig,
+    },
 };
 
 pub struct PolicyInputs {
@@ -39,17 +40,6 @@ impl PolicyInputs {
             None
         };
         Ok(Self { cfg, addresses, nat, vlan: VlanCheck::default(), attached, last_notes: None })
-    }
-
-    /// A new `[policy]` after a reload (the watchers keep running; `detect_nat` changes
-    /// take effect at the next start).
-    pub fn set_config(&mut self, cfg: PolicyConfig) {
-        self.cfg = cfg;
-    }
-
-    /// The interfaces changed (re-attach): the VLAN check follows them.
-    pub fn set_attached(&mut self, attached: Vec<(u32, String)>) {
-        self.attached = attached;
     }
 
     /// What the maps should hold now; logs the exclusions when they changed.

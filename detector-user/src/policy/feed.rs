@@ -1,0 +1,104 @@
+//! Keeps the desired cookie policy current for the control loop, and the control loop's
+//! step that brings the policy maps to it.
+//!
+//! The watchers are event-driven (rtnetlink, nftables netlink); a task rebuilds the
+//! desired policy on each event, and at least once per poll interval because the VLAN
+//! check reads ethtool state, which sends no event. When the policy changed it wakes the
+//! control thread, which reconciles the maps at once; every poll reconciles them anyway
+//! (level-triggered: a map changed behind our back is repaired).
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use tracing::{info, warn};
+
+use crate::{
+    control::reconcile::{Reconciler, WHAT_POLICY},
+    error::NetlinkError,
+    policy::{addresses::LinkEvent, inputs::PolicyInputs, maps::PolicyMaps, DesiredPolicy, PolicyConfig},
+};
+
+/// The latest desired policy, written by the feed task, read by the control thread.
+pub type SharedPolicy = Arc<Mutex<DesiredPolicy>>;
+
+fn lock(shared: &SharedPolicy) -> MutexGuard<'_, DesiredPolicy> {
+    // A panic while holding it left a whole value behind (replaced, never mutated in place).
+    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Starts the watchers in the agent's network namespace and builds the first desired
+/// policy, so the maps are filled before anything is attached.
+pub fn start(
+    cfg: PolicyConfig,
+    attached: Vec<(u32, String)>,
+) -> Result<(PolicyInputs, SharedPolicy), NetlinkError> {
+    let mut inputs = PolicyInputs::start(cfg, attached)?;
+    let first = inputs.desired();
+    Ok((inputs, Arc::new(Mutex::new(first))))
+}
+
+/// Rebuilds the desired policy on every host change (and every `every`), publishes it
+/// and calls `wake` when it changed. Returns when `wake` says the control loop is gone.
+pub async fn run(mut inputs: PolicyInputs, shared: SharedPolicy, every: Duration, wake: impl Fn() -> bool) {
+    loop {
+        let event = tokio::select! {
+            event = inputs.changed() => event,
+            () = tokio::time::sleep(every) => None,
+        };
+        match event {
+            Some(LinkEvent::Gone { ifindex, name }) => {
+                warn!(event = "link_gone", ifindex, iface = name, "an interface went away");
+            }
+            Some(LinkEvent::Changed { ifindex, name, up }) => {
+                info!(event = "link_changed", ifindex, iface = name, up, "an interface changed");
+            }
+            None => {}
+        }
+        let desired = inputs.desired();
+        let changed = {
+            let mut current = lock(&shared);
+            let changed = *current != desired;
+            if changed {
+                *current = desired;
+            }
+            changed
+        };
+        if changed && !wake() {
+            return;
+        }
+    }
+}
+
+/// The control loop's step for the policy maps.
+pub struct PolicyStep {
+    maps: PolicyMaps,
+    desired: SharedPolicy,
+}
+
+impl PolicyStep {
+    pub fn new(maps: PolicyMaps, desired: SharedPolicy) -> Self {
+        Self { maps, desired }
+    }
+}
+
+impl Reconciler for PolicyStep {
+    fn what(&self) -> &'static str {
+        WHAT_POLICY
+    }
+
+    fn program_flags(&self) -> u32 {
+        lock(&self.desired).config_flags()
+    }
+
+    fn reconcile(&mut self) -> Result<(), String> {
+        // A copy, so the feed task never waits on a map walk.
+        let desired = lock(&self.desired).clone();
+        let diff = self.maps.reconcile(&desired).map_err(|e| e.to_string())?;
+        if !diff.is_empty() {
+            info!(event = "policy_applied", ?diff, "policy maps brought to the desired policy");
+        }
+        Ok(())
+    }
+}

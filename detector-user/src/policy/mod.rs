@@ -1,0 +1,21 @@
+//! Which SYNs the cookie responder may answer (docs/real-hosts.md): the agent's side of
+//! the policy maps.
+//!
+//! - `addresses`: the host's own addresses, from rtnetlink events.
+//! - `nat`, `nat_chains`, `nat_watch`: ports and destinations published by DNAT/redirect,
+//!   from the nftables ruleset, re-read on nftables netlink events.
+//! - `vlan`: interfaces whose NIC strips VLAN tags under VLAN devices.
+//! - `desired`: what the maps should hold, from all of the above and `[policy]`.
+//! - `inputs`: the watchers together; `maps`: the maps and their level-triggered diff;
+//!   `feed`: the task that keeps the desired policy current and the control loop's step.
+
+pub mod addresses;
+pub mod desired;
+pub mod feed;
+pub mod inputs;
+pub mod maps;
+pub mod nat;
+pub mod nat_watch;
+pub mod vlan;
+
+pub use desired::{DesiredPolicy, Note, PolicyConfig};
