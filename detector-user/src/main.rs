@@ -132,8 +132,9 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     // packet, only SYNs to our own addresses, on ports no NAT rule rewrites, are answered.
     let policy_maps = policy::maps::PolicyMaps::take(&mut ebpf)?;
     let ifaces = interface_indexes(&cfg.file.interfaces)?;
-    let (policy_inputs, desired_policy) = tokio::task::block_in_place(|| policy::feed::start(cfg.policy(), ifaces))
-        .context("watching the host's addresses and NAT rules (rtnetlink, nftables)")?;
+    let (policy_inputs, desired_policy) =
+        tokio::task::block_in_place(|| policy::feed::start(cfg.policy(), ifaces))
+            .context("watching the host's addresses and NAT rules (rtnetlink, nftables)")?;
     let policy_step = policy::feed::PolicyStep::new(policy_maps, desired_policy.clone());
 
     let metrics = Arc::new(Metrics::new());
@@ -183,9 +184,10 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let (commands, control) =
         controller.spawn(poll_interval, Box::new(move || Config::load(&args).map_err(|e| e.to_string())));
     let waker = commands.clone();
-    let policy_feed = tokio::spawn(policy::feed::run(policy_inputs, desired_policy, poll_interval, move || {
-        waker.send(ControlCommand::Wake).is_ok()
-    }));
+    let policy_feed =
+        tokio::spawn(policy::feed::run(policy_inputs, desired_policy, poll_interval, move || {
+            waker.send(ControlCommand::Wake).is_ok()
+        }));
     let result = wait_for_signals(&commands).await;
     policy_feed.abort();
     // The control thread switches the program to pass-through and restores the sysctls

@@ -1,32 +1,11 @@
 //! Tests of `policy`: building the desired state and the diffs (pure).
 
-use std::net::IpAddr;
-
 use detector_common::policy::IFACE_VLAN_STRIPPED;
 
 use super::*;
-use crate::prefix::mapped;
+use std::net::IpAddr;
 
-fn key(ip: &str) -> [u8; 16] {
-    mapped(ip.parse::<IpAddr>().unwrap())
-}
-
-fn keys(ips: &[&str]) -> BTreeSet<[u8; 16]> {
-    ips.iter().map(|ip| key(ip)).collect()
-}
-
-fn prefixes(list: &[&str]) -> BTreeSet<Prefix> {
-    list.iter().map(|s| s.parse().unwrap()).collect()
-}
-
-fn cfg(answer: &[u16], kernel: &[u16], dests: &[&str]) -> PolicyConfig {
-    PolicyConfig {
-        answer_ports: answer.iter().copied().collect(),
-        kernel_ports: kernel.iter().copied().collect(),
-        kernel_destinations: prefixes(dests),
-        detect_nat: true,
-    }
-}
+use crate::policy::test_support::{cfg, keys, prefixes};
 
 #[test]
 fn config_nat_and_interfaces_combine() {

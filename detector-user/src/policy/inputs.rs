@@ -2,7 +2,6 @@
 //! address watcher, the NAT watcher, the VLAN check and the operator's `[policy]`.
 //! `desired()` on every poll, `changed().await` to wake early when the host changes.
 
-
 use tokio::sync::watch;
 use tracing::info;
 

@@ -1,33 +1,13 @@
 //! Tests of `policy::maps`: reconciling real BPF maps created standalone with the policy
 //! maps' shapes (needs root), and the object without them.
 
-use std::net::IpAddr;
-
 use detector_common::policy::{IFACE_VLAN_STRIPPED, PORT_ANSWER, PORT_KERNEL};
 
 use super::*;
-use crate::{policy::{nat::NatFindings, PolicyConfig}, prefix::mapped};
-
-fn key(ip: &str) -> [u8; 16] {
-    mapped(ip.parse::<IpAddr>().unwrap())
-}
-
-fn keys(ips: &[&str]) -> BTreeSet<[u8; 16]> {
-    ips.iter().map(|ip| key(ip)).collect()
-}
-
-fn prefixes(list: &[&str]) -> BTreeSet<Prefix> {
-    list.iter().map(|s| s.parse().unwrap()).collect()
-}
-
-fn cfg(answer: &[u16], kernel: &[u16], dests: &[&str]) -> PolicyConfig {
-    PolicyConfig {
-        answer_ports: answer.iter().copied().collect(),
-        kernel_ports: kernel.iter().copied().collect(),
-        kernel_destinations: prefixes(dests),
-        detect_nat: true,
-    }
-}
+use crate::policy::{
+    nat::NatFindings,
+    test_support::{cfg, key, keys, prefixes},
+};
 
 /// BPF_F_NO_PREALLOC: LPM tries must be created with it.
 const BPF_F_NO_PREALLOC: u32 = 1;

@@ -16,6 +16,8 @@ pub mod inputs;
 pub mod maps;
 pub mod nat;
 pub mod nat_watch;
+#[cfg(test)]
+mod test_support;
 pub mod vlan;
 
 pub use desired::{DesiredPolicy, Note, PolicyConfig};
