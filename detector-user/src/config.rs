@@ -1,5 +1,8 @@
 //! Configuration: a TOML file (every key optional, defaults below), command-line overrides,
-//! and `validate`, which runs before anything touches the host.
+//! and `validate`, which runs before anything touches the host. `reload`: which keys a
+//! SIGHUP applies and which need a restart.
+
+pub mod reload;
 
 use std::{
     collections::BTreeSet,

@@ -49,6 +49,13 @@ impl Detector {
         Self { thresholds, under_attack: false, calm_since: None }
     }
 
+    /// New thresholds (a reload). The attack state stays (a reload must not drop
+    /// mitigation mid-flood); the hold restarts, judged by the new exit thresholds.
+    pub fn set_thresholds(&mut self, thresholds: DetectionThresholds) {
+        self.thresholds = thresholds;
+        self.calm_since = None;
+    }
+
     #[must_use]
     pub fn under_attack(&self) -> bool {
         self.under_attack
@@ -162,6 +169,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn new_thresholds_keep_the_attack_state_and_restart_the_hold() {
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let mut d = Detector::new(T);
+        d.observe(s(5000.0, 0), at(0));
+        d.observe(s(10.0, 0), at(1));
+        d.set_thresholds(DetectionThresholds { exit_syn_rate: 5.0, ..T });
+        assert!(d.under_attack());
+        assert_eq!(d.observe(s(10.0, 0), at(20)), None, "10/s is no longer calm");
+        assert_eq!(d.observe(s(1.0, 0), at(21)), None);
+        assert_eq!(d.observe(s(1.0, 0), at(31)), Some(Transition::AttackEnded));
     }
 
     #[test]
