@@ -1,7 +1,8 @@
 //! Configuration: a TOML file (every key optional, defaults below), command-line overrides,
 //! and `validate`, which runs before anything touches the host. `reload`: which keys a
-//! SIGHUP applies and which need a restart.
+//! SIGHUP applies and which need a restart; `memory`: the kernel memory its maps take.
 
+pub mod memory;
 pub mod reload;
 
 use std::{
