@@ -18,7 +18,10 @@ use serde::Deserialize;
 
 use crate::{
     detect::{DetectionThresholds, MIN_EXIT_HALF_OPEN, MIN_EXIT_SYN_RATE},
-    error::ConfigError, mode::Mode, policy::PolicyConfig, prefix::Prefix,
+    error::ConfigError,
+    mode::Mode,
+    policy::PolicyConfig,
+    prefix::Prefix,
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]

@@ -111,7 +111,9 @@ impl MapShape {
                 let buckets = entries.next_power_of_two();
                 let elements = if lru { entries } else { entries + cpus };
                 let spares = if lru { 0 } else { 8 * cpus };
-                HTAB_STRUCT + HTAB_BUCKET * buckets + 4 * cpus * HTAB_LOCKS
+                HTAB_STRUCT
+                    + HTAB_BUCKET * buckets
+                    + 4 * cpus * HTAB_LOCKS
                     + (HTAB_ELEM + key + value) * elements
                     + spares
             }
@@ -208,7 +210,8 @@ mod tests {
 
     #[test]
     fn per_entry_costs_follow_the_kernel_formulas() {
-        let lru = MapShape { name: "x", kind: Kind::LruHash, key_size: 16, value_size: 72, max_entries: 1000 };
+        let lru =
+            MapShape { name: "x", kind: Kind::LruHash, key_size: 16, value_size: 72, max_entries: 1000 };
         // 48 + 16 + 72 per element, 1024 buckets of 16 B, 8 locks of 4 B per CPU.
         assert_eq!(lru.bytes(2), HTAB_STRUCT + 16 * 1024 + 64 + 136 * 1000);
         let hash = MapShape { kind: Kind::Hash, ..lru };
@@ -242,14 +245,14 @@ mod tests {
         use std::os::fd::{AsFd, AsRawFd};
         ebpf.maps()
             .map(|(name, map)| {
-                let data = match map {
-                    aya::maps::Map::Array(d)
-                    | aya::maps::Map::PerCpuArray(d)
-                    | aya::maps::Map::HashMap(d)
-                    | aya::maps::Map::LruHashMap(d)
-                    | aya::maps::Map::LpmTrie(d)
-                    | aya::maps::Map::RingBuf(d) => d,
-                    _ => panic!("{name}: a map type this module does not estimate"),
+                let (aya::maps::Map::Array(data)
+                | aya::maps::Map::PerCpuArray(data)
+                | aya::maps::Map::HashMap(data)
+                | aya::maps::Map::LruHashMap(data)
+                | aya::maps::Map::LpmTrie(data)
+                | aya::maps::Map::RingBuf(data)) = map
+                else {
+                    panic!("{name}: a map type this module does not estimate")
                 };
                 let memlock = memlock_of(data.fd().as_fd().as_raw_fd());
                 (name.to_owned(), data.info().unwrap(), memlock)
@@ -287,7 +290,8 @@ mod tests {
                 sections += memlock;
                 continue;
             }
-            let shape = shapes.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("{name} is not estimated"));
+            let shape =
+                shapes.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("{name} is not estimated"));
             assert_eq!(
                 (info.key_size(), info.value_size(), info.max_entries()),
                 (shape.key_size, shape.value_size, shape.max_entries),
@@ -307,7 +311,11 @@ mod tests {
             let memlock = memlock_of(logger.as_raw_fd());
             let estimate = ring.bytes(cpus);
             eprintln!("{:<15} estimate {estimate:>10}  kernel {memlock:>10}", ring.name);
-            assert!(within_10_percent(estimate, memlock), "{}: estimate {estimate}, kernel {memlock}", ring.name);
+            assert!(
+                within_10_percent(estimate, memlock),
+                "{}: estimate {estimate}, kernel {memlock}",
+                ring.name
+            );
         }
         let named = loaded.iter().filter(|(name, ..)| !name.starts_with('.')).count();
         assert_eq!(named, shapes.len() - 1, "every map but the log ring (the logger took it) is loaded");

@@ -223,7 +223,8 @@ mod tests {
         );
         let keys = changed_keys(&parse(""), &new);
         assert_eq!(keys.len(), 25, "{keys:?}");
-        let restart: Vec<&str> = keys.into_iter().filter(|k| matches!(takes(k), Takes::Restart { .. })).collect();
+        let restart: Vec<&str> =
+            keys.into_iter().filter(|k| matches!(takes(k), Takes::Restart { .. })).collect();
         assert_eq!(
             restart,
             [
