@@ -172,12 +172,14 @@ pub fn report(cfg: &Config, cpus: u64) -> String {
         total += bytes;
         let _ = writeln!(
             out,
-            "  {:<15} {:<13} key {:>2} B  value {:>2} B  {:>10} entries  {:>10}",
+            "  {:<15} {:<13} key {:>2} B  value {:>2} B  {:>10} {:<7}  {:>10}",
             m.name,
             m.kind.as_str(),
             m.key_size,
             m.value_size,
             m.max_entries,
+            // A ring buffer's max_entries is its size in bytes.
+            if m.kind == Kind::RingBuf { "bytes" } else { "entries" },
             human(bytes)
         );
     }
