@@ -1,5 +1,9 @@
 //! Configuration: a TOML file (every key optional, defaults below), command-line overrides,
-//! and `validate`, which runs before anything touches the host.
+//! and `validate`, which runs before anything touches the host. `reload`: which keys a
+//! SIGHUP applies and which need a restart; `memory`: the kernel memory its maps take.
+
+pub mod memory;
+pub mod reload;
 
 use std::{
     collections::BTreeSet,
@@ -13,7 +17,11 @@ use detector_common::{config::Config as KernelConfig, sketch::SKETCH_ROWS};
 use serde::Deserialize;
 
 use crate::{
-    detect::DetectionThresholds, error::ConfigError, mode::Mode, policy::PolicyConfig, prefix::Prefix,
+    detect::{DetectionThresholds, MIN_EXIT_HALF_OPEN, MIN_EXIT_SYN_RATE},
+    error::ConfigError,
+    mode::Mode,
+    policy::PolicyConfig,
+    prefix::Prefix,
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
@@ -357,20 +365,34 @@ pub fn validate(f: &FileConfig) -> Result<(), ConfigError> {
     in_range("thresholds.block_ttl_secs", thresholds.block_ttl_secs, 1, 86_400)?;
     in_range("thresholds.handshake_timeout_ms", thresholds.handshake_timeout_ms, 10, 600_000)?;
     let detection = &f.detection;
-    if !(detection.enter_syn_rate.is_finite() && detection.enter_syn_rate > 0.0) {
-        return Err(invalid("detection.enter_syn_rate", "must be a positive number"));
+    // Calm is "below the exit value" (detect.rs): an exit value below the minimum could
+    // never be undercut, and attack mode would never end. So exit ≥ minimum, exit ≤ enter.
+    if !(detection.enter_syn_rate.is_finite() && detection.enter_syn_rate >= MIN_EXIT_SYN_RATE) {
+        return Err(invalid("detection.enter_syn_rate", format!("must be a number ≥ {MIN_EXIT_SYN_RATE}")));
     }
     if !(detection.exit_syn_rate.is_finite()
-        && detection.exit_syn_rate >= 0.0
+        && detection.exit_syn_rate >= MIN_EXIT_SYN_RATE
         && detection.exit_syn_rate <= detection.enter_syn_rate)
     {
-        return Err(invalid("detection.exit_syn_rate", "must be between 0 and detection.enter_syn_rate"));
+        return Err(invalid(
+            "detection.exit_syn_rate",
+            format!(
+                "{} must be ≥ {MIN_EXIT_SYN_RATE} (calm is a rate below it) and ≤ detection.enter_syn_rate",
+                detection.exit_syn_rate
+            ),
+        ));
     }
-    if detection.enter_half_open == 0 {
-        return Err(invalid("detection.enter_half_open", "must be at least 1"));
+    if detection.enter_half_open < MIN_EXIT_HALF_OPEN {
+        return Err(invalid("detection.enter_half_open", format!("must be at least {MIN_EXIT_HALF_OPEN}")));
     }
-    if detection.exit_half_open > detection.enter_half_open {
-        return Err(invalid("detection.exit_half_open", "must not exceed detection.enter_half_open"));
+    if detection.exit_half_open < MIN_EXIT_HALF_OPEN || detection.exit_half_open > detection.enter_half_open {
+        return Err(invalid(
+            "detection.exit_half_open",
+            format!(
+                "{} must be ≥ {MIN_EXIT_HALF_OPEN} (calm is fewer half-open handshakes than it) and ≤ detection.enter_half_open",
+                detection.exit_half_open
+            ),
+        ));
     }
     in_range("detection.hold_secs", detection.hold_secs, 0, 3_600)?;
     let cookies = &f.cookies;
@@ -475,6 +497,11 @@ mod tests {
             ("[thresholds]\nhandshake_timeout_ms = 1", "thresholds.handshake_timeout_ms"),
             ("[detection]\nexit_syn_rate = 9000.0", "detection.exit_syn_rate"),
             ("[detection]\nexit_half_open = 9000", "detection.exit_half_open"),
+            ("[detection]\nexit_half_open = 0", "detection.exit_half_open"),
+            ("[detection]\nexit_syn_rate = 0.0", "detection.exit_syn_rate"),
+            ("[detection]\nexit_syn_rate = 0.5", "detection.exit_syn_rate"),
+            ("[detection]\nenter_syn_rate = 0.5\nexit_syn_rate = 0.5", "detection.enter_syn_rate"),
+            ("[detection]\nexit_syn_rate = nan", "detection.exit_syn_rate"),
             ("[cookies]\ntimestamps = false\necn = true", "cookies.ecn"),
             ("[maps]\nsketch_width = 1000", "maps.sketch_width"),
             ("[maps]\nsources = 10", "maps.sources"),

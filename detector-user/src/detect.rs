@@ -5,7 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-/// Thresholds, validated by the config (exit ≤ enter).
+/// The smallest exit thresholds `config::validate` accepts. Calm is a sample strictly below
+/// both exit values, and no rate or count is below 0: with an exit value of 0 attack mode
+/// could never end. At these minimums calm means "no SYNs" / "no half-open handshakes".
+pub const MIN_EXIT_SYN_RATE: f64 = 1.0;
+pub const MIN_EXIT_HALF_OPEN: u64 = 1;
+
+/// Thresholds, validated by the config (minimum ≤ exit ≤ enter).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DetectionThresholds {
     pub enter_syn_rate: f64,
@@ -41,6 +47,13 @@ impl Detector {
     #[must_use]
     pub fn new(thresholds: DetectionThresholds) -> Self {
         Self { thresholds, under_attack: false, calm_since: None }
+    }
+
+    /// New thresholds (a reload). The attack state stays (a reload must not drop
+    /// mitigation mid-flood); the hold restarts, judged by the new exit thresholds.
+    pub fn set_thresholds(&mut self, thresholds: DetectionThresholds) {
+        self.thresholds = thresholds;
+        self.calm_since = None;
     }
 
     #[must_use]
@@ -126,6 +139,50 @@ mod tests {
         }
         assert_eq!(transitions, 0);
         assert!(d.under_attack());
+    }
+
+    /// Every configuration `validate` accepts has exits ≥ the minimums: an idle host (no
+    /// SYNs, nothing half-open) is calm under each, so attack mode ends after the hold.
+    #[test]
+    fn an_idle_host_leaves_attack_mode_under_every_valid_config() {
+        let t0 = Instant::now();
+        let rates = [MIN_EXIT_SYN_RATE, 2.0, 500.0, 1e9];
+        let counts = [MIN_EXIT_HALF_OPEN, 2, 5_000, u64::MAX];
+        for &exit_syn_rate in &rates {
+            for &exit_half_open in &counts {
+                for hold_secs in [0, 1, 3_600] {
+                    let t = DetectionThresholds {
+                        enter_syn_rate: exit_syn_rate,
+                        exit_syn_rate,
+                        enter_half_open: exit_half_open,
+                        exit_half_open,
+                        hold: Duration::from_secs(hold_secs),
+                    };
+                    let mut d = Detector::new(t);
+                    assert_eq!(d.observe(s(f64::MAX, u64::MAX), t0), Some(Transition::AttackStarted));
+                    // Calm from 1 s on; the hold ends at 1 s + hold.
+                    let first = d.observe(s(0.0, 0), t0 + Duration::from_secs(1));
+                    let end = t0 + Duration::from_secs(1 + hold_secs);
+                    let ended = first.or_else(|| d.observe(s(0.0, 0), end));
+                    assert_eq!(ended, Some(Transition::AttackEnded), "{t:?}");
+                    assert!(!d.under_attack(), "{t:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn new_thresholds_keep_the_attack_state_and_restart_the_hold() {
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let mut d = Detector::new(T);
+        d.observe(s(5000.0, 0), at(0));
+        d.observe(s(10.0, 0), at(1));
+        d.set_thresholds(DetectionThresholds { exit_syn_rate: 5.0, ..T });
+        assert!(d.under_attack());
+        assert_eq!(d.observe(s(10.0, 0), at(20)), None, "10/s is no longer calm");
+        assert_eq!(d.observe(s(1.0, 0), at(21)), None);
+        assert_eq!(d.observe(s(1.0, 0), at(31)), Some(Transition::AttackEnded));
     }
 
     #[test]

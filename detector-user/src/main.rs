@@ -69,8 +69,9 @@ fn main() -> ExitCode {
         Command::BenchPoll(args) => return control::bench::main(&args),
         Command::CheckConfig(args) => {
             return match Config::load(&args) {
-                Ok(_) => {
+                Ok(cfg) => {
                     println!("configuration is valid");
+                    print!("{}", config::memory::report(&cfg, config::memory::possible_cpus()));
                     ExitCode::SUCCESS
                 }
                 Err(e) => config_error(&e),

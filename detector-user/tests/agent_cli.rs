@@ -55,6 +55,15 @@ fn bad_configuration_exits_64_naming_the_key_and_changes_nothing() {
         ),
         (vec!["run", "--config", "/nonexistent/syndetector.toml"], "/nonexistent/syndetector.toml"),
         (vec!["check-config", "--iface", "lo", "--poll-interval-ms", "1"], "poll_interval_ms"),
+        // Exit thresholds of 0: nothing is below 0, attack mode would never end.
+        (vec!["check-config", "--iface", "lo", "--exit-half-open", "0"], "detection.exit_half_open"),
+        (vec!["check-config", "--iface", "lo", "--exit-syn-rate", "0"], "detection.exit_syn_rate"),
+        (vec!["check-config", "--iface", "lo", "--exit-syn-rate", "0.5"], "detection.exit_syn_rate"),
+        (
+            vec!["check-config", "--iface", "lo", "--enter-syn-rate", "0.5", "--exit-syn-rate", "0.5"],
+            "detection.enter_syn_rate",
+        ),
+        (vec!["run", "--iface", "lo", "--exit-half-open", "0"], "detection.exit_half_open"),
     ];
     for (args, key) in &cases {
         let out = agent(args);
@@ -70,6 +79,10 @@ fn check_config_accepts_the_example_file() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/syndetector.example.toml");
     let out = agent(&["check-config", "--config", example, "--iface", "lo"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for map in ["SOURCES", "PENDING", "SKETCH", "total"] {
+        assert!(stdout.contains(map), "check-config prints the kernel memory per map and in total: {stdout}");
+    }
 }
 
 #[test]

@@ -31,7 +31,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::{
-    config::Config,
+    config::{reload, Config},
     detect::{Detector, Sample, Transition},
     maps::{monotonic_ns, Maps},
     metrics::Metrics,
@@ -176,36 +176,24 @@ impl Controller {
         }
     }
 
-    /// Takes a new configuration (SIGHUP). Thresholds, detection, mode and cookie settings
-    /// apply at once; interfaces and map sizes need a restart and are refused here.
-    pub fn reload(&mut self, new: Config) -> Result<(), String> {
-        let (old, new_f) = (&self.cfg.file, &new.file);
-        if old.interfaces != new_f.interfaces
-            || old.maps.sources != new_f.maps.sources
-            || old.maps.pending != new_f.maps.pending
-            || old.maps.sketch_width != new_f.maps.sketch_width
-            || old.metrics_addr != new_f.metrics_addr
-        {
-            return Err("interfaces, maps and metrics_addr only change with a restart".into());
-        }
-        if self.cfg.policy() != new.policy() {
-            return Err("[policy] only changes with a restart".into());
-        }
+    /// Takes a new configuration (SIGHUP), all or nothing: `config::reload::decide` refuses
+    /// it whole, naming each key that needs a restart, before anything changes; otherwise
+    /// the new desired state is installed (thresholds, detection, mode, cookies; the
+    /// control thread takes `poll_interval_ms`) and reconciled once before it returns the
+    /// keys it applied. The attack state is kept: a reload must not drop mitigation
+    /// mid-flood.
+    pub fn reload(&mut self, new: Config) -> Result<Vec<&'static str>, String> {
+        let plan = reload::decide(&self.cfg.file, &new.file).map_err(|e| e.to_string())?;
         let mut kernel_cfg = new.kernel_config();
         kernel_cfg.sketch_seed = self.kernel_cfg.sketch_seed;
         kernel_cfg.cookie_budget_per_second = new.file.cookies.budget_per_second;
-        let under_attack = self.detector.under_attack();
         self.kernel_cfg = kernel_cfg;
-        self.detector = Detector::new(new.detection());
-        if under_attack {
-            // Keep the attack state: a reload must not drop mitigation mid-flood.
-            self.detector.observe(Sample { syn_rate: f64::INFINITY, half_open: 0 }, Instant::now());
-        }
+        self.detector.set_thresholds(new.detection());
         self.cfg = new;
         self.publish_settings();
         // The window scale is re-read from the sysctls here too.
         self.reconcile();
-        Ok(())
+        Ok(plan.changed)
     }
 
     /// One poll: counters, maps, detection, reconciliation, metrics.
@@ -273,10 +261,11 @@ impl Controller {
     }
 
     /// Records the outcome of a SIGHUP reload, as a metric and one log event.
-    pub fn reloaded(&self, outcome: Result<(), String>) {
+    pub fn reloaded(&self, outcome: Result<Vec<&'static str>, String>) {
         match outcome {
-            Ok(()) => {
-                info!(event = "config_reload", result = "success", "configuration reloaded");
+            Ok(changed) => {
+                let changed = changed.join(", ");
+                info!(event = "config_reload", result = "success", changed, "configuration reloaded");
                 self.metrics.config_reloads.with_label_values(&["success"]).inc();
             }
             Err(e) => {

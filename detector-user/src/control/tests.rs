@@ -278,3 +278,25 @@ fn other_reconcilers_are_retried_and_exported_under_their_own_label() {
     assert!(rig.poll(&d).converged);
     assert_eq!(rig.reconciled("policy"), 1);
 }
+
+/// A reload switching `cookies.timestamps` while cookies are on: the next reconcile sets
+/// (or restores) `tcp_timestamps`, without cookies going off in between.
+#[test]
+fn a_reload_switching_cookie_timestamps_sets_and_restores_tcp_timestamps() {
+    let mut rig = Rig::new();
+    let applied = rig.poll(&desired(Mode::Cookie, false, false));
+    assert!(applied.converged && applied.cookies_active);
+    assert_eq!((rig.sys.get(SYNCOOKIES), rig.sys.get(TIMESTAMPS)), ("2", "1"));
+    assert!(!rig.slot.cfg.unwrap().has(FLAG_COOKIE_TIMESTAMPS));
+
+    let applied = rig.poll(&desired(Mode::Cookie, false, true));
+    assert!(applied.converged && applied.cookies_active);
+    assert_eq!(rig.sys.get(TIMESTAMPS), "2", "cookies carry timestamps only if the kernel checks them");
+    assert!(rig.slot.cfg.unwrap().has(FLAG_COOKIE_TIMESTAMPS));
+
+    let applied = rig.poll(&desired(Mode::Cookie, false, false));
+    assert!(applied.converged && applied.cookies_active);
+    assert_eq!((rig.sys.get(SYNCOOKIES), rig.sys.get(TIMESTAMPS)), ("2", "1"), "the original is back");
+    assert!(!rig.sys.changed(TIMESTAMPS));
+    assert!(!rig.slot.cfg.unwrap().has(FLAG_COOKIE_TIMESTAMPS));
+}

@@ -27,7 +27,8 @@ pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send>;
 
 impl Controller {
     /// Polls every `every` on a thread of its own until `Stop` (or the sender is gone),
-    /// then switches the program to pass-through and restores the sysctls.
+    /// then switches the program to pass-through and restores the sysctls. A reload that
+    /// changes `poll_interval_ms` changes the interval from then on.
     pub fn spawn(
         mut self,
         every: Duration,
@@ -37,13 +38,16 @@ impl Controller {
         let handle = thread::Builder::new()
             .name("syndetector-control".into())
             .spawn(move || {
-                let mut next = Instant::now();
+                let mut schedule = Schedule::new(every, Instant::now());
                 loop {
-                    match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                    match rx.recv_timeout(schedule.next.saturating_duration_since(Instant::now())) {
                         Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                         Ok(Command::Wake) => self.reconcile(),
                         Ok(Command::Reload) => {
                             let outcome = load().and_then(|cfg| self.reload(cfg));
+                            if outcome.is_ok() {
+                                schedule.set_interval(self.cfg.poll_interval(), Instant::now());
+                            }
                             self.reloaded(outcome);
                         }
                         Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -51,8 +55,7 @@ impl Controller {
                                 self.metrics.poll_errors.inc();
                                 warn!(error = %e, "poll failed");
                             }
-                            // A poll longer than the interval delays the next one.
-                            next = (next + every).max(Instant::now());
+                            schedule.polled(Instant::now());
                         }
                     }
                 }
@@ -60,5 +63,58 @@ impl Controller {
             })
             .expect("spawning the control thread");
         (tx, handle)
+    }
+}
+
+/// When the next poll is due.
+#[derive(Debug)]
+struct Schedule {
+    every: Duration,
+    next: Instant,
+}
+
+impl Schedule {
+    /// The first poll at once.
+    fn new(every: Duration, now: Instant) -> Self {
+        Self { every, next: now }
+    }
+
+    /// After a poll that ended at `now`: one interval after the previous due time (a poll
+    /// longer than the interval delays the next one).
+    fn polled(&mut self, now: Instant) {
+        self.next = (self.next + self.every).max(now);
+    }
+
+    /// A reload changed the interval: the next poll is due one new interval after the last
+    /// one, or now if that has passed (a shorter interval need not wait out the old one).
+    fn set_interval(&mut self, every: Duration, now: Instant) {
+        let last = self.next.checked_sub(self.every).unwrap_or(self.next);
+        self.every = every;
+        self.next = (last + every).max(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reloaded_interval_applies_from_the_next_poll() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let mut s = Schedule::new(secs(60), t0);
+        assert_eq!(s.next, t0);
+        s.polled(t0);
+        assert_eq!(s.next, t0 + secs(60));
+        // Reload 5 s later to 1 s: due at once (1 s after the last poll has passed)...
+        s.set_interval(Duration::from_secs(1), t0 + secs(5));
+        assert_eq!(s.next, t0 + secs(5));
+        s.polled(t0 + secs(5));
+        // ... then every second.
+        assert_eq!(s.next, t0 + secs(6));
+        // Back to 10 s, half a second after a poll: due 10 s after that poll.
+        s.polled(t0 + secs(6));
+        s.set_interval(secs(10), t0 + Duration::from_millis(6_500));
+        assert_eq!(s.next, t0 + secs(16));
     }
 }
