@@ -177,7 +177,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         }
     }
     info!(addr = %metrics_addr, "serving /metrics, /healthz and /top");
-    let server = tokio::spawn(async move { axum::serve(listener, http::router(metrics, top)).await });
+    let server = tokio::spawn(http::serve(listener, http::router(metrics, top), http::Limits::default()));
     let log_pump = logger.map(|logger| tokio::spawn(pump_logs(logger)));
 
     let (commands, control) =
