@@ -40,7 +40,8 @@ pub enum LoadError {
     Capabilities { missing: String },
     #[error("the verifier rejected the XDP program ({io_error}); the end of its log:\n{tail}")]
     Verifier { io_error: std::io::Error, tail: String },
-    #[error("another XDP program is attached to {iface} (id {id}, name {name}): {source}")]
+    /// The attach error is the source (shown by `{:#}`), not repeated here.
+    #[error("another XDP program is attached to {iface} (id {id}, name {name})")]
     Occupied { iface: String, id: u32, name: String, source: Box<LoadError> },
 }
 

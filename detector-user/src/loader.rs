@@ -90,15 +90,12 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<Attachme
     Ok(attached)
 }
 
-/// Detaches everything `attach` made; failures are logged, the rest still detached.
-pub fn detach_all(ebpf: &mut Ebpf, attachments: Vec<Attachment>) {
-    let Ok(prog) = program(ebpf) else { return };
-    for a in attachments {
-        match prog.detach(a.link) {
-            Ok(()) => info!(iface = a.iface, "XDP program detached"),
-            Err(e) => warn!(iface = a.iface, error = %e, "detaching failed"),
-        }
-    }
+/// Undoes one `attach`.
+pub fn detach(ebpf: &mut Ebpf, attachment: Attachment) -> Result<(), LoadError> {
+    program(ebpf)?.detach(attachment.link).map_err(|source| LoadError::Program {
+        what: format!("detaching from {}", attachment.iface),
+        source,
+    })
 }
 
 /// The capabilities loading and attaching needs, by number (linux/capability.h).
