@@ -122,7 +122,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         warn!(count = recovered.len(), "restored sysctls a previous run left changed");
     }
     let (mut ebpf, logger) = tokio::task::block_in_place(|| loader::load(&cfg))
-        .context("loading the XDP program (needs CAP_BPF, CAP_NET_ADMIN)")?;
+        .context("loading the XDP program")?;
 
     let mut kernel_cfg = cfg.kernel_config();
     kernel_cfg.sketch_seed = random_seed();
