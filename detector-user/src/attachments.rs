@@ -91,7 +91,10 @@ impl Inner {
     fn gone(&mut self, iface: &str) {
         let Some(slot) = self.by_iface.get_mut(iface) else { return };
         let Some(a) = slot.take() else { return };
-        warn!(event = "interface_gone", iface, "an attached interface went away; XDP is off there until it returns");
+        warn!(
+            event = "interface_gone",
+            iface, "an attached interface went away; XDP is off there until it returns"
+        );
         self.metrics.interface_attached.with_label_values(&[&a.iface, a.mode]).set(0);
         self.health.set_problem(iface, format!("{iface}: interface gone, XDP program not attached"));
         // The kernel removed the attachment with the device; this only releases our handle.
@@ -100,7 +103,10 @@ impl Inner {
 
     fn returned(&mut self, iface: &str) {
         match self.attach(iface) {
-            Ok(()) => info!(event = "interface_reattached", iface, "the interface is back; XDP program attached again"),
+            Ok(()) => info!(
+                event = "interface_reattached",
+                iface, "the interface is back; XDP program attached again"
+            ),
             Err(e) => {
                 error!(event = "reattach_failed", iface, error = %e, "the interface is back but attaching failed");
                 self.health.set_problem(iface, format!("{iface}: back, but attaching failed: {e}"));

@@ -159,13 +159,9 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits) {
         let slot = Arc::new(Slot { last_ms: AtomicU64::new(now), evict: Notify::new() });
         let admitted = {
             let mut table = lock(&slots);
-            if table.len() >= limits.max_connections {
-                make_room(&mut table, now)
-            } else {
-                true
-            }
-            .then(|| table.insert(next_id, slot.clone()))
-            .is_some()
+            if table.len() >= limits.max_connections { make_room(&mut table, now) } else { true }
+                .then(|| table.insert(next_id, slot.clone()))
+                .is_some()
         };
         if !admitted {
             // Closed at once: the descriptor is back before the next accept.
@@ -187,10 +183,12 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits) {
 
 /// Evicts the connection quiet the longest if it has been quiet for `EVICT_QUIET`.
 fn make_room(table: &mut HashMap<u64, Arc<Slot>>, now_ms: u64) -> bool {
-    let quietest = table.iter().min_by_key(|(_, s)| s.last_ms.load(Ordering::Relaxed)).map(|(id, s)| (*id, s.clone()));
+    let quietest =
+        table.iter().min_by_key(|(_, s)| s.last_ms.load(Ordering::Relaxed)).map(|(id, s)| (*id, s.clone()));
     let Some((id, slot)) = quietest else { return false };
     #[allow(clippy::cast_possible_truncation, reason = "a constant of one second")]
-    let quiet_enough = now_ms.saturating_sub(slot.last_ms.load(Ordering::Relaxed)) >= EVICT_QUIET.as_millis() as u64;
+    let quiet_enough =
+        now_ms.saturating_sub(slot.last_ms.load(Ordering::Relaxed)) >= EVICT_QUIET.as_millis() as u64;
     if quiet_enough {
         table.remove(&id);
         slot.evict.notify_one();
@@ -207,7 +205,13 @@ fn millis_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-async fn serve_connection(stream: TcpStream, router: Router, limits: Limits, epoch: Instant, slot: &Arc<Slot>) {
+async fn serve_connection(
+    stream: TcpStream,
+    router: Router,
+    limits: Limits,
+    epoch: Instant,
+    slot: &Arc<Slot>,
+) {
     let io = TokioIo::new(Activity { inner: stream, epoch, slot: slot.clone() });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
@@ -219,7 +223,7 @@ async fn serve_connection(stream: TcpStream, router: Router, limits: Limits, epo
             if since >= limits.idle_timeout {
                 return;
             }
-            tokio::time::sleep(limits.idle_timeout - since).await;
+            tokio::time::sleep(limits.idle_timeout.saturating_sub(since)).await;
         }
     };
     tokio::select! {
@@ -243,7 +247,11 @@ impl Activity {
 }
 
 impl AsyncRead for Activity {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {

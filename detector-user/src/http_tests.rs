@@ -59,9 +59,8 @@ async fn slowloris(addr: SocketAddr, limit: Duration) -> Option<Duration> {
             return Some(opened.elapsed());
         }
         // Reading for a second doubles as the pause between bytes.
-        match timeout(Duration::from_secs(1), s.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => return Some(opened.elapsed()),
-            Ok(Ok(_)) | Err(_) => {}
+        if let Ok(Ok(0) | Err(_)) = timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            return Some(opened.elapsed());
         }
         if opened.elapsed() > limit {
             return None;
@@ -95,7 +94,10 @@ async fn idle_and_slowloris_clients_are_closed_and_healthz_answers_over_the_cap(
     for (i, s) in slow.into_iter().enumerate() {
         let closed = s.await.unwrap();
         let bound = limits.header_read_timeout + Duration::from_millis(1500);
-        assert!(closed.is_some_and(|t| t <= bound), "slowloris {i}: closed after {closed:?}, bound {bound:?}");
+        assert!(
+            closed.is_some_and(|t| t <= bound),
+            "slowloris {i}: closed after {closed:?}, bound {bound:?}"
+        );
     }
     let mut at_once = 0;
     for (i, s) in idle.into_iter().enumerate() {

@@ -74,7 +74,9 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<Attachme
             .map_err(|source| LoadError::Attach { iface: iface.to_owned(), mode: name, forced, source })
     };
     let attached = match mode {
-        AttachMode::Driver => try_mode(prog, XdpMode::Driver, "driver", true).map_err(|e| occupied(iface, e))?,
+        AttachMode::Driver => {
+            try_mode(prog, XdpMode::Driver, "driver", true).map_err(|e| occupied(iface, e))?
+        }
         AttachMode::Skb => try_mode(prog, XdpMode::Skb, "skb", true).map_err(|e| occupied(iface, e))?,
         AttachMode::Auto => match try_mode(prog, XdpMode::Driver, "driver", false) {
             Ok(a) => a,
@@ -92,10 +94,9 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<Attachme
 
 /// Undoes one `attach`.
 pub fn detach(ebpf: &mut Ebpf, attachment: Attachment) -> Result<(), LoadError> {
-    program(ebpf)?.detach(attachment.link).map_err(|source| LoadError::Program {
-        what: format!("detaching from {}", attachment.iface),
-        source,
-    })
+    program(ebpf)?
+        .detach(attachment.link)
+        .map_err(|source| LoadError::Program { what: format!("detaching from {}", attachment.iface), source })
 }
 
 /// The capabilities loading and attaching needs, by number (linux/capability.h).
@@ -113,7 +114,12 @@ pub fn missing_capabilities(effective: u64) -> Vec<&'static str> {
     if !has(CAP_SYS_ADMIN) {
         // Verifying the program needs both: CAP_PERFMON for its pointer arithmetic and
         // speculation checks, CAP_BPF for the maps and the load itself.
-        missing.extend([(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")].iter().filter(|(c, _)| !has(*c)).map(|(_, n)| *n));
+        missing.extend(
+            [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+                .iter()
+                .filter(|(c, _)| !has(*c))
+                .map(|(_, n)| *n),
+        );
     }
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
@@ -178,10 +184,9 @@ pub fn log_tail(log: &str, n: usize) -> String {
 /// A failed load; a verifier rejection keeps only the end of its log.
 fn program_load_error(source: aya::programs::ProgramError) -> LoadError {
     match source {
-        aya::programs::ProgramError::LoadError { io_error, verifier_log } => LoadError::Verifier {
-            io_error,
-            tail: log_tail(&verifier_log.to_string(), VERIFIER_LOG_LINES),
-        },
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            LoadError::Verifier { io_error, tail: log_tail(&verifier_log.to_string(), VERIFIER_LOG_LINES) }
+        }
         source => LoadError::Program { what: "verifying the XDP program".into(), source },
     }
 }
@@ -189,14 +194,18 @@ fn program_load_error(source: aya::programs::ProgramError) -> LoadError {
 /// An attach error, or, when another XDP program holds `iface`, that program by id and name.
 fn occupied(iface: &str, error: LoadError) -> LoadError {
     match other_program(iface) {
-        Some((id, name)) => LoadError::Occupied { iface: iface.to_owned(), id, name, source: Box::new(error) },
+        Some((id, name)) => {
+            LoadError::Occupied { iface: iface.to_owned(), id, name, source: Box::new(error) }
+        }
         None => error,
     }
 }
 
 /// The XDP program attached to `iface` (id, name), if any.
 fn other_program(iface: &str) -> Option<(u32, String)> {
-    let id = xdp_program_id(iface).map_err(|e| warn!(iface, error = %e, "cannot ask rtnetlink for XDP")).ok()??;
+    let id = xdp_program_id(iface)
+        .map_err(|e| warn!(iface, error = %e, "cannot ask rtnetlink for XDP"))
+        .ok()??;
     let name = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|p| p.id() == id)
@@ -227,14 +236,16 @@ pub fn xdp_program_id(iface: &str) -> std::io::Result<Option<u32>> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST;
     header.sequence_number = 1;
-    let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(request)));
+    let mut msg =
+        NetlinkMessage::new(header, NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(request)));
     msg.finalize();
     let mut bytes = vec![0; msg.buffer_len()];
     msg.serialize(&mut bytes);
     socket.send(&bytes, 0)?;
     let mut buf = vec![0u8; 64 * 1024];
     let n = socket.recv(&mut &mut buf[..], 0)?;
-    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..n]).map_err(std::io::Error::other)?;
+    let reply =
+        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..n]).map_err(std::io::Error::other)?;
     let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) = reply.payload else {
         return Err(std::io::Error::other(format!("rtnetlink answered {:?}", reply.payload)));
     };
@@ -269,7 +280,8 @@ mod tests {
 
     #[test]
     fn a_verifier_rejection_carries_the_end_of_its_log() {
-        let mut log: String = (0..400).map(|i| format!("{i}: (bf) r{} = r1 ; R1_w=ctx()\n", i % 10)).collect();
+        let mut log: String = (0..400)
+            .fold(String::new(), |log, i| log + &format!("{i}: (bf) r{} = r1 ; R1_w=ctx()\n", i % 10));
         log.push_str("invalid access to packet, off=14 size=1, R2(id=0,off=14,r=0)\n");
         log.push_str("R2 offset is outside of the packet\n");
         log.push_str("processed 400 insns (limit 1000000)\n\n");

@@ -121,8 +121,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     if !recovered.is_empty() {
         warn!(count = recovered.len(), "restored sysctls a previous run left changed");
     }
-    let (mut ebpf, logger) = tokio::task::block_in_place(|| loader::load(&cfg))
-        .context("loading the XDP program")?;
+    let (mut ebpf, logger) =
+        tokio::task::block_in_place(|| loader::load(&cfg)).context("loading the XDP program")?;
 
     let mut kernel_cfg = cfg.kernel_config();
     kernel_cfg.sketch_seed = random_seed();
@@ -170,7 +170,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         return Err(e.into());
     }
     info!(addr = %metrics_addr, "serving /metrics, /healthz and /top");
-    let server = tokio::spawn(http::serve(listener, http::router_with_health(metrics, top, health), http::Limits::default()));
+    let router = http::router_with_health(metrics, top, health);
+    let server = tokio::spawn(http::serve(listener, router, http::Limits::default()));
     let log_pump = logger.map(|logger| tokio::spawn(pump_logs(logger)));
 
     let (commands, control) =

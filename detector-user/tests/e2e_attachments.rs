@@ -2,6 +2,7 @@
 //! agent runs shows as detached and unhealthy, and is attached again when it returns; an
 //! interface that already has an XDP program is refused naming that program; a missing
 //! capability is named before anything is loaded.
+#![allow(clippy::float_cmp, reason = "interface_attached is exactly 0 or 1")]
 
 use std::{
     io::{Read, Write},
@@ -90,7 +91,20 @@ fn a_deleted_interface_is_reported_and_attached_again_when_it_returns() {
     });
 
     // The same name again (the pair, as the lab made it).
-    ip(&["link", "add", &iface, "netns", &lab.server_ns, "type", "veth", "peer", "name", &lab.client_if, "netns", &lab.client_ns]);
+    ip(&[
+        "link",
+        "add",
+        &iface,
+        "netns",
+        &lab.server_ns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &lab.client_if,
+        "netns",
+        &lab.client_ns,
+    ]);
     ip(&["-n", &lab.server_ns, "link", "set", &iface, "up"]);
     ip(&["-n", &lab.client_ns, "link", "set", &lab.client_if, "up"]);
     eventually(Duration::from_secs(5), || {
@@ -166,7 +180,8 @@ fn attaching_where_another_xdp_program_is_names_it() {
 
     let stderr = run_until_exit(&lab, &[]);
     println!("{stderr}");
-    let expected = format!("another XDP program is attached to {} (id {id}, name baseline_pass)", lab.server_if);
+    let expected =
+        format!("another XDP program is attached to {} (id {id}, name baseline_pass)", lab.server_if);
     assert!(stderr.contains(&expected), "wanted {expected:?} in:\n{stderr}");
     // Ours is gone, theirs is still there.
     assert!(lab.server_link_details().unwrap().contains(&format!("prog/xdp id {id}")));
@@ -175,9 +190,10 @@ fn attaching_where_another_xdp_program_is_names_it() {
 
 #[test]
 fn a_missing_cap_perfmon_is_named() {
-    if Command::new("capsh").arg("--help").output().is_err() {
-        panic!("capsh (libcap2-bin) is needed to drop a capability for this test");
-    }
+    assert!(
+        Command::new("capsh").arg("--help").output().is_ok(),
+        "capsh (libcap2-bin) is needed to drop a capability for this test"
+    );
     let lab = Lab::new().expect("lab (run as root)");
     // CAP_SYS_ADMIN would stand in for CAP_PERFMON: drop both, keep CAP_BPF and CAP_NET_ADMIN.
     let stderr = run_until_exit(&lab, &["capsh", "--drop=cap_sys_admin,cap_perfmon", "--", "-c"]);
