@@ -36,6 +36,13 @@ pub enum LoadError {
         hint = if *.forced { " (try --attach-mode auto or skb)" } else { "" }
     )]
     Attach { iface: String, mode: &'static str, forced: bool, source: aya::programs::ProgramError },
+    #[error("missing capability {missing} (needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN and CAP_NET_ADMIN)")]
+    Capabilities { missing: String },
+    #[error("the verifier rejected the XDP program ({io_error}); the end of its log:\n{tail}")]
+    Verifier { io_error: std::io::Error, tail: String },
+    /// The attach error is the source (shown by `{:#}`), not repeated here.
+    #[error("another XDP program is attached to {iface} (id {id}, name {name})")]
+    Occupied { iface: String, id: u32, name: String, source: Box<LoadError> },
 }
 
 /// Reading or writing the cookie policy maps (`policy::PolicyMaps`).

@@ -32,6 +32,7 @@ pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 /// Loads and verifies the program; nothing is attached yet. The logger is `None` if the
 /// object has no log map (the program then simply logs nothing).
 pub fn load(cfg: &Config) -> Result<(Ebpf, Option<Logger>), LoadError> {
+    check_capabilities()?;
     let maps = &cfg.file.maps;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::MAP_SOURCES, maps.sources)
@@ -47,7 +48,7 @@ pub fn load(cfg: &Config) -> Result<(Ebpf, Option<Logger>), LoadError> {
         }
     };
     let prog = program(&mut ebpf)?;
-    prog.load().map_err(|source| LoadError::Program { what: "verifying the XDP program".into(), source })?;
+    prog.load().map_err(program_load_error)?;
     Ok((ebpf, logger))
 }
 
@@ -73,13 +74,17 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<Attachme
             .map_err(|source| LoadError::Attach { iface: iface.to_owned(), mode: name, forced, source })
     };
     let attached = match mode {
-        AttachMode::Driver => try_mode(prog, XdpMode::Driver, "driver", true)?,
-        AttachMode::Skb => try_mode(prog, XdpMode::Skb, "skb", true)?,
+        AttachMode::Driver => {
+            try_mode(prog, XdpMode::Driver, "driver", true).map_err(|e| occupied(iface, e))?
+        }
+        AttachMode::Skb => try_mode(prog, XdpMode::Skb, "skb", true).map_err(|e| occupied(iface, e))?,
         AttachMode::Auto => match try_mode(prog, XdpMode::Driver, "driver", false) {
             Ok(a) => a,
+            // Generic mode would be refused as well: name the program in the way.
+            Err(e) if other_program(iface).is_some() => return Err(occupied(iface, e)),
             Err(e) => {
                 warn!(iface, error = %e, "native XDP refused; falling back to generic (skb) mode");
-                try_mode(prog, XdpMode::Skb, "skb", false)?
+                try_mode(prog, XdpMode::Skb, "skb", false).map_err(|e| occupied(iface, e))?
             }
         },
     };
@@ -87,13 +92,208 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<Attachme
     Ok(attached)
 }
 
-/// Detaches everything `attach` made; failures are logged, the rest still detached.
-pub fn detach_all(ebpf: &mut Ebpf, attachments: Vec<Attachment>) {
-    let Ok(prog) = program(ebpf) else { return };
-    for a in attachments {
-        match prog.detach(a.link) {
-            Ok(()) => info!(iface = a.iface, "XDP program detached"),
-            Err(e) => warn!(iface = a.iface, error = %e, "detaching failed"),
+/// Undoes one `attach`.
+pub fn detach(ebpf: &mut Ebpf, attachment: Attachment) -> Result<(), LoadError> {
+    program(ebpf)?
+        .detach(attachment.link)
+        .map_err(|source| LoadError::Program { what: format!("detaching from {}", attachment.iface), source })
+}
+
+/// The capabilities loading and attaching needs, by number (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The capabilities missing from the effective set `effective` (bit n = capability n),
+/// by name. CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON (as on kernels before
+/// 5.8, which have neither); attaching XDP always needs CAP_NET_ADMIN.
+pub fn missing_capabilities(effective: u64) -> Vec<&'static str> {
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_SYS_ADMIN) {
+        // Verifying the program needs both: CAP_PERFMON for its pointer arithmetic and
+        // speculation checks, CAP_BPF for the maps and the load itself.
+        missing.extend(
+            [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+                .iter()
+                .filter(|(c, _)| !has(*c))
+                .map(|(_, n)| *n),
+        );
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    missing
+}
+
+/// The effective capability set of this thread (capget).
+fn effective_capabilities() -> std::io::Result<u64> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    /// _LINUX_CAPABILITY_VERSION_3: 64 bits, as two `Data`.
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header { version: VERSION_3, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget with a v3 header writes two `Data` to the pointer it is given.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(u64::from(data[1].effective) << 32 | u64::from(data[0].effective))
+}
+
+/// Refuses to start without the capabilities the kernel would refuse us for, naming them.
+fn check_capabilities() -> Result<(), LoadError> {
+    match effective_capabilities() {
+        Ok(effective) => {
+            let missing = missing_capabilities(effective);
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(LoadError::Capabilities { missing: missing.join(", ") })
+            }
         }
+        Err(e) => {
+            // Let the kernel decide; its error is less precise but still an error.
+            warn!(error = %e, "cannot read this process's capabilities");
+            Ok(())
+        }
+    }
+}
+
+/// How many lines of the verifier's log an error carries: the last ones say what failed.
+const VERIFIER_LOG_LINES: usize = 5;
+
+/// The last `n` non-empty lines of `log`, joined by newlines.
+pub fn log_tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A failed load; a verifier rejection keeps only the end of its log.
+fn program_load_error(source: aya::programs::ProgramError) -> LoadError {
+    match source {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            LoadError::Verifier { io_error, tail: log_tail(&verifier_log.to_string(), VERIFIER_LOG_LINES) }
+        }
+        source => LoadError::Program { what: "verifying the XDP program".into(), source },
+    }
+}
+
+/// An attach error, or, when another XDP program holds `iface`, that program by id and name.
+fn occupied(iface: &str, error: LoadError) -> LoadError {
+    match other_program(iface) {
+        Some((id, name)) => {
+            LoadError::Occupied { iface: iface.to_owned(), id, name, source: Box::new(error) }
+        }
+        None => error,
+    }
+}
+
+/// The XDP program attached to `iface` (id, name), if any.
+fn other_program(iface: &str) -> Option<(u32, String)> {
+    let id = xdp_program_id(iface)
+        .map_err(|e| warn!(iface, error = %e, "cannot ask rtnetlink for XDP"))
+        .ok()??;
+    let name = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".into());
+    Some((id, name))
+}
+
+/// The id of the XDP program attached to `iface` (IFLA_XDP_PROG_ID), from rtnetlink.
+pub fn xdp_program_id(iface: &str) -> std::io::Result<Option<u32>> {
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+    use netlink_packet_route::{
+        link::{LinkAttribute, LinkMessage, LinkXdp},
+        RouteNetlinkMessage,
+    };
+    use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
+
+    let c_name = std::ffi::CString::new(iface).map_err(std::io::Error::other)?;
+    // SAFETY: a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    let mut request = LinkMessage::default();
+    request.header.index = index;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = 1;
+    let mut msg =
+        NetlinkMessage::new(header, NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(request)));
+    msg.finalize();
+    let mut bytes = vec![0; msg.buffer_len()];
+    msg.serialize(&mut bytes);
+    socket.send(&bytes, 0)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = socket.recv(&mut &mut buf[..], 0)?;
+    let reply =
+        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..n]).map_err(std::io::Error::other)?;
+    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) = reply.payload else {
+        return Err(std::io::Error::other(format!("rtnetlink answered {:?}", reply.payload)));
+    };
+    Ok(link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
+            LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+            _ => None,
+        }),
+        _ => None,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(list: &[u32]) -> u64 {
+        list.iter().fold(0, |set, c| set | 1 << c)
+    }
+
+    #[test]
+    fn the_missing_capability_is_named() {
+        assert_eq!(missing_capabilities(caps(&[CAP_BPF, CAP_NET_ADMIN])), ["CAP_PERFMON"]);
+        assert_eq!(missing_capabilities(caps(&[CAP_BPF, CAP_PERFMON])), ["CAP_NET_ADMIN"]);
+        assert_eq!(missing_capabilities(caps(&[CAP_NET_ADMIN])), ["CAP_BPF", "CAP_PERFMON"]);
+        assert!(missing_capabilities(caps(&[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN])).is_empty());
+        // CAP_SYS_ADMIN implies the BPF ones, not CAP_NET_ADMIN.
+        assert!(missing_capabilities(caps(&[CAP_SYS_ADMIN, CAP_NET_ADMIN])).is_empty());
+        assert_eq!(missing_capabilities(caps(&[CAP_SYS_ADMIN])), ["CAP_NET_ADMIN"]);
+        assert_eq!(missing_capabilities(0), ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]);
+    }
+
+    #[test]
+    fn a_verifier_rejection_carries_the_end_of_its_log() {
+        let mut log: String = (0..400)
+            .fold(String::new(), |log, i| log + &format!("{i}: (bf) r{} = r1 ; R1_w=ctx()\n", i % 10));
+        log.push_str("invalid access to packet, off=14 size=1, R2(id=0,off=14,r=0)\n");
+        log.push_str("R2 offset is outside of the packet\n");
+        log.push_str("processed 400 insns (limit 1000000)\n\n");
+        let source = aya::programs::ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+            verifier_log: aya_obj::VerifierLog::new(log),
+        };
+        let message = program_load_error(source).to_string();
+        println!("{message}");
+        assert!(message.len() < 600, "{} bytes: {message}", message.len());
+        assert!(message.contains("R2 offset is outside of the packet"), "{message}");
+        assert!(message.contains("processed 400 insns"), "{message}");
+        assert!(!message.contains("0: (bf)"), "{message}");
     }
 }

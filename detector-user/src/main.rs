@@ -2,6 +2,7 @@
 //! exports Prometheus metrics. In order: configuration (invalid: exit 64, host untouched),
 //! logging, runtime, load and attach, tasks, signals, then undo everything it changed.
 
+mod attachments;
 mod bpf_batch;
 mod config;
 mod control;
@@ -121,8 +122,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     if !recovered.is_empty() {
         warn!(count = recovered.len(), "restored sysctls a previous run left changed");
     }
-    let (mut ebpf, logger) = tokio::task::block_in_place(|| loader::load(&cfg))
-        .context("loading the XDP program (needs CAP_BPF, CAP_NET_ADMIN)")?;
+    let (mut ebpf, logger) =
+        tokio::task::block_in_place(|| loader::load(&cfg)).context("loading the XDP program")?;
 
     let mut kernel_cfg = cfg.kernel_config();
     kernel_cfg.sketch_seed = random_seed();
@@ -164,31 +165,28 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
         .with_context(|| format!("listening on {metrics_addr} for metrics"))?;
-    let mut attachments = Vec::new();
-    for iface in &interfaces {
-        match loader::attach(&mut ebpf, iface, attach_mode) {
-            Ok(a) => {
-                metrics.interface_attached.with_label_values(&[&a.iface, a.mode]).set(1);
-                attachments.push(a);
-            }
-            Err(e) => {
-                controller.shutdown();
-                loader::detach_all(&mut ebpf, attachments);
-                return Err(e.into());
-            }
-        }
+    let health = http::Health::default();
+    let attachments = attachments::Attachments::new(ebpf, attach_mode, metrics.clone(), health.clone());
+    if let Err(e) = attachments.attach_all(&interfaces) {
+        controller.shutdown();
+        return Err(e.into());
     }
     info!(addr = %metrics_addr, "serving /metrics, /healthz and /top");
-    let server = tokio::spawn(async move { axum::serve(listener, http::router(metrics, top)).await });
+    let router = http::router_with_health(metrics, top, health);
+    let server = tokio::spawn(http::serve(listener, router, http::Limits::default()));
     let log_pump = logger.map(|logger| tokio::spawn(pump_logs(logger)));
 
     let (commands, control) =
         controller.spawn(poll_interval, Box::new(move || Config::load(&args).map_err(|e| e.to_string())));
     let waker = commands.clone();
-    let policy_feed =
-        tokio::spawn(policy::feed::run(policy_inputs, desired_policy, poll_interval, move || {
-            waker.send(ControlCommand::Wake).is_ok()
-        }));
+    let on_link = attachments.clone();
+    let policy_feed = tokio::spawn(policy::feed::run(
+        policy_inputs,
+        desired_policy,
+        poll_interval,
+        move || waker.send(ControlCommand::Wake).is_ok(),
+        move |event| on_link.on_link_event(event),
+    ));
     let result = wait_for_signals(&commands).await;
     policy_feed.abort();
     // The control thread switches the program to pass-through and restores the sysctls
@@ -197,7 +195,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     if !matches!(tokio::task::spawn_blocking(move || control.join()).await, Ok(Ok(()))) {
         error!("the control thread panicked; sysctls are restored on the next start");
     }
-    loader::detach_all(&mut ebpf, attachments);
+    attachments.detach_all();
     server.abort();
     if let Some(pump) = log_pump {
         pump.abort();

@@ -41,12 +41,22 @@ pub fn start(
 
 /// Rebuilds the desired policy on every host change (and every `every`), publishes it
 /// and calls `wake` when it changed. Returns when `wake` says the control loop is gone.
-pub async fn run(mut inputs: PolicyInputs, shared: SharedPolicy, every: Duration, wake: impl Fn() -> bool) {
+/// Every link event is also handed to `on_link` (the attachments follow interfaces).
+pub async fn run(
+    mut inputs: PolicyInputs,
+    shared: SharedPolicy,
+    every: Duration,
+    wake: impl Fn() -> bool,
+    on_link: impl Fn(&LinkEvent),
+) {
     loop {
         let event = tokio::select! {
             event = inputs.changed() => event,
             () = tokio::time::sleep(every) => None,
         };
+        if let Some(event) = &event {
+            on_link(event);
+        }
         match event {
             Some(LinkEvent::Gone { ifindex, name }) => {
                 warn!(event = "link_gone", ifindex, iface = name, "an interface went away");
