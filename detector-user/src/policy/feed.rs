@@ -63,6 +63,9 @@ pub async fn run(
             }
             Some(LinkEvent::Changed { ifindex, name, up }) => {
                 info!(event = "link_changed", ifindex, iface = name, up, "an interface changed");
+                // An attached interface re-created under its name has a new ifindex: the
+                // VLAN check (keyed by ifindex in IFACES) follows it.
+                inputs.follow_link(ifindex, &name);
             }
             None => {}
         }

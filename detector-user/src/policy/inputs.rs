@@ -41,6 +41,15 @@ impl PolicyInputs {
         Ok(Self { cfg, addresses, nat, vlan: VlanCheck::default(), attached, last_notes: None })
     }
 
+    /// An interface named like an attached one now has `ifindex` (it was re-created).
+    pub fn follow_link(&mut self, ifindex: u32, name: &str) {
+        for (index, attached) in &mut self.attached {
+            if attached == name {
+                *index = ifindex;
+            }
+        }
+    }
+
     /// What the maps should hold now; logs the exclusions when they changed.
     pub fn desired(&mut self) -> DesiredPolicy {
         let local = self.addresses.snapshot.borrow_and_update().local_keys();
