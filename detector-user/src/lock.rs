@@ -6,10 +6,13 @@
 //! - `syndetector.lock`: the state directory, i.e. the sysctl state file;
 //! - `iface-IF.lock`: each interface the agent attaches to.
 //!
-//! Both lock files hold the owner's PID, so a refusal can name it. Agents with different
-//! state directories do not see each other's locks; the interface itself is still
-//! exclusive, as the kernel refuses a second XDP link on it (EEXIST) before anything of
-//! the first agent's is touched.
+//! - `/run/syndetector/netns/net-INO.lock`: the network namespace (its nsfs inode), for
+//!   agents with different state directories. The sysctls the agent changes belong to
+//!   the namespace, not to an interface, so two agents in one namespace would undo each
+//!   other's cookies whatever interfaces they use; a lock keyed by interface name would
+//!   also be wrong across namespaces (names repeat). So: one agent per namespace.
+//!
+//! The lock files hold the owner's PID, so a refusal can name it.
 
 use std::{
     ffi::CString,
@@ -30,6 +33,23 @@ pub const DIR_LOCK: &str = "syndetector.lock";
 /// The lock file of interface `iface`.
 pub fn iface_lock_name(iface: &str) -> String {
     format!("iface-{iface}.lock")
+}
+
+/// Where the per-network-namespace locks live, whatever the state directory.
+pub const NETNS_LOCK_DIR: &str = "/run/syndetector/netns";
+
+/// The lock file of the network namespace this process is in, in `dir`.
+pub fn netns_lock_name() -> Result<String, StateError> {
+    let ns = Path::new("/proc/self/ns/net");
+    let meta = std::fs::metadata(ns).map_err(|source| StateError::Io { path: ns.to_owned(), source })?;
+    Ok(format!("net-{}.lock", meta.ino()))
+}
+
+/// Takes the lock of this network namespace in `dir` (see the module documentation).
+pub fn lock_netns(dir: &Path) -> Result<Lock, StateError> {
+    let dir = StateDir::open(dir, true)?;
+    let name = netns_lock_name()?;
+    lock(&dir, &name, "this network namespace")
 }
 
 /// A checked state directory, held open.

@@ -146,6 +146,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         .iter()
         .map(|iface| lock::lock(&dir, &lock::iface_lock_name(iface), &format!("interface {iface}")))
         .collect::<Result<Vec<_>, _>>()?;
+    // Its sysctls are the namespace's: one agent per namespace, whatever its state dir.
+    let _netns_lock = lock::lock_netns(Path::new(lock::NETNS_LOCK_DIR))?;
     // Every descriptor a sysctl change needs is opened now; an unwritable state directory
     // is refused here, not when cookies first turn on.
     let mut sysctls =

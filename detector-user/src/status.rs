@@ -44,6 +44,12 @@ pub fn main(args: &StatusArgs) -> ExitCode {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("lock: free (no lock file)"),
         Err(e) => println!("lock: unknown ({}: {e})", lock_path.display()),
     }
+    if let Ok(name) = lock::netns_lock_name() {
+        match lock::holder(&Path::new(lock::NETNS_LOCK_DIR).join(name)) {
+            Ok(Some(pid)) => println!("this network namespace: in use by syndetector pid {pid}"),
+            Ok(None) | Err(_) => println!("this network namespace: no agent"),
+        }
+    }
     let corrupt = match sysctl::read_state(&state_dir, sysctl::STATE_FILE) {
         Ok(StateFile::Absent) => {
             println!("state file: absent (no sysctl is recorded as changed)");

@@ -187,3 +187,28 @@ fn a_corrupt_state_file_stops_the_start_with_what_to_do_and_touches_nothing() {
     assert_eq!(sysctl_in(&lab, "net.ipv4.tcp_syncookies"), "2", "nothing touched");
     assert_eq!(std::fs::read(state_dir.join("sysctl-state.toml")).unwrap(), b"\xff\xfe garbage");
 }
+
+#[test]
+fn a_second_agent_in_the_same_namespace_is_refused_even_with_another_state_dir() {
+    let lab = Lab::new().expect("lab");
+    lab.sysctl(&lab.server_ns, "net.ipv4.tcp_syncookies", "0").unwrap();
+    let first = Agent::start(&lab, Path::new(AGENT), &["--mode", "cookie"]).unwrap();
+    let log = lab.scratch().join("second.log");
+    let mut second = Command::new("ip")
+        .args(["netns", "exec", &lab.server_ns, AGENT, "run", "--iface", &lab.server_if])
+        .args(["--metrics-addr", "127.0.0.1:9794", "--mode", "cookie", "--state-dir"])
+        .arg(lab.scratch().join("other-state"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = wait_exit(&mut second, &log);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{text}");
+    let pid = first_pid(&lab);
+    assert!(text.contains("network namespace") && text.contains(&format!("pid {pid}")), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(2), "refused only after the program load:\n{text}");
+    assert_eq!(sysctl_in(&lab, "net.ipv4.tcp_syncookies"), "2");
+    assert_eq!(first.scrape().unwrap().value("syndetector_cookies_active").unwrap(), 1.0);
+}
