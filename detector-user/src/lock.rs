@@ -197,12 +197,13 @@ pub fn lock(dir: &StateDir, name: &str, what: &str) -> Result<Lock, StateError> 
 pub fn holder(path: &Path) -> io::Result<Option<u32>> {
     let meta = std::fs::symlink_metadata(path)?;
     let locks = std::fs::read_to_string("/proc/locks")?;
-    // "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF"
-    let ino = meta.ino().to_string();
+    // "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF": device major:minor in hex, inode.
+    let dev = meta.dev();
+    let id = format!("{:02x}:{:02x}:{}", libc::major(dev), libc::minor(dev), meta.ino());
     Ok(locks.lines().find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let (kind, pid, dev_ino) = (fields.get(1)?, fields.get(4)?, fields.get(5)?);
-        (*kind == "FLOCK" && dev_ino.rsplit(':').next() == Some(ino.as_str())).then(|| pid.parse().ok())?
+        (*kind == "FLOCK" && *dev_ino == id).then(|| pid.parse().ok())?
     }))
 }
 

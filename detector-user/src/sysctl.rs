@@ -248,7 +248,8 @@ impl Sysctls {
     /// Writes the state file (0600), or removes it when nothing is changed: into the held
     /// tmp file, fsync, rename over the state file, fsync the directory, so a crash leaves
     /// either the old or the new file. The next tmp file is created at once, in the
-    /// descriptor the renamed one just gave back.
+    /// descriptor the renamed one just gave back (at the limit, another thread may take
+    /// that slot first: the next write then fails and is retried by the reconcile).
     fn persist(&mut self) -> Result<(), SysctlError> {
         let path = self.dir.path().join(&self.name);
         let io = |e| SysctlError::Io(path.clone(), e);
