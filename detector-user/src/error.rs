@@ -84,3 +84,21 @@ pub enum NatError {
     #[error("parsing nft JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
+
+/// The state directory, its lock files and the sysctl state file (`lock`, `sysctl`).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state directory {path}: {problem}")]
+    Dir { path: PathBuf, problem: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "state file {path} is corrupt ({reason}): restore net.ipv4.tcp_syncookies and \
+         net.ipv4.tcp_timestamps by hand (the usual values are 1 and 1) and remove the file"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{what} is in use by another syndetector ({holder}; lock {path}): stop that one first")]
+    Locked { what: String, holder: String, path: PathBuf },
+    #[error("restoring {key} from the state file: {source}")]
+    Recover { key: String, source: SysctlError },
+}

@@ -1,6 +1,8 @@
 //! `syndetector`: loads the XDP SYN-flood detector, runs detection and mitigation, and
 //! exports Prometheus metrics. In order: configuration (invalid: exit 64, host untouched),
-//! logging, runtime, load and attach, tasks, signals, then undo everything it changed.
+//! logging, runtime, signal handlers, the state directory (unusable: exit 64) and its
+//! locks, the metrics listener, recovery of a crashed run's sysctls, load and attach,
+//! tasks, then undo everything it changed and say truthfully what was restored.
 
 mod attachments;
 mod bpf_batch;
@@ -11,11 +13,13 @@ mod error;
 mod http;
 mod kernel_stats;
 mod loader;
+mod lock;
 mod maps;
 mod metrics;
 mod mode;
 mod policy;
 mod prefix;
+mod status;
 mod sysctl;
 #[cfg(test)]
 mod test_netns;
@@ -28,13 +32,16 @@ use clap::{Parser, Subcommand};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
 };
 use tracing::{error, info, warn};
 
 use crate::{
     config::{Config, LogFormat, RunArgs},
     control::{Command as ControlCommand, Controller, SharedTop},
+    error::StateError,
     loader::Logger,
+    lock::StateDir,
     metrics::Metrics,
     sysctl::Sysctls,
 };
@@ -57,6 +64,9 @@ enum Command {
     CheckConfig(RunArgs),
     /// Show the top SYN sources of a running agent.
     Top(top::TopArgs),
+    /// Show the state directory: the sysctl state file, the lock holder, the sysctls now
+    /// (exit 1 when the state file is corrupt).
+    Status(status::StatusArgs),
     /// Time polls and /metrics scrapes against a full per-source map (for `cargo xtask
     /// bench`; loads the program, attaches nothing, changes no sysctl).
     #[command(hide = true)]
@@ -67,6 +77,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Top(args) => return top::main(&args),
+        Command::Status(args) => return status::main(&args),
         Command::BenchPoll(args) => return control::bench::main(&args),
         Command::CheckConfig(args) => {
             return match Config::load(&args) {
@@ -91,7 +102,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
-            ExitCode::FAILURE
+            // An unusable state directory is a configuration problem, found before the
+            // host is touched.
+            let usage =
+                e.chain().any(|c| matches!(c.downcast_ref::<StateError>(), Some(StateError::Dir { .. })));
+            if usage {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -115,15 +134,45 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn run(cfg: Config, args: RunArgs) -> Result<()> {
+    // First the signal handlers: from here a SIGHUP or SIGTERM never kills the agent with
+    // the default action, not even during the seconds of the program load.
+    let mut signals = Signals::install()?;
+
+    // One owner per state directory and interface, checked before anything is touched.
+    let dir = StateDir::open(&cfg.file.state_dir, true)?;
+    let what = format!("the state directory {}", dir.path().display());
+    let _dir_lock = lock::lock(&dir, lock::DIR_LOCK, &what)?;
+    let _iface_locks = cfg
+        .file
+        .interfaces
+        .iter()
+        .map(|iface| lock::lock(&dir, &lock::iface_lock_name(iface), &format!("interface {iface}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Its sysctls are the namespace's: one agent per namespace, whatever its state dir.
+    let _netns_lock = lock::lock_netns(Path::new(lock::NETNS_LOCK_DIR))?;
+    // Every descriptor a sysctl change needs is opened now; an unwritable state directory
+    // is refused here, not when cookies first turn on.
+    let mut sysctls =
+        tokio::task::block_in_place(|| Sysctls::prepare(Path::new("/proc/sys"), dir, sysctl::STATE_FILE))
+            .context("opening the sysctls and the state directory (needs root)")?;
+
+    // Bind before loading: a busy port must fail while the host is still untouched.
+    let metrics_addr = cfg.file.metrics_addr;
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .with_context(|| format!("listening on {metrics_addr} for metrics"))?;
+
     // Blocking work (sysctl writes with fsync, 4 s of verifier) off the async workers.
-    let (sysctls, recovered) =
-        tokio::task::block_in_place(|| Sysctls::open(Path::new("/proc/sys"), &cfg.sysctl_state_file()))
-            .context("opening the sysctl state (needs root)")?;
+    let recovered = tokio::task::block_in_place(|| sysctls.recover())?;
     if !recovered.is_empty() {
         warn!(count = recovered.len(), "restored sysctls a previous run left changed");
     }
-    let (mut ebpf, logger) =
-        tokio::task::block_in_place(|| loader::load(&cfg)).context("loading the XDP program")?;
+    let (mut ebpf, logger) = tokio::task::block_in_place(|| with_signals_blocked(|| loader::load(&cfg)))
+        .context("loading the XDP program")?;
+    if let Some(name) = signals.stop_requested() {
+        info!("{name} during start-up: stopping before anything is attached or changed");
+        return Ok(());
+    }
 
     let mut kernel_cfg = cfg.kernel_config();
     kernel_cfg.sketch_seed = random_seed();
@@ -144,7 +193,6 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let config_map = loader::config_map(&mut ebpf)?;
     let maps = maps::Maps::take(&mut ebpf)?;
     let poll_interval = cfg.poll_interval();
-    let metrics_addr = cfg.file.metrics_addr;
     let (interfaces, attach_mode) = (cfg.file.interfaces.clone(), cfg.file.attach_mode);
     // The window scale of cookie SYN-ACKs is part of the desired program config: read from
     // tcp_rmem/rmem_max on every reconcile; the policy maps are reconciled with it.
@@ -161,14 +209,11 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         )
     });
 
-    // Bind before attaching: a busy port must fail while the host is still untouched.
-    let listener = tokio::net::TcpListener::bind(metrics_addr)
-        .await
-        .with_context(|| format!("listening on {metrics_addr} for metrics"))?;
     let health = http::Health::default();
     let attachments = attachments::Attachments::new(ebpf, attach_mode, metrics.clone(), health.clone());
     if let Err(e) = attachments.attach_all(&interfaces) {
-        controller.shutdown();
+        let report = controller.shutdown();
+        log_restored(&report);
         return Err(e.into());
     }
     info!(addr = %metrics_addr, "serving /metrics, /healthz and /top");
@@ -187,35 +232,125 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         move || waker.send(ControlCommand::Wake).is_ok(),
         move |event| on_link.on_link_event(event),
     ));
-    let result = wait_for_signals(&commands).await;
+    signals.wait(&commands).await;
     policy_feed.abort();
     // The control thread switches the program to pass-through and restores the sysctls
     // before it ends; only then detach.
     let _ = commands.send(ControlCommand::Stop);
-    if !matches!(tokio::task::spawn_blocking(move || control.join()).await, Ok(Ok(()))) {
-        error!("the control thread panicked; sysctls are restored on the next start");
-    }
+    let report = tokio::task::spawn_blocking(move || control.join()).await.ok().and_then(Result::ok);
     attachments.detach_all();
     server.abort();
     if let Some(pump) = log_pump {
         pump.abort();
     }
-    info!("stopped; attachments and sysctls restored");
-    result
+    match report {
+        None => anyhow::bail!(
+            "the control thread panicked: sysctls may be left changed; the next start restores them from the state file"
+        ),
+        Some(report) if log_restored(&report) => Ok(()),
+        Some(_) => anyhow::bail!("stopped, but not every sysctl could be restored (see above)"),
+    }
 }
 
-/// Waits for SIGINT or SIGTERM; SIGHUP asks the control thread to reload the configuration.
-async fn wait_for_signals(commands: &std::sync::mpsc::Sender<ControlCommand>) -> Result<()> {
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = sigint.recv() => { info!("SIGINT: stopping"); return Ok(()); }
-            _ = sigterm.recv() => { info!("SIGTERM: stopping"); return Ok(()); }
-            _ = sighup.recv() => {
-                if commands.send(ControlCommand::Reload).is_err() {
-                    return Ok(());
+/// Logs what the shutdown really restored; returns whether everything was.
+fn log_restored(report: &control::ShutdownReport) -> bool {
+    let r = &report.sysctls;
+    let restored: Vec<String> = r.restored.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let pass_through = report.pass_through.is_ok();
+    if report.restored() {
+        info!(restored = ?restored, pass_through, "stopped; attachments removed, every sysctl the agent changed restored");
+        return true;
+    }
+    if !r.failed.is_empty() {
+        let failed: Vec<String> = r.failed.iter().map(|(k, e)| format!("{k}: {e}")).collect();
+        error!(
+            restored = ?restored,
+            failed = ?failed,
+            pass_through,
+            "stopped; attachments removed, but these sysctls are NOT restored: the state file keeps their \
+             originals for the next start (or restore them by hand)"
+        );
+    }
+    if let Some(e) = &r.state_file {
+        error!(
+            restored = ?restored,
+            error = %e,
+            "stopped, but the sysctl state file could not be updated: it may list sysctls that are \
+             restored; check `syndetector status` and remove it by hand"
+        );
+    }
+    false
+}
+
+/// Runs `f` with SIGHUP, SIGINT and SIGTERM blocked on this thread: they are handled on
+/// the runtime's workers instead. A signal arriving in the verifier makes BPF_PROG_LOAD
+/// fail with EAGAIN, and aya then loads again with verifier logs on, which takes ten
+/// times as long (40 s instead of 4 here).
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; the masks
+    // only concern this thread and are put back below.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+            libc::sigaddset(&raw mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, &raw mut old);
+        let result = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &raw const old, std::ptr::null_mut());
+        result
+    }
+}
+
+/// The signal handlers, installed first thing: SIGINT/SIGTERM ask to stop (at any time,
+/// start-up included), SIGHUPs are queued until the control thread can reload.
+struct Signals {
+    stop: watch::Receiver<Option<&'static str>>,
+    hups: mpsc::UnboundedReceiver<()>,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let (stop_tx, stop) = watch::channel(None);
+        let (hup_tx, hups) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = sigint.recv() => { let _ = stop_tx.send(Some("SIGINT")); }
+                    _ = sigterm.recv() => { let _ = stop_tx.send(Some("SIGTERM")); }
+                    _ = sighup.recv() => {
+                        info!("SIGHUP: reloading the configuration (once running)");
+                        let _ = hup_tx.send(());
+                    }
+                }
+            }
+        });
+        Ok(Self { stop, hups })
+    }
+
+    /// SIGINT or SIGTERM came.
+    fn stop_requested(&self) -> Option<&'static str> {
+        *self.stop.borrow()
+    }
+
+    /// Until SIGINT or SIGTERM (or the control thread is gone); each SIGHUP asks the
+    /// control thread to reload the configuration.
+    async fn wait(&mut self, commands: &std::sync::mpsc::Sender<ControlCommand>) {
+        loop {
+            if let Some(name) = self.stop_requested() {
+                info!("{name}: stopping");
+                return;
+            }
+            tokio::select! {
+                changed = self.stop.changed() => if changed.is_err() { return },
+                Some(()) = self.hups.recv() => {
+                    if commands.send(ControlCommand::Reload).is_err() {
+                        return;
+                    }
                 }
             }
         }

@@ -3,23 +3,48 @@
 //! a crash on the next start: the original value is written to a state file before the
 //! first change to a key, and the file is removed once everything is restored.
 //!
+//! Only the sysctls in `MANAGED` are ever written, with values in their valid range; a
+//! state file holding anything else is refused as corrupt, never applied. The state file
+//! lives in a checked state directory (`lock::StateDir`), is replaced atomically (tmp file,
+//! fsync, rename, fsync of the directory), and every descriptor a change needs is opened at
+//! start: the two `/proc/sys` files, the directory, the next tmp file. An agent at its
+//! descriptor limit can still switch cookies on and restore at exit.
+//!
 //! These are the sysctls of the network namespace the agent runs in.
 
 use std::{
     collections::BTreeMap,
-    fs,
-    io::Write,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    fs::{self, File},
+    io::{self, Read},
+    ops::RangeInclusive,
+    os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::error::SysctlError;
+use crate::{
+    error::{StateError, SysctlError},
+    lock::StateDir,
+};
+
+pub const SYNCOOKIES: &str = "net.ipv4.tcp_syncookies";
+pub const TIMESTAMPS: &str = "net.ipv4.tcp_timestamps";
+
+/// The only sysctls the agent changes (and so the only keys a state file may hold), with
+/// the values the kernel accepts for each.
+pub const MANAGED: [(&str, RangeInclusive<u8>); 2] = [(SYNCOOKIES, 0..=2), (TIMESTAMPS, 0..=2)];
+
+/// The state file's name in the state directory.
+pub const STATE_FILE: &str = "sysctl-state.toml";
+
+/// A state file larger than this is not ours.
+const MAX_STATE_BYTES: u64 = 4096;
 
 /// What the state file holds: key → value before the agent changed it.
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct State {
     original: BTreeMap<String, String>,
 }
@@ -28,7 +53,13 @@ struct State {
 pub struct Sysctls {
     /// `/proc/sys` in production; a scratch directory in tests.
     root: PathBuf,
-    state_file: PathBuf,
+    /// The `MANAGED` sysctls' files, opened read-write at start, in `MANAGED` order.
+    held: Vec<File>,
+    dir: StateDir,
+    name: String,
+    tmp_name: String,
+    /// The tmp file the next state write goes to (created with `O_EXCL | O_NOFOLLOW`).
+    tmp: Option<File>,
     state: State,
 }
 
@@ -39,38 +70,117 @@ pub struct Recovered {
     pub value: String,
 }
 
+/// What `restore_all` put back and what it could not.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    /// Put back: key and value.
+    pub restored: Vec<(String, String)>,
+    /// Still changed (the state file keeps their originals).
+    pub failed: Vec<(String, SysctlError)>,
+    /// Updating (or removing) the state file afterwards failed: it may still list sysctls
+    /// that are restored.
+    pub state_file: Option<SysctlError>,
+}
+
+impl RestoreReport {
+    /// Every sysctl is back and the state file says so.
+    pub fn complete(&self) -> bool {
+        self.failed.is_empty() && self.state_file.is_none()
+    }
+}
+
+/// What a state file says, as `syndetector status` and the start show it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StateFile {
+    Absent,
+    /// The originals of the sysctls a (crashed or running) agent changed.
+    Records(BTreeMap<&'static str, u8>),
+}
+
 impl Sysctls {
-    /// Opens the guard, first restoring whatever a previous run left changed.
-    pub fn open(root: &Path, state_file: &Path) -> Result<(Self, Vec<Recovered>), SysctlError> {
-        let this = Self { root: root.to_owned(), state_file: state_file.to_owned(), state: State::default() };
-        let mut recovered = Vec::new();
-        if let Ok(text) = fs::read_to_string(state_file) {
-            let left: State = toml::from_str(&text)
-                .map_err(|e| SysctlError::StateFile(state_file.to_owned(), e.to_string()))?;
-            for (key, value) in left.original {
-                this.write(&key, &value)?;
-                warn!(key, value, "restored a sysctl left changed by a previous run");
-                recovered.push(Recovered { key, value });
-            }
-            fs::remove_file(state_file).map_err(|e| SysctlError::Io(state_file.to_owned(), e))?;
-        }
+    /// Opens the guard on the state file `state_file` (in a state directory it checks and
+    /// creates, see `lock::StateDir`), then restores whatever a previous run left changed.
+    /// `main` takes these steps one by one, with locks in between.
+    pub fn open(root: &Path, state_file: &Path) -> Result<(Self, Vec<Recovered>), StateError> {
+        let dir = state_file.parent().unwrap_or(Path::new("."));
+        let name = state_file.file_name().and_then(|n| n.to_str()).unwrap_or(STATE_FILE);
+        let mut this = Self::prepare(root, StateDir::open(dir, true)?, name)?;
+        let recovered = this.recover()?;
         Ok((this, recovered))
+    }
+
+    /// Opens every descriptor a change will need (and so proves the state directory is
+    /// writable) without changing anything.
+    pub fn prepare(root: &Path, dir: StateDir, name: &str) -> Result<Self, StateError> {
+        let mut held = Vec::new();
+        for (key, _) in &MANAGED {
+            let path = root.join(key.replace('.', "/"));
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(|source| StateError::Io { path, source })?;
+            held.push(file);
+        }
+        let mut this = Self {
+            root: root.to_owned(),
+            held,
+            tmp_name: format!("{name}.tmp"),
+            name: name.to_owned(),
+            dir,
+            tmp: None,
+            state: State::default(),
+        };
+        let tmp = this.create_tmp().map_err(|source| StateError::Dir {
+            path: this.dir.path().to_owned(),
+            problem: format!("is not writable ({source}): the agent records the sysctls it changes there"),
+        })?;
+        this.tmp = Some(tmp);
+        Ok(this)
+    }
+
+    /// Puts back what a previous run's state file records, then removes the file. A state
+    /// file that cannot be trusted is refused and nothing is touched.
+    pub fn recover(&mut self) -> Result<Vec<Recovered>, StateError> {
+        let StateFile::Records(left) = read_state(&self.dir, &self.name)? else { return Ok(Vec::new()) };
+        let mut recovered = Vec::new();
+        for (key, value) in left {
+            let value = value.to_string();
+            self.write(key, &value).map_err(|source| StateError::Recover { key: key.to_owned(), source })?;
+            warn!(key, value, "restored a sysctl left changed by a previous run");
+            recovered.push(Recovered { key: key.to_owned(), value });
+        }
+        let path = self.dir.path().join(&self.name);
+        self.dir.unlink(&self.name).map_err(|source| StateError::Io { path: path.clone(), source })?;
+        self.dir.sync().map_err(|source| StateError::Io { path, source })?;
+        Ok(recovered)
     }
 
     pub fn read(&self, key: &str) -> Result<String, SysctlError> {
         let path = self.path(key);
+        if let Some(i) = managed(key) {
+            let mut buf = [0u8; 64];
+            let n = self.held[i].read_at(&mut buf, 0).map_err(|e| SysctlError::Io(path.clone(), e))?;
+            return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+        }
         fs::read_to_string(&path).map(|v| v.trim().to_owned()).map_err(|e| SysctlError::Io(path, e))
     }
 
     /// Sets `key`, recording its original value first (only on the first change).
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), SysctlError> {
+        check_value(key, value).map_err(|e| SysctlError::StateFile(self.path(key), e))?;
         let current = self.read(key)?;
         if current == value {
             return Ok(());
         }
         if !self.state.original.contains_key(key) {
+            check_value(key, &current).map_err(|e| SysctlError::StateFile(self.path(key), e))?;
             self.state.original.insert(key.to_owned(), current.clone());
-            self.persist()?;
+            if let Err(e) = self.persist() {
+                self.state.original.remove(key);
+                return Err(e);
+            }
         }
         self.write(key, value)?;
         info!(key, from = current, to = value, "sysctl changed");
@@ -93,59 +203,147 @@ impl Sysctls {
         self.state.original.contains_key(key)
     }
 
-    pub fn restore_all(&mut self) -> Result<(), SysctlError> {
-        let keys: Vec<String> = self.state.original.keys().cloned().collect();
-        for key in keys {
-            self.restore(&key)?;
+    /// Restores every changed sysctl (each is tried, whatever the others do).
+    /// Restores every changed sysctl (each is tried, whatever the others do), then writes
+    /// the state file once (removed if all are back).
+    pub fn restore_all(&mut self) -> RestoreReport {
+        let mut report = RestoreReport::default();
+        let changed: Vec<(String, String)> =
+            self.state.original.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if changed.is_empty() {
+            return report;
         }
-        Ok(())
+        for (key, original) in changed {
+            match self.write(&key, &original) {
+                Ok(()) => {
+                    self.state.original.remove(&key);
+                    info!(key, to = original, "sysctl restored");
+                    report.restored.push((key, original));
+                }
+                Err(e) => report.failed.push((key, e)),
+            }
+        }
+        report.state_file = self.persist().err();
+        report
     }
 
     fn path(&self, key: &str) -> PathBuf {
         self.root.join(key.replace('.', "/"))
     }
 
+    /// Writes a `MANAGED` sysctl through its held descriptor, at offset 0 (the kernel's
+    /// `sysctl_writes_strict` ignores writes elsewhere).
     fn write(&self, key: &str, value: &str) -> Result<(), SysctlError> {
         let path = self.path(key);
-        fs::write(&path, value).map_err(|e| SysctlError::Io(path, e))
+        check_value(key, value).map_err(|e| SysctlError::StateFile(path.clone(), e))?;
+        let i = managed(key).expect("checked by check_value");
+        self.held[i].write_all_at(format!("{value}\n").as_bytes(), 0).map_err(|e| SysctlError::Io(path, e))
     }
 
-    /// Writes the state file (0600, in a 0700 directory), or removes it when nothing is
-    /// changed. Written to a temporary name and renamed, so a crash mid-write leaves
-    /// either the old or the new file.
-    fn persist(&self) -> Result<(), SysctlError> {
-        let io = |e| SysctlError::Io(self.state_file.clone(), e);
+    fn create_tmp(&self) -> io::Result<File> {
+        self.dir.unlink(&self.tmp_name)?;
+        self.dir.open_file(&self.tmp_name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)
+    }
+
+    /// Writes the state file (0600), or removes it when nothing is changed: into the held
+    /// tmp file, fsync, rename over the state file, fsync the directory, so a crash leaves
+    /// either the old or the new file. The next tmp file is created at once, in the
+    /// descriptor the renamed one just gave back (at the limit, another thread may take
+    /// that slot first: the next write then fails and is retried by the reconcile).
+    fn persist(&mut self) -> Result<(), SysctlError> {
+        let path = self.dir.path().join(&self.name);
+        let io = |e| SysctlError::Io(path.clone(), e);
         if self.state.original.is_empty() {
-            return match fs::remove_file(&self.state_file) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
-                _ => Ok(()),
-            };
+            self.dir.unlink(&self.name).map_err(io)?;
+            return self.dir.sync().map_err(io);
         }
-        if let Some(dir) = self.state_file.parent() {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+        let text =
+            toml::to_string(&self.state).map_err(|e| SysctlError::StateFile(path.clone(), e.to_string()))?;
+        let tmp = match self.tmp.take() {
+            Some(tmp) => tmp,
+            None => self.create_tmp().map_err(io)?,
+        };
+        tmp.set_len(0).map_err(io)?;
+        tmp.write_all_at(text.as_bytes(), 0).map_err(io)?;
+        tmp.sync_all().map_err(io)?;
+        self.dir.rename(&self.tmp_name, &self.name).map_err(io)?;
+        self.dir.sync().map_err(io)?;
+        drop(tmp);
+        match self.create_tmp() {
+            Ok(tmp) => self.tmp = Some(tmp),
+            Err(e) => warn!(error = %e, "cannot create the next state tmp file; the next change tries again"),
         }
-        let text = toml::to_string(&self.state)
-            .map_err(|e| SysctlError::StateFile(self.state_file.clone(), e.to_string()))?;
-        let tmp = self.state_file.with_extension("tmp");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(text.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, &self.state_file).map_err(io)
+        Ok(())
     }
 }
 
 impl Drop for Sysctls {
     fn drop(&mut self) {
-        if let Err(e) = self.restore_all() {
-            warn!(error = %e, "could not restore every sysctl; the state file keeps them for the next start");
+        let report = self.restore_all();
+        for (key, e) in report.failed {
+            warn!(key, error = %e, "could not restore a sysctl; the state file keeps it for the next start");
         }
+        if let Some(e) = report.state_file {
+            warn!(error = %e, "could not update the state file after restoring");
+        }
+        self.tmp = None;
+        let _ = self.dir.unlink(&self.tmp_name);
     }
+}
+
+fn managed(key: &str) -> Option<usize> {
+    MANAGED.iter().position(|(k, _)| *k == key)
+}
+
+/// `key` is one the agent changes and `value` is in its range.
+fn check_value(key: &str, value: &str) -> Result<u8, String> {
+    let Some(i) = managed(key) else {
+        return Err(format!("{key:?} is not a sysctl the agent changes (only {SYNCOOKIES}, {TIMESTAMPS})"));
+    };
+    let range = &MANAGED[i].1;
+    value
+        .parse::<u8>()
+        .ok()
+        .filter(|v| range.contains(v))
+        .ok_or_else(|| format!("{key} = {value:?} is outside {}..={}", range.start(), range.end()))
+}
+
+/// Reads and checks the state file `name` in `dir`: absent, or the originals it records.
+/// Anything else (a symlink, not a regular file, not UTF-8, not TOML, a key the agent does
+/// not change, a value out of range) is `StateError::Corrupt`.
+pub fn read_state(dir: &StateDir, name: &str) -> Result<StateFile, StateError> {
+    let path = dir.path().join(name);
+    let corrupt = |reason: String| StateError::Corrupt { path: path.clone(), reason };
+    let file = match dir.open_file(name, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(StateFile::Absent),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(corrupt("it is a symlink".into())),
+        Err(source) => return Err(StateError::Io { path, source }),
+    };
+    let meta = file.metadata().map_err(|source| StateError::Io { path: path.clone(), source })?;
+    if !meta.is_file() {
+        return Err(corrupt("not a regular file".into()));
+    }
+    // SAFETY: geteuid cannot fail.
+    if meta.uid() != unsafe { libc::geteuid() } {
+        return Err(corrupt(format!("owned by uid {}, not by this agent", meta.uid())));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| StateError::Io { path: path.clone(), source })?;
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        return Err(corrupt(format!("larger than {MAX_STATE_BYTES} bytes")));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| corrupt(format!("not UTF-8: {e}")))?;
+    let state: State =
+        toml::from_str(&text).map_err(|e| corrupt(format!("not a state file: {}", e.message())))?;
+    let mut records = BTreeMap::new();
+    for (key, value) in &state.original {
+        let v = check_value(key, value).map_err(corrupt)?;
+        records.insert(MANAGED[managed(key).expect("checked")].0, v);
+    }
+    Ok(StateFile::Records(records))
 }
 
 /// The window scale the kernel will pick for a passive connection: halve the largest
@@ -199,7 +397,7 @@ mod tests {
         s.set("net.ipv4.tcp_syncookies", "2").unwrap();
         assert_eq!(value(proc.path(), "net.ipv4.tcp_syncookies"), "2");
         assert!(state.exists(), "the original is on disk before the change");
-        s.restore_all().unwrap();
+        assert!(s.restore_all().complete());
         assert_eq!(value(proc.path(), "net.ipv4.tcp_syncookies"), "1");
         assert!(!state.exists());
     }
@@ -239,7 +437,115 @@ mod tests {
         let (mut s, _) = Sysctls::open(proc.path(), &state).unwrap();
         s.set("net.ipv4.tcp_syncookies", "2").unwrap();
         assert_eq!(fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o600);
-        s.restore_all().unwrap();
+        assert!(s.restore_all().complete());
+    }
+
+    /// A scratch dir without dots in its path (a key's dots become slashes).
+    fn plain_tempdir() -> tempfile::TempDir {
+        tempfile::Builder::new().prefix("sd").tempdir().unwrap()
+    }
+
+    #[test]
+    fn a_state_file_naming_another_file_or_sysctl_or_an_out_of_range_value_is_refused() {
+        let victim_dir = plain_tempdir();
+        let victim = victim_dir.path().join("victim");
+        for (line, reason) in [
+            (format!("\"{}\" = \"pwned\"", victim.display()), "not a sysctl the agent changes"),
+            ("\"net.ipv4.tcp_fin_timeout\" = \"30\"".to_owned(), "not a sysctl the agent changes"),
+            ("\"net.ipv4.tcp_syncookies\" = \"7\"".to_owned(), "outside 0..=2"),
+        ] {
+            let proc = fake_proc();
+            fs::write(proc.path().join("net/ipv4/tcp_fin_timeout"), "60\n").unwrap();
+            fs::write(&victim, "root only\n").unwrap();
+            let state = proc.path().join("run/state.toml");
+            fs::create_dir_all(state.parent().unwrap()).unwrap();
+            let text = format!("[original]\n{line}\n");
+            fs::write(&state, &text).unwrap();
+            let err = Sysctls::open(proc.path(), &state).expect_err(&text).to_string();
+            assert!(err.contains("is corrupt") && err.contains(reason), "{text}: {err}");
+            assert_eq!(fs::read_to_string(&victim).unwrap(), "root only\n");
+            assert_eq!(value(proc.path(), "net.ipv4.tcp_fin_timeout"), "60");
+            assert_eq!(value(proc.path(), "net.ipv4.tcp_syncookies"), "1");
+            assert_eq!(fs::read_to_string(&state).unwrap(), text, "the file is kept for the operator");
+        }
+    }
+
+    #[test]
+    fn a_state_file_that_is_not_utf8_is_an_error_telling_what_to_do() {
+        let proc = fake_proc();
+        let state = proc.path().join("run/state.toml");
+        fs::create_dir_all(state.parent().unwrap()).unwrap();
+        fs::write(&state, b"[original]\n\"net.ipv4.tcp_syncookies\" = \"\xff\"\n").unwrap();
+        let err = Sysctls::open(proc.path(), &state).expect_err("a corrupt state file").to_string();
+        assert!(err.contains("is corrupt") && err.contains("restore net.ipv4.tcp_syncookies"), "{err}");
+        assert!(state.exists());
+    }
+
+    #[test]
+    fn a_symlinked_state_dir_or_state_file_is_refused() {
+        let proc = fake_proc();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), proc.path().join("run")).unwrap();
+        let err = Sysctls::open(proc.path(), &proc.path().join("run/state.toml")).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+
+        let target = elsewhere.path().join("planted.toml");
+        fs::write(&target, "[original]\n\"net.ipv4.tcp_syncookies\" = \"0\"\n").unwrap();
+        fs::create_dir(proc.path().join("run2")).unwrap();
+        std::os::unix::fs::symlink(&target, proc.path().join("run2/state.toml")).unwrap();
+        let err = Sysctls::open(proc.path(), &proc.path().join("run2/state.toml")).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+        assert_eq!(value(proc.path(), "net.ipv4.tcp_syncookies"), "1");
+    }
+
+    #[test]
+    fn an_unusable_state_dir_is_refused_at_open_not_at_the_first_change() {
+        let proc = fake_proc();
+        fs::write(proc.path().join("run"), "").unwrap();
+        let err = Sysctls::open(proc.path(), &proc.path().join("run/state.toml")).unwrap_err().to_string();
+        assert!(err.contains("state directory"), "{err}");
+    }
+
+    /// The descriptor limit is per process: the work runs in a child test process.
+    #[test]
+    fn at_the_descriptor_limit_cookies_still_switch_on_and_are_restored() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "sysctl::tests::descriptor_limit_child", "--ignored", "--test-threads=1"])
+            .env("SYNDETECTOR_FD_LIMIT_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    }
+
+    #[test]
+    #[ignore = "run in a child process by at_the_descriptor_limit_cookies_still_switch_on_and_are_restored"]
+    fn descriptor_limit_child() {
+        if std::env::var_os("SYNDETECTOR_FD_LIMIT_CHILD").is_none() {
+            return;
+        }
+        let proc = fake_proc();
+        let state = proc.path().join("run/state.toml");
+        let (mut s, _) = Sysctls::open(proc.path(), &state).unwrap();
+        let limit = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+        // SAFETY: a valid rlimit, in a process of its own.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) }, 0);
+        let mut hog = Vec::new();
+        let e = loop {
+            match File::open("/dev/null") {
+                Ok(f) => hog.push(f),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.raw_os_error(), Some(libc::EMFILE));
+        s.set(SYNCOOKIES, "2").unwrap();
+        s.set(TIMESTAMPS, "2").unwrap();
+        assert_eq!(s.read(SYNCOOKIES).unwrap(), "2");
+        assert!(s.restore_all().complete());
+        drop(hog);
+        assert_eq!(value(proc.path(), SYNCOOKIES), "1");
+        assert_eq!(value(proc.path(), TIMESTAMPS), "1");
+        assert!(!state.exists());
     }
 
     #[test]

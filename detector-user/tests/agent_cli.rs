@@ -91,3 +91,30 @@ fn unknown_flags_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2), "clap's usage error");
     assert!(stderr(&out).contains("--no-such-flag"));
 }
+
+#[test]
+fn status_shows_the_state_file_and_exits_1_when_it_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let arg = state.to_str().unwrap();
+
+    let out = agent(&["status", "--state-dir", arg]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("state file: absent") && text.contains("net.ipv4.tcp_syncookies = "), "{text}");
+
+    std::fs::write(state.join("sysctl-state.toml"), "[original]\n\"net.ipv4.tcp_syncookies\" = \"1\"\n")
+        .unwrap();
+    let out = agent(&["status", "--state-dir", arg]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("records the originals of 1") && text.contains("lock: free"), "{text}");
+
+    std::fs::write(state.join("sysctl-state.toml"), b"\xff\xfe").unwrap();
+    let out = agent(&["status", "--state-dir", arg]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(text.contains("CORRUPT") && text.contains("not UTF-8"), "{text}");
+}

@@ -49,3 +49,22 @@ fn a_crashed_run_is_repaired_by_the_next_start_and_sighup_reloads() {
     assert!(agent.log_text().contains("configuration reloaded"));
     assert!(agent.stop().unwrap().success());
 }
+
+#[test]
+fn a_stop_that_cannot_update_the_state_file_says_so_and_exits_non_zero() {
+    let lab = Lab::new().expect("lab");
+    lab.sysctl(&lab.server_ns, "net.ipv4.tcp_syncookies", "0").unwrap();
+    let mut agent = Agent::start(&lab, Path::new(AGENT), &["--mode", "cookie"]).unwrap();
+    let state = lab.scratch().join("state/sysctl-state.toml");
+    assert!(state.exists(), "cookie mode records the originals");
+    // A non-empty directory where the state file is: it can be neither replaced nor removed.
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir_all(state.join("x")).unwrap();
+    let status = agent.stop().unwrap();
+    let log = agent.log_text();
+    assert!(!status.success(), "a stop that could not finish the restore must not exit 0:\n{log}");
+    assert!(log.contains("state file could not be updated"), "{log}");
+    assert!(!log.contains("every sysctl the agent changed restored"), "{log}");
+    assert!(!log.contains("attachments and sysctls restored"), "{log}");
+    assert_eq!(sysctl_in(&lab, "net.ipv4.tcp_syncookies"), "0", "the values themselves are back");
+}

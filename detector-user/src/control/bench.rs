@@ -114,7 +114,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     done.store(true, Ordering::Relaxed);
     let (scrape_times, failed) = scraper.join().expect("scraper thread");
-    controller.shutdown();
+    anyhow::ensure!(controller.shutdown().restored(), "could not restore the sysctls");
     let _ = std::fs::remove_dir_all(&state_dir);
     println!("bench-poll: {} sources in the map; load average {}", args.sources, load_average());
     report("poll (wall clock)", &mut polls);

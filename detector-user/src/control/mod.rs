@@ -275,16 +275,40 @@ impl Controller {
         }
     }
 
-    /// Stops answering with cookies and puts the sysctls back (the caller then detaches).
-    pub fn shutdown(&mut self) {
+    /// Stops answering with cookies and puts the sysctls back (the caller then detaches),
+    /// and says what it did: the caller logs only what really happened.
+    pub fn shutdown(&mut self) -> ShutdownReport {
         let mut off = self.kernel_cfg;
         off.flags = 0;
-        if let Err(e) = self.slot.write(&off) {
+        let pass_through = self.slot.write(&off);
+        if let Err(e) = &pass_through {
             warn!(error = %e, "could not switch the program to pass-through before detaching");
         }
-        if let Err(e) = self.sysctls.restore_all() {
-            warn!(error = %e, "could not restore sysctls; the next start will");
+        let sysctls = self.sysctls.restore_all();
+        for (key, e) in &sysctls.failed {
+            warn!(key, error = %e, "could not restore a sysctl; the state file keeps it for the next start");
         }
+        if let Some(e) = &sysctls.state_file {
+            warn!(error = %e, "could not update the sysctl state file after restoring");
+        }
+        ShutdownReport { pass_through, sysctls }
+    }
+}
+
+/// What `Controller::shutdown` did.
+#[derive(Debug)]
+pub struct ShutdownReport {
+    /// The program switched to pass-through (no cookies, no drops) before detaching.
+    pub pass_through: Result<(), String>,
+    /// The sysctls put back, and those that could not be.
+    pub sysctls: crate::sysctl::RestoreReport,
+}
+
+impl ShutdownReport {
+    /// Every sysctl the agent changed is back to its original value, and the state file
+    /// says so.
+    pub fn restored(&self) -> bool {
+        self.sysctls.complete()
     }
 }
 

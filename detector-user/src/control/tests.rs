@@ -233,10 +233,11 @@ fn a_failed_state_file_write_leaves_cookies_off_and_is_retried() {
     {
         std::fs::write(proc.path().join("net/ipv4").join(key), value).unwrap();
     }
-    // The state file's directory cannot be made: a plain file stands in its way.
-    let blocker = proc.path().join("run");
-    std::fs::write(&blocker, "").unwrap();
-    let (mut sys, _) = Sysctls::open(proc.path(), &blocker.join("state.toml")).unwrap();
+    // The state file cannot be written: a directory stands in its way (the state
+    // directory itself is checked at open).
+    let blocker = proc.path().join("run/state.toml");
+    let (mut sys, _) = Sysctls::open(proc.path(), &blocker).unwrap();
+    std::fs::create_dir(&blocker).unwrap();
     let (mut slot, clock, m) = (FakeSlot::default(), FakeClock(Cell::new(Instant::now())), Metrics::new());
     let mut r = Reconcile::new(Vec::new());
     let d = desired(Mode::Cookie, false, false);
@@ -245,12 +246,12 @@ fn a_failed_state_file_write_leaves_cookies_off_and_is_retried() {
     assert!(!slot.cfg.unwrap().has(FLAG_COOKIES));
     let read = |k: &str| std::fs::read_to_string(proc.path().join("net/ipv4").join(k)).unwrap();
     assert_eq!(read("tcp_syncookies").trim(), "1", "never changed before its original is on disk");
-    std::fs::remove_file(&blocker).unwrap();
+    std::fs::remove_dir(&blocker).unwrap();
     clock.advance(Duration::from_secs(1));
     let applied = r.step(&d, &mut sys, &mut slot, &clock, &m);
     assert!(applied.cookies_active && applied.converged);
     assert_eq!(read("tcp_syncookies").trim(), "2");
-    sys.restore_all().unwrap();
+    assert!(sys.restore_all().complete());
     assert_eq!(read("tcp_syncookies").trim(), "1");
 }
 

@@ -9,7 +9,7 @@ use std::{
 
 use tracing::warn;
 
-use super::Controller;
+use super::{Controller, ShutdownReport};
 use crate::config::Config;
 
 /// What the signal handlers ask of the control thread.
@@ -27,13 +27,14 @@ pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send>;
 
 impl Controller {
     /// Polls every `every` on a thread of its own until `Stop` (or the sender is gone),
-    /// then switches the program to pass-through and restores the sysctls. A reload that
-    /// changes `poll_interval_ms` changes the interval from then on.
+    /// then switches the program to pass-through and restores the sysctls; the thread's
+    /// result says what was restored. A reload that changes `poll_interval_ms` changes the
+    /// interval from then on.
     pub fn spawn(
         mut self,
         every: Duration,
         load: ConfigSource,
-    ) -> (mpsc::Sender<Command>, thread::JoinHandle<()>) {
+    ) -> (mpsc::Sender<Command>, thread::JoinHandle<ShutdownReport>) {
         let (tx, rx) = mpsc::channel();
         let handle = thread::Builder::new()
             .name("syndetector-control".into())
@@ -59,7 +60,7 @@ impl Controller {
                         }
                     }
                 }
-                self.shutdown();
+                self.shutdown()
             })
             .expect("spawning the control thread");
         (tx, handle)

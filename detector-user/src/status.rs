@@ -1,0 +1,87 @@
+//! `syndetector status`: what the state directory says, read only. The sysctl state file
+//! (absent, the originals it records, or corrupt and why), which agent holds the lock, and
+//! the two sysctls the agent changes as they are now. Exit 1 when the state file is
+//! corrupt (someone must restore the sysctls by hand), 2 when the directory is unusable.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use crate::{
+    error::StateError,
+    lock::{self, StateDir},
+    sysctl::{self, StateFile, MANAGED},
+};
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// The agent's state directory (`state_dir` in the configuration).
+    #[arg(long, value_name = "DIR", default_value = "/run/syndetector")]
+    pub state_dir: PathBuf,
+}
+
+pub fn main(args: &StatusArgs) -> ExitCode {
+    let dir = &args.state_dir;
+    println!("state directory: {}", dir.display());
+    let state_dir = match StateDir::open(dir, false) {
+        Ok(d) => d,
+        Err(StateError::Dir { problem, .. }) if !dir.exists() => {
+            println!("  absent ({problem}): no agent has changed anything");
+            print_sysctls(Path::new("/proc/sys"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            println!("  unusable: {e}");
+            print_sysctls(Path::new("/proc/sys"));
+            return ExitCode::from(2);
+        }
+    };
+    let lock_path = dir.join(lock::DIR_LOCK);
+    match lock::holder(&lock_path) {
+        Ok(Some(pid)) => println!("lock: held by syndetector pid {pid}"),
+        Ok(None) => println!("lock: free (no agent running with this state directory)"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("lock: free (no lock file)"),
+        Err(e) => println!("lock: unknown ({}: {e})", lock_path.display()),
+    }
+    if let Ok(name) = lock::netns_lock_name() {
+        match lock::holder(&Path::new(lock::NETNS_LOCK_DIR).join(name)) {
+            Ok(Some(pid)) => println!("this network namespace: in use by syndetector pid {pid}"),
+            Ok(None) | Err(_) => println!("this network namespace: no agent"),
+        }
+    }
+    let corrupt = match sysctl::read_state(&state_dir, sysctl::STATE_FILE) {
+        Ok(StateFile::Absent) => {
+            println!("state file: absent (no sysctl is recorded as changed)");
+            false
+        }
+        Ok(StateFile::Records(records)) => {
+            println!("state file: records the originals of {} sysctl(s):", records.len());
+            for (key, value) in records {
+                println!("  {key} = {value}");
+            }
+            false
+        }
+        Err(e) => {
+            println!("state file: CORRUPT: {e}");
+            true
+        }
+    };
+    print_sysctls(Path::new("/proc/sys"));
+    if corrupt {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn print_sysctls(root: &Path) {
+    println!("sysctls now:");
+    for (key, _) in &MANAGED {
+        let path = root.join(key.replace('.', "/"));
+        match std::fs::read_to_string(&path) {
+            Ok(v) => println!("  {key} = {}", v.trim()),
+            Err(e) => println!("  {key}: {e}"),
+        }
+    }
+}
