@@ -132,6 +132,23 @@ impl StateDir {
         Ok(File::from(unsafe { OwnedFd::from_raw_fd(raw) }))
     }
 
+    /// Whether `name` in this directory is (still) the file open as `file`.
+    fn names(&self, name: &str, file: &File) -> io::Result<bool> {
+        let c_name = CString::new(name).map_err(io::Error::other)?;
+        // SAFETY: all-zero is a valid `stat`.
+        let mut at_name: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid directory descriptor, a NUL-terminated name, a valid out pointer.
+        if unsafe {
+            libc::fstatat(self.fd.as_raw_fd(), c_name.as_ptr(), &raw mut at_name, libc::AT_SYMLINK_NOFOLLOW)
+        } != 0
+        {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::NotFound { Ok(false) } else { Err(e) };
+        }
+        let open = file.metadata()?;
+        Ok(at_name.st_ino == open.ino() && at_name.st_dev == open.dev())
+    }
+
     pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let (from, to) =
             (CString::new(from).map_err(io::Error::other)?, CString::new(to).map_err(io::Error::other)?);
@@ -166,10 +183,26 @@ impl StateDir {
     }
 }
 
-/// An exclusive lock, held until dropped (or the process ends).
+/// An exclusive lock, held until dropped (or the process ends). Dropping it removes the
+/// lock file while still holding the lock, so a clean stop leaves nothing behind; a crash
+/// leaves the file, unlocked, for the next start to take.
 #[derive(Debug)]
 pub struct Lock {
-    _file: File,
+    /// Holds the flock; only closed (after the unlink) when the lock is dropped.
+    #[cfg_attr(not(test), allow(dead_code, reason = "held for its descriptor, read in tests"))]
+    file: File,
+    dir: OwnedFd,
+    name: CString,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Unlinked before the lock is released (when `file` closes after this): whoever
+        // opened this file meanwhile and then gets the lock finds the name gone, or
+        // pointing elsewhere, and starts over (see `lock`).
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) };
+    }
 }
 
 /// Takes the lock file `name` in `dir` for `what` (e.g. "state directory /run/x"), writing
@@ -177,19 +210,30 @@ pub struct Lock {
 pub fn lock(dir: &StateDir, name: &str, what: &str) -> Result<Lock, StateError> {
     let path = dir.path().join(name);
     let io_err = |source| StateError::Io { path: path.clone(), source };
-    let file = dir.open_file(name, libc::O_RDWR | libc::O_CREAT, 0o600).map_err(io_err)?;
-    // SAFETY: a valid descriptor.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(io_err(e));
+    let c_name = CString::new(name).map_err(|e| io_err(io::Error::other(e)))?;
+    // A holder that stops unlinks the file while holding it: if we locked a file that is
+    // no longer the one under `name`, it was such a leftover; open the name again.
+    for _ in 0..8 {
+        let file = dir.open_file(name, libc::O_RDWR | libc::O_CREAT, 0o600).map_err(io_err)?;
+        // SAFETY: a valid descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io_err(e));
+            }
+            let holder =
+                read_pid(&file).map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"));
+            return Err(StateError::Locked { what: what.to_owned(), holder, path });
         }
-        let holder = read_pid(&file).map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"));
-        return Err(StateError::Locked { what: what.to_owned(), holder, path });
+        if !dir.names(name, &file).map_err(io_err)? {
+            continue;
+        }
+        file.set_len(0).map_err(io_err)?;
+        file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0).map_err(io_err)?;
+        let dir_fd = dir.fd.try_clone().map_err(io_err)?;
+        return Ok(Lock { file, dir: dir_fd, name: c_name });
     }
-    file.set_len(0).map_err(io_err)?;
-    file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0).map_err(io_err)?;
-    Ok(Lock { _file: file })
+    Err(io_err(io::Error::other("the lock file kept being replaced while taking it")))
 }
 
 /// Who holds the lock file `path`: `Some(pid)` while an agent holds it (read from
@@ -298,7 +342,22 @@ mod tests {
         assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
         assert_eq!(holder(&tmp.path().join(DIR_LOCK)).unwrap(), Some(std::process::id()));
         drop(held);
-        assert_eq!(holder(&tmp.path().join(DIR_LOCK)).unwrap(), None);
-        lock(&dir, DIR_LOCK, "the state directory").unwrap();
+        assert!(!tmp.path().join(DIR_LOCK).exists(), "a released lock leaves no file behind");
+        let _again = lock(&dir, DIR_LOCK, "the state directory").unwrap();
+        assert_eq!(holder(&tmp.path().join(DIR_LOCK)).unwrap(), Some(std::process::id()));
+    }
+
+    #[test]
+    fn a_lock_file_unlinked_by_its_last_holder_is_not_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path(), false).unwrap();
+        let held = lock(&dir, DIR_LOCK, "the state directory").unwrap();
+        // A contender that opened the file before the holder released it: once it gets the
+        // lock, the name no longer leads to that file, so it must not count as taken.
+        let stale = dir.open_file(DIR_LOCK, libc::O_RDWR, 0).unwrap();
+        drop(held);
+        assert!(!dir.names(DIR_LOCK, &stale).unwrap());
+        let fresh = lock(&dir, DIR_LOCK, "the state directory").unwrap();
+        assert!(dir.names(DIR_LOCK, &fresh.file).unwrap());
     }
 }
