@@ -221,8 +221,7 @@ pub fn lock(dir: &StateDir, name: &str, what: &str) -> Result<Lock, StateError> 
             if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
                 return Err(io_err(e));
             }
-            let holder =
-                read_pid(&file).map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"));
+            let holder = read_pid(&file).map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"));
             return Err(StateError::Locked { what: what.to_owned(), holder, path });
         }
         if !dir.names(name, &file).map_err(io_err)? {
