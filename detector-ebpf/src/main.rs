@@ -14,6 +14,7 @@ mod packet;
 mod policy;
 mod probe;
 mod stats;
+mod syncookie;
 mod track;
 
 use aya_ebpf::{

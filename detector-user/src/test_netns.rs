@@ -1,5 +1,5 @@
 //! Unit-test helper: a scratch network namespace with a per-run name, removed on drop
-//! (LAB-RULES: names with a per-run suffix, only test addresses, nothing on the host).
+//! (docs/lab.md: names with a per-run suffix, only test addresses, nothing on the host).
 
 use std::{
     process::{Command, Stdio},

@@ -1,5 +1,5 @@
 //! End to end on the real-host topologies where cookie mode used to break traffic that was
-//! not ours (DESIGN-NOTES, "Real hosts are not one listener"), IPv4 and IPv6, with the agent
+//! not ours (docs/real-hosts.md), IPv4 and IPv6, with the agent
 //! on the middle host's client-facing veth in cookie mode, and in monitor mode as a sanity
 //! check of the topology itself.
 //!

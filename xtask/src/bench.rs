@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: nanoseconds per packet for each path of the XDP program, measured
 //! in one run against baseline programs from the same object, printed with ratios.
 //!
-//! Method (../shared/DESIGN-NOTES.md): one BPF_PROG_TEST_RUN call per fresh packet
+//! Method (docs/verifier.md for why): one BPF_PROG_TEST_RUN call per fresh packet
 //! (`repeat = 1`: XDP_TX rewrites the packet, so repeating would time another path), the
 //! kernel-measured duration averaged, minus a trivial XDP_PASS timed the same way; after
 //! each case the program's path counters are read to prove which path ran. Everything

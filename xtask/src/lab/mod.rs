@@ -1,7 +1,7 @@
 //! Network-namespace lab: a server and a client namespace joined by a veth pair, a real
 //! TCP server, real clients, floods from trafgen, the agent, and clean-up on drop.
 //!
-//! Rules (`../shared/LAB-RULES.md`): addresses only from `198.18.0.0/15` and `2001:2::/48`,
+//! Rules (docs/lab.md): addresses only from `198.18.0.0/15` and `2001:2::/48`,
 //! no default route, names with a per-run suffix, every flood bounded in count and time,
 //! sysctls changed only inside the lab's namespaces, everything removed on drop.
 
@@ -49,7 +49,7 @@ pub struct Lab {
     pub client_if: String,
     children: Vec<Child>,
     /// The trivial XDP program on the client's veth: native `XDP_TX` on a veth is delivered
-    /// only when the peer has an XDP program (DESIGN-NOTES, lab section).
+    /// only when the peer has an XDP program (docs/lab.md).
     client_xdp: Option<Ebpf>,
     scratch: PathBuf,
 }

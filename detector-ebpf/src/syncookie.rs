@@ -1,0 +1,219 @@
+//! The kernel's half of a cookie: find the listener for a SYN and ask the socket-bound
+//! helper (`bpf_tcp_gen_syncookie`) for its cookie and MSS; read the client's options.
+
+use core::{ffi::c_void, hint::black_box, mem::size_of};
+
+use aya_ebpf::{
+    bindings::{
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as TupleV4,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as TupleV6, tcphdr, BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN,
+    },
+    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie},
+    macros::map,
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
+use detector_common::{
+    counters::Counter,
+    parse::{IpVersion, TcpSegment},
+    synack::{parse_syn_options_with, SynOptions, MAX_OPTIONS_LEN},
+};
+
+use crate::cookie::{MAX_L3, MAX_L4};
+
+const ENOENT: i64 = 2;
+const EINVAL: i64 = 22;
+
+/// Scratch for `opaque`.
+#[map(name = "OPTION_WALK")]
+static OPTION_WALK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Returns `i` unchanged, but as a value read from a map, whose bounds the verifier does
+/// not know (see `parse_syn_options_with`, and docs/verifier.md, lesson 4).
+#[inline(always)]
+fn opaque(i: usize) -> usize {
+    match OPTION_WALK.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, only this CPU touches it; volatile so the round trip stays.
+        Some(slot) => unsafe {
+            core::ptr::write_volatile(slot, i as u64);
+            core::ptr::read_volatile(slot) as usize
+        },
+        // Cannot happen (a one-slot array); ending the walk is the safe answer.
+        None => MAX_OPTIONS_LEN,
+    }
+}
+
+/// The option walk as a BPF-to-BPF call: the verifier then continues after it from one
+/// state per way out of the walk that differs in what is live, instead of re-verifying
+/// the rest of the responder from every iteration that can end the walk.
+#[inline(never)]
+fn walk_options(buf: &[u8; MAX_OPTIONS_LEN], len: usize, out: &mut SynOptions) {
+    *out = parse_syn_options_with(buf, len, opaque);
+}
+
+/// What the kernel gave for one SYN.
+#[derive(Default)]
+pub struct Cookie {
+    pub cookie: u32,
+    pub mss: u16,
+    pub opts: SynOptions,
+}
+
+/// Looks up the listener and asks the kernel for a cookie; reads the client's options.
+/// A BPF-to-BPF call, so its buffers do not sit under `send_reply`'s on the stack.
+#[inline(never)]
+pub fn gen_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Result<(), Counter> {
+    let l3 = usize::from(seg.l3_offset);
+    let l4 = usize::from(seg.l4_offset);
+    let ip_len = match seg.version {
+        IpVersion::V4 => 20,
+        IpVersion::V6 => 40,
+    };
+    // Pointers re-derived after the tail adjustment, every offset bounded for the verifier.
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if l3 > MAX_L3 || l4 > MAX_L4 {
+        return Err(Counter::PassCookieHelperError);
+    }
+    // Each pointer is range-checked as the very value handed to the helper: the verifier
+    // tracks ranges per pointer, and does not know that l4 = l3 + ip_len. black_box keeps
+    // LLVM from recomputing them (a recomputed pointer carries no range).
+    let iph = black_box(data + l3);
+    let th = black_box(data + l4);
+    if iph + 40 > end || th + 20 > end {
+        return Err(Counter::PassCookieHelperError);
+    }
+    // The bound is checked on the options length itself, through black_box: a range
+    // check that LLVM folds into `x - 20 <= 40` bounds only a temporary for the verifier
+    // (docs/verifier.md, lesson 2).
+    let opt_len = black_box(usize::from(seg.tcp_header_len).wrapping_sub(20));
+    if opt_len > MAX_OPTIONS_LEN {
+        return Err(Counter::PassCookieHelperError);
+    }
+    // Options are copied four bytes at a time (their length is a multiple of four), each
+    // word checked against the frame: no tail growth is needed to read them.
+    let mut opt_bytes = [0u8; MAX_OPTIONS_LEN];
+    for word in 0..MAX_OPTIONS_LEN / 4 {
+        let at = 4 * word;
+        if at >= opt_len {
+            break;
+        }
+        if th + 20 + at + 4 > end {
+            return Err(Counter::PassCookieHelperError);
+        }
+        // SAFETY: th + 20 + at + 4 <= end, checked just above.
+        let bytes = unsafe { core::ptr::read_unaligned((th + 20 + at) as *const [u8; 4]) };
+        opt_bytes[at..at + 4].copy_from_slice(&bytes);
+    }
+    walk_options(&opt_bytes, opt_len, &mut out.opts);
+
+    let mut tuple = listener_tuple(seg);
+    let tuple_size = match seg.version {
+        IpVersion::V4 => size_of::<TupleV4>(),
+        IpVersion::V6 => size_of::<TupleV6>(),
+    };
+    // SAFETY: helper calls; the socket is released on every path below.
+    unsafe {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "helper ABI")]
+        let sk = bpf_skc_lookup_tcp(
+            ctx.ctx.cast::<c_void>(),
+            &raw mut tuple,
+            tuple_size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return Err(Counter::PassCookieNoListener);
+        }
+        if (*sk).state != BPF_TCP_LISTEN {
+            // An existing socket owns this exact tuple (TIME_WAIT after a client reused
+            // its port, or a live connection): the kernel decides.
+            bpf_sk_release(sk.cast());
+            return Err(Counter::PassCookieExistingSocket);
+        }
+        #[allow(clippy::cast_possible_truncation, reason = "20 or 40")]
+        let ip_len = ip_len as u32;
+        // The helper's th_len must be a constant the verifier can check against the
+        // frame, and a SYN's header is one of eleven lengths: one call per length. (The
+        // alternative, growing the frame to th + 60, fails on frames without tailroom.)
+        let ret = match opt_len {
+            0 => syncookie::<20>(sk.cast(), iph, ip_len, th, end),
+            4 => syncookie::<24>(sk.cast(), iph, ip_len, th, end),
+            8 => syncookie::<28>(sk.cast(), iph, ip_len, th, end),
+            12 => syncookie::<32>(sk.cast(), iph, ip_len, th, end),
+            16 => syncookie::<36>(sk.cast(), iph, ip_len, th, end),
+            20 => syncookie::<40>(sk.cast(), iph, ip_len, th, end),
+            24 => syncookie::<44>(sk.cast(), iph, ip_len, th, end),
+            28 => syncookie::<48>(sk.cast(), iph, ip_len, th, end),
+            32 => syncookie::<52>(sk.cast(), iph, ip_len, th, end),
+            36 => syncookie::<56>(sk.cast(), iph, ip_len, th, end),
+            40 => syncookie::<60>(sk.cast(), iph, ip_len, th, end),
+            _ => -EINVAL,
+        };
+        bpf_sk_release(sk.cast());
+        if ret < 0 {
+            return Err(if ret == -ENOENT {
+                Counter::PassCookieNotArmed
+            } else {
+                Counter::PassCookieHelperError
+            });
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "cookie | mss << 32")]
+        {
+            out.cookie = ret as u32;
+            out.mss = (ret >> 32) as u16;
+        }
+        Ok(())
+    }
+}
+
+/// `bpf_tcp_gen_syncookie` with a TCP header length the verifier sees as the constant
+/// `TH_LEN`, checked against the frame here. The caller releases `sk`.
+#[inline(always)]
+unsafe fn syncookie<const TH_LEN: usize>(
+    sk: *mut c_void,
+    iph: usize,
+    ip_len: u32,
+    th: usize,
+    end: usize,
+) -> i64 {
+    if th + TH_LEN > end {
+        return -EINVAL;
+    }
+    #[allow(clippy::cast_possible_truncation, reason = "<= 60")]
+    // SAFETY: iph + 40 and th + TH_LEN are inside the frame; sk is a live listener.
+    unsafe {
+        bpf_tcp_gen_syncookie(sk, iph as *mut c_void, ip_len, th as *mut tcphdr, TH_LEN as u32)
+    }
+}
+
+/// The listener's view of the SYN: its source is the client, its destination us.
+#[inline(always)]
+fn listener_tuple(seg: &TcpSegment) -> bpf_sock_tuple {
+    // SAFETY: plain old data; every byte the lookup reads is written below.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let sport = seg.src_port.to_be();
+    let dport = seg.dst_port.to_be();
+    match seg.version {
+        IpVersion::V4 => {
+            tuple.__bindgen_anon_1.ipv4 = TupleV4 {
+                saddr: u32::from_ne_bytes([seg.src[12], seg.src[13], seg.src[14], seg.src[15]]),
+                daddr: u32::from_ne_bytes([seg.dst[12], seg.dst[13], seg.dst[14], seg.dst[15]]),
+                sport,
+                dport,
+            };
+        }
+        IpVersion::V6 => {
+            tuple.__bindgen_anon_1.ipv6 =
+                TupleV6 { saddr: words(&seg.src), daddr: words(&seg.dst), sport, dport };
+        }
+    }
+    tuple
+}
+
+/// An address as the four network-order words the tuple wants.
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
