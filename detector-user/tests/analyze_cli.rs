@@ -45,7 +45,8 @@ fn pcap(frames: &[(u64, Vec<u8>)]) -> Vec<u8> {
 
 /// 50 SYNs from 198.18.0.1 in 50 ms and one from 198.18.0.2, with a rate limit of 20/s.
 fn flood_file() -> tempfile::NamedTempFile {
-    let mut frames: Vec<_> = (0..50u16).map(|i| (u64::from(i) * 1_000_000, syn([198, 18, 0, 1], 1_000 + i))).collect();
+    let mut frames: Vec<_> =
+        (0..50u16).map(|i| (u64::from(i) * 1_000_000, syn([198, 18, 0, 1], 1_000 + i))).collect();
     frames.push((2 * SEC, syn([198, 18, 0, 2], 5)));
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), pcap(&frames)).unwrap();

@@ -204,7 +204,10 @@ impl Model {
     fn on_syn(&mut self, now: u64, flow: FlowKey, isn: u32) {
         let cfg = self.cfg;
         let at = self.absolute(now);
-        let src = self.sources.entry(flow.src).or_insert_with(|| Source { report: SourceReport::default(), state: None });
+        let src = self
+            .sources
+            .entry(flow.src)
+            .or_insert_with(|| Source { report: SourceReport::default(), state: None });
         src.report.syns += 1;
         let state = src.state.get_or_insert_with(|| SourceState::new(now, &cfg));
         state.age(now, &cfg);

@@ -50,7 +50,10 @@ pub fn read_into(path: &Path, model: &mut Model) -> Result<CaptureInfo, CaptureE
     let name = path.display().to_string();
     let mut file = File::open(path).map_err(|source| CaptureError::Open { path: name.clone(), source })?;
     let mut magic = Vec::with_capacity(4);
-    (&mut file).take(4).read_to_end(&mut magic).map_err(|source| CaptureError::Open { path: name.clone(), source })?;
+    (&mut file)
+        .take(4)
+        .read_to_end(&mut magic)
+        .map_err(|source| CaptureError::Open { path: name.clone(), source })?;
     let rest = std::io::Cursor::new(magic.clone()).chain(file);
     let ctx = Ctx { path: name.clone(), frames: 0 };
     if PCAP_MAGICS.iter().any(|m| m[..] == magic[..]) {
@@ -172,7 +175,15 @@ fn to_ns(units: u128, resol: u8) -> u64 {
 }
 
 fn supported(link: DataLink) -> bool {
-    matches!(link, DataLink::ETHERNET | DataLink::LINUX_SLL | DataLink::LINUX_SLL2 | DataLink::RAW | DataLink::IPV4 | DataLink::IPV6)
+    matches!(
+        link,
+        DataLink::ETHERNET
+            | DataLink::LINUX_SLL
+            | DataLink::LINUX_SLL2
+            | DataLink::RAW
+            | DataLink::IPV4
+            | DataLink::IPV6
+    )
 }
 
 fn link_name(link: DataLink) -> String {

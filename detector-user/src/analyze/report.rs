@@ -98,7 +98,9 @@ pub fn json(a: &Analysis, info: &CaptureInfo) -> JsonReport {
         .iter()
         .map(|&(at_ns, ev)| {
             let (event, address, reason) = match ev {
-                Event::SourceBlocked(addr, r) => ("source_blocked", Some(addr.to_string()), Some(reason_name(r))),
+                Event::SourceBlocked(addr, r) => {
+                    ("source_blocked", Some(addr.to_string()), Some(reason_name(r)))
+                }
                 Event::AttackStarted => ("attack_started", None, None),
                 Event::AttackEnded => ("attack_ended", None, None),
             };
@@ -145,7 +147,13 @@ pub fn json(a: &Analysis, info: &CaptureInfo) -> JsonReport {
 
 /// The text report; at most `top` sources in the table (all in the JSON).
 #[must_use]
-pub fn text(a: &Analysis, info: &CaptureInfo, cfg: &KernelConfig, d: &DetectionThresholds, top: usize) -> String {
+pub fn text(
+    a: &Analysis,
+    info: &CaptureInfo,
+    cfg: &KernelConfig,
+    d: &DetectionThresholds,
+    top: usize,
+) -> String {
     let j = json(a, info);
     let s = &j.summary;
     let mut out = String::new();

@@ -124,7 +124,9 @@ fn source<'a>(a: &'a Analysis, addr: &str) -> &'a SourceReport {
 /// detector sees the calm seconds after the flood.
 fn single_source_flood(link: fn(&[u8]) -> Vec<u8>) -> Vec<(u64, Vec<u8>)> {
     let mut frames: Vec<_> = (0..300u16)
-        .map(|i| (T0 + u64::from(i) * 3 * MS, link(&ip_segment([198, 18, 0, 1], SERVER, 10_000 + i, 80, 7, "syn"))))
+        .map(|i| {
+            (T0 + u64::from(i) * 3 * MS, link(&ip_segment([198, 18, 0, 1], SERVER, 10_000 + i, 80, 7, "syn")))
+        })
         .collect();
     frames.push((T0 + 40 * SEC, link(&ip_segment([198, 18, 0, 9], SERVER, 9, 80, 1, "rst"))));
     frames
@@ -226,7 +228,14 @@ fn calm_capture_completes_every_handshake() {
     for (addr, s) in &a.sources {
         let rsts = u64::from(addr.to_string() == "198.18.1.5");
         let retransmits = u64::from(addr.to_string() == "198.18.1.1");
-        let expected = SourceReport { syns: 1 + retransmits, completed: 1, syn_acks: 1, rsts, retransmits, ..SourceReport::default() };
+        let expected = SourceReport {
+            syns: 1 + retransmits,
+            completed: 1,
+            syn_acks: 1,
+            rsts,
+            retransmits,
+            ..SourceReport::default()
+        };
         assert_eq!(*s, expected, "{addr}");
     }
     assert!(a.timeline.is_empty());
