@@ -226,7 +226,7 @@ pub fn text(
             "attack_started" => "attack mode started".to_string(),
             _ => "attack mode ended".to_string(),
         };
-        let _ = writeln!(out, "  +{:>9.3} s  {what}", ev.offset_s);
+        let _ = writeln!(out, "  {:>10} s  {what}", format!("+{:.3}", ev.offset_s));
     }
     if s.timeline.len() > TIMELINE_LINES {
         let _ = writeln!(out, "  ... and {} more events (--json for all)", s.timeline.len() - TIMELINE_LINES);
