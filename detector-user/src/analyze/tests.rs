@@ -263,3 +263,21 @@ fn non_capture_and_unsupported_link_type_are_refused() {
     let e = run(&pcap(105, &[]), &RunArgs::default()).unwrap_err();
     assert!(e.to_string().contains("unsupported link type IEEE802_11"), "{e}");
 }
+
+#[test]
+fn sll2_and_raw_ipv6_frames_reach_the_parser() {
+    let v6 = PacketBuilder::ipv6(
+        [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],
+        [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        64,
+    );
+    let mut raw = Vec::new();
+    v6.tcp(1, 80, 1, 1_000).syn().write(&mut raw, &[]).unwrap();
+    let mut sll2 = vec![0x86, 0xdd, 0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 2, 0, 0, 0, 0, 2, 0, 0];
+    sll2.extend_from_slice(&raw);
+    for (link, frame) in [(101, raw), (276, sll2)] {
+        let (a, _) = run(&pcap(link, &[(T0, frame)]), &RunArgs::default()).unwrap();
+        assert_eq!(a.sources.len(), 1, "link type {link}");
+        assert_eq!((a.sources[0].0.to_string(), a.sources[0].1.syns), ("2001:2::5".to_string(), 1));
+    }
+}
