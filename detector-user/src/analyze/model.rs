@@ -254,9 +254,13 @@ impl Model {
         }
     }
 
-    /// Ages every source to the last frame and takes the report.
+    /// Takes the detector's sample of the last (partial) second, as the agent's next poll
+    /// would, ages every source to the last frame and takes the report.
     #[must_use]
-    pub fn finish(self) -> Analysis {
+    pub fn finish(mut self) -> Analysis {
+        if self.start.is_some() {
+            self.sample(self.next_sample);
+        }
         let now = self.last.saturating_sub(self.start.unwrap_or(0));
         let cfg = self.cfg;
         let mut sources: Vec<(IpAddr, SourceReport)> = self

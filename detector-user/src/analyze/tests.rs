@@ -281,3 +281,14 @@ fn sll2_and_raw_ipv6_frames_reach_the_parser() {
         assert_eq!((a.sources[0].0.to_string(), a.sources[0].1.syns), ("2001:2::5".to_string(), 1));
     }
 }
+
+#[test]
+fn a_flood_shorter_than_a_second_is_sampled_once_after_its_last_frame() {
+    let mut frames = single_source_flood(ethernet);
+    frames.pop();
+    let (a, _) = run(&pcap(1, &frames), &flood_args()).unwrap();
+    assert_eq!(
+        a.timeline.last().map(|(at, e)| (at - T0, *e)),
+        Some((SEC, super::model::Event::AttackStarted))
+    );
+}
