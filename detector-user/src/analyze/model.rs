@@ -88,8 +88,7 @@ pub fn analyze<F: AsRef<[u8]>>(
 
 struct Source {
     report: SourceReport,
-    /// Created by a SYN, as in the program's map.
-    state: Option<SourceState>,
+    state: Option<SourceState>, // created by a SYN, as in the program's map
 }
 
 /// The incremental form of `analyze`, for readers that stream.
@@ -149,7 +148,6 @@ impl Model {
         }
         let flow = FlowKey { src: seg.src, dst: seg.dst, src_port: seg.src_port, dst_port: seg.dst_port };
         if seg.is_syn() {
-            self.syns_this_second += 1;
             self.on_syn(now, flow, seg.seq);
         } else if seg.may_complete_handshake() {
             self.on_ack(now, &flow, seg.seq);
@@ -216,6 +214,8 @@ impl Model {
             src.report.dropped += 1;
             return;
         }
+        // The agent's rate leaves out already-blocked sources (`counts_toward_detection`).
+        self.syns_this_second += 1;
         let new_flow = !self.pending.contains_key(&flow);
         if new_flow {
             self.pending.insert(flow, PendingFlow { syn_ns: now, isn, _pad: 0 });
