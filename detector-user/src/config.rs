@@ -246,6 +246,18 @@ impl Config {
         Ok(Self { file })
     }
 
+    /// As `load`, but for work that attaches nothing (`analyze`): the interfaces are
+    /// neither required nor checked; every other key is validated as for `run`.
+    pub fn load_offline(args: &RunArgs) -> Result<Self, ConfigError> {
+        let mut file = match &args.config {
+            Some(path) => parse_file(path)?,
+            None => FileConfig::default(),
+        };
+        apply_overrides(&mut file, args);
+        validate_settings(&file)?;
+        Ok(Self { file })
+    }
+
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.file.poll_interval_ms)
     }
@@ -359,6 +371,11 @@ pub fn validate(f: &FileConfig) -> Result<(), ConfigError> {
             return Err(invalid("interfaces", format!("{iface:?} is listed twice")));
         }
     }
+    validate_settings(f)
+}
+
+/// Every rule of `validate` but the interfaces'.
+fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
     in_range("poll_interval_ms", f.poll_interval_ms, 100, 60_000)?;
     in_range("top_sources", f.top_sources, 0, 100)?;
     let thresholds = &f.thresholds;

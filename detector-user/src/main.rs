@@ -4,6 +4,7 @@
 //! locks, the metrics listener, recovery of a crashed run's sysctls, load and attach,
 //! tasks, then undo everything it changed and say truthfully what was restored.
 
+mod analyze;
 mod attachments;
 mod bpf_batch;
 mod config;
@@ -65,6 +66,9 @@ enum Command {
     /// Show the state directory: the sysctl state file, the lock holder, the sysctls now
     /// (exit 1 when the state file is corrupt).
     Status(status::StatusArgs),
+    /// Replay a pcap/pcapng capture through the detector offline: per source, what the XDP
+    /// program would have done, and when attack mode would have started and ended.
+    Analyze(analyze::AnalyzeArgs),
     /// Time polls and /metrics scrapes against a full per-source map (for `cargo xtask
     /// bench`; loads the program, attaches nothing, changes no sysctl).
     #[command(hide = true)]
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Top(args) => return top::main(&args),
+        Command::Analyze(args) => return analyze::main(&args),
         Command::Status(args) => return status::main(&args),
         Command::BenchPoll(args) => return control::bench::main(&args),
         Command::CheckConfig(args) => {
