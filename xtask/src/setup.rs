@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: installs, idempotently, what a fresh Debian 12 machine lacks to
-//! build and test (../shared/TOOLCHAIN.md), and says what it found and what it did.
+//! build and test (docs/toolchain.md), and says what it found and what it did.
 
 use std::process::Command;
 

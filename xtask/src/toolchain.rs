@@ -1,4 +1,4 @@
-//! Which route builds the eBPF half here (../shared/TOOLCHAIN.md): a rustup nightly with
+//! Which route builds the eBPF half here (docs/toolchain.md): a rustup nightly with
 //! `rust-src`, or Debian's `rustc-web` with its library source and `RUSTC_BOOTSTRAP`.
 
 use std::{path::Path, process::Command};
