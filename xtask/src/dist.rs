@@ -88,7 +88,10 @@ pub fn check() -> Result<()> {
     let all: Vec<&str> = CAPS.to_vec();
     let agent = start(&lab, &root, &unit, &all)?;
     check_running(&lab, agent)?;
-    println!("dist: as uid {TEST_UID} with {}: attached, /metrics served, cookies on", all.join(" "));
+    println!(
+        "dist: as uid {TEST_UID} with {}: attached, /metrics served, cookies on, SIGHUP reloads",
+        all.join(" ")
+    );
     for missing in CAPS {
         let some: Vec<&str> = CAPS.iter().copied().filter(|c| c != missing).collect();
         let log = check_refused(&lab, start(&lab, &root, &unit, &some)?)?;
@@ -202,6 +205,15 @@ fn check_running(lab: &Lab, mut agent: Child) -> Result<()> {
         ensure!(scrape.get(&attached) == Some(1.0), "{attached} is not 1:\n{}", scrape.text);
         let cookies = lab.sysctl_get(&lab.server_ns, "net.ipv4.tcp_syncookies")?;
         ensure!(cookies == "2", "tcp_syncookies is {cookies}, not 2");
+        // What ExecReload does: the agent, non-root, rereads its configuration.
+        // SAFETY: signalling our own child (ip, sh and setpriv exec, so it is the agent).
+        unsafe { libc::kill(libc::pid_t::try_from(agent.id())?, libc::SIGHUP) };
+        let reloaded = "syndetector_config_reloads_total{result=\"success\"}";
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Scrape::fetch(&lab.server_ns, addr)?.get(reloaded) != Some(1.0) {
+            ensure!(Instant::now() < deadline, "{reloaded} is not 1 10 s after SIGHUP");
+            std::thread::sleep(Duration::from_millis(200));
+        }
         Ok(())
     })();
     // SAFETY: signalling our own child (ip, sh and setpriv exec, so it is the agent).
