@@ -27,6 +27,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting programs and maps"),
     ("prometheus", "a real Prometheus server and promtool"),
     ("nftables", "nft: the agent reads DNAT/redirect rules; NAT tests in namespaces"),
+    ("dpkg-dev", "dpkg-shlibdeps and strip, which cargo-deb uses for the package's Depends"),
     ("systemd", "systemd-analyze verify of the packaged unit"),
     ("util-linux", "setpriv: the packaged agent run as a non-root user with capabilities"),
 ];
