@@ -3,6 +3,7 @@
 mod bench;
 mod bench_agent;
 mod build_ebpf;
+mod dist;
 mod lint;
 mod setup;
 mod test;
@@ -31,6 +32,8 @@ enum Task {
     BuildEbpf(build_ebpf::BuildEbpfArgs),
     /// Build the XDP object and the agent that embeds it.
     Build(build_ebpf::BuildEbpfArgs),
+    /// The Debian package (cargo-deb): release binary, systemd unit, config, dashboards.
+    Dist(dist::DistArgs),
     /// Run every test (needs root): the README's and CI's test command.
     Test(test::TestArgs),
     /// rustfmt and clippy.
@@ -46,6 +49,13 @@ fn main() -> ExitCode {
         Task::Setup => setup::main(),
         Task::BuildEbpf(args) => build_ebpf::main(&args).map(drop),
         Task::Build(args) => build(&args).map(drop),
+        Task::Dist(args) => {
+            if args.check {
+                dist::check()
+            } else {
+                dist::main().map(drop)
+            }
+        }
         Task::Test(args) => test::main(&args),
         Task::Lint => lint::main(),
         Task::Bench(args) => build_ebpf::main(&build_ebpf::BuildEbpfArgs { release: true })

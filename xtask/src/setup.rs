@@ -27,14 +27,24 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting programs and maps"),
     ("prometheus", "a real Prometheus server and promtool"),
     ("nftables", "nft: the agent reads DNAT/redirect rules; NAT tests in namespaces"),
+    ("dpkg-dev", "dpkg-shlibdeps and strip, which cargo-deb uses for the package's Depends"),
+    ("systemd", "systemd-analyze verify of the packaged unit"),
+    ("util-linux", "setpriv: the packaged agent run as a non-root user with capabilities"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Builds the Debian package (`cargo xtask dist`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn cargo_deb_version() -> Option<String> {
+    let out = Command::new("cargo").args(["deb", "--version"]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 pub fn main() -> Result<()> {
@@ -78,6 +88,23 @@ pub fn main() -> Result<()> {
                 .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
                 .args(["--no-default-features", "--features", "llvm-22"]))
             .context("cargo install bpf-linker")?;
+        }
+    }
+    match cargo_deb_version() {
+        Some(v) if v.contains(CARGO_DEB_VERSION) => println!("setup: present    {v}"),
+        found => {
+            println!(
+                "setup: installing cargo-deb {CARGO_DEB_VERSION} (found: {})",
+                found.as_deref().unwrap_or("none")
+            );
+            run(Command::new("cargo").args([
+                "install",
+                "cargo-deb",
+                "--locked",
+                "--version",
+                CARGO_DEB_VERSION,
+            ]))
+            .context("cargo install cargo-deb")?;
         }
     }
     let route = toolchain::detect().context("neither eBPF toolchain route is usable after setup")?;

@@ -1,12 +1,13 @@
 //! `cargo xtask test`: the one test command (README and CI). Builds the XDP object, runs
 //! every test of the workspace (unit, BPF_PROG_TEST_RUN, network-namespace end-to-end),
-//! then checks the dashboards and alert rules with promtool.
+//! then checks the dashboards and alert rules with promtool, and the Debian package
+//! (`dist::check`).
 
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{build_ebpf, run, workspace_root};
+use crate::{build_ebpf, dist, run, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
@@ -42,6 +43,8 @@ pub fn main(args: &TestArgs) -> Result<()> {
     } else {
         Ok(())
     };
+    let package = if args.rest.is_empty() { dist::check().context("the Debian package") } else { Ok(()) };
     tests?;
-    dashboards
+    dashboards?;
+    package
 }
