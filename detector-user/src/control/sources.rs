@@ -184,7 +184,11 @@ impl SourceTracker {
                         key: *key,
                         blocked,
                         half_open: aged.half_open(),
-                        block_left_ns: if blocked { state.blocked_until_ns.saturating_sub(now_ns) } else { 0 },
+                        block_left_ns: if blocked {
+                            state.blocked_until_ns.saturating_sub(now_ns)
+                        } else {
+                            0
+                        },
                     };
                     if top.len() < k {
                         top.push(Reverse(c));
