@@ -131,6 +131,7 @@ fn live_view_draws_state_history_verdicts_and_sources() {
     app.update(snapshot(), 0.0);
     let mut later = snapshot();
     later.packets.insert("drop/blocked".into(), 6000.0);
+    later.packets.insert("pass/syn".into(), 5120.0);
     app.update(later, 1.0);
     assert_eq!(app.syn_history, [2011, 2011]);
     let mut terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
@@ -158,4 +159,7 @@ fn live_view_draws_state_history_verdicts_and_sources() {
     ] {
         assert!(screen.contains(expected), "{expected:?} not on screen:\n{screen}");
     }
+    let row = |text: &str| screen.lines().position(|l| l.contains(text)).unwrap();
+    assert!(row("pass/syn") < row("drop/blocked"), "busiest verdict first:\n{screen}");
+    assert!(row("drop/blocked") < row("pass/other"), "then by rate:\n{screen}");
 }

@@ -23,11 +23,15 @@ pub fn draw(frame: &mut Frame, app: &App) {
     frame.render_widget(status_line(app), status);
     let [syn, half] = Layout::horizontal([Constraint::Ratio(1, 2); 2]).areas(sparks);
     let now = app.snapshot.as_ref();
-    spark(frame, syn, &format!("SYN/s {:.1}", now.map_or(0.0, |s| s.syns_per_second)), &app.syn_history);
-    spark(frame, half, &format!("half-open {:.0}", now.map_or(0.0, |s| s.half_open)), &app.half_open_history);
+    let (rate, open) = now.map_or((0.0, 0.0), |s| (s.syns_per_second, s.half_open));
+    spark(frame, syn, &format!("SYN/s {rate:.1} (one column a second)"), &app.syn_history);
+    spark(frame, half, &format!("half-open {open:.0}"), &app.half_open_history);
     let [verdicts, fill] =
         Layout::horizontal([Constraint::Ratio(2, 3), Constraint::Ratio(1, 3)]).areas(middle);
-    let rows = app.rates.iter().map(|(k, v)| Row::new([Cell::from(k.clone()), right(format!("{v:.1}"))]));
+    // The busiest first: the box shows only a few of the agent's verdict/reason pairs.
+    let mut rates: Vec<(&String, &f64)> = app.rates.iter().collect();
+    rates.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    let rows = rates.into_iter().map(|(k, v)| Row::new([Cell::from(k.clone()), right(format!("{v:.1}"))]));
     frame.render_widget(
         Table::new(rows, [Constraint::Min(24), Constraint::Length(12)])
             .header(
