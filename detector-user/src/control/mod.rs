@@ -55,6 +55,10 @@ pub struct TopSource {
     pub source: IpAddr,
     pub syns_per_second: f64,
     pub blocked: bool,
+    /// Half-open handshakes of this source at the walk (aged as the kernel would).
+    pub half_open: u32,
+    /// Seconds until the block expires; 0 when not blocked.
+    pub block_left_seconds: f64,
 }
 
 pub type SharedTop = Arc<Mutex<Vec<TopSource>>>;

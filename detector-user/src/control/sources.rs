@@ -62,6 +62,8 @@ struct Candidate {
     rate: f32,
     key: SourceKey,
     blocked: bool,
+    half_open: u32,
+    block_left_ns: u64,
 }
 
 impl PartialEq for Candidate {
@@ -177,7 +179,17 @@ impl SourceTracker {
                     Events::push(&mut events.freed, &mut events.more, *key);
                 }
                 if k > 0 && rate >= 0.01 {
-                    let c = Candidate { rate, key: *key, blocked };
+                    let c = Candidate {
+                        rate,
+                        key: *key,
+                        blocked,
+                        half_open: aged.half_open(),
+                        block_left_ns: if blocked {
+                            state.blocked_until_ns.saturating_sub(now_ns)
+                        } else {
+                            0
+                        },
+                    };
                     if top.len() < k {
                         top.push(Reverse(c));
                     } else if top.peek().is_some_and(|Reverse(min)| c > *min) {
@@ -204,6 +216,9 @@ impl SourceTracker {
                 source: source_ip(&c.key),
                 syns_per_second: f64::from(c.rate),
                 blocked: c.blocked,
+                half_open: c.half_open,
+                #[allow(clippy::cast_precision_loss, reason = "seconds for display")]
+                block_left_seconds: c.block_left_ns as f64 / 1e9,
             })
             .collect();
         summary
@@ -262,6 +277,8 @@ mod tests {
         assert_eq!(entries, before, "the walk sees entries by shared reference only");
         assert_eq!((summary.blocked, summary.failed, summary.half_open), (1, 5, 0));
         assert!(summary.top[0].blocked);
+        assert_eq!(summary.top[0].half_open, 0, "expired in the copy");
+        assert!((summary.top[0].block_left_seconds - 90.0).abs() < 1e-9);
     }
 
     #[test]
