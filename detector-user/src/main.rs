@@ -61,7 +61,7 @@ enum Command {
     Run(RunArgs),
     /// Validate a configuration (file and flags as for `run`) without touching the host.
     CheckConfig(RunArgs),
-    /// Show the top SYN sources of a running agent.
+    /// A live view of a running agent: SYN rate, half-open, verdicts, top sources (`--once`: one table).
     Top(top::TopArgs),
     /// Show the state directory: the sysctl state file, the lock holder, the sysctls now
     /// (exit 1 when the state file is corrupt).
@@ -157,7 +157,9 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     // is refused here, not when cookies first turn on.
     let mut sysctls =
         tokio::task::block_in_place(|| Sysctls::prepare(Path::new("/proc/sys"), dir, sysctl::STATE_FILE))
-            .context("opening the sysctls and the state directory (needs root)")?;
+            .context(
+                "opening the sysctls and the state directory (writing /proc/sys/net needs CAP_NET_ADMIN)",
+            )?;
 
     // Bind before loading: a busy port must fail while the host is still untouched.
     let metrics_addr = cfg.file.metrics_addr;
