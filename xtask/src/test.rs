@@ -3,11 +3,14 @@
 //! then checks the dashboards and alert rules with promtool, and the Debian package
 //! (`dist::check`).
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{build_ebpf, dist, run, workspace_root};
+use crate::{build_ebpf, dist, format_command, run, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
@@ -34,7 +37,8 @@ pub fn main(args: &TestArgs) -> Result<()> {
         .args(["test", "--workspace", "--no-fail-fast", "--", "--test-threads"])
         .arg(args.test_threads.to_string())
         .args(&args.rest);
-    let tests = run(&mut cargo).context("cargo test");
+    let (tests, totals) = run_counting(&mut cargo);
+    let tests = tests.context("cargo test");
     let dashboards = if args.rest.is_empty() {
         run(Command::new("bash")
             .arg(workspace_root().join("dashboards/check.sh"))
@@ -44,7 +48,80 @@ pub fn main(args: &TestArgs) -> Result<()> {
         Ok(())
     };
     let package = if args.rest.is_empty() { dist::check().context("the Debian package") } else { Ok(()) };
+    // One closing line for every test binary together (cargo prints one per binary, the
+    // last ones being doc-test runs with nothing in them).
+    println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
     tests?;
     dashboards?;
     package
+}
+
+/// Sums of the "test result:" lines of every test binary.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds a libtest summary line ("test result: ok. 3 passed; 0 failed; 1 ignored; ...").
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else { return };
+        for part in rest.split(';') {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            let (count, what) = match words.as_slice() {
+                [_, n, what, ..] if n.parse::<u64>().is_ok() => (*n, *what),
+                [n, what, ..] => (*n, *what),
+                _ => continue,
+            };
+            let Ok(n) = count.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cmd` like `run`, echoing its standard output line by line while summing the
+/// test result lines.
+fn run_counting(cmd: &mut Command) -> (Result<()>, Totals) {
+    println!("$ {}", format_command(cmd));
+    let mut totals = Totals::default();
+    let mut child = match cmd.stdout(Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(e) => return (Err(e).context("starting cargo"), totals),
+    };
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            totals.add_line(&line);
+        }
+    }
+    let result = match child.wait() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(anyhow::anyhow!("`{}` failed ({status})", format_command(cmd))),
+        Err(e) => Err(e.into()),
+    };
+    (result, totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn summary_lines_of_every_binary_add_up() {
+        let mut t = Totals::default();
+        t.add_line(
+            "test result: ok. 98 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 9.07s",
+        );
+        t.add_line("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add_line("running 3 tests");
+        t.add_line("test foo ... ok");
+        assert_eq!(t, Totals { passed: 101, failed: 2, ignored: 1 });
+    }
 }
