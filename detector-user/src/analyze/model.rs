@@ -27,7 +27,7 @@ use crate::detect::{DetectionThresholds, Detector, Sample, Transition};
 const SEC: u64 = 1_000_000_000;
 
 /// What one source did and what the program would have done to it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SourceReport {
     pub syns: u64,
     /// Handshakes completed in time (the ACK carried the SYN's sequence number + 1).
@@ -46,7 +46,9 @@ pub struct SourceReport {
     pub dropped: u64,
     /// Times the source was blocked.
     pub blocks: u64,
-    /// The first block: capture time (ns since the epoch) and the limit crossed.
+    /// The first block: capture time (ns since the epoch) and the limit crossed (the
+    /// JSON report gives it as fields of its own).
+    #[serde(skip)]
     pub first_block: Option<(u64, BlockReason)>,
 }
 

@@ -16,19 +16,13 @@ use crate::{
 /// Events the text report lists; the JSON has all.
 const TIMELINE_LINES: usize = 50;
 
-/// One source in the JSON report.
+/// One source in the JSON report: its address, its counts (flattened: one object per
+/// source), and its first block.
 #[derive(Serialize)]
 pub struct JsonSource {
     pub address: String,
-    pub syns: u64,
-    pub completed: u64,
-    pub half_open: u64,
-    pub failed: u64,
-    pub rsts: u64,
-    pub syn_acks: u64,
-    pub retransmits: u64,
-    pub dropped: u64,
-    pub blocks: u64,
+    #[serde(flatten)]
+    pub counts: SourceReport,
     pub blocked: bool,
     /// "syn_rate" or "half_open"; null when never blocked.
     pub blocked_by: Option<&'static str>,
@@ -127,15 +121,7 @@ pub fn json(a: &Analysis, info: &CaptureInfo) -> JsonReport {
         .into_iter()
         .map(|(addr, r)| JsonSource {
             address: addr.to_string(),
-            syns: r.syns,
-            completed: r.completed,
-            half_open: r.half_open,
-            failed: r.failed,
-            rsts: r.rsts,
-            syn_acks: r.syn_acks,
-            retransmits: r.retransmits,
-            dropped: r.dropped,
-            blocks: r.blocks,
+            counts: r.clone(),
             blocked: r.blocks > 0,
             blocked_by: r.first_block.map(|(_, reason)| reason_name(reason)),
             blocked_at_ns: r.first_block.map(|(at, _)| at),
@@ -199,14 +185,14 @@ pub fn text(
             out,
             "{:<39} {:>8} {:>9} {:>9} {:>7} {:>6} {:>8} {:>7} {:>8}  {verdict}",
             src.address,
-            src.syns,
-            src.completed,
-            src.half_open,
-            src.failed,
-            src.rsts,
-            src.syn_acks,
-            src.retransmits,
-            src.dropped
+            src.counts.syns,
+            src.counts.completed,
+            src.counts.half_open,
+            src.counts.failed,
+            src.counts.rsts,
+            src.counts.syn_acks,
+            src.counts.retransmits,
+            src.counts.dropped
         );
     }
     if j.sources.len() > top {
