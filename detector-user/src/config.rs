@@ -203,6 +203,19 @@ pub struct RunArgs {
     pub poll_interval_ms: Option<u64>,
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Cookie SYN-ACKs carry wscale/SACK/ECN in a timestamp (true/false).
+    #[arg(long, value_name = "BOOL")]
+    pub cookie_timestamps: Option<bool>,
+    #[arg(long, value_name = "SYN-ACK/S")]
+    pub cookie_budget: Option<u32>,
+}
+
+/// The per-source limits and host-wide detection flags, shared by `run` and `analyze`;
+/// each overrides the key of the same name in the file.
+#[derive(Clone, Debug, Default, Args)]
+pub struct LimitArgs {
     #[arg(long, value_name = "SYN/S")]
     pub syn_rate_limit: Option<u32>,
     #[arg(long, value_name = "N")]
@@ -221,11 +234,6 @@ pub struct RunArgs {
     pub exit_half_open: Option<u64>,
     #[arg(long = "hold", value_name = "SECS")]
     pub hold_secs: Option<u64>,
-    /// Cookie SYN-ACKs carry wscale/SACK/ECN in a timestamp (true/false).
-    #[arg(long, value_name = "BOOL")]
-    pub cookie_timestamps: Option<bool>,
-    #[arg(long, value_name = "SYN-ACK/S")]
-    pub cookie_budget: Option<u32>,
 }
 
 /// A configuration that passed `validate`: the only kind the agent acts on.
@@ -237,11 +245,7 @@ pub struct Config {
 impl Config {
     /// Reads the file (if any), applies the flags, validates. Touches nothing.
     pub fn load(args: &RunArgs) -> Result<Self, ConfigError> {
-        let mut file = match &args.config {
-            Some(path) => parse_file(path)?,
-            None => FileConfig::default(),
-        };
-        apply_overrides(&mut file, args);
+        let file = with_overrides(args)?;
         validate(&file)?;
         Ok(Self { file })
     }
@@ -249,11 +253,7 @@ impl Config {
     /// As `load`, but for work that attaches nothing (`analyze`): the interfaces are
     /// neither required nor checked; every other key is validated as for `run`.
     pub fn load_offline(args: &RunArgs) -> Result<Self, ConfigError> {
-        let mut file = match &args.config {
-            Some(path) => parse_file(path)?,
-            None => FileConfig::default(),
-        };
-        apply_overrides(&mut file, args);
+        let file = with_overrides(args)?;
         validate_settings(&file)?;
         Ok(Self { file })
     }
@@ -277,8 +277,8 @@ impl Config {
         self.file.state_dir.join("sysctl-state.toml")
     }
 
-    /// What the program gets. `flags`, `synack_wscale`, `sketch_seed` and the per-CPU
-    /// budget are filled in by the caller, which knows the host.
+    /// What the program gets. `flags`, `synack_wscale`, `sketch_seed` and the budget are
+    /// filled in by the caller, which knows the host.
     pub fn kernel_config(&self) -> KernelConfig {
         let t = &self.file.thresholds;
         let mut k = KernelConfig::new(
@@ -309,13 +309,23 @@ pub fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
 }
 
+/// The file named by `--config` (defaults without one), with the flags applied.
+fn with_overrides(args: &RunArgs) -> Result<FileConfig, ConfigError> {
+    let mut file = match &args.config {
+        Some(path) => parse_file(path)?,
+        None => FileConfig::default(),
+    };
+    apply_overrides(&mut file, args);
+    Ok(file)
+}
+
 fn apply_overrides(f: &mut FileConfig, a: &RunArgs) {
     if !a.interfaces.is_empty() {
         f.interfaces.clone_from(&a.interfaces);
     }
     macro_rules! set {
-        ($($arg:ident => $($field:ident).+;)*) => {
-            $( if let Some(v) = a.$arg.clone() { f.$($field).+ = v; } )*
+        ($($($arg:ident).+ => $($field:ident).+;)*) => {
+            $( if let Some(v) = a.$($arg).+.clone() { f.$($field).+ = v; } )*
         };
     }
     set! {
@@ -325,15 +335,15 @@ fn apply_overrides(f: &mut FileConfig, a: &RunArgs) {
         log_format => log_format;
         poll_interval_ms => poll_interval_ms;
         state_dir => state_dir;
-        syn_rate_limit => thresholds.syn_rate_limit;
-        half_open_limit => thresholds.half_open_limit;
-        block_ttl_secs => thresholds.block_ttl_secs;
-        handshake_timeout_ms => thresholds.handshake_timeout_ms;
-        enter_syn_rate => detection.enter_syn_rate;
-        exit_syn_rate => detection.exit_syn_rate;
-        enter_half_open => detection.enter_half_open;
-        exit_half_open => detection.exit_half_open;
-        hold_secs => detection.hold_secs;
+        limits.syn_rate_limit => thresholds.syn_rate_limit;
+        limits.half_open_limit => thresholds.half_open_limit;
+        limits.block_ttl_secs => thresholds.block_ttl_secs;
+        limits.handshake_timeout_ms => thresholds.handshake_timeout_ms;
+        limits.enter_syn_rate => detection.enter_syn_rate;
+        limits.exit_syn_rate => detection.exit_syn_rate;
+        limits.enter_half_open => detection.enter_half_open;
+        limits.exit_half_open => detection.exit_half_open;
+        limits.hold_secs => detection.hold_secs;
         cookie_timestamps => cookies.timestamps;
         cookie_budget => cookies.budget_per_second;
     }

@@ -12,7 +12,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Args;
 
-use crate::config::{Config, RunArgs};
+use crate::config::{Config, LimitArgs, RunArgs};
 
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
@@ -28,41 +28,13 @@ pub struct AnalyzeArgs {
     /// TOML configuration file (as for `run`; only the thresholds and timings matter).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    #[arg(long, value_name = "SYN/S")]
-    pub syn_rate_limit: Option<u32>,
-    #[arg(long, value_name = "N")]
-    pub half_open_limit: Option<u32>,
-    #[arg(long = "block-ttl", value_name = "SECS")]
-    pub block_ttl_secs: Option<u64>,
-    #[arg(long, value_name = "MS")]
-    pub handshake_timeout_ms: Option<u64>,
-    #[arg(long, value_name = "SYN/S")]
-    pub enter_syn_rate: Option<f64>,
-    #[arg(long, value_name = "SYN/S")]
-    pub exit_syn_rate: Option<f64>,
-    #[arg(long, value_name = "N")]
-    pub enter_half_open: Option<u64>,
-    #[arg(long, value_name = "N")]
-    pub exit_half_open: Option<u64>,
-    #[arg(long = "hold", value_name = "SECS")]
-    pub hold_secs: Option<u64>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 impl AnalyzeArgs {
     fn run_args(&self) -> RunArgs {
-        RunArgs {
-            config: self.config.clone(),
-            syn_rate_limit: self.syn_rate_limit,
-            half_open_limit: self.half_open_limit,
-            block_ttl_secs: self.block_ttl_secs,
-            handshake_timeout_ms: self.handshake_timeout_ms,
-            enter_syn_rate: self.enter_syn_rate,
-            exit_syn_rate: self.exit_syn_rate,
-            enter_half_open: self.enter_half_open,
-            exit_half_open: self.exit_half_open,
-            hold_secs: self.hold_secs,
-            ..RunArgs::default()
-        }
+        RunArgs { config: self.config.clone(), limits: self.limits.clone(), ..RunArgs::default() }
     }
 }
 

@@ -8,7 +8,7 @@ use super::{
     model::{Analysis, Model, SourceReport},
     reader::{self, CaptureError, CaptureInfo},
 };
-use crate::config::{Config, RunArgs};
+use crate::config::{Config, LimitArgs, RunArgs};
 use detector_common::track::BlockReason;
 
 const MS: u64 = 1_000_000;
@@ -135,7 +135,10 @@ fn single_source_flood(link: fn(&[u8]) -> Vec<u8>) -> Vec<(u64, Vec<u8>)> {
 fn flood_args() -> RunArgs {
     // The flooder's first 101 SYNs count toward the host's rate; once blocked, its SYNs
     // do not (as in the agent).
-    RunArgs { enter_syn_rate: Some(100.0), exit_syn_rate: Some(50.0), ..RunArgs::default() }
+    RunArgs {
+        limits: LimitArgs { enter_syn_rate: Some(100.0), exit_syn_rate: Some(50.0), ..LimitArgs::default() },
+        ..RunArgs::default()
+    }
 }
 
 fn check_single_source_flood(a: &Analysis) {
@@ -173,7 +176,8 @@ fn single_source_flood_is_blocked_by_the_half_open_limit() {
 
 #[test]
 fn without_a_half_open_limit_the_rate_limit_blocks_the_201st_syn() {
-    let args = RunArgs { half_open_limit: Some(0), ..flood_args() };
+    let mut args = flood_args();
+    args.limits.half_open_limit = Some(0);
     let (a, _) = run(&pcap(1, &single_source_flood(ethernet)), &args).unwrap();
     let s = source(&a, "198.18.0.1");
     assert_eq!((s.syns, s.dropped, s.failed, s.blocks), (300, 100, 200, 1));

@@ -82,7 +82,11 @@ fn missing_or_duplicate_interfaces_are_refused() {
 #[test]
 fn flags_override_the_file() {
     let mut f = with_lo("mode = \"drop\"\n[thresholds]\nsyn_rate_limit = 10\n");
-    let args = RunArgs { syn_rate_limit: Some(99), mode: Some(Mode::Cookie), ..RunArgs::default() };
+    let args = RunArgs {
+        limits: LimitArgs { syn_rate_limit: Some(99), ..LimitArgs::default() },
+        mode: Some(Mode::Cookie),
+        ..RunArgs::default()
+    };
     apply_overrides(&mut f, &args);
     assert_eq!(f.thresholds.syn_rate_limit, 99);
     assert_eq!(f.mode, Mode::Cookie);
