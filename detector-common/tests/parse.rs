@@ -35,6 +35,17 @@ fn syn6() -> Vec<u8> {
 }
 
 /// Inserts VLAN tags (outermost first) after the MAC addresses.
+/// A DNS-sized UDP datagram over IPv4: IP, but not TCP.
+fn udp4() -> Vec<u8> {
+    let mut udp = Vec::new();
+    PacketBuilder::ethernet2([2; 6], [3; 6])
+        .ipv4(CLIENT4, SERVER4, 64)
+        .udp(53, 53)
+        .write(&mut udp, &[0; 8])
+        .unwrap();
+    udp
+}
+
 fn tagged(frame: &[u8], tags: &[u16]) -> Vec<u8> {
     let mut out = frame[..12].to_vec();
     for (i, tpid) in tags.iter().enumerate() {
@@ -173,12 +184,7 @@ fn tcp_options_set_the_header_length() {
 
 #[test]
 fn other_protocols() {
-    let mut udp = Vec::new();
-    PacketBuilder::ethernet2([2; 6], [3; 6])
-        .ipv4(CLIENT4, SERVER4, 64)
-        .udp(53, 53)
-        .write(&mut udp, &[0; 8])
-        .unwrap();
+    let udp = udp4();
     assert_eq!(parse_tcp(&udp[..]), Err(NotTcp::OtherProtocol));
     let mut arp = syn4(&[]);
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
@@ -280,12 +286,7 @@ fn ipv4_total_length_below_the_header_with_options() {
 #[test]
 fn bad_ipv4_length_is_reported_for_every_transport() {
     // The kernel's IP layer discards these whatever they carry.
-    let mut udp = Vec::new();
-    PacketBuilder::ethernet2([2; 6], [3; 6])
-        .ipv4(CLIENT4, SERVER4, 64)
-        .udp(53, 53)
-        .write(&mut udp, &[0; 8])
-        .unwrap();
+    let udp = udp4();
     assert_eq!(parse_tcp(&with_ipv4_total_len(&udp, 0)[..]), Err(NotTcp::BadLength));
 }
 
