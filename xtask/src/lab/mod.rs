@@ -216,9 +216,23 @@ impl Drop for Lab {
         self.client_xdp = None;
         // Deleting a namespace deletes its veth end, and the pair with it.
         for ns in [&self.server_ns, &self.client_ns] {
+            remove_netns_lock(ns);
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// Where the agent keeps one lock file per network namespace, named by the namespace's
+/// inode (detector-user/src/lock.rs `NETNS_LOCK_DIR`, `netns_lock_name`).
+const AGENT_NETNS_LOCKS: &str = "/run/syndetector/netns";
+
+/// Removes the agent's lock file for namespace `ns`: an agent stopped cleanly removes it
+/// itself, one killed (as tests do) leaves it, and the namespace is going away.
+pub(crate) fn remove_netns_lock(ns: &str) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = std::fs::metadata(format!("/run/netns/{ns}")) {
+        let _ = std::fs::remove_file(Path::new(AGENT_NETNS_LOCKS).join(format!("net-{}.lock", meta.ino())));
     }
 }
 
