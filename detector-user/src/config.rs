@@ -54,6 +54,10 @@ pub struct FileConfig {
     pub log_format: LogFormat,
     /// Where the agent records the sysctls it changed, to restore them after a crash.
     pub state_dir: PathBuf,
+    /// Where the sysctls are read and written: `/proc/sys`, or a writable bind mount of the
+    /// host's `/proc/sys` in a container, whose own `/proc/sys` is read-only (the agent
+    /// runs in the host's network namespace, so the `net/` files there are the host's).
+    pub sysctl_dir: PathBuf,
     /// How many top SYN sources to export and show (`syndetector top`).
     pub top_sources: usize,
     pub thresholds: Thresholds,
@@ -142,6 +146,7 @@ impl Default for FileConfig {
             poll_interval_ms: 1000,
             log_format: LogFormat::Text,
             state_dir: PathBuf::from("/run/syndetector"),
+            sysctl_dir: PathBuf::from("/proc/sys"),
             top_sources: 10,
             thresholds: Thresholds::default(),
             detection: Detection::default(),
@@ -384,8 +389,24 @@ pub fn validate(f: &FileConfig) -> Result<(), ConfigError> {
     validate_settings(f)
 }
 
+/// The directory must hold the sysctls the agent changes (checked on one of them).
+fn validate_sysctl_dir(dir: &Path) -> Result<(), ConfigError> {
+    if !dir.is_absolute() {
+        return Err(invalid("sysctl_dir", format!("{} is not an absolute path", dir.display())));
+    }
+    let probe = dir.join("net/ipv4/tcp_syncookies");
+    if !probe.exists() {
+        return Err(invalid(
+            "sysctl_dir",
+            format!("{} has no net/ipv4/tcp_syncookies: not a /proc/sys (or a mount of it)", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
 /// Every rule of `validate` but the interfaces'.
 fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
+    validate_sysctl_dir(&f.sysctl_dir)?;
     in_range("poll_interval_ms", f.poll_interval_ms, 100, 60_000)?;
     in_range("top_sources", f.top_sources, 0, 100)?;
     let thresholds = &f.thresholds;

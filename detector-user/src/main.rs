@@ -156,7 +156,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     // Every descriptor a sysctl change needs is opened now; an unwritable state directory
     // is refused here, not when cookies first turn on.
     let mut sysctls =
-        tokio::task::block_in_place(|| Sysctls::prepare(Path::new("/proc/sys"), dir, sysctl::STATE_FILE))
+        tokio::task::block_in_place(|| Sysctls::prepare(&cfg.file.sysctl_dir, dir, sysctl::STATE_FILE))
             .context(
                 "opening the sysctls and the state directory (writing /proc/sys/net needs CAP_NET_ADMIN)",
             )?;

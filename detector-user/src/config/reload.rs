@@ -26,6 +26,7 @@ pub const KEYS: &[(&str, Takes)] = &[
     ("poll_interval_ms", Takes::Reload),
     ("log_format", Takes::Restart { why: "logging is set up once, at start" }),
     ("state_dir", Takes::Restart { why: "the sysctl state file is opened at start" }),
+    ("sysctl_dir", Takes::Restart { why: "the sysctl files are opened at start" }),
     ("top_sources", Takes::Reload),
     ("thresholds", Takes::Reload),
     ("detection", Takes::Reload),
@@ -94,6 +95,7 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
         poll_interval_ms,
         log_format,
         state_dir,
+        sysctl_dir,
         top_sources,
         thresholds,
         detection,
@@ -117,6 +119,7 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
             "poll_interval_ms": &old.poll_interval_ms, poll_interval_ms;
             "log_format": &old.log_format, log_format;
             "state_dir": &old.state_dir, state_dir;
+            "sysctl_dir": &old.sysctl_dir, sysctl_dir;
             "top_sources": &old.top_sources, top_sources;
             "thresholds.syn_rate_limit": old.thresholds.syn_rate_limit, thresholds.syn_rate_limit;
             "thresholds.half_open_limit": old.thresholds.half_open_limit, thresholds.half_open_limit;

@@ -44,6 +44,8 @@ fn unknown_keys_are_refused_by_name() {
 fn each_bad_value_names_its_key() {
     let cases: &[(&str, &str)] = &[
         ("poll_interval_ms = 5", "poll_interval_ms"),
+        ("sysctl_dir = \"proc/sys\"", "sysctl_dir"),
+        ("sysctl_dir = \"/tmp\"", "sysctl_dir"),
         ("[thresholds]\nblock_ttl_secs = 0", "thresholds.block_ttl_secs"),
         ("[thresholds]\nhandshake_timeout_ms = 1", "thresholds.handshake_timeout_ms"),
         ("[detection]\nexit_syn_rate = 9000.0", "detection.exit_syn_rate"),

@@ -57,7 +57,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let mut cfg = Config::load(&run_args)?;
     cfg.file.maps.sources = args.sources.max(1_024);
-    let (sysctls, _) = Sysctls::open(std::path::Path::new("/proc/sys"), &cfg.sysctl_state_file())?;
+    let (sysctls, _) = Sysctls::open(&cfg.file.sysctl_dir, &cfg.sysctl_state_file())?;
     let t = Instant::now();
     let (mut ebpf, _logger) = loader::load(&cfg).context("loading the program (root)")?;
     eprintln!("loaded in {:.1} s", t.elapsed().as_secs_f64());
