@@ -30,8 +30,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dpkg-dev", "dpkg-shlibdeps and strip, which cargo-deb uses for the package's Depends"),
     ("systemd", "systemd-analyze verify of the packaged unit"),
     ("util-linux", "setpriv: the packaged agent run as a non-root user with capabilities"),
+    ("python3-venv", "a virtualenv for kubernetes-validate (the DaemonSet check)"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Validates the DaemonSet manifest against the Kubernetes schemas (deploy/kubernetes/check.sh),
+/// installed from PyPI into a virtualenv under target/ (nothing global).
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 /// Builds the Debian package (`cargo xtask dist`).
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
@@ -107,6 +111,7 @@ pub fn main() -> Result<()> {
             .context("cargo install cargo-deb")?;
         }
     }
+    install_kubernetes_validate()?;
     let route = toolchain::detect().context("neither eBPF toolchain route is usable after setup")?;
     println!("setup: eBPF build route: {}", route.describe());
     if toolchain::nightly_has_rust_src() && toolchain::debian_route_present() {
@@ -114,4 +119,23 @@ pub fn main() -> Result<()> {
     }
     println!("setup: done");
     Ok(())
+}
+
+/// The virtualenv `deploy/kubernetes/check.sh` looks for.
+fn install_kubernetes_validate() -> Result<()> {
+    let venv = crate::workspace_root().join("target/tools/k8s-venv");
+    let tool = venv.join("bin/kubernetes-validate");
+    let found = Command::new(&tool).arg("--version").output().ok().filter(|o| o.status.success());
+    if let Some(out) = found.filter(|o| String::from_utf8_lossy(&o.stdout).contains(KUBERNETES_VALIDATE_VERSION)) {
+        println!("setup: present    kubernetes-validate {}", String::from_utf8_lossy(&out.stdout).trim());
+        return Ok(());
+    }
+    println!("setup: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} into {}", venv.display());
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).context("python3 -m venv")?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "-q",
+        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+    ]))
+    .context("pip install kubernetes-validate")
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the one test command (README and CI). Builds the XDP object, runs
 //! every test of the workspace (unit, BPF_PROG_TEST_RUN, network-namespace end-to-end),
-//! then checks the dashboards and alert rules with promtool, and the Debian package
-//! (`dist::check`).
+//! then checks the dashboards and alert rules with promtool, the Kubernetes DaemonSet
+//! (deploy/kubernetes/check.sh), and the Debian package (`dist::check`).
 
 use std::{
     io::{BufRead, BufReader},
@@ -47,12 +47,21 @@ pub fn main(args: &TestArgs) -> Result<()> {
     } else {
         Ok(())
     };
+    let daemonset = if args.rest.is_empty() {
+        run(Command::new("bash")
+            .arg(workspace_root().join("deploy/kubernetes/check.sh"))
+            .current_dir(workspace_root()))
+        .context("deploy/kubernetes/check.sh (kubernetes-validate)")
+    } else {
+        Ok(())
+    };
     let package = if args.rest.is_empty() { dist::check().context("the Debian package") } else { Ok(()) };
     // One closing line for every test binary together (cargo prints one per binary, the
     // last ones being doc-test runs with nothing in them).
     println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
     tests?;
     dashboards?;
+    daemonset?;
     package
 }
 
