@@ -126,7 +126,9 @@ fn install_kubernetes_validate() -> Result<()> {
     let venv = crate::workspace_root().join("target/tools/k8s-venv");
     let tool = venv.join("bin/kubernetes-validate");
     let found = Command::new(&tool).arg("--version").output().ok().filter(|o| o.status.success());
-    if let Some(out) = found.filter(|o| String::from_utf8_lossy(&o.stdout).contains(KUBERNETES_VALIDATE_VERSION)) {
+    if let Some(out) =
+        found.filter(|o| String::from_utf8_lossy(&o.stdout).contains(KUBERNETES_VALIDATE_VERSION))
+    {
         println!("setup: present    kubernetes-validate {}", String::from_utf8_lossy(&out.stdout).trim());
         return Ok(());
     }
