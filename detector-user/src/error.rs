@@ -38,6 +38,8 @@ pub enum LoadError {
     Attach { iface: String, mode: &'static str, forced: bool, source: aya::programs::ProgramError },
     #[error("missing capability {missing} (needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN and CAP_NET_ADMIN)")]
     Capabilities { missing: String },
+    #[error("the kernel refused the XDP program: {missing}")]
+    KernelTooOld { missing: String },
     #[error("the verifier rejected the XDP program ({io_error}); the end of its log:\n{tail}")]
     Verifier { io_error: std::io::Error, tail: String },
     /// The attach error is the source (shown by `{:#}`), not repeated here.

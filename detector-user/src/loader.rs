@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// The XDP object, built by `cargo xtask build-ebpf` and embedded by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-ebpf.o"));
+pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-ebpf.o"));
 
 /// An attachment made by the agent, to undo on exit.
 pub struct Attachment {
@@ -185,7 +185,11 @@ pub fn log_tail(log: &str, n: usize) -> String {
 fn program_load_error(source: aya::programs::ProgramError) -> LoadError {
     match source {
         aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
-            LoadError::Verifier { io_error, tail: log_tail(&verifier_log.to_string(), VERIFIER_LOG_LINES) }
+            let log = verifier_log.to_string();
+            match crate::kernel_features::missing_helper(&log) {
+                Some(missing) => LoadError::KernelTooOld { missing },
+                None => LoadError::Verifier { io_error, tail: log_tail(&log, VERIFIER_LOG_LINES) },
+            }
         }
         source => LoadError::Program { what: "verifying the XDP program".into(), source },
     }

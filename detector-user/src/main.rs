@@ -12,6 +12,7 @@ mod control;
 mod detect;
 mod error;
 mod http;
+mod kernel_features;
 mod kernel_stats;
 mod loader;
 mod lock;
