@@ -389,6 +389,21 @@ pub fn validate(f: &FileConfig) -> Result<(), ConfigError> {
     validate_settings(f)
 }
 
+/// What `check-config` adds to `validate` without changing anything: an existing state
+/// directory must pass the checks `run` makes (a real directory, ours, not writable by
+/// others); a missing one is created by `run`.
+pub fn check_state_dir(f: &FileConfig) -> Result<(), ConfigError> {
+    if std::fs::symlink_metadata(&f.state_dir).is_err() {
+        return Ok(());
+    }
+    crate::lock::StateDir::open(&f.state_dir, false).map(drop).map_err(|e| match e {
+        crate::error::StateError::Dir { problem, .. } => {
+            invalid("state_dir", format!("{}: {problem}", f.state_dir.display()))
+        }
+        other => invalid("state_dir", other.to_string()),
+    })
+}
+
 /// The directory must hold the sysctls the agent changes (checked on one of them).
 fn validate_sysctl_dir(dir: &Path) -> Result<(), ConfigError> {
     if !dir.is_absolute() {
@@ -407,6 +422,9 @@ fn validate_sysctl_dir(dir: &Path) -> Result<(), ConfigError> {
 /// Every rule of `validate` but the interfaces'.
 fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
     validate_sysctl_dir(&f.sysctl_dir)?;
+    if !f.state_dir.is_absolute() {
+        return Err(invalid("state_dir", format!("{} is not an absolute path", f.state_dir.display())));
+    }
     in_range("poll_interval_ms", f.poll_interval_ms, 100, 60_000)?;
     in_range("top_sources", f.top_sources, 0, 100)?;
     let thresholds = &f.thresholds;

@@ -90,7 +90,7 @@ pub enum NatError {
 /// The state directory, its lock files and the sysctl state file (`lock`, `sysctl`).
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state directory {path}: {problem}")]
+    #[error("state directory {path} (state_dir): {problem}")]
     Dir { path: PathBuf, problem: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

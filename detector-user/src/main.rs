@@ -84,7 +84,8 @@ fn main() -> ExitCode {
         Command::Status(args) => return status::main(&args),
         Command::BenchPoll(args) => return control::bench::main(&args),
         Command::CheckConfig(args) => {
-            return match Config::load(&args) {
+            return match Config::load(&args).and_then(|cfg| config::check_state_dir(&cfg.file).map(|()| cfg))
+            {
                 Ok(cfg) => {
                     println!("configuration is valid");
                     print!("{}", config::memory::report(&cfg, config::memory::possible_cpus()));

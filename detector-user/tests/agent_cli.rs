@@ -118,3 +118,148 @@ fn status_shows_the_state_file_and_exits_1_when_it_is_corrupt() {
     assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
     assert!(text.contains("CORRUPT") && text.contains("not UTF-8"), "{text}");
 }
+
+/// Stand-ins for paths a file cannot hold, made for each run: a symlink to a directory, a
+/// directory owned by another user, a world-writable one, a regular file.
+struct BadPaths {
+    dir: tempfile::TempDir,
+}
+
+impl BadPaths {
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        std::fs::create_dir(p("real")).unwrap();
+        std::fs::set_permissions(p("real"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(p("real"), p("link")).unwrap();
+        for name in ["other", "open"] {
+            std::fs::create_dir(p(name)).unwrap();
+        }
+        std::fs::set_permissions(p("other"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(p("other"), Some(65_534), Some(65_534)).unwrap();
+        std::fs::set_permissions(p("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(p("file"), "").unwrap();
+        Self { dir }
+    }
+
+    fn fill_in(&self, text: &str) -> String {
+        let p = |name: &str| self.dir.path().join(name).to_str().unwrap().to_owned();
+        text.replace("@SYMLINK@", &p("link"))
+            .replace("@OTHER_OWNER@", &p("other"))
+            .replace("@WORLD_WRITABLE@", &p("open"))
+            .replace("@FILE@", &p("file"))
+    }
+
+    /// Every path under the stand-ins' directory, with its mode, owner and size: any
+    /// file or lock the agent left behind shows as a difference.
+    fn snapshot(&self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        let mut todo = vec![self.dir.path().to_owned()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let m = std::fs::symlink_metadata(e.path()).unwrap();
+                out.push(format!("{} {:o} {} {}", e.path().display(), m.mode(), m.uid(), m.size()));
+                if m.is_dir() {
+                    todo.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// Deletes the named network namespace when dropped.
+struct RemoveNetns(String);
+
+impl Drop for RemoveNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// tests/bad-configs/: each file names the key its refusal must mention (`# refused:`),
+/// and `# only-at-run` marks what `check-config` cannot see without creating directories.
+/// Each is refused by `check-config` and by `run` (in a namespace of its own, so a file that
+/// were wrongly accepted would attach to that namespace's loopback, not the host's), with
+/// exit 64 and a message naming the key; and `run` changes nothing: no program loaded, the
+/// sysctls as they were, nothing written next to the stand-in paths.
+#[test]
+fn every_file_of_the_bad_configuration_corpus_is_refused_naming_its_key_and_changes_nothing() {
+    let netns = format!("sd-corpus-{}", std::process::id());
+    let ok = Command::new("ip").args(["netns", "add", &netns]).status().expect("ip netns add");
+    assert!(ok.success(), "ip netns add {netns} (needs root)");
+    let _remove = RemoveNetns(netns.clone());
+    let sysctls = || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "sysctl",
+                "-n",
+                "net.ipv4.tcp_syncookies",
+                "net.ipv4.tcp_timestamps",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (before_sysctls, before_programs) = (sysctls(), loaded_program_ids());
+    let paths = BadPaths::new();
+    let before_paths = paths.snapshot();
+
+    let corpus = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bad-configs"));
+    let mut files: Vec<_> = std::fs::read_dir(corpus).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 40, "the corpus shrank: {} files", files.len());
+    let mut checked = 0;
+    for file in &files {
+        let raw = std::fs::read(file).unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        let key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# refused: "))
+            .unwrap_or_else(|| panic!("{}: no `# refused: KEY` line", file.display()));
+        let only_at_run = text.lines().any(|l| l.trim() == "# only-at-run");
+        let config = tempfile::NamedTempFile::new().unwrap();
+        let filled = if text.contains('@') { paths.fill_in(&text).into_bytes() } else { raw.clone() };
+        std::fs::write(config.path(), filled).unwrap();
+        let path = config.path().to_str().unwrap();
+
+        // --iface would override the file's own interfaces, which some files are about.
+        let iface: &[&str] = if text.contains("\ninterfaces") { &[] } else { &["--iface", "lo"] };
+        let check = agent(&[&["check-config", "--config", path], iface].concat());
+        if only_at_run {
+            assert!(
+                check.status.success(),
+                "{}: check-config now refuses it: drop # only-at-run",
+                file.display()
+            );
+        } else {
+            assert_eq!(check.status.code(), Some(64), "check-config {}: {}", file.display(), stderr(&check));
+            assert!(
+                stderr(&check).contains(key),
+                "check-config {}: must name {key}: {}",
+                file.display(),
+                stderr(&check)
+            );
+        }
+        let run = Command::new("ip")
+            .args(["netns", "exec", &netns, AGENT, "run", "--config", path])
+            .args(iface)
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(64), "run {}: {}", file.display(), stderr(&run));
+        assert!(stderr(&run).contains(key), "run {}: must name {key}: {}", file.display(), stderr(&run));
+        checked += 1;
+    }
+    assert_eq!(sysctls(), before_sysctls, "a refused configuration changed a sysctl");
+    assert_eq!(loaded_program_ids(), before_programs, "a refused configuration loaded a program");
+    assert_eq!(paths.snapshot(), before_paths, "a refused configuration wrote next to a stand-in path");
+    assert!(!std::path::Path::new("/proc/syndetector-state").exists());
+    println!("bad-configuration corpus: {checked} files refused by check-config and run");
+}
