@@ -116,6 +116,16 @@ fn lab_demo(agent_bin: &Path, object: &Path) -> Result<()> {
         let f = scope.spawn(|| random.run(&lab));
         thread::sleep(Duration::from_secs(2));
         let during = agent.scrape()?;
+        // What an operator without Grafana sees: `syndetector top --once`, as printed.
+        let top = Command::new("ip")
+            .args(["netns", "exec", &lab.server_ns])
+            .arg(agent_bin)
+            .args(["top", "--once", "--addr", &agent.metrics_addr.to_string()])
+            .output()?;
+        println!("   `syndetector top --once` 2 s into the flood:");
+        for line in String::from_utf8_lossy(&top.stdout).lines() {
+            println!("   | {line}");
+        }
         let before = lab.nstat(&lab.server_ns)?;
         let report = legit(500)?;
         let after = lab.nstat(&lab.server_ns)?;
