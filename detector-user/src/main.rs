@@ -1,14 +1,18 @@
 //! `syndetector`: loads the XDP SYN-flood detector, runs detection and mitigation, and
 //! exports Prometheus metrics. In order: configuration (invalid: exit 64, host untouched),
 //! logging, runtime, signal handlers, the state directory (unusable: exit 64) and its
-//! locks, the metrics listener, recovery of a crashed run's sysctls, load and attach,
-//! tasks, then undo everything it changed and say truthfully what was restored.
+//! locks, the metrics listener, the pins of a previous run (adopted) or the recovery of a
+//! crashed run's sysctls, load (the old pinned program protects meanwhile), fill the maps,
+//! attach (or switch the pinned links over), tasks; at SIGTERM leave the pinned program
+//! protecting (`on_stop = "keep"`) or undo everything and say truthfully what was restored
+//! (docs/operations.md).
 
 mod analyze;
 mod attachments;
 mod bpf_batch;
 mod config;
 mod control;
+mod detach;
 mod detect;
 mod error;
 mod http;
@@ -18,6 +22,7 @@ mod lock;
 mod maps;
 mod metrics;
 mod mode;
+mod pins;
 mod policy;
 mod prefix;
 mod signals;
@@ -35,7 +40,7 @@ use tokio::io::unix::AsyncFd;
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{Config, LogFormat, RunArgs},
+    config::{Config, LogFormat, OnStop, RunArgs},
     control::{Command as ControlCommand, Controller, SharedTop},
     error::StateError,
     loader::Logger,
@@ -66,6 +71,9 @@ enum Command {
     /// Show the state directory: the sysctl state file, the lock holder, the sysctls now
     /// (exit 1 when the state file is corrupt).
     Status(status::StatusArgs),
+    /// Remove the program for good: unpin and detach (all interfaces, or those named),
+    /// then restore the sysctls a stopped agent left for it. Refused while an agent runs.
+    Detach(detach::DetachArgs),
     /// Replay a pcap/pcapng capture through the detector offline: per source, what the XDP
     /// program would have done, and when attack mode would have started and ended.
     Analyze(analyze::AnalyzeArgs),
@@ -81,6 +89,7 @@ fn main() -> ExitCode {
         Command::Top(args) => return top::main(&args),
         Command::Analyze(args) => return analyze::main(&args),
         Command::Status(args) => return status::main(&args),
+        Command::Detach(args) => return detach::main(&args),
         Command::BenchPoll(args) => return control::bench::main(&args),
         Command::CheckConfig(args) => {
             return match Config::load(&args) {
@@ -168,12 +177,39 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         .with_context(|| format!("listening on {metrics_addr} for metrics"))?;
 
     // Blocking work (sysctl writes with fsync, 4 s of verifier) off the async workers.
-    let recovered = tokio::task::block_in_place(|| sysctls.recover())?;
-    if !recovered.is_empty() {
-        warn!(count = recovered.len(), "restored sysctls a previous run left changed");
+    // A previous run's pinned program may be protecting now: it keeps doing so, with the
+    // sysctls it needs, until our program takes its links over.
+    let pins = open_pins(&cfg)?;
+    let inherited = pins.as_ref().is_some_and(|p| cfg.file.interfaces.iter().any(|i| p.has_link(i)));
+    if inherited {
+        let adopted = tokio::task::block_in_place(|| sysctls.adopt())?;
+        info!(sysctls = adopted, "a previous run's program is pinned and protecting: its sysctls are adopted, not restored");
+    } else {
+        let recovered = tokio::task::block_in_place(|| sysctls.recover())?;
+        if !recovered.is_empty() {
+            warn!(count = recovered.len(), "restored sysctls a previous run left changed");
+        }
     }
-    let (mut ebpf, logger) = tokio::task::block_in_place(|| with_signals_blocked(|| loader::load(&cfg)))
-        .context("loading the XDP program")?;
+    let maps_plan = match &pins {
+        Some(p) => {
+            let sizes = [
+                (detector_common::names::MAP_SOURCES, cfg.file.maps.sources),
+                (detector_common::names::MAP_PENDING, cfg.file.maps.pending),
+                (detector_common::names::MAP_SKETCH, cfg.sketch_cells()),
+            ];
+            let plan = p.prepare_maps(&sizes).context("preparing the pinned maps")?;
+            match &plan {
+                pins::MapsPlan::Adopt => info!(layout = p.version(), "adopting the pinned maps: counters and per-source state carry on"),
+                pins::MapsPlan::Fresh { reason } => info!(layout = p.version(), reason, "fresh maps"),
+            }
+            Some(plan)
+        }
+        None => None,
+    };
+    let maps_dir = pins.as_ref().map(|p| p.maps_dir());
+    let (mut ebpf, logger) =
+        tokio::task::block_in_place(|| with_signals_blocked(|| loader::load(&cfg, maps_dir.as_deref())))
+            .context("loading the XDP program")?;
     if let Some(name) = signals.stop_requested() {
         info!("{name} during start-up: stopping before anything is attached or changed");
         return Ok(());
@@ -198,7 +234,10 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let config_map = loader::config_map(&mut ebpf)?;
     let maps = maps::Maps::take(&mut ebpf)?;
     let poll_interval = cfg.poll_interval();
+    let cfg_pin_dir = cfg.file.pin_dir.clone();
     let (interfaces, attach_mode) = (cfg.file.interfaces.clone(), cfg.file.attach_mode);
+    let keep_on_stop = cfg.file.on_stop == OnStop::Keep && pins.is_some();
+    let pins = pins.map(Arc::new);
     // The window scale of cookie SYN-ACKs is part of the desired program config: read from
     // tcp_rmem/rmem_max on every reconcile; the policy maps are reconciled with it.
     let mut controller = tokio::task::block_in_place(|| {
@@ -215,11 +254,21 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     });
 
     let health = http::Health::default();
-    let attachments = attachments::Attachments::new(ebpf, attach_mode, metrics.clone(), health.clone());
+    let attachments =
+        attachments::Attachments::new(ebpf, attach_mode, pins.clone(), metrics.clone(), health.clone());
     if let Err(e) = attachments.attach_all(&interfaces) {
-        let report = controller.shutdown();
-        log_restored(&report);
+        if inherited {
+            // Whatever of the previous run is still pinned protects on; `attach_all` has
+            // undone only what this run made.
+            controller.hand_over();
+        } else {
+            let report = controller.shutdown();
+            log_restored(&report);
+        }
         return Err(e.into());
+    }
+    if let (Some(p), Some(pins::MapsPlan::Fresh { .. })) = (&pins, &maps_plan) {
+        p.remove_other_versions();
     }
     info!(addr = %metrics_addr, "serving /metrics, /healthz and /top");
     let router = http::router_with_health(metrics, top, health);
@@ -239,11 +288,37 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     ));
     signals.wait(&commands).await;
     policy_feed.abort();
+    if keep_on_stop {
+        // The pinned program keeps answering with the config and sysctls it has now.
+        let _ = commands.send(ControlCommand::HandOver);
+        let _ = tokio::task::spawn_blocking(move || control.join()).await;
+        let all_kept = attachments.release_all();
+        server.abort();
+        if let Some(pump) = log_pump {
+            pump.abort();
+        }
+        if all_kept {
+            info!(
+                pin_dir = %cfg_pin_dir.display(),
+                "stopped; the XDP program, its maps and the sysctls it needs stay in place (restart: \
+                 the next start adopts them; `syndetector detach` removes them and restores the sysctls)"
+            );
+        } else {
+            warn!("stopped; some interfaces could not stay protected (see above); sysctls are left for the next start or `syndetector detach`");
+        }
+        return Ok(());
+    }
     // The control thread switches the program to pass-through and restores the sysctls
     // before it ends; only then detach.
     let _ = commands.send(ControlCommand::Stop);
     let report = tokio::task::spawn_blocking(move || control.join()).await.ok().and_then(Result::ok);
     attachments.detach_all();
+    if let Some(p) = &pins {
+        // The link pins went with the attachments; the maps and directories go too.
+        if let Err(e) = pins::remove(p.root(), &interfaces) {
+            warn!(error = %e, "cannot remove the pins");
+        }
+    }
     server.abort();
     if let Some(pump) = log_pump {
         pump.abort();
@@ -255,6 +330,20 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         Some(report) if log_restored(&report) => Ok(()),
         Some(_) => anyhow::bail!("stopped, but not every sysctl could be restored (see above)"),
     }
+}
+
+/// The pin directory, or `None` (with a warning) when it is not on bpffs.
+fn open_pins(cfg: &Config) -> Result<Option<pins::Pins>> {
+    let dir = &cfg.file.pin_dir;
+    let pins = pins::Pins::open(dir).with_context(|| format!("opening the pin directory {}", dir.display()))?;
+    if pins.is_none() {
+        warn!(
+            pin_dir = %dir.display(),
+            "pin_dir is not on a BPF file system (mount -t bpf bpf /sys/fs/bpf): nothing is pinned, and \
+             a restart leaves the host unprotected while the next program loads"
+        );
+    }
+    Ok(pins)
 }
 
 /// Logs what the shutdown really restored; returns whether everything was.

@@ -26,6 +26,8 @@ pub const KEYS: &[(&str, Takes)] = &[
     ("poll_interval_ms", Takes::Reload),
     ("log_format", Takes::Restart { why: "logging is set up once, at start" }),
     ("state_dir", Takes::Restart { why: "the sysctl state file is opened at start" }),
+    ("pin_dir", Takes::Restart { why: "the pins are opened at start" }),
+    ("on_stop", Takes::Restart { why: "read at start" }),
     ("top_sources", Takes::Reload),
     ("thresholds", Takes::Reload),
     ("detection", Takes::Reload),
@@ -94,6 +96,8 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
         poll_interval_ms,
         log_format,
         state_dir,
+        pin_dir,
+        on_stop,
         top_sources,
         thresholds,
         detection,
@@ -116,6 +120,8 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
             "metrics_addr": &old.metrics_addr, metrics_addr;
             "poll_interval_ms": &old.poll_interval_ms, poll_interval_ms;
             "log_format": &old.log_format, log_format;
+            "pin_dir": &old.pin_dir, pin_dir;
+            "on_stop": &old.on_stop, on_stop;
             "state_dir": &old.state_dir, state_dir;
             "top_sources": &old.top_sources, top_sources;
             "thresholds.syn_rate_limit": old.thresholds.syn_rate_limit, thresholds.syn_rate_limit;

@@ -299,6 +299,17 @@ impl Controller {
     }
 }
 
+impl Controller {
+    /// The stop that keeps the pinned program protecting: its config slot stays as it is
+    /// and the changed sysctls stay changed, recorded in the state file for the next start
+    /// (which adopts them) or `syndetector detach` (which restores them).
+    pub fn hand_over(&mut self) -> ShutdownReport {
+        let kept = self.sysctls.hand_over();
+        info!(sysctls_kept = kept, "program config and sysctls left as they are for the next start");
+        ShutdownReport { pass_through: Ok(()), sysctls: crate::sysctl::RestoreReport::default() }
+    }
+}
+
 /// What `Controller::shutdown` did.
 #[derive(Debug)]
 pub struct ShutdownReport {
