@@ -104,7 +104,12 @@ pub fn config_map(ebpf: &mut Ebpf) -> Result<Array<MapData, KernelConfig>, LoadE
 /// previous run's) is switched over to this program atomically: the old program answers
 /// every packet until the new one does. In auto mode a driver that refuses native XDP gets
 /// generic mode.
-pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode, pin: Option<&Path>) -> Result<Attachment, LoadError> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: AttachMode,
+    pin: Option<&Path>,
+) -> Result<Attachment, LoadError> {
     let prog = program(ebpf)?;
     if let Some(path) = pin.filter(|p| std::fs::symlink_metadata(p).is_ok()) {
         match update_pinned(prog, path) {
@@ -128,7 +133,9 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode, pin: Option<&Path>
         let Link::Owned(id) = std::mem::replace(&mut attached.link, Link::Detached) else {
             unreachable!("attach_new makes owned links")
         };
-        let owned = prog.take_link(id).map_err(|source| LoadError::Program { what: format!("taking the link of {iface}"), source })?;
+        let owned = prog
+            .take_link(id)
+            .map_err(|source| LoadError::Program { what: format!("taking the link of {iface}"), source })?;
         match FdLink::try_from(owned) {
             Ok(fd_link) => {
                 let pinned = fd_link.pin(path).map_err(|e| LoadError::Pin { path: path.to_owned(), source: e })?;
@@ -153,7 +160,8 @@ fn update_pinned(prog: &mut Xdp, path: &Path) -> Result<Link, LoadError> {
     let id = prog
         .attach_to_link(xdp_link)
         .map_err(|source| LoadError::Program { what: what("updating the link"), source })?;
-    let owned = prog.take_link(id).map_err(|source| LoadError::Program { what: what("taking the link"), source })?;
+    let owned =
+        prog.take_link(id).map_err(|source| LoadError::Program { what: what("taking the link"), source })?;
     let link = FdLink::try_from(owned).map_err(|e| LoadError::Link { what: what("the link"), source: e })?;
     Ok(Link::Pinned { link, path: path.to_owned() })
 }
@@ -161,7 +169,12 @@ fn update_pinned(prog: &mut Xdp, path: &Path) -> Result<Link, LoadError> {
 fn attach_new(prog: &mut Xdp, iface: &str, mode: AttachMode) -> Result<Attachment, LoadError> {
     let try_mode = |prog: &mut Xdp, xdp_mode: XdpMode, name: &'static str, forced: bool| {
         prog.attach(iface, xdp_mode)
-            .map(|link| Attachment { iface: iface.to_owned(), mode: name, link: Link::Owned(link), inherited: false })
+            .map(|link| Attachment {
+                iface: iface.to_owned(),
+                mode: name,
+                link: Link::Owned(link),
+                inherited: false,
+            })
             .map_err(|source| LoadError::Attach { iface: iface.to_owned(), mode: name, forced, source })
     };
     let attached = match mode {
@@ -186,9 +199,10 @@ fn attach_new(prog: &mut Xdp, iface: &str, mode: AttachMode) -> Result<Attachmen
 /// Undoes one `attach`: detaches, and removes the link's pin.
 pub fn detach(ebpf: &mut Ebpf, attachment: Attachment) -> Result<(), LoadError> {
     match attachment.link {
-        Link::Owned(id) => program(ebpf)?
-            .detach(id)
-            .map_err(|source| LoadError::Program { what: format!("detaching from {}", attachment.iface), source }),
+        Link::Owned(id) => program(ebpf)?.detach(id).map_err(|source| LoadError::Program {
+            what: format!("detaching from {}", attachment.iface),
+            source,
+        }),
         Link::Detached => Ok(()),
         Link::Pinned { link, path } => {
             let removed = std::fs::remove_file(&path);

@@ -15,6 +15,7 @@ mod control;
 mod detach;
 mod detect;
 mod error;
+mod handover;
 mod http;
 mod kernel_stats;
 mod loader;
@@ -176,37 +177,11 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {metrics_addr} for metrics"))?;
 
-    // Blocking work (sysctl writes with fsync, 4 s of verifier) off the async workers.
-    // A previous run's pinned program may be protecting now: it keeps doing so, with the
-    // sysctls it needs, until our program takes its links over.
-    let pins = open_pins(&cfg)?;
-    let inherited = pins.as_ref().is_some_and(|p| cfg.file.interfaces.iter().any(|i| p.has_link(i)));
-    if inherited {
-        let adopted = tokio::task::block_in_place(|| sysctls.adopt())?;
-        info!(sysctls = adopted, "a previous run's program is pinned and protecting: its sysctls are adopted, not restored");
-    } else {
-        let recovered = tokio::task::block_in_place(|| sysctls.recover())?;
-        if !recovered.is_empty() {
-            warn!(count = recovered.len(), "restored sysctls a previous run left changed");
-        }
-    }
-    let maps_plan = match &pins {
-        Some(p) => {
-            let sizes = [
-                (detector_common::names::MAP_SOURCES, cfg.file.maps.sources),
-                (detector_common::names::MAP_PENDING, cfg.file.maps.pending),
-                (detector_common::names::MAP_SKETCH, cfg.sketch_cells()),
-            ];
-            let plan = p.prepare_maps(&sizes).context("preparing the pinned maps")?;
-            match &plan {
-                pins::MapsPlan::Adopt => info!(layout = p.version(), "adopting the pinned maps: counters and per-source state carry on"),
-                pins::MapsPlan::Fresh { reason } => info!(layout = p.version(), reason, "fresh maps"),
-            }
-            Some(plan)
-        }
-        None => None,
-    };
-    let maps_dir = pins.as_ref().map(|p| p.maps_dir());
+    // Blocking work (sysctl writes with fsync, 4 s of verifier) off the async workers. A
+    // previous run's pinned program protects until our program takes its links over.
+    let handover::TakeOver { pins, inherited, maps_plan } =
+        tokio::task::block_in_place(|| handover::take_over(&cfg, &mut sysctls))?;
+    let maps_dir = pins.as_ref().map(pins::Pins::maps_dir);
     let (mut ebpf, logger) =
         tokio::task::block_in_place(|| with_signals_blocked(|| loader::load(&cfg, maps_dir.as_deref())))
             .context("loading the XDP program")?;
@@ -234,7 +209,6 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let config_map = loader::config_map(&mut ebpf)?;
     let maps = maps::Maps::take(&mut ebpf)?;
     let poll_interval = cfg.poll_interval();
-    let cfg_pin_dir = cfg.file.pin_dir.clone();
     let (interfaces, attach_mode) = (cfg.file.interfaces.clone(), cfg.file.attach_mode);
     let keep_on_stop = cfg.file.on_stop == OnStop::Keep && pins.is_some();
     let pins = pins.map(Arc::new);
@@ -257,19 +231,10 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let attachments =
         attachments::Attachments::new(ebpf, attach_mode, pins.clone(), metrics.clone(), health.clone());
     if let Err(e) = attachments.attach_all(&interfaces) {
-        if inherited {
-            // Whatever of the previous run is still pinned protects on; `attach_all` has
-            // undone only what this run made.
-            controller.hand_over();
-        } else {
-            let report = controller.shutdown();
-            log_restored(&report);
-        }
+        handover::attach_failed(&mut controller, inherited);
         return Err(e.into());
     }
-    if let (Some(p), Some(pins::MapsPlan::Fresh { .. })) = (&pins, &maps_plan) {
-        p.remove_other_versions();
-    }
+    handover::attached(pins.as_deref(), maps_plan.as_ref());
     info!(addr = %metrics_addr, "serving /metrics, /healthz and /top");
     let router = http::router_with_health(metrics, top, health);
     let server = tokio::spawn(http::serve(listener, router, http::Limits::default()));
@@ -288,40 +253,37 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     ));
     signals.wait(&commands).await;
     policy_feed.abort();
-    if keep_on_stop {
-        // The pinned program keeps answering with the config and sysctls it has now.
-        let _ = commands.send(ControlCommand::HandOver);
-        let _ = tokio::task::spawn_blocking(move || control.join()).await;
-        let all_kept = attachments.release_all();
-        server.abort();
-        if let Some(pump) = log_pump {
-            pump.abort();
-        }
-        if all_kept {
-            info!(
-                pin_dir = %cfg_pin_dir.display(),
-                "stopped; the XDP program, its maps and the sysctls it needs stay in place (restart: \
-                 the next start adopts them; `syndetector detach` removes them and restores the sysctls)"
-            );
-        } else {
-            warn!("stopped; some interfaces could not stay protected (see above); sysctls are left for the next start or `syndetector detach`");
-        }
-        return Ok(());
-    }
-    // The control thread switches the program to pass-through and restores the sysctls
-    // before it ends; only then detach.
-    let _ = commands.send(ControlCommand::Stop);
-    let report = tokio::task::spawn_blocking(move || control.join()).await.ok().and_then(Result::ok);
-    attachments.detach_all();
-    if let Some(p) = &pins {
-        // The link pins went with the attachments; the maps and directories go too.
-        if let Err(e) = pins::remove(p.root(), &interfaces) {
-            warn!(error = %e, "cannot remove the pins");
-        }
-    }
     server.abort();
     if let Some(pump) = log_pump {
         pump.abort();
+    }
+    stop(keep_on_stop, &commands, control, &attachments, pins.as_deref(), &interfaces).await
+}
+
+/// Ends the control thread, then either lets go of the pinned program, which keeps
+/// protecting with the config and sysctls it has now (`keep`), or switches it to
+/// pass-through, restores the sysctls (the thread does both before it ends), detaches and
+/// removes the pins; and says truthfully which it was.
+async fn stop(
+    keep: bool,
+    commands: &std::sync::mpsc::Sender<ControlCommand>,
+    control: std::thread::JoinHandle<control::ShutdownReport>,
+    attachments: &attachments::Attachments,
+    pins: Option<&pins::Pins>,
+    interfaces: &[String],
+) -> Result<()> {
+    let _ = commands.send(if keep { ControlCommand::HandOver } else { ControlCommand::Stop });
+    let report = tokio::task::spawn_blocking(move || control.join()).await.ok().and_then(Result::ok);
+    if let (true, Some(p)) = (keep, pins) {
+        handover::log_kept(attachments.release_all(), p.root());
+        return Ok(());
+    }
+    attachments.detach_all();
+    if let Some(p) = pins {
+        // The link pins went with the attachments; the maps and directories go too.
+        if let Err(e) = pins::remove(p.root(), interfaces) {
+            warn!(error = %e, "cannot remove the pins");
+        }
     }
     match report {
         None => anyhow::bail!(
@@ -330,20 +292,6 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         Some(report) if log_restored(&report) => Ok(()),
         Some(_) => anyhow::bail!("stopped, but not every sysctl could be restored (see above)"),
     }
-}
-
-/// The pin directory, or `None` (with a warning) when it is not on bpffs.
-fn open_pins(cfg: &Config) -> Result<Option<pins::Pins>> {
-    let dir = &cfg.file.pin_dir;
-    let pins = pins::Pins::open(dir).with_context(|| format!("opening the pin directory {}", dir.display()))?;
-    if pins.is_none() {
-        warn!(
-            pin_dir = %dir.display(),
-            "pin_dir is not on a BPF file system (mount -t bpf bpf /sys/fs/bpf): nothing is pinned, and \
-             a restart leaves the host unprotected while the next program loads"
-        );
-    }
-    Ok(pins)
 }
 
 /// Logs what the shutdown really restored; returns whether everything was.

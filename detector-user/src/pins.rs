@@ -77,7 +77,6 @@ impl Pins {
         Ok(Some(Self { root: root.to_owned(), version }))
     }
 
-
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -113,14 +112,17 @@ impl Pins {
         let dir = self.maps_dir();
         let existed = dir.exists();
         StateDir::open(&dir, true)?;
-        let pinned: Vec<&str> =
-            names::PINNED_MAPS.iter().copied().filter(|m| dir.join(m).exists()).collect();
+        let pinned: Vec<&str> = names::PINNED_MAPS.iter().copied().filter(|m| dir.join(m).exists()).collect();
         let reason = if !existed || pinned.is_empty() {
             let others = self.other_versions();
             if others.is_empty() {
                 "nothing pinned".to_owned()
             } else {
-                format!("pinned under another layout ({}), this agent's is v{}", others.join(", "), self.version)
+                format!(
+                    "pinned under another layout ({}), this agent's is v{}",
+                    others.join(", "),
+                    self.version
+                )
             }
         } else if pinned.len() != names::PINNED_MAPS.len() {
             format!("only {} of {} maps pinned", pinned.len(), names::PINNED_MAPS.len())

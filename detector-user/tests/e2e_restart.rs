@@ -131,7 +131,10 @@ fn assert_no_gap(what: &str, (sent, report, drops, kernel_cookies): (u64, Client
     );
     assert!(sent >= 40_000, "the flood must run across the swap: {sent} sent");
     assert_eq!(drops, 0, "{what}: flood SYNs overflowed the kernel's SYN queue");
-    assert_eq!(kernel_cookies, 0, "{what}: flood SYNs reached the kernel, which answered with its own cookies");
+    assert_eq!(
+        kernel_cookies, 0,
+        "{what}: flood SYNs reached the kernel, which answered with its own cookies"
+    );
     assert!(report.total() >= 100, "{what}: too few legit connections to judge: {report}");
     assert_eq!(report.failed, 0, "{what}: legit connections failed: {report}");
 }
@@ -204,7 +207,10 @@ fn with_on_stop_detach_a_restart_leaves_a_gap_the_counters_see() {
     assert!(drops + kernel_cookies > 1_000, "a detach-and-reload restart must show the gap");
     let mut second = second.unwrap();
     assert!(second.stop().unwrap().success());
-    assert!(!s.pin_dir.exists() || std::fs::read_dir(&s.pin_dir).unwrap().next().is_none(), "nothing left pinned");
+    assert!(
+        !s.pin_dir.exists() || std::fs::read_dir(&s.pin_dir).unwrap().next().is_none(),
+        "nothing left pinned"
+    );
     assert_eq!(s.syncookies(), "0", "restored by the stop itself");
 }
 
