@@ -65,7 +65,8 @@ impl Pins {
     /// Opens `root` (creating it 0700); `Ok(None)` when it would not be on bpffs (no
     /// pinning then: the caller says so).
     pub fn open(root: &Path) -> Result<Option<Self>, PinError> {
-        let probe = if root.exists() { root } else { root.parent().unwrap_or(Path::new("/")) };
+        // The nearest existing ancestor says where `root` would be made.
+        let probe = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
         if !on_bpffs(probe).map_err(io(probe))? {
             return Ok(None);
         }
@@ -282,4 +283,37 @@ pub fn inspect(root: &Path) -> (Vec<LinkStatus>, Vec<String>) {
         })
         .collect();
     (links, map_dirs(root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_dir_outside_bpffs_means_no_pinning_and_creates_nothing() {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("syndetector");
+        assert!(Pins::open(&root).unwrap().is_none());
+        assert!(!root.exists(), "nothing created outside bpffs");
+    }
+
+    #[test]
+    fn removing_what_was_never_pinned_is_nothing_to_do() {
+        let scratch = tempfile::tempdir().unwrap();
+        let removed = remove(&scratch.path().join("absent"), &[]).unwrap();
+        assert!(removed.all && removed.links.is_empty());
+    }
+
+    #[test]
+    fn a_symlinked_pin_dir_is_refused_by_detach() {
+        let scratch = tempfile::tempdir().unwrap();
+        let real = scratch.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::create_dir(real.join("eth0")).unwrap();
+        let link = scratch.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = remove(&link, &[]).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert!(real.join("eth0").exists(), "nothing removed through the symlink");
+    }
 }

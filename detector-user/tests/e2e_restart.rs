@@ -141,15 +141,22 @@ fn assert_no_gap(what: &str, (sent, report, drops, kernel_cookies): (u64, Client
 
 /// `syndetector detach` in the server namespace.
 fn detach(s: &Setup) -> String {
+    run_in_server(s, &["detach"])
+}
+
+/// `syndetector <args> --pin-dir .. --state-dir ..` in the server namespace; its output.
+fn run_in_server(s: &Setup, args: &[&str]) -> String {
     let out = Command::new("ip")
-        .args(["netns", "exec", &s.lab.server_ns, AGENT, "detach", "--pin-dir"])
+        .args(["netns", "exec", &s.lab.server_ns, AGENT])
+        .args(args)
+        .arg("--pin-dir")
         .arg(&s.pin_dir)
         .arg("--state-dir")
         .arg(&s.state_dir)
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "detach failed: {text}");
+    assert!(out.status.success(), "syndetector {args:?} failed: {text}");
     text
 }
 
@@ -172,12 +179,33 @@ fn a_restart_under_flood_leaves_no_gap_and_detach_restores_the_host() {
     assert!(log.contains("adopting the pinned maps"), "{log}");
     assert!(log.contains("switched to this program"), "{log}");
     assert!(!log.contains("restored sysctls a previous run left"), "{log}");
+    let sent = figures.0;
     assert_no_gap("SIGTERM + start", figures);
+    // The adopted COUNTERS map carries the first run's SYNs: the second agent's counter
+    // covers the whole flood, not only what it saw itself.
+    let syns = second.scrape().unwrap().value("syndetector_syns_total").unwrap();
+    println!("syndetector_syns_total after the restart: {syns} (flood {sent} + legit)");
+    #[allow(clippy::cast_precision_loss, reason = "a packet count")]
+    let whole = sent as f64;
+    assert!(syns >= whole, "counters carried over: {syns} < {sent}");
 
-    // Stopped again, the program still protects; detach removes it and restores.
+    // Stopped again, the program still protects; status says so; detach removes it.
     assert!(second.stop().unwrap().success());
     assert!(s.xdp_attached(), "the pinned program stays after SIGTERM");
     assert_eq!(s.syncookies(), "2", "the sysctls it needs stay too");
+    let status = run_in_server(&s, &["status"]);
+    println!("{status}");
+    let prog = prog_id(&s);
+    assert!(status.contains(&format!("program {prog}, attached")), "{status}");
+    assert!(status.contains(&format!("maps: maps-v{}", detector_common::names::LAYOUT_VERSION)), "{status}");
+    assert!(status.contains("net.ipv4.tcp_syncookies = 2"), "{status}");
+    // What the verifier processed, for the record (pinning adds nothing to the program).
+    let id: u32 = prog.parse().unwrap();
+    let verified = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.verified_instruction_count());
+    println!("program {prog}: verified_insns {verified:?} (limit 1000000)");
     let out = detach(&s);
     println!("{out}");
     assert!(!s.xdp_attached(), "detach detaches: {out}");

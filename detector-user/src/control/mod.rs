@@ -124,6 +124,12 @@ impl Controller {
             last_poll: Instant::now(),
         };
         this.publish_settings();
+        // Adopted pinned maps carry a previous run's totals: they become the metrics'
+        // starting values (the counters continue), not one poll's burst of SYNs that
+        // detection would read as an attack.
+        if let Ok(totals) = this.maps.counters() {
+            this.counters.update(&totals, &this.metrics);
+        }
         this.reconcile();
         this
     }
