@@ -161,7 +161,7 @@ fn run_in_server(s: &Setup, args: &[&str]) -> String {
 }
 
 #[test]
-fn a_restart_under_flood_leaves_no_gap_and_detach_restores_the_host() {
+fn pinning_restart_under_flood_leaves_no_gap_and_detach_restores_the_host() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let s = Setup::new();
     let mut first = s.start(&[]);
@@ -218,7 +218,7 @@ fn a_restart_under_flood_leaves_no_gap_and_detach_restores_the_host() {
 /// (the behaviour before pinning) SIGTERM detaches and restores, and the flood reaches the
 /// kernel until the next program is loaded.
 #[test]
-fn with_on_stop_detach_a_restart_leaves_a_gap_the_counters_see() {
+fn pinning_control_on_stop_detach_leaves_a_gap_the_counters_see() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let s = Setup::new();
     let detach_args = ["--on-stop", "detach"];
@@ -243,7 +243,7 @@ fn with_on_stop_detach_a_restart_leaves_a_gap_the_counters_see() {
 }
 
 #[test]
-fn after_sigkill_the_program_keeps_protecting_and_the_next_start_adopts_it() {
+fn pinning_after_sigkill_the_program_keeps_protecting_and_is_adopted() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let s = Setup::new();
     let mut first = s.start(&[]);
@@ -266,7 +266,7 @@ fn after_sigkill_the_program_keeps_protecting_and_the_next_start_adopts_it() {
 }
 
 #[test]
-fn an_upgrade_to_another_map_layout_switches_the_link_with_no_gap() {
+fn pinning_upgrade_to_another_map_layout_switches_the_link_with_no_gap() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let s = Setup::new();
     // The running "old" agent pins its maps under layout 1000; the upgrade is this build.
