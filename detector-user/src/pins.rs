@@ -269,6 +269,49 @@ pub struct LinkStatus {
     pub ids: Result<(u32, u32), String>,
 }
 
+/// What the pinned maps of layout directory `dir` say: the program's config flags (what
+/// it does now: enforcing, answering cookies) and how full the per-source and policy maps
+/// are, as lines for `syndetector status`. Read only.
+pub fn describe_maps(dir: &Path) -> Vec<String> {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    use detector_common::{
+        config::{Config, FLAG_COOKIES, FLAG_ENFORCE},
+        state::{SourceKey, SourceState},
+    };
+
+    let open = |name: &str| MapData::from_pin(dir.join(name)).map_err(|e| format!("{name}: {e}"));
+    let mut lines = Vec::new();
+    match open(names::MAP_CONFIG)
+        .and_then(|m| Array::<_, Config>::try_from(Map::Array(m)).map_err(|e| e.to_string()))
+        .and_then(|a| a.get(&0, 0).map_err(|e| e.to_string()))
+    {
+        Ok(cfg) => lines.push(format!(
+            "program config: {}, cookies {}",
+            if cfg.flags & FLAG_ENFORCE == 0 { "monitoring only" } else { "enforcing" },
+            if cfg.flags & FLAG_COOKIES == 0 { "off" } else { "on" },
+        )),
+        Err(e) => lines.push(format!("program config: unreadable ({e})")),
+    }
+    // Entries by walking the keys: these maps hold at most a few hundred thousand.
+    let sources = open(names::MAP_SOURCES).and_then(|m| {
+        HashMap::<_, SourceKey, SourceState>::try_from(Map::LruHashMap(m))
+            .map(|h| h.keys().count())
+            .map_err(|e| e.to_string())
+    });
+    let local = open(names::MAP_LOCAL_ADDRS).and_then(|m| {
+        HashMap::<_, [u8; 16], u32>::try_from(Map::HashMap(m))
+            .map(|h| h.keys().count())
+            .map_err(|e| e.to_string())
+    });
+    for (what, n) in [("sources tracked", sources), ("local addresses (cookie policy)", local)] {
+        lines.push(match n {
+            Ok(n) => format!("{what}: {n}"),
+            Err(e) => format!("{what}: {e}"),
+        });
+    }
+    lines
+}
+
 /// The pinned links and map layouts under `root`, read only.
 pub fn inspect(root: &Path) -> (Vec<LinkStatus>, Vec<String>) {
     let links = iface_dirs(root)

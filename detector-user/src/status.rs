@@ -105,6 +105,9 @@ fn print_pins(root: &Path) {
     }
     for layout in layouts {
         println!("  maps: {layout} (this binary's layout: v{})", detector_common::names::LAYOUT_VERSION);
+        for line in crate::pins::describe_maps(&root.join(&layout)) {
+            println!("    {line}");
+        }
     }
     for link in links {
         match link.ids {

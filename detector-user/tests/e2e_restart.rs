@@ -199,6 +199,8 @@ fn pinning_restart_under_flood_leaves_no_gap_and_detach_restores_the_host() {
     assert!(status.contains(&format!("program {prog}, attached")), "{status}");
     assert!(status.contains(&format!("maps: maps-v{}", detector_common::names::LAYOUT_VERSION)), "{status}");
     assert!(status.contains("net.ipv4.tcp_syncookies = 2"), "{status}");
+    assert!(status.contains("program config: enforcing, cookies on"), "{status}");
+    assert!(status.contains("local addresses (cookie policy): "), "{status}");
     // What the verifier processed, for the record (pinning adds nothing to the program).
     let id: u32 = prog.parse().unwrap();
     let verified = aya::programs::loaded_programs()
@@ -258,6 +260,17 @@ fn pinning_after_sigkill_the_program_keeps_protecting_and_is_adopted() {
     let mut second = second.unwrap();
     assert!(second.log_text().contains("adopting the pinned maps"), "{}", second.log_text());
     assert_no_gap("SIGKILL + start", figures);
+    // detach refuses while an agent holds the state directory, and changes nothing.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &s.lab.server_ns, AGENT, "detach", "--pin-dir"])
+        .arg(&s.pin_dir)
+        .arg("--state-dir")
+        .arg(&s.state_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("stop it first"), "{err}");
+    assert!(s.xdp_attached() && s.pin_dir.join(&s.lab.server_if).join("link").exists());
     // A stop with on_stop = detach (the old behaviour, kept as an option) is tested by the
     // other suites; here detach cleans up.
     assert!(second.stop().unwrap().success());
