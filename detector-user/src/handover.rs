@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use detector_common::names;
+use aya::{maps::Array, Ebpf};
+use detector_common::{config::Config as KernelConfig, names};
 use tracing::{info, warn};
 
 use crate::{
@@ -92,6 +93,17 @@ pub fn attached(pins: Option<&Pins>, plan: Option<&MapsPlan>) {
     if let (Some(p), Some(MapsPlan::Fresh { .. })) = (pins, plan) {
         p.remove_other_versions();
     }
+}
+
+/// With adopted maps, the sketch seed the previous run wrote: SKETCH holds counts hashed
+/// with it, which a new seed would scatter to other cells.
+pub fn adopted_sketch_seed(ebpf: &Ebpf, plan: Option<&MapsPlan>) -> Option<u32> {
+    if plan != Some(&MapsPlan::Adopt) {
+        return None;
+    }
+    let map = Array::<_, KernelConfig>::try_from(ebpf.map(names::MAP_CONFIG)?).ok()?;
+    let seed = map.get(&0, 0).ok()?.sketch_seed;
+    (seed != 0).then_some(seed)
 }
 
 /// The last words of a stop that keeps the program protecting.

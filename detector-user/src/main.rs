@@ -191,7 +191,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     }
 
     let mut kernel_cfg = cfg.kernel_config();
-    kernel_cfg.sketch_seed = random_seed();
+    kernel_cfg.sketch_seed =
+        handover::adopted_sketch_seed(&ebpf, maps_plan.as_ref()).unwrap_or_else(random_seed);
     // Host-wide: the program counts the budget over all CPUs together.
     kernel_cfg.cookie_budget_per_second = cfg.file.cookies.budget_per_second;
 
