@@ -40,3 +40,30 @@ pub const MAP_IFACES: &str = "IFACES";
 /// `Array<[u64; 2]>`, one slot: [start of the current second, SYN-ACKs sent in it], shared
 /// by all CPUs so the budget holds host-wide.
 pub const MAP_COOKIE_BUDGET: &str = "COOKIE_BUDGET";
+
+/// The layout of the maps the agent pins (docs/operations.md): a restarted agent whose
+/// version equals the pinned one adopts the pinned maps (counters and per-source state
+/// survive); any other version loads fresh maps and switches the link to its program.
+///
+/// Bump it whenever a pinned map changes in a way the other side could misread: a map
+/// added, removed or renamed; its type, key or value type (a field added, removed,
+/// reordered or resized in a `#[repr(C)]` type such as `SourceState` or `Config`); the
+/// meaning of a slot (e.g. a `counters` index) or of a value. Map sizes are not part of
+/// it: the agent compares them itself and loads fresh maps when they differ.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
+/// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.
+pub const PINNED_MAPS: [&str; 11] = [
+    MAP_CONFIG,
+    MAP_COUNTERS,
+    MAP_SOURCES,
+    MAP_PENDING,
+    MAP_PENDING_FILTER,
+    MAP_SKETCH,
+    MAP_LOCAL_ADDRS,
+    MAP_PORT_POLICY,
+    MAP_KERNEL_DESTS,
+    MAP_IFACES,
+    MAP_COOKIE_BUDGET,
+];

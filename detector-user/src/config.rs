@@ -42,6 +42,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where pins go by default (systemd mounts bpffs at /sys/fs/bpf).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/syndetector";
+
+/// What SIGTERM does (docs/operations.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStop {
+    /// Leave program, link, maps and sysctls in place: the next start adopts them.
+    #[default]
+    Keep,
+    /// Detach, unpin, restore the sysctls.
+    Detach,
+}
+
 /// The file's contents. Every key has a default, so a file may hold only what it changes.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -58,6 +72,12 @@ pub struct FileConfig {
     /// host's `/proc/sys` in a container, whose own `/proc/sys` is read-only (the agent
     /// runs in the host's network namespace, so the `net/` files there are the host's).
     pub sysctl_dir: PathBuf,
+    /// Where the program's link and maps are pinned (bpffs), so that a restart leaves no
+    /// gap (docs/operations.md). Not on bpffs: a warning, and no pinning.
+    pub pin_dir: PathBuf,
+    /// What SIGTERM does: `keep` leaves the program protecting (restart, upgrade);
+    /// `detach` removes it and restores the sysctls, as `syndetector detach` does.
+    pub on_stop: OnStop,
     /// How many top SYN sources to export and show (`syndetector top`).
     pub top_sources: usize,
     pub thresholds: Thresholds,
@@ -147,6 +167,8 @@ impl Default for FileConfig {
             log_format: LogFormat::Text,
             state_dir: PathBuf::from("/run/syndetector"),
             sysctl_dir: PathBuf::from("/proc/sys"),
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            on_stop: OnStop::Keep,
             top_sources: 10,
             thresholds: Thresholds::default(),
             detection: Detection::default(),
@@ -208,6 +230,10 @@ pub struct RunArgs {
     pub poll_interval_ms: Option<u64>,
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub on_stop: Option<OnStop>,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// Cookie SYN-ACKs carry wscale/SACK/ECN in a timestamp (true/false).
@@ -340,6 +366,8 @@ fn apply_overrides(f: &mut FileConfig, a: &RunArgs) {
         log_format => log_format;
         poll_interval_ms => poll_interval_ms;
         state_dir => state_dir;
+        pin_dir => pin_dir;
+        on_stop => on_stop;
         limits.syn_rate_limit => thresholds.syn_rate_limit;
         limits.half_open_limit => thresholds.half_open_limit;
         limits.block_ttl_secs => thresholds.block_ttl_secs;

@@ -42,6 +42,14 @@ pub enum LoadError {
     KernelTooOld { missing: String },
     #[error("the verifier rejected the XDP program ({io_error}); the end of its log:\n{tail}")]
     Verifier { io_error: std::io::Error, tail: String },
+    #[error("pinning the link at {}: {source}", path.display())]
+    Pin { path: std::path::PathBuf, source: aya::pin::PinError },
+    #[error("removing the link pin {}: {source}", path.display())]
+    Unpin { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    PinDir(#[from] crate::pins::PinError),
+    #[error("{what}: {source}")]
+    Link { what: String, source: aya::programs::links::LinkError },
     /// The attach error is the source (shown by `{:#}`), not repeated here.
     #[error("another XDP program is attached to {iface} (id {id}, name {name})")]
     Occupied { iface: String, id: u32, name: String, source: Box<LoadError> },

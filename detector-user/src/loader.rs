@@ -1,10 +1,18 @@
-//! Loads the embedded XDP object with the configured map sizes, hands its config slot to
-//! the control loop (which writes and re-checks it), and attaches it (driver mode first,
-//! skb as fallback unless forced).
+//! Loads the embedded XDP object with the configured map sizes (its maps pinned, or the
+//! pinned ones reused, when a maps directory is given), hands its config slot to the
+//! control loop (which writes and re-checks it), and attaches it (driver mode first, skb
+//! as fallback unless forced) as a bpf_link that is pinned, or switches a pinned link of
+//! a previous run over to it in one step (BPF_LINK_UPDATE).
+
+use std::path::{Path, PathBuf};
 
 use aya::{
     maps::{Array, MapData},
-    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use detector_common::{config::Config as KernelConfig, names};
@@ -18,11 +26,30 @@ use crate::{
 /// The XDP object, built by `cargo xtask build-ebpf` and embedded by build.rs.
 pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-ebpf.o"));
 
-/// An attachment made by the agent, to undo on exit.
+/// An attachment made by the agent, to undo on exit (or to leave, when pinned).
 pub struct Attachment {
     pub iface: String,
     pub mode: &'static str,
-    link: XdpLinkId,
+    link: Link,
+    /// A previous run's pinned link, switched over to this program.
+    pub inherited: bool,
+}
+
+enum Link {
+    /// Owned by the program: detached when the program is dropped (netlink-mode
+    /// attachments, or no pin directory).
+    Owned(XdpLinkId),
+    /// A bpf_link pinned at `path`: attached until the pin is removed, whatever this
+    /// process does.
+    Pinned { link: FdLink, path: PathBuf },
+    /// Only between taking a new link out of the program and pinning it.
+    Detached,
+}
+
+impl Attachment {
+    pub fn pinned(&self) -> bool {
+        matches!(self.link, Link::Pinned { .. })
+    }
 }
 
 /// The program's log reader: keep it alive (dropping it closes the log map) and flush it
@@ -31,14 +58,22 @@ pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// Loads and verifies the program; nothing is attached yet. The logger is `None` if the
 /// object has no log map (the program then simply logs nothing).
-pub fn load(cfg: &Config) -> Result<(Ebpf, Option<Logger>), LoadError> {
+/// With `maps_dir`, the maps of `names::PINNED_MAPS` are opened from there when pinned
+/// (`pins::Pins::prepare_maps` removed them unless compatible) and pinned there otherwise.
+pub fn load(cfg: &Config, maps_dir: Option<&Path>) -> Result<(Ebpf, Option<Logger>), LoadError> {
     check_capabilities()?;
     let maps = &cfg.file.maps;
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(names::MAP_SOURCES, maps.sources)
         .map_max_entries(names::MAP_PENDING, maps.pending)
-        .map_max_entries(names::MAP_SKETCH, cfg.sketch_cells())
-        .load(OBJECT)?;
+        .map_max_entries(names::MAP_SKETCH, cfg.sketch_cells());
+    if let Some(dir) = maps_dir {
+        for name in names::PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader.load(OBJECT)?;
     // Before the program is loaded: the logger takes the log map out of the object.
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(logger) => Some(logger),
@@ -65,12 +100,81 @@ pub fn config_map(ebpf: &mut Ebpf) -> Result<Array<MapData, KernelConfig>, LoadE
     Array::try_from(map).map_err(|source| LoadError::Map { map: names::MAP_CONFIG, source })
 }
 
-/// Attaches to `iface`. In auto mode a driver that refuses native XDP gets generic mode.
-pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<Attachment, LoadError> {
+/// Attaches to `iface`, pinning the link at `pin` if given. A link already pinned there (a
+/// previous run's) is switched over to this program atomically: the old program answers
+/// every packet until the new one does. In auto mode a driver that refuses native XDP gets
+/// generic mode.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: AttachMode,
+    pin: Option<&Path>,
+) -> Result<Attachment, LoadError> {
     let prog = program(ebpf)?;
+    if let Some(path) = pin.filter(|p| std::fs::symlink_metadata(p).is_ok()) {
+        match update_pinned(prog, path) {
+            Ok(link) => {
+                // XDP_ATTACHED_SKB (if_link.h): the old link's mode is kept by the update.
+                let mode = if xdp_attach_mode(iface) == Some(2) { "skb" } else { "driver" };
+                info!(iface, mode, pin = %path.display(), "XDP link of the previous run switched to this program");
+                return Ok(Attachment { iface: iface.to_owned(), mode, link, inherited: true });
+            }
+            Err(e) => {
+                // E.g. the interface was deleted and made again: that link is defunct.
+                warn!(iface, error = %e, "cannot switch the pinned link; removing it and attaching anew");
+                if let Err(e) = std::fs::remove_file(path) {
+                    warn!(iface, error = %e, "cannot remove the stale link pin");
+                }
+            }
+        }
+    }
+    let mut attached = attach_new(prog, iface, mode)?;
+    if let Some(path) = pin {
+        let Link::Owned(id) = std::mem::replace(&mut attached.link, Link::Detached) else {
+            unreachable!("attach_new makes owned links")
+        };
+        let owned = prog
+            .take_link(id)
+            .map_err(|source| LoadError::Program { what: format!("taking the link of {iface}"), source })?;
+        match FdLink::try_from(owned) {
+            Ok(fd_link) => {
+                let pinned = fd_link.pin(path).map_err(|e| LoadError::Pin { path: path.to_owned(), source: e })?;
+                attached.link = Link::Pinned { link: FdLink::from(pinned), path: path.to_owned() };
+            }
+            // aya falls back to a netlink attachment only where the kernel has no XDP
+            // links (before 5.9): such an attachment cannot be pinned, and is already
+            // out of aya's hands here.
+            Err(e) => return Err(LoadError::Link { what: format!("{iface} was attached in netlink mode, which cannot be pinned (kernel without XDP links?): detach it with `ip link set dev {iface} xdp off` and set pin_dir to a directory outside bpffs to run without pinning"), source: e }),
+        }
+    }
+    Ok(attached)
+}
+
+/// Switches the link pinned at `path` to `prog` (BPF_LINK_UPDATE).
+fn update_pinned(prog: &mut Xdp, path: &Path) -> Result<Link, LoadError> {
+    let what = |w: &str| format!("{w} {}", path.display());
+    let pinned = PinnedLink::from_pin(path)
+        .map_err(|e| LoadError::Link { what: what("opening the pinned link"), source: e })?;
+    let xdp_link = XdpLink::try_from(FdLink::from(pinned))
+        .map_err(|e| LoadError::Link { what: what("not an XDP link:"), source: e })?;
+    let id = prog
+        .attach_to_link(xdp_link)
+        .map_err(|source| LoadError::Program { what: what("updating the link"), source })?;
+    let owned =
+        prog.take_link(id).map_err(|source| LoadError::Program { what: what("taking the link"), source })?;
+    let link = FdLink::try_from(owned).map_err(|e| LoadError::Link { what: what("the link"), source: e })?;
+    Ok(Link::Pinned { link, path: path.to_owned() })
+}
+
+fn attach_new(prog: &mut Xdp, iface: &str, mode: AttachMode) -> Result<Attachment, LoadError> {
     let try_mode = |prog: &mut Xdp, xdp_mode: XdpMode, name: &'static str, forced: bool| {
         prog.attach(iface, xdp_mode)
-            .map(|link| Attachment { iface: iface.to_owned(), mode: name, link })
+            .map(|link| Attachment {
+                iface: iface.to_owned(),
+                mode: name,
+                link: Link::Owned(link),
+                inherited: false,
+            })
             .map_err(|source| LoadError::Attach { iface: iface.to_owned(), mode: name, forced, source })
     };
     let attached = match mode {
@@ -92,11 +196,35 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<Attachme
     Ok(attached)
 }
 
-/// Undoes one `attach`.
+/// Undoes one `attach`: detaches, and removes the link's pin.
 pub fn detach(ebpf: &mut Ebpf, attachment: Attachment) -> Result<(), LoadError> {
-    program(ebpf)?
-        .detach(attachment.link)
-        .map_err(|source| LoadError::Program { what: format!("detaching from {}", attachment.iface), source })
+    match attachment.link {
+        Link::Owned(id) => program(ebpf)?.detach(id).map_err(|source| LoadError::Program {
+            what: format!("detaching from {}", attachment.iface),
+            source,
+        }),
+        Link::Detached => Ok(()),
+        Link::Pinned { link, path } => {
+            let removed = std::fs::remove_file(&path);
+            // Closing the last descriptor of an unpinned link detaches it.
+            drop(link);
+            match removed {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(LoadError::Unpin { path, source: e })
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// Lets go of one attachment: a pinned one stays attached (the next start adopts it), an
+/// owned one is detached. Returns whether it stays.
+pub fn release(ebpf: &mut Ebpf, attachment: Attachment) -> Result<bool, LoadError> {
+    if attachment.pinned() {
+        return Ok(true);
+    }
+    detach(ebpf, attachment).map(|()| false)
 }
 
 /// The capabilities loading and attaching needs, by number (linux/capability.h).
@@ -220,9 +348,29 @@ fn other_program(iface: &str) -> Option<(u32, String)> {
 
 /// The id of the XDP program attached to `iface` (IFLA_XDP_PROG_ID), from rtnetlink.
 pub fn xdp_program_id(iface: &str) -> std::io::Result<Option<u32>> {
+    use netlink_packet_route::link::LinkXdp;
+    Ok(xdp_attributes(iface)?.iter().find_map(|x| match x {
+        LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+        _ => None,
+    }))
+}
+
+/// IFLA_XDP_ATTACHED of `iface` (1 driver, 2 skb, 3 hardware), if something is attached.
+fn xdp_attach_mode(iface: &str) -> Option<u8> {
+    use netlink_packet_route::link::LinkXdp;
+    xdp_attributes(iface).ok()?.iter().find_map(|x| match x {
+        LinkXdp::Attached(netlink_packet_route::link::XdpAttached::Driver) => Some(1),
+        LinkXdp::Attached(netlink_packet_route::link::XdpAttached::SocketBuffer) => Some(2),
+        LinkXdp::Attached(netlink_packet_route::link::XdpAttached::Hardware) => Some(3),
+        _ => None,
+    })
+}
+
+/// The IFLA_XDP attributes of `iface`, from rtnetlink.
+fn xdp_attributes(iface: &str) -> std::io::Result<Vec<netlink_packet_route::link::LinkXdp>> {
     use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
     use netlink_packet_route::{
-        link::{LinkAttribute, LinkMessage, LinkXdp},
+        link::{LinkAttribute, LinkMessage},
         RouteNetlinkMessage,
     };
     use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
@@ -253,13 +401,14 @@ pub fn xdp_program_id(iface: &str) -> std::io::Result<Option<u32>> {
     let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) = reply.payload else {
         return Err(std::io::Error::other(format!("rtnetlink answered {:?}", reply.payload)));
     };
-    Ok(link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
-            LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+    Ok(link
+        .attributes
+        .into_iter()
+        .find_map(|a| match a {
+            LinkAttribute::Xdp(xdp) => Some(xdp),
             _ => None,
-        }),
-        _ => None,
-    }))
+        })
+        .unwrap_or_default())
 }
 
 #[cfg(test)]

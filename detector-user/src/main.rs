@@ -1,16 +1,21 @@
 //! `syndetector`: loads the XDP SYN-flood detector, runs detection and mitigation, and
 //! exports Prometheus metrics. In order: configuration (invalid: exit 64, host untouched),
 //! logging, runtime, signal handlers, the state directory (unusable: exit 64) and its
-//! locks, the metrics listener, recovery of a crashed run's sysctls, load and attach,
-//! tasks, then undo everything it changed and say truthfully what was restored.
+//! locks, the metrics listener, the pins of a previous run (adopted) or the recovery of a
+//! crashed run's sysctls, load (the old pinned program protects meanwhile), fill the maps,
+//! attach (or switch the pinned links over), tasks; at SIGTERM leave the pinned program
+//! protecting (`on_stop = "keep"`) or undo everything and say truthfully what was restored
+//! (docs/operations.md).
 
 mod analyze;
 mod attachments;
 mod bpf_batch;
 mod config;
 mod control;
+mod detach;
 mod detect;
 mod error;
+mod handover;
 mod http;
 mod kernel_features;
 mod kernel_stats;
@@ -19,6 +24,7 @@ mod lock;
 mod maps;
 mod metrics;
 mod mode;
+mod pins;
 mod policy;
 mod prefix;
 mod signals;
@@ -36,7 +42,7 @@ use tokio::io::unix::AsyncFd;
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{Config, LogFormat, RunArgs},
+    config::{Config, LogFormat, OnStop, RunArgs},
     control::{Command as ControlCommand, Controller, SharedTop},
     error::StateError,
     loader::Logger,
@@ -67,6 +73,9 @@ enum Command {
     /// Show the state directory: the sysctl state file, the lock holder, the sysctls now
     /// (exit 1 when the state file is corrupt).
     Status(status::StatusArgs),
+    /// Remove the program for good: unpin and detach (all interfaces, or those named),
+    /// then restore the sysctls a stopped agent left for it. Refused while an agent runs.
+    Detach(detach::DetachArgs),
     /// Replay a pcap/pcapng capture through the detector offline: per source, what the XDP
     /// program would have done, and when attack mode would have started and ended.
     Analyze(analyze::AnalyzeArgs),
@@ -82,6 +91,7 @@ fn main() -> ExitCode {
         Command::Top(args) => return top::main(&args),
         Command::Analyze(args) => return analyze::main(&args),
         Command::Status(args) => return status::main(&args),
+        Command::Detach(args) => return detach::main(&args),
         Command::BenchPoll(args) => return control::bench::main(&args),
         Command::CheckConfig(args) => {
             return match Config::load(&args).and_then(|cfg| config::check_state_dir(&cfg.file).map(|()| cfg))
@@ -169,20 +179,22 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {metrics_addr} for metrics"))?;
 
-    // Blocking work (sysctl writes with fsync, 4 s of verifier) off the async workers.
-    let recovered = tokio::task::block_in_place(|| sysctls.recover())?;
-    if !recovered.is_empty() {
-        warn!(count = recovered.len(), "restored sysctls a previous run left changed");
-    }
-    let (mut ebpf, logger) = tokio::task::block_in_place(|| with_signals_blocked(|| loader::load(&cfg)))
-        .context("loading the XDP program")?;
+    // Blocking work (sysctl writes with fsync, 4 s of verifier) off the async workers. A
+    // previous run's pinned program protects until our program takes its links over.
+    let handover::TakeOver { pins, inherited, maps_plan } =
+        tokio::task::block_in_place(|| handover::take_over(&cfg, &mut sysctls))?;
+    let maps_dir = pins.as_ref().map(pins::Pins::maps_dir);
+    let (mut ebpf, logger) =
+        tokio::task::block_in_place(|| with_signals_blocked(|| loader::load(&cfg, maps_dir.as_deref())))
+            .context("loading the XDP program")?;
     if let Some(name) = signals.stop_requested() {
         info!("{name} during start-up: stopping before anything is attached or changed");
         return Ok(());
     }
 
     let mut kernel_cfg = cfg.kernel_config();
-    kernel_cfg.sketch_seed = random_seed();
+    kernel_cfg.sketch_seed =
+        handover::adopted_sketch_seed(&ebpf, maps_plan.as_ref()).unwrap_or_else(random_seed);
     // Host-wide: the program counts the budget over all CPUs together.
     kernel_cfg.cookie_budget_per_second = cfg.file.cookies.budget_per_second;
 
@@ -201,6 +213,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let maps = maps::Maps::take(&mut ebpf)?;
     let poll_interval = cfg.poll_interval();
     let (interfaces, attach_mode) = (cfg.file.interfaces.clone(), cfg.file.attach_mode);
+    let keep_on_stop = cfg.file.on_stop == OnStop::Keep && pins.is_some();
+    let pins = pins.map(Arc::new);
     // The window scale of cookie SYN-ACKs is part of the desired program config: read from
     // tcp_rmem/rmem_max on every reconcile; the policy maps are reconciled with it.
     let mut controller = tokio::task::block_in_place(|| {
@@ -217,12 +231,13 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     });
 
     let health = http::Health::default();
-    let attachments = attachments::Attachments::new(ebpf, attach_mode, metrics.clone(), health.clone());
+    let attachments =
+        attachments::Attachments::new(ebpf, attach_mode, pins.clone(), metrics.clone(), health.clone());
     if let Err(e) = attachments.attach_all(&interfaces) {
-        let report = controller.shutdown();
-        log_restored(&report);
+        handover::attach_failed(&mut controller, inherited);
         return Err(e.into());
     }
+    handover::attached(pins.as_deref(), maps_plan.as_ref());
     info!(addr = %metrics_addr, "serving /metrics, /healthz and /top");
     let router = http::router_with_health(metrics, top, health);
     let server = tokio::spawn(http::serve(listener, router, http::Limits::default()));
@@ -241,14 +256,37 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     ));
     signals.wait(&commands).await;
     policy_feed.abort();
-    // The control thread switches the program to pass-through and restores the sysctls
-    // before it ends; only then detach.
-    let _ = commands.send(ControlCommand::Stop);
-    let report = tokio::task::spawn_blocking(move || control.join()).await.ok().and_then(Result::ok);
-    attachments.detach_all();
     server.abort();
     if let Some(pump) = log_pump {
         pump.abort();
+    }
+    stop(keep_on_stop, &commands, control, &attachments, pins.as_deref(), &interfaces).await
+}
+
+/// Ends the control thread, then either lets go of the pinned program, which keeps
+/// protecting with the config and sysctls it has now (`keep`), or switches it to
+/// pass-through, restores the sysctls (the thread does both before it ends), detaches and
+/// removes the pins; and says truthfully which it was.
+async fn stop(
+    keep: bool,
+    commands: &std::sync::mpsc::Sender<ControlCommand>,
+    control: std::thread::JoinHandle<control::ShutdownReport>,
+    attachments: &attachments::Attachments,
+    pins: Option<&pins::Pins>,
+    interfaces: &[String],
+) -> Result<()> {
+    let _ = commands.send(if keep { ControlCommand::HandOver } else { ControlCommand::Stop });
+    let report = tokio::task::spawn_blocking(move || control.join()).await.ok().and_then(Result::ok);
+    if let (true, Some(p)) = (keep, pins) {
+        handover::log_kept(attachments.release_all(), p.root());
+        return Ok(());
+    }
+    attachments.detach_all();
+    if let Some(p) = pins {
+        // The link pins went with the attachments; the maps and directories go too.
+        if let Err(e) = pins::remove(p.root(), interfaces) {
+            warn!(error = %e, "cannot remove the pins");
+        }
     }
     match report {
         None => anyhow::bail!(

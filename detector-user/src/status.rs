@@ -1,6 +1,8 @@
 //! `syndetector status`: what the state directory says, read only. The sysctl state file
 //! (absent, the originals it records, or corrupt and why), which agent holds the lock, and
-//! the two sysctls the agent changes as they are now. Exit 1 when the state file is
+//! the two sysctls the agent changes as they are now, and what is pinned under the pin
+//! directory (per interface: link and program id, whether the program is attached there;
+//! the maps' layout version), with or without an agent running. Exit 1 when the state file is
 //! corrupt (someone must restore the sysctls by hand), 2 when the directory is unusable.
 
 use std::{
@@ -9,6 +11,7 @@ use std::{
 };
 
 use crate::{
+    config::DEFAULT_PIN_DIR,
     error::StateError,
     lock::{self, StateDir},
     sysctl::{self, StateFile, MANAGED},
@@ -19,9 +22,13 @@ pub struct StatusArgs {
     /// The agent's state directory (`state_dir` in the configuration).
     #[arg(long, value_name = "DIR", default_value = "/run/syndetector")]
     pub state_dir: PathBuf,
+    /// The agent's pin directory (`pin_dir` in the configuration).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 pub fn main(args: &StatusArgs) -> ExitCode {
+    print_pins(&args.pin_dir);
     let dir = &args.state_dir;
     println!("state directory: {}", dir.display());
     let state_dir = match StateDir::open(dir, false) {
@@ -82,6 +89,38 @@ fn print_sysctls(root: &Path) {
         match std::fs::read_to_string(&path) {
             Ok(v) => println!("  {key} = {}", v.trim()),
             Err(e) => println!("  {key}: {e}"),
+        }
+    }
+}
+
+fn print_pins(root: &Path) {
+    println!("pin directory: {}", root.display());
+    if std::fs::symlink_metadata(root).is_err() {
+        println!("  absent: nothing pinned");
+        return;
+    }
+    let (links, layouts) = crate::pins::inspect(root);
+    if layouts.is_empty() {
+        println!("  maps: none pinned");
+    }
+    for layout in layouts {
+        println!("  maps: {layout} (this binary's layout: v{})", detector_common::names::LAYOUT_VERSION);
+        for line in crate::pins::describe_maps(&root.join(&layout)) {
+            println!("    {line}");
+        }
+    }
+    for link in links {
+        match link.ids {
+            Ok((link_id, prog_id)) => {
+                let attached = match crate::loader::xdp_program_id(&link.iface) {
+                    Ok(Some(id)) if id == prog_id => "attached".to_owned(),
+                    Ok(Some(id)) => format!("NOT attached (program {id} is)"),
+                    Ok(None) => "NOT attached".to_owned(),
+                    Err(e) => format!("not in this network namespace ({e})"),
+                };
+                println!("  {}: link {link_id} pinned, program {prog_id}, {attached}", link.iface);
+            }
+            Err(e) => println!("  {}: link pin unreadable: {e}", link.iface),
         }
     }
 }

@@ -157,6 +157,23 @@ impl Sysctls {
         Ok(recovered)
     }
 
+    /// Takes over what a previous run's state file records without writing any sysctl: a
+    /// pinned program of that run still answers cookies and needs them as they are. The
+    /// next reconcile keeps them (cookies wanted) or restores them (not wanted).
+    pub fn adopt(&mut self) -> Result<usize, StateError> {
+        let StateFile::Records(left) = read_state(&self.dir, &self.name)? else { return Ok(0) };
+        for (key, value) in &left {
+            self.state.original.insert((*key).to_owned(), value.to_string());
+        }
+        Ok(left.len())
+    }
+
+    /// Leaves every changed sysctl as it is and the state file recording their originals,
+    /// for the next start or `syndetector detach` (a stop that keeps the program).
+    pub fn hand_over(&mut self) -> usize {
+        std::mem::take(&mut self.state.original).len()
+    }
+
     pub fn read(&self, key: &str) -> Result<String, SysctlError> {
         let path = self.path(key);
         if let Some(i) = managed(key) {

@@ -1,5 +1,6 @@
 //! The agent's attachments in lab namespaces (root): an attached veth deleted while the
-//! agent runs shows as detached and unhealthy, and is attached again when it returns; an
+//! agent runs shows as detached and unhealthy, and is attached again when it returns
+//! (without pins, and with them: the defunct link's pin is replaced by the new link's); an
 //! interface that already has an XDP program is refused naming that program; a missing
 //! capability is named before anything is loaded.
 #![allow(clippy::float_cmp, reason = "interface_attached is exactly 0 or 1")]
@@ -73,9 +74,24 @@ fn eventually(limit: Duration, mut check: impl FnMut() -> Result<(), String>) {
 
 #[test]
 fn a_deleted_interface_is_reported_and_attached_again_when_it_returns() {
-    let lab = Lab::new().expect("lab (run as root)");
-    let mut agent = Agent::start(&lab, Path::new(AGENT), &[]).unwrap();
+    deleted_and_returned(false);
+}
+
+#[test]
+fn a_deleted_pinned_interface_gets_a_new_pinned_link_when_it_returns() {
+    deleted_and_returned(true);
+}
+
+fn deleted_and_returned(pinned: bool) {
+    let mut lab = Lab::new().expect("lab (run as root)");
+    // Without a bpffs (`ip netns exec` gives a fresh /sys) the agent pins nothing.
+    let pin_dir = pinned.then(|| lab.mount_bpffs().unwrap().join("syndetector"));
+    let pin_arg = pin_dir.as_ref().map(|d| d.display().to_string());
+    let args: Vec<&str> = pin_arg.iter().flat_map(|d| ["--pin-dir", d.as_str()]).collect();
+    let mut agent = Agent::start(&lab, Path::new(AGENT), &args).unwrap();
     let iface = lab.server_if.clone();
+    let link_pin = pin_dir.as_ref().map(|d| d.join(&iface).join("link"));
+    assert_eq!(link_pin.as_ref().is_some_and(|p| p.exists()), pinned);
     assert_eq!(attached(&agent.scrape().unwrap(), &iface), 1.0);
     assert!(healthz(&agent, &lab.server_ns).0.contains(" 200"));
 
@@ -89,6 +105,9 @@ fn a_deleted_interface_is_reported_and_attached_again_when_it_returns() {
             Err(format!("interface_attached {value}, /healthz {status}: {body}"))
         }
     });
+    if let Some(pin) = &link_pin {
+        assert!(!pin.exists(), "the defunct link's pin is removed with the interface");
+    }
 
     // The same name again (the pair, as the lab made it).
     ip(&[
@@ -123,7 +142,14 @@ fn a_deleted_interface_is_reported_and_attached_again_when_it_returns() {
     let status = agent.stop().unwrap();
     assert!(status.success(), "agent exit: {status}\n{}", agent.log_text());
     let link = lab.server_link_details().unwrap();
-    assert!(!link.contains("prog/xdp"), "XDP left attached:\n{link}");
+    // Pinned, the program stays for the next start (on_stop = keep); not pinned, it goes.
+    assert_eq!(link.contains("prog/xdp"), pinned, "after the stop:\n{link}");
+    if let Some(pin) = &link_pin {
+        assert!(pin.exists(), "the new link is pinned");
+        assert!(!log.contains("pin_dir is not on a BPF file system"), "{log}");
+    } else {
+        assert!(agent.log_text().contains("pin_dir is not on a BPF file system"), "the fallback is said");
+    }
 }
 
 /// Runs the agent on the server veth until it exits (20 s at most); its stderr.

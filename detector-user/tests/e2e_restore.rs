@@ -1,6 +1,8 @@
-//! What the agent changes on the host comes back: after a crash (SIGKILL) the next start
-//! restores the sysctls the crashed run had set, the kernel has already dropped the XDP
-//! attachment with the process, and SIGHUP reloads are reported in the metrics.
+//! What the agent changes on the host comes back when nothing is pinned (`pin_dir` not on
+//! bpffs: here, since `ip netns exec` gives the agent a /sys without one): after a crash
+//! (SIGKILL) the next start restores the sysctls the crashed run had set, the kernel has
+//! already dropped the XDP attachment with the process, and SIGHUP reloads are reported in
+//! the metrics. With pins the program outlives the crash instead: e2e_restart.rs.
 
 #![allow(clippy::float_cmp, reason = "metric values compared here are exact counts")]
 
@@ -24,6 +26,7 @@ fn a_crashed_run_is_repaired_by_the_next_start_and_sighup_reloads() {
     let mut agent = Agent::start(&lab, Path::new(AGENT), &["--mode", "cookie"]).unwrap();
     assert_eq!(sysctl_in(&lab, "net.ipv4.tcp_syncookies"), "2");
     assert_eq!(sysctl_in(&lab, "net.ipv4.tcp_timestamps"), "2");
+    assert!(agent.log_text().contains("nothing is pinned"), "the fallback is said: {}", agent.log_text());
     agent.crash().unwrap();
     assert_eq!(sysctl_in(&lab, "net.ipv4.tcp_syncookies"), "2", "a crash leaves them changed");
     thread::sleep(Duration::from_millis(200));

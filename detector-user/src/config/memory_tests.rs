@@ -66,7 +66,7 @@ fn kernel_memlock(ebpf: &aya::Ebpf) -> Vec<(String, aya::maps::MapInfo, u64)> {
 fn the_estimate_matches_the_kernel_within_10_percent() {
     assert!(nix_root(), "needs root (loads the XDP object): run with `cargo xtask test`");
     let cfg = cfg("[maps]\nsources = 200000\npending = 300000\nsketch_width = 65536\n");
-    let (mut ebpf, logger) = crate::loader::load(&cfg).expect("loading the object");
+    let (mut ebpf, logger) = crate::loader::load(&cfg, None).expect("loading the object");
     let cpus = possible_cpus();
     let trie_nodes: u8 = 100;
     {

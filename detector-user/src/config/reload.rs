@@ -27,6 +27,8 @@ pub const KEYS: &[(&str, Takes)] = &[
     ("log_format", Takes::Restart { why: "logging is set up once, at start" }),
     ("state_dir", Takes::Restart { why: "the sysctl state file is opened at start" }),
     ("sysctl_dir", Takes::Restart { why: "the sysctl files are opened at start" }),
+    ("pin_dir", Takes::Restart { why: "the pins are opened at start" }),
+    ("on_stop", Takes::Restart { why: "read at start" }),
     ("top_sources", Takes::Reload),
     ("thresholds", Takes::Reload),
     ("detection", Takes::Reload),
@@ -96,6 +98,8 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
         log_format,
         state_dir,
         sysctl_dir,
+        pin_dir,
+        on_stop,
         top_sources,
         thresholds,
         detection,
@@ -118,6 +122,8 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
             "metrics_addr": &old.metrics_addr, metrics_addr;
             "poll_interval_ms": &old.poll_interval_ms, poll_interval_ms;
             "log_format": &old.log_format, log_format;
+            "pin_dir": &old.pin_dir, pin_dir;
+            "on_stop": &old.on_stop, on_stop;
             "state_dir": &old.state_dir, state_dir;
             "sysctl_dir": &old.sysctl_dir, sysctl_dir;
             "top_sources": &old.top_sources, top_sources;

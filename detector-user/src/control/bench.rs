@@ -59,7 +59,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
     cfg.file.maps.sources = args.sources.max(1_024);
     let (sysctls, _) = Sysctls::open(&cfg.file.sysctl_dir, &cfg.sysctl_state_file())?;
     let t = Instant::now();
-    let (mut ebpf, _logger) = loader::load(&cfg).context("loading the program (root)")?;
+    let (mut ebpf, _logger) = loader::load(&cfg, None).context("loading the program (root)")?;
     eprintln!("loaded in {:.1} s", t.elapsed().as_secs_f64());
     let config_map = loader::config_map(&mut ebpf)?;
     let mut maps = Maps::take(&mut ebpf)?;

@@ -124,6 +124,12 @@ impl Controller {
             last_poll: Instant::now(),
         };
         this.publish_settings();
+        // Adopted pinned maps carry a previous run's totals: they become the metrics'
+        // starting values (the counters continue), not one poll's burst of SYNs that
+        // detection would read as an attack.
+        if let Ok(totals) = this.maps.counters() {
+            this.counters.update(&totals, &this.metrics);
+        }
         this.reconcile();
         this
     }
@@ -296,6 +302,17 @@ impl Controller {
             warn!(error = %e, "could not update the sysctl state file after restoring");
         }
         ShutdownReport { pass_through, sysctls }
+    }
+}
+
+impl Controller {
+    /// The stop that keeps the pinned program protecting: its config slot stays as it is
+    /// and the changed sysctls stay changed, recorded in the state file for the next start
+    /// (which adopts them) or `syndetector detach` (which restores them).
+    pub fn hand_over(&mut self) -> ShutdownReport {
+        let kept = self.sysctls.hand_over();
+        info!(sysctls_kept = kept, "program config and sysctls left as they are for the next start");
+        ShutdownReport { pass_through: Ok(()), sysctls: crate::sysctl::RestoreReport::default() }
     }
 }
 

@@ -18,6 +18,9 @@ pub enum Command {
     Reload,
     /// Switch the program to pass-through, restore the sysctls, and end the thread.
     Stop,
+    /// Leave the program's config and the sysctls as they are and end the thread: a pinned
+    /// program keeps protecting until the next start adopts it.
+    HandOver,
     /// Desired state changed outside the poll (the cookie policy): reconcile now.
     Wake,
 }
@@ -40,9 +43,14 @@ impl Controller {
             .name("syndetector-control".into())
             .spawn(move || {
                 let mut schedule = Schedule::new(every, Instant::now());
+                let mut hand_over = false;
                 loop {
                     match rx.recv_timeout(schedule.next.saturating_duration_since(Instant::now())) {
                         Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        Ok(Command::HandOver) => {
+                            hand_over = true;
+                            break;
+                        }
                         Ok(Command::Wake) => self.reconcile(),
                         Ok(Command::Reload) => {
                             let outcome = load().and_then(|cfg| self.reload(cfg));
@@ -60,7 +68,11 @@ impl Controller {
                         }
                     }
                 }
-                self.shutdown()
+                if hand_over {
+                    self.hand_over()
+                } else {
+                    self.shutdown()
+                }
             })
             .expect("spawning the control thread");
         (tx, handle)

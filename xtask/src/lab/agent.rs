@@ -23,10 +23,25 @@ impl Agent {
     /// Starts `binary run --iface <server veth> --metrics-addr ... <extra>` in the server
     /// namespace and waits until its metrics answer.
     pub fn start(lab: &Lab, binary: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_with(lab, binary, extra, &[], None)
+    }
+
+    /// `start` with environment variables, and, if `ready_log` is given, ready when its log
+    /// holds that text instead of when its metrics answer: a scrape is a connection to a
+    /// listener in the server namespace, which the kernel answers with a cookie when
+    /// `tcp_syncookies = 2`, and some tests count exactly those.
+    pub fn start_with(
+        lab: &Lab,
+        binary: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        ready_log: Option<&str>,
+    ) -> Result<Self> {
         let metrics_addr: SocketAddr = "127.0.0.1:9787".parse()?;
         let log = lab.scratch().join("agent.log");
         let log_file = std::fs::File::create(&log)?;
         let child = Command::new("ip")
+            .envs(env.iter().copied())
             .args(["netns", "exec", &lab.server_ns])
             .arg(binary)
             .args(["run", "--iface", &lab.server_if, "--metrics-addr", &metrics_addr.to_string()])
@@ -40,7 +55,11 @@ impl Agent {
         let mut agent = Self { child: Some(child), metrics_addr, log, ns: lab.server_ns.clone() };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if agent.scrape().is_ok() {
+            let ready = match ready_log {
+                Some(text) => agent.log_text().contains(text),
+                None => agent.scrape().is_ok(),
+            };
+            if ready {
                 return Ok(agent);
             }
             if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -49,7 +68,7 @@ impl Agent {
             if Instant::now() > deadline {
                 bail!("the agent's metrics did not answer within 20 s:\n{}", agent.log_text());
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(if ready_log.is_some() { 20 } else { 200 }));
         }
     }
 

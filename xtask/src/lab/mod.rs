@@ -52,6 +52,8 @@ pub struct Lab {
     /// only when the peer has an XDP program (docs/lab.md).
     client_xdp: Option<Ebpf>,
     scratch: PathBuf,
+    /// A bpffs of this lab's own (`mount_bpffs`), unmounted on drop with every pin in it.
+    bpffs: Option<PathBuf>,
 }
 
 impl Lab {
@@ -76,6 +78,7 @@ impl Lab {
             children: Vec::new(),
             client_xdp: None,
             scratch: std::env::temp_dir().join(format!("sd-lab-{suffix}")),
+            bpffs: None,
         };
         lab.build().context("building the lab")?;
         Ok(lab)
@@ -115,6 +118,19 @@ impl Lab {
         })??;
         self.client_xdp = Some(ebpf);
         Ok(())
+    }
+
+    /// Mounts a BPF file system of the lab's own in its scratch directory, for the agent's
+    /// `--pin-dir`: pins outlive processes and network namespaces, so they go in a bpffs
+    /// that the lab unmounts on drop (which removes them all), never in the host's
+    /// /sys/fs/bpf. (`ip netns exec` gives the agent a fresh /sys without any bpffs, but
+    /// a mount made here before it starts is visible to it.)
+    pub fn mount_bpffs(&mut self) -> Result<PathBuf> {
+        let dir = self.scratch.join("bpffs");
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new("mount").args(["-t", "bpf", "-o", "mode=0700", "sd-lab-bpffs"]).arg(&dir))?;
+        self.bpffs = Some(dir.clone());
+        Ok(dir)
     }
 
     /// A sysctl inside one of the lab's namespaces (never the host's).
@@ -218,6 +234,9 @@ impl Drop for Lab {
         for ns in [&self.server_ns, &self.client_ns] {
             remove_netns_lock(ns);
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        if let Some(dir) = self.bpffs.take() {
+            let _ = Command::new("umount").arg(&dir).status();
         }
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
