@@ -450,6 +450,9 @@ fn validate_sysctl_dir(dir: &Path) -> Result<(), ConfigError> {
 /// Every rule of `validate` but the interfaces'.
 fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
     validate_sysctl_dir(&f.sysctl_dir)?;
+    if !f.pin_dir.is_absolute() {
+        return Err(invalid("pin_dir", format!("{} is not an absolute path", f.pin_dir.display())));
+    }
     if !f.state_dir.is_absolute() {
         return Err(invalid("state_dir", format!("{} is not an absolute path", f.state_dir.display())));
     }

@@ -30,6 +30,9 @@ pub struct DetachArgs {
     /// The agent's pin directory (`pin_dir`).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// Where the sysctls are (`sysctl_dir`; in a container, the host's writable mount).
+    #[arg(long, value_name = "DIR", default_value = "/proc/sys")]
+    pub sysctl_dir: PathBuf,
 }
 
 pub fn main(args: &DetachArgs) -> ExitCode {
@@ -77,7 +80,7 @@ fn detach(args: &DetachArgs) -> Result<(), String> {
         return Ok(());
     };
     let mut sysctls =
-        Sysctls::prepare(Path::new("/proc/sys"), dir, sysctl::STATE_FILE).map_err(|e| e.to_string())?;
+        Sysctls::prepare(&args.sysctl_dir, dir, sysctl::STATE_FILE).map_err(|e| e.to_string())?;
     let recovered = sysctls.recover().map_err(|e| e.to_string())?;
     if recovered.is_empty() {
         println!("no sysctl recorded as changed");
