@@ -6,10 +6,7 @@
 //! on its next link event and keep changing sysctls; stop it first (docs/operations.md).
 //! Run it in the agent's network namespace: the sysctls are that namespace's.
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
     config::DEFAULT_PIN_DIR,
