@@ -8,7 +8,7 @@ use aya_ebpf::{
         bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as TupleV4,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as TupleV6, tcphdr, BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN,
     },
-    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie},
+    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_xdp_load_bytes},
     macros::map,
     maps::PerCpuArray,
     programs::XdpContext,
@@ -90,20 +90,21 @@ pub fn gen_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Resul
     if opt_len > MAX_OPTIONS_LEN {
         return Err(Counter::PassCookieHelperError);
     }
-    // Options are copied four bytes at a time (their length is a multiple of four), each
-    // word checked against the frame: no tail growth is needed to read them.
+    // Options are copied by the kernel in one helper call (kernel >= 5.18, as is
+    // bpf_xdp_get_buff_len), whatever their length: an
+    // inline copy loop ends at one of eleven iterations, and each end would carry its own
+    // bounds on `opt_len` through everything after it (docs/verifier.md, lesson 9).
     let mut opt_bytes = [0u8; MAX_OPTIONS_LEN];
-    for word in 0..MAX_OPTIONS_LEN / 4 {
-        let at = 4 * word;
-        if at >= opt_len {
-            break;
-        }
-        if th + 20 + at + 4 > end {
+    if opt_len != 0 {
+        #[allow(clippy::cast_possible_truncation, reason = "offsets and lengths below 600")]
+        // SAFETY: a helper call on our own context, writing at most MAX_OPTIONS_LEN bytes
+        // into `opt_bytes` (the verifier checks the bound too).
+        let ret = unsafe {
+            bpf_xdp_load_bytes(ctx.ctx, (l4 + 20) as u32, opt_bytes.as_mut_ptr().cast(), opt_len as u32)
+        };
+        if ret != 0 {
             return Err(Counter::PassCookieHelperError);
         }
-        // SAFETY: th + 20 + at + 4 <= end, checked just above.
-        let bytes = unsafe { core::ptr::read_unaligned((th + 20 + at) as *const [u8; 4]) };
-        opt_bytes[at..at + 4].copy_from_slice(&bytes);
     }
     walk_options(&opt_bytes, opt_len, &mut out.opts);
 
