@@ -16,7 +16,7 @@ use aya_ebpf::{
 use detector_common::{
     counters::Counter,
     parse::{IpVersion, TcpSegment},
-    synack::{parse_syn_options_with, SynOptions, MAX_OPTIONS_LEN},
+    synack::{parse_syn_options_with, OptionWalk, SynOptions, MAX_OPTIONS_LEN},
 };
 
 use crate::cookie::{MAX_L3, MAX_L4};
@@ -24,31 +24,29 @@ use crate::cookie::{MAX_L3, MAX_L4};
 const ENOENT: i64 = 2;
 const EINVAL: i64 = 22;
 
-/// Scratch for `opaque`.
+/// Where the option walk keeps its state between steps (see `walk_options`).
 #[map(name = "OPTION_WALK")]
-static OPTION_WALK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static OPTION_WALK: PerCpuArray<OptionWalk> = PerCpuArray::with_max_entries(1, 0);
 
-/// Returns `i` unchanged, but as a value read from a map, whose bounds the verifier does
-/// not know (see `parse_syn_options_with`, and docs/verifier.md, lesson 4).
-#[inline(always)]
-fn opaque(i: usize) -> usize {
-    match OPTION_WALK.get_ptr_mut(0) {
-        // SAFETY: per-CPU value, only this CPU touches it; volatile so the round trip stays.
-        Some(slot) => unsafe {
-            core::ptr::write_volatile(slot, i as u64);
-            core::ptr::read_volatile(slot) as usize
-        },
-        // Cannot happen (a one-slot array); ending the walk is the safe answer.
-        None => MAX_OPTIONS_LEN,
-    }
-}
-
-/// The option walk as a BPF-to-BPF call: the verifier then continues after it from one
-/// state per way out of the walk that differs in what is live, instead of re-verifying
-/// the rest of the responder from every iteration that can end the walk.
+/// The option walk as a BPF-to-BPF call, its state passed through a per-CPU map value at
+/// every step: the verifier does not track map values, so every step starts from one
+/// state, and the code after the walk is verified once, not once per combination of
+/// options found (see `parse_syn_options_with`, docs/verifier.md).
 #[inline(never)]
 fn walk_options(buf: &[u8; MAX_OPTIONS_LEN], len: usize, out: &mut SynOptions) {
-    *out = parse_syn_options_with(buf, len, opaque);
+    let Some(slot) = OPTION_WALK.get_ptr_mut(0) else {
+        // Cannot happen (a one-slot array); no options is the safe answer.
+        *out = SynOptions::default();
+        return;
+    };
+    *out = parse_syn_options_with(buf, len, |w| {
+        // SAFETY: a per-CPU map value only this CPU touches while the program runs;
+        // volatile, so that the round trip is kept.
+        unsafe {
+            core::ptr::write_volatile(slot, w);
+            core::ptr::read_volatile(slot)
+        }
+    });
 }
 
 /// What the kernel gave for one SYN.
