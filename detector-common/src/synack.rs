@@ -66,6 +66,20 @@ pub struct OptionWalk {
 // Shared with the XDP program's scratch map: 12 bytes, no padding.
 const _: () = assert!(core::mem::size_of::<OptionWalk>() == 12);
 
+/// The XDP program's per-CPU scratch for a SYN's options: the walk's state, then the
+/// option bytes. In a map value rather than on the stack because the verifier accepts a
+/// read at a position it cannot bound exactly as long as it stays inside the value: the
+/// 24 spare bytes after the 40 an option can occupy are that margin.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionScratch {
+    pub walk: OptionWalk,
+    pub bytes: [u8; MAX_OPTIONS_LEN],
+    pub _spare: [u8; 24],
+}
+
+const _: () = assert!(core::mem::size_of::<OptionScratch>() == 76);
+
 impl OptionWalk {
     /// What the walk found so far.
     #[inline(always)]
