@@ -218,3 +218,33 @@ fn what_the_hook_returns_is_what_the_walk_continues_from() {
     });
     assert_eq!(opts, SynOptions { wscale: Some(7), sack_permitted: true, tsval: None });
 }
+
+#[test]
+fn bytes_past_the_options_length_never_change_the_result() {
+    // The XDP program's option buffer is a per-CPU scratch that keeps the previous SYN's
+    // bytes past `len`: the walk must not depend on them.
+    let mut seed = 0x9e37_79b9_u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    for _ in 0..20_000 {
+        let mut buf = [0u8; MAX_OPTIONS_LEN];
+        for b in &mut buf {
+            // Mostly option kinds and small lengths, so that walks go somewhere.
+            *b = (next() % 12) as u8;
+        }
+        let len = (next() as usize) % (MAX_OPTIONS_LEN + 1);
+        let mut zeroed = buf;
+        zeroed[len..].fill(0);
+        let mut other = buf;
+        for b in &mut other[len..] {
+            *b = next() as u8;
+        }
+        let expected = parse_syn_options(&zeroed, len);
+        assert_eq!(parse_syn_options(&buf, len), expected, "{buf:?} len {len}");
+        assert_eq!(parse_syn_options(&other, len), expected, "{other:?} len {len}");
+    }
+}

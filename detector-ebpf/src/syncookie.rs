@@ -91,6 +91,8 @@ pub fn read_options(ctx: &XdpContext, seg: &TcpSegment, out: &mut SynOptions) ->
     if ret != 0 {
         return Err(Counter::PassCookieHelperError);
     }
+    // Past `opt_len` the scratch still holds an earlier SYN's bytes; the walk's result
+    // depends on `bytes[..opt_len]` only (a host test checks it).
     *out = walk_options(scratch, opt_len);
     Ok(())
 }

@@ -45,6 +45,12 @@ pub struct BenchArgs {
     /// Only the verifier figures: skip the per-path timings and the agent's part.
     #[arg(long)]
     pub verifier_only: bool,
+    /// Skip the agent's part (poll and scrape times), which builds the release agent.
+    #[arg(long)]
+    pub no_agent: bool,
+    /// Bench this object instead of the one just built, e.g. an older build to compare.
+    #[arg(long)]
+    pub object: Option<std::path::PathBuf>,
 }
 
 /// One timed case: which program, what config, which packets, what it must have done.
@@ -67,6 +73,7 @@ enum Family {
 }
 
 pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
+    let object = args.object.as_deref().unwrap_or(object);
     ensure!(geteuid() == 0, "the benchmark loads BPF programs and makes a network namespace: run it as root");
     let bytes = std::fs::read(object).with_context(|| {
         format!("reading {} (build it with `cargo xtask build-ebpf --release`)", object.display())
@@ -127,6 +134,9 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         "  tracked SYN: {many} / {few} sources  {:>8.2}   (LRU churn when sources outnumber the map)",
         net(7) / net(6)
     );
+    if args.no_agent {
+        return Ok(());
+    }
     crate::bench_agent::main(args.many_sources)
 }
 
