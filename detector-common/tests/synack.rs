@@ -241,7 +241,7 @@ fn bytes_past_the_options_length_never_change_the_result() {
         zeroed[len..].fill(0);
         let mut other = buf;
         for b in &mut other[len..] {
-            *b = next() as u8;
+            *b = next().to_le_bytes()[0];
         }
         let expected = parse_syn_options(&zeroed, len);
         assert_eq!(parse_syn_options(&buf, len), expected, "{buf:?} len {len}");
