@@ -44,27 +44,76 @@ pub struct SynOptions {
 #[inline(always)]
 #[must_use]
 pub fn parse_syn_options(buf: &[u8; MAX_OPTIONS_LEN], len: usize) -> SynOptions {
-    parse_syn_options_with(buf, len, |i| i)
+    parse_syn_options_with(buf, len, |w| w)
 }
 
-/// `parse_syn_options` with a hook applied to the walk's position at every step.
+/// The option walk's state between two steps, as plain integers (no `Option`, no
+/// `bool`), so that the XDP program can keep it in a map value (`parse_syn_options_with`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OptionWalk {
+    /// Offset of the next option in the options area.
+    pub pos: u32,
+    /// The client's timestamp value; meaningful when `has_tsval` is 1.
+    pub tsval: u32,
+    /// The client's window scale, clamped to 14; meaningful when `has_wscale` is 1.
+    pub wscale: u8,
+    pub has_wscale: u8,
+    pub sack_permitted: u8,
+    pub has_tsval: u8,
+}
+
+// Shared with the XDP program's scratch map: 12 bytes, no padding.
+const _: () = assert!(core::mem::size_of::<OptionWalk>() == 12);
+
+/// The XDP program's per-CPU scratch for a SYN's options: the walk's state, then the
+/// option bytes. In a map value rather than on the stack because the verifier accepts a
+/// read at a position it cannot bound exactly as long as it stays inside the value: the
+/// 24 spare bytes after the 40 an option can occupy are that margin.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionScratch {
+    pub walk: OptionWalk,
+    pub bytes: [u8; MAX_OPTIONS_LEN],
+    pub _spare: [u8; 24],
+}
+
+const _: () = assert!(core::mem::size_of::<OptionScratch>() == 76);
+
+impl OptionWalk {
+    /// What the walk found so far.
+    #[inline(always)]
+    #[must_use]
+    pub fn options(&self) -> SynOptions {
+        SynOptions {
+            wscale: (self.has_wscale != 0).then_some(self.wscale),
+            sack_permitted: self.sack_permitted != 0,
+            tsval: (self.has_tsval != 0).then_some(self.tsval),
+        }
+    }
+}
+
+/// `parse_syn_options` with a hook applied to the walk's whole state at every step and
+/// once at the end.
 ///
-/// The XDP program passes a hook that routes the position through a map value, which the
-/// verifier cannot see through: every iteration then looks alike to it and its states are
-/// pruned, where exact positions would make it explore each path of option lengths
-/// separately and give up at its 1M-instruction limit. Every access stays bounds-checked.
+/// The XDP program passes a hook that stores the state in a map value and reads it back:
+/// the verifier does not track what a map value holds, so after the hook the position
+/// and every option found so far are unknown to it, the branches of one step lead to one
+/// state at the next, and the caller continues from one state instead of one per
+/// combination of options found and way out of the loop (docs/verifier.md). Every access
+/// stays bounds-checked, so the unknown position is safe.
 #[inline(always)]
 #[must_use]
 pub fn parse_syn_options_with(
     buf: &[u8; MAX_OPTIONS_LEN],
     len: usize,
-    mut opaque: impl FnMut(usize) -> usize,
+    mut launder: impl FnMut(OptionWalk) -> OptionWalk,
 ) -> SynOptions {
-    let mut out = SynOptions::default();
-    let mut i = 0usize;
+    let mut w = OptionWalk::default();
     // Each iteration consumes at least one byte: MAX_OPTIONS_LEN bounds the loop.
     for _ in 0..MAX_OPTIONS_LEN {
-        i = opaque(i);
+        w = launder(w);
+        let i = w.pos as usize;
         if i >= len || i >= MAX_OPTIONS_LEN {
             break;
         }
@@ -72,7 +121,7 @@ pub fn parse_syn_options_with(
         match kind {
             OPT_END => break,
             OPT_NOP => {
-                i += 1;
+                w.pos += 1;
                 continue;
             }
             _ => {}
@@ -83,21 +132,32 @@ pub fn parse_syn_options_with(
             break;
         }
         match (kind, opt_len) {
-            (OPT_WSCALE, 3) => out.wscale = buf.get(i + 2).map(|w| (*w).min(MAX_WSCALE)),
-            (OPT_SACK_PERM, 2) => out.sack_permitted = true,
+            (OPT_WSCALE, 3) => match buf.get(i + 2) {
+                Some(&scale) => {
+                    w.wscale = scale.min(MAX_WSCALE);
+                    w.has_wscale = 1;
+                }
+                None => w.has_wscale = 0,
+            },
+            (OPT_SACK_PERM, 2) => w.sack_permitted = 1,
             (OPT_TIMESTAMP, 10) => {
                 if let (Some(a), Some(b), Some(c), Some(d)) =
                     (buf.get(i + 2), buf.get(i + 3), buf.get(i + 4), buf.get(i + 5))
                 {
-                    out.tsval = Some(u32::from_be_bytes([*a, *b, *c, *d]));
+                    w.tsval = u32::from_be_bytes([*a, *b, *c, *d]);
+                    w.has_tsval = 1;
                 }
             }
             // MSS is the helper's business: it reads the SYN itself.
             _ => {}
         }
-        i += opt_len;
+        // i + opt_len <= len <= MAX_OPTIONS_LEN, checked above.
+        #[allow(clippy::cast_possible_truncation, reason = "at most MAX_OPTIONS_LEN")]
+        {
+            w.pos = (i + opt_len) as u32;
+        }
     }
-    out
+    launder(w).options()
 }
 
 /// Choices for the reply that come from the agent's config and the host's sysctls.

@@ -4,8 +4,8 @@
 use detector_common::{
     parse::{parse_tcp, IpVersion},
     synack::{
-        build_ipv4_reply, build_ipv6_reply, build_synack, encode_timestamp, parse_syn_options, ReplySettings,
-        SynOptions, MAX_OPTIONS_LEN,
+        build_ipv4_reply, build_ipv6_reply, build_synack, encode_timestamp, parse_syn_options,
+        parse_syn_options_with, OptionWalk, ReplySettings, SynOptions, MAX_OPTIONS_LEN,
     },
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
@@ -179,4 +179,72 @@ fn option_walk_survives_garbage_and_zero_lengths() {
     let mut buf = [0u8; MAX_OPTIONS_LEN];
     buf[..3].copy_from_slice(&[8, 10, 1]);
     assert_eq!(parse_syn_options(&buf, 3), SynOptions::default());
+}
+
+#[test]
+fn the_walk_hands_its_whole_state_to_the_hook_at_every_step_and_at_the_end() {
+    // Linux's SYN options: MSS, SACK-permitted, timestamp, NOP, window scale (20 bytes).
+    let bytes = [2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0, 1, 3, 3, 7];
+    let mut buf = [0u8; MAX_OPTIONS_LEN];
+    buf[..bytes.len()].copy_from_slice(&bytes);
+    let mut seen = Vec::new();
+    let opts = parse_syn_options_with(&buf, bytes.len(), |w| {
+        seen.push(w);
+        w
+    });
+    let positions: Vec<u32> = seen.iter().map(|w| w.pos).collect();
+    assert_eq!(positions, [0, 4, 6, 16, 17, 20, 20], "one call per option, one at the end");
+    let last = seen[seen.len() - 1];
+    assert_eq!(
+        last,
+        OptionWalk { pos: 20, tsval: 12345, wscale: 7, has_wscale: 1, sack_permitted: 1, has_tsval: 1 }
+    );
+    assert_eq!(opts, SynOptions { wscale: Some(7), sack_permitted: true, tsval: Some(12345) });
+    assert_eq!(opts, parse_syn_options(&buf, bytes.len()));
+}
+
+#[test]
+fn what_the_hook_returns_is_what_the_walk_continues_from() {
+    // The program's hook returns the state it stored; anything else returned is used as
+    // is: here the hook skips the timestamp by moving the position past it.
+    let bytes = [2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0, 1, 3, 3, 7];
+    let mut buf = [0u8; MAX_OPTIONS_LEN];
+    buf[..bytes.len()].copy_from_slice(&bytes);
+    let opts = parse_syn_options_with(&buf, bytes.len(), |mut w| {
+        if w.pos == 6 {
+            w.pos = 16;
+        }
+        w
+    });
+    assert_eq!(opts, SynOptions { wscale: Some(7), sack_permitted: true, tsval: None });
+}
+
+#[test]
+fn bytes_past_the_options_length_never_change_the_result() {
+    // The XDP program's option buffer is a per-CPU scratch that keeps the previous SYN's
+    // bytes past `len`: the walk must not depend on them.
+    let mut seed = 0x9e37_79b9_u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    for _ in 0..20_000 {
+        let mut buf = [0u8; MAX_OPTIONS_LEN];
+        for b in &mut buf {
+            // Mostly option kinds and small lengths, so that walks go somewhere.
+            *b = (next() % 12) as u8;
+        }
+        let len = (next() as usize) % (MAX_OPTIONS_LEN + 1);
+        let mut zeroed = buf;
+        zeroed[len..].fill(0);
+        let mut other = buf;
+        for b in &mut other[len..] {
+            *b = next().to_le_bytes()[0];
+        }
+        let expected = parse_syn_options(&zeroed, len);
+        assert_eq!(parse_syn_options(&buf, len), expected, "{buf:?} len {len}");
+        assert_eq!(parse_syn_options(&other, len), expected, "{other:?} len {len}");
+    }
 }

@@ -24,7 +24,7 @@ use detector_common::{
     synack::{build_ipv4_reply, build_ipv6_reply, build_synack, ReplySettings, SYNACK_LEN_MSS_ONLY, SYNACK_LEN_WITH_TS},
 };
 
-use crate::syncookie::{gen_cookie, Cookie};
+use crate::syncookie::{gen_cookie, read_options, Cookie};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 const NS_PER_MS: u64 = 1_000_000;
@@ -126,6 +126,9 @@ fn restore_len(ctx: &XdpContext, len: usize) {
 
 #[inline(always)]
 fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result<(), Counter> {
+    let mut cookie = Cookie::default();
+    // First, before anything below forks on the IP version (see `read_options`).
+    read_options(ctx, seg, &mut cookie.opts)?;
     let l3 = usize::from(seg.l3_offset);
     let l4 = usize::from(seg.l4_offset);
     let ip_len = match seg.version {
@@ -137,7 +140,6 @@ fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result
     if l4 != l3 + ip_len || l3 > MAX_L3 {
         return Err(Counter::PassCookieUnsupported);
     }
-    let mut cookie = Cookie::default();
     gen_cookie(ctx, seg, &mut cookie)?;
     send_reply(ctx, seg, cfg, &cookie, now)
 }

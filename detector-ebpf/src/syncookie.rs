@@ -8,7 +8,7 @@ use aya_ebpf::{
         bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as TupleV4,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as TupleV6, tcphdr, BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN,
     },
-    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie},
+    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_xdp_load_bytes},
     macros::map,
     maps::PerCpuArray,
     programs::XdpContext,
@@ -16,7 +16,7 @@ use aya_ebpf::{
 use detector_common::{
     counters::Counter,
     parse::{IpVersion, TcpSegment},
-    synack::{parse_syn_options_with, SynOptions, MAX_OPTIONS_LEN},
+    synack::{parse_syn_options_with, OptionScratch, SynOptions, MAX_OPTIONS_LEN},
 };
 
 use crate::cookie::{MAX_L3, MAX_L4};
@@ -24,31 +24,25 @@ use crate::cookie::{MAX_L3, MAX_L4};
 const ENOENT: i64 = 2;
 const EINVAL: i64 = 22;
 
-/// Scratch for `opaque`.
+/// Where the option walk keeps the bytes it reads and its state between steps.
 #[map(name = "OPTION_WALK")]
-static OPTION_WALK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static OPTION_WALK: PerCpuArray<OptionScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Returns `i` unchanged, but as a value read from a map, whose bounds the verifier does
-/// not know (see `parse_syn_options_with`, and docs/verifier.md, lesson 4).
+/// The option walk over `scratch.bytes[..len]`, its state passed through `scratch.walk` at
+/// every step: the verifier does not track map values, so every step starts from one
+/// state, and the code after the walk is verified once, not once per combination of
+/// options found (see `parse_syn_options_with`, docs/verifier.md).
 #[inline(always)]
-fn opaque(i: usize) -> usize {
-    match OPTION_WALK.get_ptr_mut(0) {
-        // SAFETY: per-CPU value, only this CPU touches it; volatile so the round trip stays.
-        Some(slot) => unsafe {
-            core::ptr::write_volatile(slot, i as u64);
-            core::ptr::read_volatile(slot) as usize
-        },
-        // Cannot happen (a one-slot array); ending the walk is the safe answer.
-        None => MAX_OPTIONS_LEN,
-    }
-}
-
-/// The option walk as a BPF-to-BPF call: the verifier then continues after it from one
-/// state per way out of the walk that differs in what is live, instead of re-verifying
-/// the rest of the responder from every iteration that can end the walk.
-#[inline(never)]
-fn walk_options(buf: &[u8; MAX_OPTIONS_LEN], len: usize, out: &mut SynOptions) {
-    *out = parse_syn_options_with(buf, len, opaque);
+fn walk_options(scratch: *mut OptionScratch, len: usize) -> SynOptions {
+    // SAFETY: a per-CPU map value only this CPU touches while the program runs.
+    let (bytes, walk) = unsafe { (&*(&raw const (*scratch).bytes), &raw mut (*scratch).walk) };
+    parse_syn_options_with(bytes, len, |w| {
+        // SAFETY: as above; volatile, so that the round trip is kept.
+        unsafe {
+            core::ptr::write_volatile(walk, w);
+            core::ptr::read_volatile(walk)
+        }
+    })
 }
 
 /// What the kernel gave for one SYN.
@@ -59,8 +53,52 @@ pub struct Cookie {
     pub opts: SynOptions,
 }
 
-/// Looks up the listener and asks the kernel for a cookie; reads the client's options.
-/// A BPF-to-BPF call, so its buffers do not sit under `send_reply`'s on the stack.
+/// Reads the client's options into `out`.
+///
+/// A BPF-to-BPF call of its own, made before anything forks on the IP version: the
+/// verifier verifies a call once per distinct state of its callers, so here the walk is
+/// verified once rather than once for IPv4 and once for IPv6 (docs/verifier.md).
+#[inline(never)]
+pub fn read_options(ctx: &XdpContext, seg: &TcpSegment, out: &mut SynOptions) -> Result<(), Counter> {
+    // Bounded on the length itself, through black_box (docs/verifier.md, lesson 2).
+    let opt_len = black_box(usize::from(seg.tcp_header_len).wrapping_sub(20));
+    if opt_len > MAX_OPTIONS_LEN {
+        return Err(Counter::PassCookieHelperError);
+    }
+    if opt_len == 0 {
+        // Nothing to find: `out` stays as it is (no options).
+        return Ok(());
+    }
+    let Some(scratch) = OPTION_WALK.get_ptr_mut(0) else {
+        // Cannot happen (a one-slot array); the kernel answers instead.
+        return Err(Counter::PassMapError);
+    };
+    // Copied by the kernel in one helper call (kernel >= 5.18, as is bpf_xdp_get_buff_len),
+    // whatever their length: an inline copy loop ends at one of eleven iterations, and each
+    // end would carry its own bounds on `opt_len` through everything after it
+    // (docs/verifier.md). The parser has checked that the options are inside the frame.
+    #[allow(clippy::cast_possible_truncation, reason = "offsets and lengths below 600")]
+    // SAFETY: a helper call on our own context, writing at most MAX_OPTIONS_LEN bytes into
+    // the scratch's `bytes` (the verifier checks the bound too).
+    let ret = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            (usize::from(seg.l4_offset) + 20) as u32,
+            (&raw mut (*scratch).bytes).cast(),
+            opt_len as u32,
+        )
+    };
+    if ret != 0 {
+        return Err(Counter::PassCookieHelperError);
+    }
+    // Past `opt_len` the scratch still holds an earlier SYN's bytes; the walk's result
+    // depends on `bytes[..opt_len]` only (a host test checks it).
+    *out = walk_options(scratch, opt_len);
+    Ok(())
+}
+
+/// Looks up the listener and asks the kernel for a cookie (`out.opts` is `read_options`'
+/// business). A BPF-to-BPF call, so its buffers do not sit under `send_reply`'s on the stack.
 #[inline(never)]
 pub fn gen_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Result<(), Counter> {
     let l3 = usize::from(seg.l3_offset);
@@ -90,22 +128,6 @@ pub fn gen_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Resul
     if opt_len > MAX_OPTIONS_LEN {
         return Err(Counter::PassCookieHelperError);
     }
-    // Options are copied four bytes at a time (their length is a multiple of four), each
-    // word checked against the frame: no tail growth is needed to read them.
-    let mut opt_bytes = [0u8; MAX_OPTIONS_LEN];
-    for word in 0..MAX_OPTIONS_LEN / 4 {
-        let at = 4 * word;
-        if at >= opt_len {
-            break;
-        }
-        if th + 20 + at + 4 > end {
-            return Err(Counter::PassCookieHelperError);
-        }
-        // SAFETY: th + 20 + at + 4 <= end, checked just above.
-        let bytes = unsafe { core::ptr::read_unaligned((th + 20 + at) as *const [u8; 4]) };
-        opt_bytes[at..at + 4].copy_from_slice(&bytes);
-    }
-    walk_options(&opt_bytes, opt_len, &mut out.opts);
 
     let mut tuple = listener_tuple(seg);
     let tuple_size = match seg.version {

@@ -265,6 +265,52 @@ fn without_timestamps_or_client_options_the_reply_has_mss_only() {
     });
 }
 
+/// The options of a SYN whose TCP header is `20 + len` bytes: MSS, NOPs, and from 16
+/// bytes on a timestamp last, so the option walk must find it at every offset.
+fn options_of_len(len: usize) -> Vec<TcpOptionElement> {
+    let mut opts = Vec::new();
+    if len >= 4 {
+        opts.push(TcpOptionElement::MaximumSegmentSize(1460));
+    }
+    let ts = len >= 16;
+    let nops = len.saturating_sub(4) - if ts { 12 } else { 0 };
+    opts.extend(std::iter::repeat_n(TcpOptionElement::Noop, nops));
+    if ts {
+        opts.extend([
+            TcpOptionElement::Noop,
+            TcpOptionElement::Noop,
+            TcpOptionElement::Timestamp(0x0a0b_0c0d, 0),
+        ]);
+    }
+    opts
+}
+
+#[test]
+fn every_tcp_header_length_gets_a_cookie_the_kernel_accepts() {
+    // The cookie helper is called with the header length as a verifier-checked constant,
+    // one call per length (docs/verifier.md): each of them must work.
+    in_private_netns("2", || {
+        let det = Detector::load(cookie_config(true), &["probe_check_cookie"]);
+        for syn in [Syn::v4(), Syn::v6()] {
+            for len in (0..=40).step_by(4) {
+                let frame = syn.frame(&options_of_len(len));
+                let header = if syn.v6 { 54 } else { 34 };
+                assert_eq!(usize::from(frame[header + 12] >> 4) * 4, 20 + len, "the SYN's header length");
+                let (verdict, reply) = det.run(names::PROGRAM, &frame);
+                assert_eq!(verdict, XDP_TX, "options of {len} bytes");
+                let h = check_synack(&reply, syn);
+                let echoed = options(&h).iter().find_map(|o| match o {
+                    TcpOptionElement::Timestamp(_, ecr) => Some(*ecr),
+                    _ => None,
+                });
+                assert_eq!(echoed, (len >= 16).then_some(0x0a0b_0c0d), "options of {len} bytes: TS echo");
+                assert!(kernel_accepts(&det, syn, h.sequence_number), "options of {len} bytes");
+            }
+        }
+        assert_eq!(det.counter(Counter::TxCookie), 22);
+    });
+}
+
 #[test]
 fn syn_to_a_port_without_listener_passes_unchanged() {
     in_private_netns("2", || {

@@ -6,7 +6,8 @@
 //! kernel-measured duration averaged, minus a trivial XDP_PASS timed the same way; after
 //! each case the program's path counters are read to prove which path ran. Everything
 //! runs in a private network namespace (listener sockets, `tcp_syncookies = 2`), which
-//! disappears with the process: the host is not touched.
+//! disappears with the process: the host is not touched. First, `bench_verifier` reports
+//! what loading each program costs (instructions the verifier processed, load time).
 
 use std::{collections::HashSet, net::TcpListener, path::Path, time::Duration};
 
@@ -38,6 +39,18 @@ pub struct BenchArgs {
     /// Distinct sources in the small-population cases.
     #[arg(long, default_value_t = 1_000)]
     pub few_sources: u32,
+    /// Loads per program for the verifier figures (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub loads: usize,
+    /// Only the verifier figures: skip the per-path timings and the agent's part.
+    #[arg(long)]
+    pub verifier_only: bool,
+    /// Skip the agent's part (poll and scrape times), which builds the release agent.
+    #[arg(long)]
+    pub no_agent: bool,
+    /// Bench this object instead of the one just built, e.g. an older build to compare.
+    #[arg(long)]
+    pub object: Option<std::path::PathBuf>,
 }
 
 /// One timed case: which program, what config, which packets, what it must have done.
@@ -60,10 +73,15 @@ enum Family {
 }
 
 pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
+    let object = args.object.as_deref().unwrap_or(object);
     ensure!(geteuid() == 0, "the benchmark loads BPF programs and makes a network namespace: run it as root");
     let bytes = std::fs::read(object).with_context(|| {
         format!("reading {} (build it with `cargo xtask build-ebpf --release`)", object.display())
     })?;
+    crate::bench_verifier::main(object, args.loads)?;
+    if args.verifier_only {
+        return Ok(());
+    }
     enter_private_netns()?;
     // Dual-stack (bindv6only is 0 in a fresh namespace): one listener serves both families.
     let _listener = TcpListener::bind(("::", BENCH_PORT)).context("bench listener")?;
@@ -116,6 +134,9 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         "  tracked SYN: {many} / {few} sources  {:>8.2}   (LRU churn when sources outnumber the map)",
         net(7) / net(6)
     );
+    if args.no_agent {
+        return Ok(());
+    }
     crate::bench_agent::main(args.many_sources)
 }
 

@@ -30,6 +30,7 @@ use detector_common::{
     names,
     policy::IfacePolicy,
     state::{FlowKey, PendingFlow, SourceKey, SourceState},
+    synack::OptionScratch,
 };
 
 use super::Config;
@@ -148,7 +149,7 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
         shape(names::MAP_CONFIG, Kind::Array, 4, size_of::<KernelConfig>(), 1),
         shape(names::MAP_COUNTERS, Kind::PerCpuArray, 4, 8, COUNTER_SLOTS),
         shape(names::MAP_COOKIE_BUDGET, Kind::Array, 4, 16, 1),
-        shape("OPTION_WALK", Kind::PerCpuArray, 4, 8, 1),
+        shape("OPTION_WALK", Kind::PerCpuArray, 4, size_of::<OptionScratch>(), 1),
         shape("EVENT_BUDGET", Kind::PerCpuArray, 4, 16, 1),
         shape(names::MAP_LOCAL_ADDRS, Kind::Hash, 16, 4, names::LOCAL_ADDRS_CAPACITY),
         shape(names::MAP_PORT_POLICY, Kind::Array, 4, 4, PORT_SLOTS),

@@ -1,0 +1,94 @@
+//! The verifier's part of `cargo xtask bench`: for every program in the object, the
+//! instructions the verifier processed (`verified_insns`, kernel >= 5.16) and the
+//! wall-clock time of `BPF_PROG_LOAD`, median of a few loads.
+//!
+//! Why: loading is part of every agent start and restart, and the production program's
+//! load time is almost all verifier time, which grows with the instructions it processes
+//! (docs/verifier.md). A change that makes the verifier explore more paths shows up here
+//! before it reaches the 1M-instruction limit.
+
+use std::{path::Path, time::Instant};
+
+use anyhow::{Context, Result};
+use aya::{programs::Xdp, EbpfLoader};
+use detector_common::{names, sketch::SKETCH_ROWS};
+
+/// The verifier's limit on instructions processed per program (`BPF_COMPLEXITY_LIMIT_INSNS`).
+const VERIFIER_LIMIT: u32 = 1_000_000;
+
+/// One program's figures.
+pub struct LoadCost {
+    pub program: String,
+    pub verified_insns: u32,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Loads every XDP program of `object` `loads` times (a fresh object each time, so each
+/// load really verifies) and reports each one's cost.
+pub fn measure(object: &[u8], loads: usize) -> Result<Vec<LoadCost>> {
+    let mut names: Vec<String> = open(object)?.programs().map(|(name, _)| name.to_owned()).collect();
+    names.sort();
+    let mut costs = Vec::new();
+    for program in names {
+        let mut times = Vec::with_capacity(loads);
+        let mut verified_insns = 0;
+        for _ in 0..loads {
+            let mut ebpf = open(object)?;
+            let prog: &mut Xdp = ebpf
+                .program_mut(&program)
+                .with_context(|| format!("no program {program}"))?
+                .try_into()
+                .with_context(|| format!("{program} is not an XDP program"))?;
+            let start = Instant::now();
+            prog.load().with_context(|| format!("verifying {program}"))?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+            verified_insns = prog
+                .info()?
+                .verified_instruction_count()
+                .context("the kernel does not report verified_insns (needs 5.16 or later)")?;
+        }
+        times.sort_by(f64::total_cmp);
+        costs.push(LoadCost {
+            program,
+            verified_insns,
+            median_ms: times[times.len() / 2],
+            min_ms: times[0],
+            max_ms: times[times.len() - 1],
+        });
+    }
+    Ok(costs)
+}
+
+/// Prints the table `cargo xtask bench` shows.
+pub fn main(object: &Path, loads: usize) -> Result<()> {
+    let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+    let costs = measure(&bytes, loads)?;
+    println!("\nverifier: instructions processed and BPF_PROG_LOAD wall time, {loads} loads per program");
+    println!(
+        "{:<24} {:>14} {:>9} {:>11} {:>11} {:>11}",
+        "program", "verified_insns", "of 1M", "median ms", "min ms", "max ms"
+    );
+    for c in &costs {
+        println!(
+            "{:<24} {:>14} {:>8.1}% {:>11.1} {:>11.1} {:>11.1}",
+            c.program,
+            c.verified_insns,
+            f64::from(c.verified_insns) * 100.0 / f64::from(VERIFIER_LIMIT),
+            c.median_ms,
+            c.min_ms,
+            c.max_ms
+        );
+    }
+    Ok(())
+}
+
+/// The object parsed and its maps created, programs not loaded; the sketch sized as the
+/// bench's cases size it (the map's size does not change what the verifier does).
+fn open(object: &[u8]) -> Result<aya::Ebpf> {
+    EbpfLoader::new()
+        .map_max_entries(names::MAP_SKETCH, SKETCH_ROWS * 16_384)
+        .load(object)
+        .context("loading the object")
+}
