@@ -1,0 +1,397 @@
+//! Proptest strategies: well-formed TCP frames from many sources, and the mutations that
+//! hostile input brings (truncation, impossible header lengths, wrong length fields, IPv4
+//! options, IPv6 extension chains, fragments, VLAN tags, flag combinations, jumbo frames,
+//! bad checksums). Frames are built byte by byte, not with a packet library, so that every
+//! field can be wrong. Addresses are from 198.18.0.0/15 and 2001:2::/48 only.
+
+use proptest::{collection::vec, prelude::*, sample::Index};
+
+pub const SERVER4: [u8; 4] = [198, 18, 0, 1];
+pub const SERVER6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// Addresses that are not the host's own: SYNs to them are another machine's.
+pub const OTHER4: [u8; 4] = [198, 18, 0, 250];
+pub const OTHER6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfa];
+/// The port with a listener in the test's namespace, and one without.
+pub const LISTEN_PORT: u16 = 8080;
+pub const CLOSED_PORT: u16 = 9;
+pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+pub const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+/// How the program is configured for one sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Tracking with drops (`FLAG_ENFORCE`); limits 0 = off.
+    Track { syn_rate: u32, half_open: u32 },
+    /// Tracking without `FLAG_ENFORCE`: drops become monitor passes.
+    Monitor { syn_rate: u32, half_open: u32 },
+    /// The cookie responder (`FLAG_COOKIES`), with or without timestamp-encoded options.
+    Cookie { timestamps: bool, ecn: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    Listener,
+    Closed,
+    NotLocal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Syn,
+    SynAck,
+    /// The third packet of the handshake that a `Syn` of the same flow began.
+    Ack,
+    Rst,
+    /// Any combination of the eight flag bits.
+    Flags(u8),
+}
+
+#[derive(Clone, Debug)]
+pub enum Mutation {
+    None,
+    /// Cut the frame at an offset anywhere in it (0 included).
+    Truncate(Index),
+    /// Overwrite the IP header's first byte (version and IHL).
+    VersionIhl(u8),
+    /// Overwrite the TCP data offset nibble.
+    DataOffset(u8),
+    /// Add to the IPv4 total length or the IPv6 payload length (both ways).
+    LengthDelta(i16),
+    /// Set the IP length field to any value.
+    Length(u16),
+    /// IPv4 fragment bits (MF and the offset); IPv6 has fragment headers in the chain.
+    Fragment(u16),
+    TcpChecksum(u16),
+    IpChecksum(u16),
+    EtherType(u16),
+    /// Overwrite one byte anywhere.
+    Byte(Index, u8),
+}
+
+/// One frame of a sequence, before it is built.
+#[derive(Clone, Debug)]
+pub struct FrameSpec {
+    pub v6: bool,
+    /// Client 198.18.1.n or 2001:2::1:n.
+    pub source: u8,
+    pub sport: u16,
+    pub dest: Dest,
+    pub kind: Kind,
+    /// TCP options, at most 40 bytes, padded to a multiple of 4 when built.
+    pub tcp_options: Vec<u8>,
+    /// IPv4 options, likewise.
+    pub ip_options: Vec<u8>,
+    /// IPv6 extension headers (next-header value naming each, its length in 8-octet units
+    /// beyond the first 8), innermost last.
+    pub ext_headers: Vec<(u8, u8)>,
+    /// VLAN tag protocol IDs, outermost first.
+    pub vlan: Vec<u16>,
+    pub payload_len: u16,
+    pub mutation: Mutation,
+}
+
+/// One generated case: a configuration and the frames it sees, in order.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub mode: Mode,
+    pub frames: Vec<FrameSpec>,
+}
+
+impl FrameSpec {
+    pub fn client4(&self) -> [u8; 4] {
+        [198, 18, 1, self.source]
+    }
+
+    pub fn client6(&self) -> [u8; 16] {
+        let mut a = SERVER6;
+        a[13] = 1;
+        a[15] = self.source;
+        a
+    }
+
+    fn dst_port(&self) -> u16 {
+        if self.dest == Dest::Closed {
+            CLOSED_PORT
+        } else {
+            LISTEN_PORT
+        }
+    }
+
+    /// The flow's initial sequence number: a function of the flow, so that an `Ack`
+    /// completes whatever `Syn` of the same flow came before it.
+    fn isn(&self) -> u32 {
+        0x1000_0000 ^ (u32::from(self.source) << 16) ^ u32::from(self.sport) ^ u32::from(self.v6) << 28
+    }
+
+    /// The frame's bytes, mutation applied.
+    pub fn build(&self) -> Vec<u8> {
+        let mut f = Vec::with_capacity(128 + usize::from(self.payload_len));
+        f.extend_from_slice(&SERVER_MAC);
+        f.extend_from_slice(&CLIENT_MAC);
+        for (i, tpid) in self.vlan.iter().enumerate() {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            #[allow(clippy::cast_possible_truncation, reason = "at most 3 tags")]
+            f.extend_from_slice(&(10 + i as u16).to_be_bytes());
+        }
+        f.extend_from_slice(&if self.v6 { 0x86ddu16 } else { 0x0800 }.to_be_bytes());
+        let l3 = f.len();
+        let tcp = self.tcp_header();
+        let payload = vec![0xabu8; usize::from(self.payload_len)];
+        let l4;
+        if self.v6 {
+            let dst = if self.dest == Dest::NotLocal { OTHER6 } else { SERVER6 };
+            let mut ext = Vec::new();
+            let mut next_of_prev = Vec::new();
+            for (kind, units) in &self.ext_headers {
+                next_of_prev.push(*kind);
+                let len = if *kind == 44 { 8 } else { (usize::from(*units) + 1) * 8 };
+                let mut h = vec![0u8; len];
+                h[1] = if *kind == 44 { 0 } else { *units };
+                ext.push(h);
+            }
+            // Each header names the next; the last names TCP.
+            for i in 0..ext.len() {
+                ext[i][0] = next_of_prev.get(i + 1).copied().unwrap_or(6);
+            }
+            let ext: Vec<u8> = ext.concat();
+            let first = next_of_prev.first().copied().unwrap_or(6);
+            let payload_len = ext.len() + tcp.len() + payload.len();
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&(payload_len as u16).to_be_bytes());
+            f.extend_from_slice(&[first, 64]);
+            f.extend_from_slice(&self.client6());
+            f.extend_from_slice(&dst);
+            f.extend_from_slice(&ext);
+            l4 = f.len();
+            let mut tcp = tcp;
+            let sum = tcp_checksum(&pseudo6(&self.client6(), &dst, tcp.len() + payload.len()), &tcp, &payload);
+            tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+            f.extend_from_slice(&tcp);
+        } else {
+            let dst = if self.dest == Dest::NotLocal { OTHER4 } else { SERVER4 };
+            let opts = pad4(&self.ip_options);
+            let ihl = 20 + opts.len();
+            let total = ihl + tcp.len() + payload.len();
+            let mut ip = vec![0u8; 20];
+            #[allow(clippy::cast_possible_truncation, reason = "IHL fits a nibble")]
+            {
+                ip[0] = 0x40 | (ihl / 4) as u8;
+            }
+            ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+            ip[6] = 0x40; // DF
+            ip[8] = 64;
+            ip[9] = 6;
+            ip[12..16].copy_from_slice(&self.client4());
+            ip[16..20].copy_from_slice(&dst);
+            ip.extend_from_slice(&opts);
+            let sum = finish(add(0, &ip));
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            f.extend_from_slice(&ip);
+            l4 = f.len();
+            let mut tcp = tcp;
+            let sum = tcp_checksum(&pseudo4(&self.client4(), &dst, tcp.len() + payload.len()), &tcp, &payload);
+            tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+            f.extend_from_slice(&tcp);
+        }
+        f.extend_from_slice(&payload);
+        self.mutate(f, l3, l4)
+    }
+
+    fn tcp_header(&self) -> Vec<u8> {
+        let opts = pad4(&self.tcp_options);
+        let isn = self.isn();
+        let (flags, seq, ack): (u8, u32, u32) = match self.kind {
+            Kind::Syn => (0x02, isn, 0),
+            Kind::SynAck => (0x12, isn, 0x0bad_cafe),
+            Kind::Ack => (0x10, isn.wrapping_add(1), 0x0bad_cafe),
+            Kind::Rst => (0x04, isn.wrapping_add(1), 0),
+            Kind::Flags(f) => (f, if f & 0x02 != 0 { isn } else { isn.wrapping_add(1) }, 0x0bad_cafe),
+        };
+        let mut h = vec![0u8; 20];
+        h[0..2].copy_from_slice(&self.sport.to_be_bytes());
+        h[2..4].copy_from_slice(&self.dst_port().to_be_bytes());
+        h[4..8].copy_from_slice(&seq.to_be_bytes());
+        h[8..12].copy_from_slice(&ack.to_be_bytes());
+        #[allow(clippy::cast_possible_truncation, reason = "at most 60 bytes")]
+        {
+            h[12] = (((20 + opts.len()) / 4) as u8) << 4;
+        }
+        h[13] = flags;
+        h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        h.extend_from_slice(&opts);
+        h
+    }
+
+    fn mutate(&self, mut f: Vec<u8>, l3: usize, l4: usize) -> Vec<u8> {
+        let set = |f: &mut Vec<u8>, at: usize, bytes: &[u8]| {
+            if at + bytes.len() <= f.len() {
+                f[at..at + bytes.len()].copy_from_slice(bytes);
+            }
+        };
+        let len_at = if self.v6 { l3 + 4 } else { l3 + 2 };
+        match &self.mutation {
+            Mutation::None => {}
+            Mutation::Truncate(i) => f.truncate(i.index(f.len() + 1)),
+            Mutation::VersionIhl(b) => f[l3] = *b,
+            Mutation::DataOffset(n) => f[l4 + 12] = (n << 4) | (f[l4 + 12] & 0x0f),
+            Mutation::LengthDelta(d) => {
+                let v = u16::from_be_bytes([f[len_at], f[len_at + 1]]);
+                set(&mut f, len_at, &v.wrapping_add_signed(*d).to_be_bytes());
+            }
+            Mutation::Length(v) => set(&mut f, len_at, &v.to_be_bytes()),
+            Mutation::Fragment(bits) => {
+                if !self.v6 {
+                    let bits: u16 = bits & 0x3fff | 0x2000 * u16::from(*bits == 0);
+                    set(&mut f, l3 + 6, &bits.to_be_bytes());
+                }
+            }
+            Mutation::TcpChecksum(v) => set(&mut f, l4 + 16, &v.to_be_bytes()),
+            Mutation::IpChecksum(v) => {
+                if !self.v6 {
+                    set(&mut f, l3 + 10, &v.to_be_bytes());
+                }
+            }
+            Mutation::EtherType(t) => set(&mut f, l3 - 2, &t.to_be_bytes()),
+            Mutation::Byte(i, b) => {
+                let at = i.index(f.len());
+                f[at] = *b;
+            }
+        }
+        f
+    }
+}
+
+fn pad4(b: &[u8]) -> Vec<u8> {
+    let mut v = b[..b.len().min(40)].to_vec();
+    while v.len() % 4 != 0 {
+        v.push(0);
+    }
+    v
+}
+
+fn add(mut sum: u32, bytes: &[u8]) -> u32 {
+    for pair in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+    }
+    sum
+}
+
+fn finish(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    #[allow(clippy::cast_possible_truncation, reason = "folded to 16 bits")]
+    !(sum as u16)
+}
+
+fn pseudo4(src: &[u8; 4], dst: &[u8; 4], len: usize) -> Vec<u8> {
+    let mut p = [src.as_slice(), dst.as_slice(), &[0, 6]].concat();
+    #[allow(clippy::cast_possible_truncation, reason = "a frame is below 64 KiB")]
+    p.extend_from_slice(&(len as u16).to_be_bytes());
+    p
+}
+
+fn pseudo6(src: &[u8; 16], dst: &[u8; 16], len: usize) -> Vec<u8> {
+    let mut p = [src.as_slice(), dst.as_slice()].concat();
+    #[allow(clippy::cast_possible_truncation, reason = "a frame is below 64 KiB")]
+    p.extend_from_slice(&(len as u32).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 6]);
+    p
+}
+
+fn tcp_checksum(pseudo: &[u8], tcp: &[u8], payload: &[u8]) -> u16 {
+    // The payload follows a header of even length, so the sums can be added separately.
+    finish(add(add(add(0, pseudo), tcp), payload))
+}
+
+/// TCP options: well-formed ones a client sends, and malformed ones (bad lengths, unknown
+/// kinds, an END in the middle), concatenated and cut at 40 bytes.
+pub fn tcp_options() -> impl Strategy<Value = Vec<u8>> {
+    let element = prop_oneof![
+        4 => any::<u16>().prop_map(|m| { let [a, b] = m.to_be_bytes(); vec![2, 4, a, b] }),
+        3 => any::<u8>().prop_map(|s| vec![3, 3, s]),
+        3 => Just(vec![4, 2]),
+        4 => (any::<u32>(), any::<u32>()).prop_map(|(v, e)| [&[8u8, 10][..], &v.to_be_bytes(), &e.to_be_bytes()].concat()),
+        3 => Just(vec![1]),
+        1 => Just(vec![0]),
+        2 => (any::<u8>(), any::<u8>(), vec(any::<u8>(), 0..8)).prop_map(|(k, l, body)| [vec![k, l], body].concat()),
+    ];
+    prop_oneof![
+        6 => vec(element, 0..8).prop_map(|e| e.concat()),
+        1 => vec(any::<u8>(), 0..=40),
+    ]
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        24 => Just(Mutation::None),
+        4 => any::<Index>().prop_map(Mutation::Truncate),
+        2 => prop_oneof![(0u8..16).prop_map(|ihl| 0x40 | ihl), any::<u8>()].prop_map(Mutation::VersionIhl),
+        2 => (0u8..16).prop_map(Mutation::DataOffset),
+        2 => (-64i16..64).prop_map(Mutation::LengthDelta),
+        1 => any::<u16>().prop_map(Mutation::Length),
+        2 => any::<u16>().prop_map(Mutation::Fragment),
+        1 => any::<u16>().prop_map(Mutation::TcpChecksum),
+        1 => any::<u16>().prop_map(Mutation::IpChecksum),
+        1 => prop_oneof![Just(0x0806u16), Just(0x8100), Just(0x88a8), any::<u16>()].prop_map(Mutation::EtherType),
+        2 => (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Byte(i, b)),
+    ]
+}
+
+fn kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        8 => Just(Kind::Syn),
+        1 => Just(Kind::SynAck),
+        4 => Just(Kind::Ack),
+        1 => Just(Kind::Rst),
+        4 => any::<u8>().prop_map(Kind::Flags),
+    ]
+}
+
+/// IPv6 extension headers: hop-by-hop, routing, destination options, fragment, and chains
+/// longer than the parser walks (`MAX_IPV6_EXT_HEADERS`).
+fn ext_headers() -> impl Strategy<Value = Vec<(u8, u8)>> {
+    prop_oneof![
+        6 => Just(Vec::new()),
+        3 => vec((prop_oneof![Just(0u8), Just(43), Just(60), Just(44)], 0u8..4), 1..=6),
+        1 => vec((prop_oneof![Just(0u8), Just(60)], any::<u8>()), 1..=3),
+    ]
+}
+
+pub fn frame() -> impl Strategy<Value = FrameSpec> {
+    let addressing = (
+        any::<bool>(),
+        1u8..7,
+        prop_oneof![Just(40_000u16), Just(40_001), Just(40_002), Just(50_000)],
+        prop_oneof![8 => Just(Dest::Listener), 1 => Just(Dest::Closed), 1 => Just(Dest::NotLocal)],
+    );
+    let headers = (
+        kind(),
+        tcp_options(),
+        prop_oneof![8 => Just(Vec::new()), 1 => vec(any::<u8>(), 1..=40), 1 => Just(vec![1u8; 40])],
+        ext_headers(),
+        prop_oneof![12 => Just(Vec::new()), 2 => vec(Just(0x8100u16), 1..=1),
+            2 => Just(vec![0x88a8u16, 0x8100]), 1 => vec(prop_oneof![Just(0x8100u16), Just(0x88a8)], 3..=3)],
+        prop_oneof![10 => Just(0u16), 3 => 1u16..64, 1 => 1400u16..1500, 1 => prop_oneof![Just(3000u16), Just(8960)]],
+    );
+    (addressing, headers, mutation()).prop_map(
+        |((v6, source, sport, dest), (kind, tcp_options, ip_options, ext_headers, vlan, payload_len), mutation)| {
+            FrameSpec { v6, source, sport, dest, kind, tcp_options, ip_options, ext_headers, vlan, payload_len, mutation }
+        },
+    )
+}
+
+fn mode() -> impl Strategy<Value = Mode> {
+    let limit = prop_oneof![Just(0u32), 1u32..6];
+    prop_oneof![
+        3 => (limit.clone(), limit.clone()).prop_map(|(syn_rate, half_open)| Mode::Track { syn_rate, half_open }),
+        1 => (limit.clone(), limit).prop_map(|(syn_rate, half_open)| Mode::Monitor { syn_rate, half_open }),
+        3 => (any::<bool>(), any::<bool>()).prop_map(|(timestamps, ecn)| Mode::Cookie { timestamps, ecn }),
+    ]
+}
+
+/// A sequence of up to 48 frames under one configuration.
+pub fn case() -> impl Strategy<Value = Case> {
+    (mode(), vec(frame(), 1..=48)).prop_map(|(mode, frames)| Case { mode, frames })
+}
