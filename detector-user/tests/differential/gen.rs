@@ -150,21 +150,22 @@ impl FrameSpec {
                 ext.push(h);
             }
             // Each header names the next; the last names TCP.
-            for i in 0..ext.len() {
-                ext[i][0] = next_of_prev.get(i + 1).copied().unwrap_or(6);
+            for (i, h) in ext.iter_mut().enumerate() {
+                h[0] = next_of_prev.get(i + 1).copied().unwrap_or(6);
             }
             let ext: Vec<u8> = ext.concat();
             let first = next_of_prev.first().copied().unwrap_or(6);
             let payload_len = ext.len() + tcp.len() + payload.len();
             f.extend_from_slice(&[0x60, 0, 0, 0]);
-            f.extend_from_slice(&(payload_len as u16).to_be_bytes());
+            f.extend_from_slice(&u16::try_from(payload_len).expect("below 64 KiB").to_be_bytes());
             f.extend_from_slice(&[first, 64]);
             f.extend_from_slice(&self.client6());
             f.extend_from_slice(&dst);
             f.extend_from_slice(&ext);
             l4 = f.len();
             let mut tcp = tcp;
-            let sum = tcp_checksum(&pseudo6(&self.client6(), &dst, tcp.len() + payload.len()), &tcp, &payload);
+            let sum =
+                tcp_checksum(&pseudo6(&self.client6(), &dst, tcp.len() + payload.len()), &tcp, &payload);
             tcp[16..18].copy_from_slice(&sum.to_be_bytes());
             f.extend_from_slice(&tcp);
         } else {
@@ -177,7 +178,7 @@ impl FrameSpec {
             {
                 ip[0] = 0x40 | (ihl / 4) as u8;
             }
-            ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            ip[2..4].copy_from_slice(&u16::try_from(total).expect("below 64 KiB").to_be_bytes());
             ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
             ip[6] = 0x40; // DF
             ip[8] = 64;
@@ -190,7 +191,7 @@ impl FrameSpec {
             f.extend_from_slice(&ip);
             l4 = f.len();
             let mut tcp = tcp;
-            let sum = tcp_checksum(&pseudo4(&self.client4(), &dst, tcp.len() + payload.len()), &tcp, &payload);
+            let sum = tcp_checksum(&pseudo4(self.client4(), dst, tcp.len() + payload.len()), &tcp, &payload);
             tcp[16..18].copy_from_slice(&sum.to_be_bytes());
             f.extend_from_slice(&tcp);
         }
@@ -242,7 +243,7 @@ impl FrameSpec {
             Mutation::Length(v) => set(&mut f, len_at, &v.to_be_bytes()),
             Mutation::Fragment(bits) => {
                 if !self.v6 {
-                    let bits: u16 = bits & 0x3fff | 0x2000 * u16::from(*bits == 0);
+                    let bits: u16 = (bits & 0x3fff) | (0x2000 * u16::from(*bits == 0));
                     set(&mut f, l3 + 6, &bits.to_be_bytes());
                 }
             }
@@ -264,7 +265,7 @@ impl FrameSpec {
 
 fn pad4(b: &[u8]) -> Vec<u8> {
     let mut v = b[..b.len().min(40)].to_vec();
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     v
@@ -285,7 +286,7 @@ fn finish(mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
-fn pseudo4(src: &[u8; 4], dst: &[u8; 4], len: usize) -> Vec<u8> {
+fn pseudo4(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
     let mut p = [src.as_slice(), dst.as_slice(), &[0, 6]].concat();
     #[allow(clippy::cast_possible_truncation, reason = "a frame is below 64 KiB")]
     p.extend_from_slice(&(len as u16).to_be_bytes());
@@ -376,8 +377,24 @@ pub fn frame() -> impl Strategy<Value = FrameSpec> {
         prop_oneof![10 => Just(0u16), 3 => 1u16..64, 1 => 1400u16..1500, 1 => prop_oneof![Just(3000u16), Just(8960)]],
     );
     (addressing, headers, mutation()).prop_map(
-        |((v6, source, sport, dest), (kind, tcp_options, ip_options, ext_headers, vlan, payload_len), mutation)| {
-            FrameSpec { v6, source, sport, dest, kind, tcp_options, ip_options, ext_headers, vlan, payload_len, mutation }
+        |(
+            (v6, source, sport, dest),
+            (kind, tcp_options, ip_options, ext_headers, vlan, payload_len),
+            mutation,
+        )| {
+            FrameSpec {
+                v6,
+                source,
+                sport,
+                dest,
+                kind,
+                tcp_options,
+                ip_options,
+                ext_headers,
+                vlan,
+                payload_len,
+                mutation,
+            }
         },
     )
 }

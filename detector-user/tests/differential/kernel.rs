@@ -30,7 +30,12 @@ impl Kernel {
     /// The object loaded once (about 4 s of verification), with the probe that checks
     /// cookies.
     pub fn load() -> Self {
-        Self { det: Detector::load(model::config(Mode::Track { syn_rate: 0, half_open: 0 }), &["probe_check_cookie"]) }
+        Self {
+            det: Detector::load(
+                model::config(Mode::Track { syn_rate: 0, half_open: 0 }),
+                &["probe_check_cookie"],
+            ),
+        }
     }
 
     /// Starts a sequence: the mode's config, and no source or pending flow left from the

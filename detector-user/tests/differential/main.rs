@@ -30,7 +30,9 @@ use detector_common::{
 };
 use gen::{Case, Dest, FrameSpec, Kind, Mode, Mutation};
 use kernel::{Kernel, Run};
-use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+use proptest::test_runner::{
+    Config as ProptestConfig, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
+};
 
 const DEFAULT_CASES: u32 = 150;
 const EINVAL: i32 = 22;
@@ -91,7 +93,10 @@ fn nonzero(deltas: &[u64]) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// Runs one sequence through both sides; `Err` describes the first disagreement.
@@ -101,7 +106,15 @@ fn check_case(kernel: &mut Kernel, case: &Case, tally: &mut Tally) -> Result<(),
     let mut before = kernel.counters();
     for (i, spec) in case.frames.iter().enumerate() {
         let frame = spec.build();
-        let at = || format!("frame {i} of {} ({:?}, {} bytes: {})", case.frames.len(), case.mode, frame.len(), hex(&frame));
+        let at = || {
+            format!(
+                "frame {i} of {} ({:?}, {} bytes: {})",
+                case.frames.len(),
+                case.mode,
+                frame.len(),
+                hex(&frame)
+            )
+        };
         if frame.len() < 14 {
             // The syscall wants an Ethernet header (no driver hands XDP less); the parser
             // must call such a frame truncated all the same.
@@ -140,7 +153,11 @@ fn check_case(kernel: &mut Kernel, case: &Case, tally: &mut Tally) -> Result<(),
         match &want.reply {
             Some(plan) => check_reply(kernel, plan, &frame, &out).map_err(|e| format!("{}: {e}", at()))?,
             None if out != frame => {
-                return Err(format!("{}: verdict {verdict} but the frame was changed to {}", at(), hex(&out)));
+                return Err(format!(
+                    "{}: verdict {verdict} but the frame was changed to {}",
+                    at(),
+                    hex(&out)
+                ));
             }
             None => {}
         }
@@ -187,7 +204,8 @@ fn write_pcap(case: &Case, name: &str) -> PathBuf {
     for (i, spec) in case.frames.iter().enumerate() {
         let frame = spec.build();
         let ts = Duration::from_millis(1_700_000_000_000 + i as u64);
-        w.write_packet(&pcap_file::pcap::PcapPacket::new(ts, u32::try_from(frame.len()).unwrap(), &frame)).unwrap();
+        w.write_packet(&pcap_file::pcap::PcapPacket::new(ts, u32::try_from(frame.len()).unwrap(), &frame))
+            .unwrap();
     }
     std::fs::write(dir.join(format!("{name}.txt")), format!("{case:#?}\n")).unwrap();
     path
@@ -233,7 +251,8 @@ fn kernel_and_model_agree_on_generated_sequences() {
         let mut seed_bytes = [0u8; 32];
         seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
         let config = ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
-        let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
+        let mut runner =
+            TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
         let started = Instant::now();
         let result = runner.run(&gen::case(), |case| {
             check_case(&mut kernel.borrow_mut(), &case, &mut tally.borrow_mut()).map_err(TestCaseError::fail)
@@ -249,7 +268,13 @@ fn kernel_and_model_agree_on_generated_sequences() {
         }
         assert!(tally.frames >= u64::from(cases), "too few frames compared: {}", tally.frames);
         // The generators must reach the interesting paths, or agreement proves little.
-        for c in [Counter::PassSyn, Counter::TxCookie, Counter::PassTruncated, Counter::PassMalformed, Counter::PassTcp] {
+        for c in [
+            Counter::PassSyn,
+            Counter::TxCookie,
+            Counter::PassTruncated,
+            Counter::PassMalformed,
+            Counter::PassTcp,
+        ] {
             assert!(tally.slots[c as usize] > 0, "no frame reached {c:?}: {}", tally.summary());
         }
     });
@@ -283,12 +308,42 @@ fn limits_crossed_by_count_agree() {
         let retransmits: Vec<FrameSpec> = (0..5).map(|_| spec(5, 40_000, Kind::Syn)).collect();
         let tagged_v6 = FrameSpec { v6: true, vlan: vec![0x88a8, 0x8100], ..spec(6, 40_000, Kind::Syn) };
         let cases = [
-            (Mode::Track { syn_rate: 0, half_open: 3 }, half_open.clone(), Counter::BlockedHalfOpen, Counter::DropBlocked),
-            (Mode::Track { syn_rate: 0, half_open: 3 }, completed, Counter::HandshakeCompleted, Counter::PassSyn),
-            (Mode::Track { syn_rate: 3, half_open: 0 }, retransmits, Counter::BlockedSynRate, Counter::SynRetransmit),
-            (Mode::Monitor { syn_rate: 0, half_open: 3 }, half_open, Counter::PassMonitorOverLimit, Counter::PassMonitorBlocked),
-            (Mode::Cookie { timestamps: true, ecn: true }, vec![tagged_v6.clone()], Counter::TxCookie, Counter::TxCookie),
-            (Mode::Cookie { timestamps: false, ecn: false }, vec![tagged_v6], Counter::TxCookie, Counter::TxCookie),
+            (
+                Mode::Track { syn_rate: 0, half_open: 3 },
+                half_open.clone(),
+                Counter::BlockedHalfOpen,
+                Counter::DropBlocked,
+            ),
+            (
+                Mode::Track { syn_rate: 0, half_open: 3 },
+                completed,
+                Counter::HandshakeCompleted,
+                Counter::PassSyn,
+            ),
+            (
+                Mode::Track { syn_rate: 3, half_open: 0 },
+                retransmits,
+                Counter::BlockedSynRate,
+                Counter::SynRetransmit,
+            ),
+            (
+                Mode::Monitor { syn_rate: 0, half_open: 3 },
+                half_open,
+                Counter::PassMonitorOverLimit,
+                Counter::PassMonitorBlocked,
+            ),
+            (
+                Mode::Cookie { timestamps: true, ecn: true },
+                vec![tagged_v6.clone()],
+                Counter::TxCookie,
+                Counter::TxCookie,
+            ),
+            (
+                Mode::Cookie { timestamps: false, ecn: false },
+                vec![tagged_v6],
+                Counter::TxCookie,
+                Counter::TxCookie,
+            ),
         ];
         for (mode, frames, must, also) in cases {
             let mut tally = Tally::new();
@@ -297,26 +352,49 @@ fn limits_crossed_by_count_agree() {
                 let path = write_pcap(&case, "limits");
                 panic!("model and kernel disagree ({}):\n{e}", path.display());
             }
-            assert!(tally.slots[must as usize] > 0 && tally.slots[also as usize] > 0, "{mode:?}: {}", tally.summary());
+            assert!(
+                tally.slots[must as usize] > 0 && tally.slots[also as usize] > 0,
+                "{mode:?}: {}",
+                tally.summary()
+            );
         }
         // The completed handshake freed room: no block in that sequence.
     });
 }
 
-/// Writes generated frames for `cargo xtask fuzz` to seed its corpus from (one file each,
-/// into $SYNDETECTOR_FUZZ_CORPUS). Needs no root.
+/// Writes generated frames for `cargo xtask fuzz` to seed its corpora from, one file per
+/// input, under $SYNDETECTOR_FUZZ_CORPUS/{parse,options,synack} in each target's input
+/// format (fuzz/fuzz_targets/). Deterministic; needs no root.
 #[test]
 #[ignore = "run by `cargo xtask fuzz` to seed the fuzz corpus"]
 fn write_fuzz_corpus() {
-    let dir = PathBuf::from(std::env::var("SYNDETECTOR_FUZZ_CORPUS").expect("SYNDETECTOR_FUZZ_CORPUS"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut runner = TestRunner::new_with_rng(ProptestConfig::default(), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
-    let strategy = gen::frame();
-    let mut written = 0;
-    for i in 0..512 {
-        let spec = proptest::strategy::ValueTree::current(&proptest::strategy::Strategy::new_tree(&strategy, &mut runner).unwrap());
-        std::fs::write(dir.join(format!("gen-{i:04}")), spec.build()).unwrap();
-        written += 1;
+    use proptest::strategy::{Strategy, ValueTree};
+
+    let root = PathBuf::from(std::env::var("SYNDETECTOR_FUZZ_CORPUS").expect("SYNDETECTOR_FUZZ_CORPUS"));
+    for target in ["parse", "options", "synack"] {
+        std::fs::create_dir_all(root.join(target)).unwrap();
     }
-    println!("fuzz corpus: {written} frames in {}", dir.display());
+    let mut runner =
+        TestRunner::new_with_rng(ProptestConfig::default(), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let strategy = gen::frame();
+    let mut syns = 0;
+    for i in 0..512 {
+        let frame = strategy.new_tree(&mut runner).unwrap().current().build();
+        std::fs::write(root.join("parse").join(format!("gen-{i:04}")), &frame).unwrap();
+        let Ok(seg) = parse_tcp(frame.as_slice()) else { continue };
+        // options: the declared length, then the option bytes.
+        let l4 = usize::from(seg.l4_offset);
+        let options = &frame[l4 + 20..l4 + usize::from(seg.tcp_header_len)];
+        let len = u8::try_from(options.len()).unwrap();
+        std::fs::write(root.join("options").join(format!("gen-{i:04}")), [&[len][..], options].concat())
+            .unwrap();
+        if seg.is_syn() {
+            // synack: cookie, MSS, clock, settings (timestamps and ECN on), then the SYN.
+            let knobs = [0x12, 0x34, 0x56, 0x78, 0x05, 0xb4, 0, 1, 0, 0, 0x53];
+            std::fs::write(root.join("synack").join(format!("gen-{i:04}")), [&knobs[..], &frame].concat())
+                .unwrap();
+            syns += 1;
+        }
+    }
+    println!("fuzz corpus: 512 frames ({syns} SYNs) under {}", root.display());
 }
