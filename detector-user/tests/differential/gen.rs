@@ -24,8 +24,22 @@ pub enum Mode {
     Track { syn_rate: u32, half_open: u32 },
     /// Tracking without `FLAG_ENFORCE`: drops become monitor passes.
     Monitor { syn_rate: u32, half_open: u32 },
-    /// The cookie responder (`FLAG_COOKIES`), with or without timestamp-encoded options.
-    Cookie { timestamps: bool, ecn: bool },
+    /// The cookie responder (`FLAG_COOKIES`), with or without timestamp-encoded options,
+    /// under a policy.
+    Cookie { timestamps: bool, ecn: bool, policy: Policy },
+}
+
+/// What the policy maps and flags say in cookie mode (`detector_common::policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// `PORT_POLICY` value of `LISTEN_PORT` (0 default, 1 kernel, 2 answer, others: none).
+    pub listen_port_slot: u32,
+    /// `FLAG_LISTED_PORTS_ONLY`.
+    pub listed_only: bool,
+    /// `IFACE_VLAN_STRIPPED` on the test-run interface (ifindex 1).
+    pub vlan_stripped: bool,
+    /// SERVER6/128 in `KERNEL_DESTS`: IPv6 SYNs left to the kernel, IPv4 ones answered.
+    pub kernel_dest6: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -399,12 +413,27 @@ pub fn frame() -> impl Strategy<Value = FrameSpec> {
     )
 }
 
+fn policy() -> impl Strategy<Value = Policy> {
+    prop_oneof![
+        // Mostly none, so that most SYNs reach the responder.
+        3 => Just(Policy::default()),
+        1 => (prop_oneof![Just(0u32), Just(1), Just(2), Just(7)], any::<bool>(), any::<bool>(), any::<bool>())
+            .prop_map(|(listen_port_slot, listed_only, vlan_stripped, kernel_dest6)| Policy {
+                listen_port_slot,
+                listed_only,
+                vlan_stripped,
+                kernel_dest6,
+            }),
+    ]
+}
+
 fn mode() -> impl Strategy<Value = Mode> {
     let limit = prop_oneof![Just(0u32), 1u32..6];
     prop_oneof![
         3 => (limit.clone(), limit.clone()).prop_map(|(syn_rate, half_open)| Mode::Track { syn_rate, half_open }),
         1 => (limit.clone(), limit).prop_map(|(syn_rate, half_open)| Mode::Monitor { syn_rate, half_open }),
-        3 => (any::<bool>(), any::<bool>()).prop_map(|(timestamps, ecn)| Mode::Cookie { timestamps, ecn }),
+        3 => (any::<bool>(), any::<bool>(), policy())
+            .prop_map(|(timestamps, ecn, policy)| Mode::Cookie { timestamps, ecn, policy }),
     ]
 }
 

@@ -3,16 +3,21 @@
 //! sequence starts from the state the model starts from.
 
 use aya::{
-    maps::HashMap,
+    maps::{lpm_trie::Key, HashMap, LpmTrie},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use detector_common::{
     names,
     parse::{parse_tcp, IpVersion},
+    policy::IFACE_VLAN_STRIPPED,
     state::{FlowKey, PendingFlow, SourceKey, SourceState},
 };
 
-use crate::{common::Detector, gen::Mode, model};
+use crate::{
+    common::{Detector, TEST_RUN_IFINDEX},
+    gen::{Mode, Policy, LISTEN_PORT, SERVER6},
+    model,
+};
 
 /// What BPF_PROG_TEST_RUN made of a frame.
 pub enum Run {
@@ -38,10 +43,30 @@ impl Kernel {
         }
     }
 
+    /// What the verifier processed for the program (kernel >= 5.16): the budget figure
+    /// of docs/verifier.md, printed so that a run shows the object it compared.
+    pub fn verified_insns(&self) -> Option<u32> {
+        let prog: &Xdp = self.det.ebpf.program(names::PROGRAM).unwrap().try_into().unwrap();
+        prog.info().ok()?.verified_instruction_count()
+    }
+
     /// Starts a sequence: the mode's config, and no source or pending flow left from the
     /// previous one (counters are compared as differences, so they stay).
     pub fn start(&mut self, mode: Mode) {
         self.det.set_config(model::config(mode));
+        let policy = if let Mode::Cookie { policy, .. } = mode { policy } else { Policy::default() };
+        self.det.set_port_policy(LISTEN_PORT, policy.listen_port_slot);
+        self.det
+            .set_iface_flags(TEST_RUN_IFINDEX, if policy.vlan_stripped { IFACE_VLAN_STRIPPED } else { 0 });
+        let mut dests: LpmTrie<_, [u8; 16], u32> =
+            LpmTrie::try_from(self.det.ebpf.map_mut(names::MAP_KERNEL_DESTS).unwrap()).unwrap();
+        let server6 = Key::new(128, SERVER6);
+        if policy.kernel_dest6 {
+            dests.insert(&server6, 1, 0).unwrap();
+        } else {
+            // Absent already, or removed now: either way not there.
+            let _ = dests.remove(&server6);
+        }
         let mut sources: HashMap<_, SourceKey, SourceState> =
             HashMap::try_from(self.det.ebpf.map_mut(names::MAP_SOURCES).unwrap()).unwrap();
         let keys: Vec<SourceKey> = sources.keys().map(Result::unwrap).collect();

@@ -28,7 +28,7 @@ use detector_common::{
     names,
     parse::{parse_tcp, NotTcp},
 };
-use gen::{Case, Dest, FrameSpec, Kind, Mode, Mutation};
+use gen::{Case, Dest, FrameSpec, Kind, Mode, Mutation, Policy};
 use kernel::{Kernel, Run};
 use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
@@ -247,6 +247,10 @@ fn kernel_and_model_agree_on_generated_sequences() {
     println!("differential: seed {seed} (SYNDETECTOR_DIFF_SEED={seed} replays this run), {cases} sequences");
     in_private_netns(move || {
         let kernel = RefCell::new(Kernel::load());
+        println!(
+            "differential: the object's program verified {:?} instructions",
+            kernel.borrow().verified_insns()
+        );
         let tally = RefCell::new(Tally::new());
         let mut seed_bytes = [0u8; 32];
         seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
@@ -333,13 +337,13 @@ fn limits_crossed_by_count_agree() {
                 Counter::PassMonitorBlocked,
             ),
             (
-                Mode::Cookie { timestamps: true, ecn: true },
+                Mode::Cookie { timestamps: true, ecn: true, policy: Policy::default() },
                 vec![tagged_v6.clone()],
                 Counter::TxCookie,
                 Counter::TxCookie,
             ),
             (
-                Mode::Cookie { timestamps: false, ecn: false },
+                Mode::Cookie { timestamps: false, ecn: false, policy: Policy::default() },
                 vec![tagged_v6],
                 Counter::TxCookie,
                 Counter::TxCookie,

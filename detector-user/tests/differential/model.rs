@@ -5,7 +5,8 @@
 //! Deterministic by construction: the block TTL and handshake timeout are so long that no
 //! block or pending handshake expires during a run, the pending filter always answers
 //! "recent", cookie mode runs without a sketch or SYN-ACK budget in play
-//! (`syn_rate_limit = 0`, a budget no run reaches), and the policy maps are empty. What
+//! (`syn_rate_limit = 0`, a budget no run reaches), and the policy maps hold what the
+//! sequence's `Policy` says. What
 //! is left is decided by counts: SYNs per source, half-open handshakes, pending flows. The
 //! SYN-rate window (1 s, from `bpf_ktime_get_ns`) is the one clock in play: the model is
 //! given `CLOCK_MONOTONIC` (the same clock) read just before each run.
@@ -13,11 +14,13 @@
 use std::collections::{HashMap, HashSet};
 
 use detector_common::{
-    config::{Config, FLAG_COOKIES, FLAG_COOKIE_ECN, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE},
+    config::{
+        Config, FLAG_COOKIES, FLAG_COOKIE_ECN, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_LISTED_PORTS_ONLY,
+    },
     counters::{Counter, COUNTER_SLOTS},
     filter,
     parse::{parse_tcp, IpVersion, TcpSegment, ETH_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN},
-    policy::{cookie_policy, PORT_DEFAULT},
+    policy::{cookie_policy, IFACE_VLAN_STRIPPED, PORT_DEFAULT},
     state::{FlowKey, PendingFlow, SourceState},
     synack::{
         build_ipv4_reply, build_ipv6_reply, build_synack, parse_syn_options, ReplySettings, MAX_OPTIONS_LEN,
@@ -25,7 +28,7 @@ use detector_common::{
     track::{self, BlockReason, SynVerdict},
 };
 
-use crate::gen::{Mode, LISTEN_PORT, SERVER4, SERVER6};
+use crate::gen::{Mode, Policy, LISTEN_PORT, SERVER4, SERVER6};
 
 /// Long enough that nothing expires in a run; short enough that `now + TTL` and the
 /// filter's horizon (`4 × timeout / 3`) stay far from overflowing.
@@ -40,13 +43,14 @@ pub fn config(mode: Mode) -> Config {
     let (syn_rate, half_open, flags) = match mode {
         Mode::Track { syn_rate, half_open } => (syn_rate, half_open, FLAG_ENFORCE),
         Mode::Monitor { syn_rate, half_open } => (syn_rate, half_open, 0),
-        Mode::Cookie { timestamps, ecn } => (
+        Mode::Cookie { timestamps, ecn, policy } => (
             0,
             0,
             FLAG_ENFORCE
                 | FLAG_COOKIES
                 | if timestamps { FLAG_COOKIE_TIMESTAMPS } else { 0 }
-                | if ecn { FLAG_COOKIE_ECN } else { 0 },
+                | if ecn { FLAG_COOKIE_ECN } else { 0 }
+                | if policy.listed_only { FLAG_LISTED_PORTS_ONLY } else { 0 },
         ),
     };
     let mut c = Config::new(syn_rate, half_open, FOREVER_NS, FOREVER_NS);
@@ -102,6 +106,7 @@ impl ReplyPlan {
 /// The program's state as the model keeps it: maps that never evict.
 pub struct Model {
     cfg: Config,
+    policy: Policy,
     sources: HashMap<[u8; 16], SourceState>,
     pending: HashMap<FlowKey, PendingFlow>,
     /// Buckets of the pending filter stamped in this sequence. With `FOREVER_NS` every
@@ -112,7 +117,14 @@ pub struct Model {
 
 impl Model {
     pub fn new(mode: Mode) -> Self {
-        Self { cfg: config(mode), sources: HashMap::new(), pending: HashMap::new(), filter: HashSet::new() }
+        let policy = if let Mode::Cookie { policy, .. } = mode { policy } else { Policy::default() };
+        Self {
+            cfg: config(mode),
+            policy,
+            sources: HashMap::new(),
+            pending: HashMap::new(),
+            filter: HashSet::new(),
+        }
     }
 
     /// detector-ebpf/src/main.rs `decide`, for a frame of at least an Ethernet header.
@@ -138,7 +150,7 @@ impl Model {
             }
             let counter = if self.cfg.has(FLAG_COOKIES) {
                 self.screen_for_cookie(&seg, now)
-                    .or_else(|| cookie_policy(&self.cfg, PORT_DEFAULT, seg.vlan_tags, || false, || 0))
+                    .or_else(|| self.policy(&seg))
                     .unwrap_or_else(|| self.answer_syn(&seg, frame, reply))
             } else {
                 self.on_syn(&seg, now, ev)
@@ -198,6 +210,20 @@ impl Model {
         }
         assert_eq!(cfg.syn_rate_limit, 0, "the model has no sketch");
         None
+    }
+
+    /// detector-ebpf/src/policy.rs `leave_to_kernel`: the maps as `Kernel::start` fills
+    /// them for this policy.
+    fn policy(&self, seg: &TcpSegment) -> Option<Counter> {
+        let p = self.policy;
+        let port_slot = if seg.dst_port == LISTEN_PORT { p.listen_port_slot } else { PORT_DEFAULT };
+        cookie_policy(
+            &self.cfg,
+            port_slot,
+            seg.vlan_tags,
+            || p.kernel_dest6 && seg.dst == SERVER6,
+            || if p.vlan_stripped { IFACE_VLAN_STRIPPED } else { 0 },
+        )
     }
 
     /// detector-ebpf/src/cookie.rs `answer_syn` and syncookie.rs `gen_cookie`: SYNs with IP
