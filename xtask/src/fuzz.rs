@@ -88,7 +88,7 @@ fn seed(dir: &Path) -> Result<()> {
         .current_dir(workspace_root())
         .env("SYNDETECTOR_FUZZ_CORPUS", dir)
         .args(["test", "-p", "detector-user", "--test", "differential", "--"])
-        .args(["--ignored", "--exact", "write_fuzz_corpus"]))
+        .args(["--ignored", "--exact", "corpus::write_fuzz_corpus"]))
     .context("seeding the fuzz corpus from the differential test's generators")
 }
 

@@ -1,5 +1,6 @@
 //! Differential test: the detector-common model (`model`) and the real XDP object
-//! (`kernel`, BPF_PROG_TEST_RUN) fed the same generated frame sequences (`gen`). Per frame
+//! (`kernel`, BPF_PROG_TEST_RUN) fed the same generated frame sequences (`gen`, built by
+//! `frame`), and fixed ones that cross each limit (`limits`). Per frame
 //! the verdict, the counter slots that rose (verdict and events) and, for XDP_TX, the reply
 //! bytes must agree; frames not answered must leave the program unchanged; XDP_ABORTED
 //! never. A disagreement is shrunk by proptest to a short sequence, written as a pcap under
@@ -10,8 +11,11 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod corpus;
+mod frame;
 mod gen;
 mod kernel;
+mod limits;
 mod model;
 
 use std::{
@@ -28,7 +32,7 @@ use detector_common::{
     names,
     parse::{parse_tcp, NotTcp},
 };
-use gen::{Case, Dest, FrameSpec, Kind, Mode, Mutation, Policy};
+use gen::Case;
 use kernel::{Kernel, Run};
 use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
@@ -282,123 +286,4 @@ fn kernel_and_model_agree_on_generated_sequences() {
             assert!(tally.slots[c as usize] > 0, "no frame reached {c:?}: {}", tally.summary());
         }
     });
-}
-
-fn spec(source: u8, sport: u16, kind: Kind) -> FrameSpec {
-    FrameSpec {
-        v6: false,
-        source,
-        sport,
-        dest: Dest::Listener,
-        kind,
-        tcp_options: vec![2, 4, 5, 0xb4],
-        ip_options: Vec::new(),
-        ext_headers: Vec::new(),
-        vlan: Vec::new(),
-        payload_len: 0,
-        mutation: Mutation::None,
-    }
-}
-
-/// Sequences that cross each limit by counts alone, in each mode; the same comparison,
-/// plus the tally proving the limit was crossed.
-#[test]
-fn limits_crossed_by_count_agree() {
-    in_private_netns(|| {
-        let mut kernel = Kernel::load();
-        let half_open: Vec<FrameSpec> = (0..5).map(|p| spec(3, 40_000 + p, Kind::Syn)).collect();
-        let mut completed = vec![spec(4, 40_000, Kind::Syn), spec(4, 40_000, Kind::Ack)];
-        completed.extend((1..4).map(|p| spec(4, 40_000 + p, Kind::Syn)));
-        let retransmits: Vec<FrameSpec> = (0..5).map(|_| spec(5, 40_000, Kind::Syn)).collect();
-        let tagged_v6 = FrameSpec { v6: true, vlan: vec![0x88a8, 0x8100], ..spec(6, 40_000, Kind::Syn) };
-        let cases = [
-            (
-                Mode::Track { syn_rate: 0, half_open: 3 },
-                half_open.clone(),
-                Counter::BlockedHalfOpen,
-                Counter::DropBlocked,
-            ),
-            (
-                Mode::Track { syn_rate: 0, half_open: 3 },
-                completed,
-                Counter::HandshakeCompleted,
-                Counter::PassSyn,
-            ),
-            (
-                Mode::Track { syn_rate: 3, half_open: 0 },
-                retransmits,
-                Counter::BlockedSynRate,
-                Counter::SynRetransmit,
-            ),
-            (
-                Mode::Monitor { syn_rate: 0, half_open: 3 },
-                half_open,
-                Counter::PassMonitorOverLimit,
-                Counter::PassMonitorBlocked,
-            ),
-            (
-                Mode::Cookie { timestamps: true, ecn: true, policy: Policy::default() },
-                vec![tagged_v6.clone()],
-                Counter::TxCookie,
-                Counter::TxCookie,
-            ),
-            (
-                Mode::Cookie { timestamps: false, ecn: false, policy: Policy::default() },
-                vec![tagged_v6],
-                Counter::TxCookie,
-                Counter::TxCookie,
-            ),
-        ];
-        for (mode, frames, must, also) in cases {
-            let mut tally = Tally::new();
-            let case = Case { mode, frames };
-            if let Err(e) = check_case(&mut kernel, &case, &mut tally) {
-                let path = write_pcap(&case, "limits");
-                panic!("model and kernel disagree ({}):\n{e}", path.display());
-            }
-            assert!(
-                tally.slots[must as usize] > 0 && tally.slots[also as usize] > 0,
-                "{mode:?}: {}",
-                tally.summary()
-            );
-        }
-        // The completed handshake freed room: no block in that sequence.
-    });
-}
-
-/// Writes generated frames for `cargo xtask fuzz` to seed its corpora from, one file per
-/// input, under $SYNDETECTOR_FUZZ_CORPUS/{parse,options,synack} in each target's input
-/// format (fuzz/fuzz_targets/). Deterministic; needs no root.
-#[test]
-#[ignore = "run by `cargo xtask fuzz` to seed the fuzz corpus"]
-fn write_fuzz_corpus() {
-    use proptest::strategy::{Strategy, ValueTree};
-
-    let root = PathBuf::from(std::env::var("SYNDETECTOR_FUZZ_CORPUS").expect("SYNDETECTOR_FUZZ_CORPUS"));
-    for target in ["parse", "options", "synack"] {
-        std::fs::create_dir_all(root.join(target)).unwrap();
-    }
-    let mut runner =
-        TestRunner::new_with_rng(ProptestConfig::default(), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
-    let strategy = gen::frame();
-    let mut syns = 0;
-    for i in 0..512 {
-        let frame = strategy.new_tree(&mut runner).unwrap().current().build();
-        std::fs::write(root.join("parse").join(format!("gen-{i:04}")), &frame).unwrap();
-        let Ok(seg) = parse_tcp(frame.as_slice()) else { continue };
-        // options: the declared length, then the option bytes.
-        let l4 = usize::from(seg.l4_offset);
-        let options = &frame[l4 + 20..l4 + usize::from(seg.tcp_header_len)];
-        let len = u8::try_from(options.len()).unwrap();
-        std::fs::write(root.join("options").join(format!("gen-{i:04}")), [&[len][..], options].concat())
-            .unwrap();
-        if seg.is_syn() {
-            // synack: cookie, MSS, clock, settings (timestamps and ECN on), then the SYN.
-            let knobs = [0x12, 0x34, 0x56, 0x78, 0x05, 0xb4, 0, 1, 0, 0, 0x53];
-            std::fs::write(root.join("synack").join(format!("gen-{i:04}")), [&knobs[..], &frame].concat())
-                .unwrap();
-            syns += 1;
-        }
-    }
-    println!("fuzz corpus: 512 frames ({syns} SYNs) under {}", root.display());
 }
