@@ -36,6 +36,10 @@ pub fn main(args: &FuzzArgs) -> Result<()> {
     if args.differential {
         return differential();
     }
+    // libFuzzer reads -max_total_time=0 as "no limit": a run that never ends.
+    if args.seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
     let targets: Vec<&str> = match &args.target {
         Some(t) if TARGETS.contains(&t.as_str()) => vec![t.as_str()],
         Some(t) => bail!("no fuzz target {t:?}: the targets are {}", TARGETS.join(", ")),
