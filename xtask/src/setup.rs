@@ -31,6 +31,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze verify of the packaged unit"),
     ("util-linux", "setpriv: the packaged agent run as a non-root user with capabilities"),
     ("python3-venv", "a virtualenv for kubernetes-validate (the DaemonSet check)"),
+    ("g++", "libFuzzer (C++), built by cargo xtask fuzz"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Validates the DaemonSet manifest against the Kubernetes schemas (deploy/kubernetes/check.sh),

@@ -248,7 +248,10 @@ fn kernel_and_model_agree_on_generated_sequences() {
     let cases = std::env::var("SYNDETECTOR_DIFF_CASES")
         .map_or(DEFAULT_CASES, |s| s.parse().expect("SYNDETECTOR_DIFF_CASES must be a number"));
     let seed = seed();
-    println!("differential: seed {seed} (SYNDETECTOR_DIFF_SEED={seed} replays this run), {cases} sequences");
+    println!(
+        "differential: {cases} sequences, seed {seed} \
+         (SYNDETECTOR_DIFF_SEED={seed} SYNDETECTOR_DIFF_CASES={cases} replays this run)"
+    );
     in_private_netns(move || {
         let kernel = RefCell::new(Kernel::load());
         println!(
@@ -270,7 +273,10 @@ fn kernel_and_model_agree_on_generated_sequences() {
             Ok(()) => println!("differential: {} in {:.1?}", tally.summary(), started.elapsed()),
             Err(TestError::Fail(reason, case)) => {
                 let path = write_pcap(&case, &format!("seed-{seed}"));
-                panic!("model and kernel disagree (shrunk; sequence in {}):\n{reason}", path.display());
+                panic!(
+                    "model and kernel disagree (seed {seed}; shrunk sequence in {}):\n{reason}",
+                    path.display()
+                );
             }
             Err(e) => panic!("{e}"),
         }
