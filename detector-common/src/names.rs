@@ -40,3 +40,11 @@ pub const MAP_IFACES: &str = "IFACES";
 /// `Array<[u64; 2]>`, one slot: [start of the current second, SYN-ACKs sent in it], shared
 /// by all CPUs so the budget holds host-wide.
 pub const MAP_COOKIE_BUDGET: &str = "COOKIE_BUDGET";
+/// `LpmTrie<[u8; 16], u32>`: source prefixes (IPv4-mapped, so an IPv4 /n is /96+n) that
+/// are always passed, never dropped nor answered with cookies; value 1. See `lists`.
+pub const MAP_ALLOW: &str = "ALLOW";
+/// `LpmTrie<[u8; 16], u32>`: source prefixes whose every IP packet is dropped (operator's
+/// deny list and `block` entries); value 1. See `lists`.
+pub const MAP_DENY: &str = "DENY";
+/// Capacity of `ALLOW` and of `DENY` each (LPM tries allocate per entry, not up front).
+pub const LIST_CAPACITY: u32 = 16_384;
