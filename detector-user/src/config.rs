@@ -61,6 +61,17 @@ pub struct FileConfig {
     pub cookies: Cookies,
     pub maps: Maps,
     pub policy: Policy,
+    /// The control socket (`syndetector block`, `allow`, `mode`, ...; docs/control.md).
+    pub control_socket: PathBuf,
+    pub lists: ListFiles,
+}
+
+/// `[lists]`: files of prefixes always allowed / always denied (docs/control.md).
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListFiles {
+    pub allow_files: Vec<PathBuf>,
+    pub deny_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +159,8 @@ impl Default for FileConfig {
             cookies: Cookies::default(),
             maps: Maps::default(),
             policy: Policy::default(),
+            control_socket: PathBuf::from("/run/syndetector/control.sock"),
+            lists: ListFiles::default(),
         }
     }
 }
@@ -210,6 +223,8 @@ pub struct RunArgs {
     pub cookie_timestamps: Option<bool>,
     #[arg(long, value_name = "SYN-ACK/S")]
     pub cookie_budget: Option<u32>,
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
 }
 
 /// The per-source limits and host-wide detection flags, shared by `run` and `analyze`;
@@ -346,6 +361,7 @@ fn apply_overrides(f: &mut FileConfig, a: &RunArgs) {
         limits.hold_secs => detection.hold_secs;
         cookie_timestamps => cookies.timestamps;
         cookie_budget => cookies.budget_per_second;
+        control_socket => control_socket;
     }
 }
 
@@ -386,6 +402,11 @@ pub fn validate(f: &FileConfig) -> Result<(), ConfigError> {
 
 /// Every rule of `validate` but the interfaces'.
 fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
+    if !f.control_socket.is_absolute() {
+        return Err(invalid("control_socket", "must be an absolute path"));
+    }
+    crate::lists::files::load(&f.lists.allow_files, &f.lists.deny_files)
+        .map_err(|e| invalid("lists", e.to_string()))?;
     in_range("poll_interval_ms", f.poll_interval_ms, 100, 60_000)?;
     in_range("top_sources", f.top_sources, 0, 100)?;
     let thresholds = &f.thresholds;

@@ -19,9 +19,13 @@ pub struct StatusArgs {
     /// The agent's state directory (`state_dir` in the configuration).
     #[arg(long, value_name = "DIR", default_value = "/run/syndetector")]
     pub state_dir: PathBuf,
+    /// The agent's control socket: its live answer is shown too, when it answers.
+    #[arg(long, value_name = "PATH", default_value = crate::ctl::client::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
 }
 
 pub fn main(args: &StatusArgs) -> ExitCode {
+    crate::ctl::client::print_live_status(&args.socket);
     let dir = &args.state_dir;
     println!("state directory: {}", dir.display());
     let state_dir = match StateDir::open(dir, false) {

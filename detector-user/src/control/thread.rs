@@ -18,8 +18,12 @@ pub enum Command {
     Reload,
     /// Switch the program to pass-through, restore the sysctls, and end the thread.
     Stop,
-    /// Desired state changed outside the poll (the cookie policy): reconcile now.
+    /// Desired state changed outside the poll (the cookie policy, the lists): reconcile now.
     Wake,
+    /// `syndetector mode X` (control socket): override the configured mode until a reload.
+    SetMode(crate::mode::Mode),
+    /// `syndetector reload` (control socket): as `Reload`, and the outcome is sent back.
+    ReloadReply(mpsc::Sender<Result<Vec<&'static str>, String>>),
 }
 
 /// Loads the configuration again for a reload.
@@ -44,10 +48,14 @@ impl Controller {
                     match rx.recv_timeout(schedule.next.saturating_duration_since(Instant::now())) {
                         Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                         Ok(Command::Wake) => self.reconcile(),
-                        Ok(Command::Reload) => {
+                        Ok(Command::SetMode(mode)) => self.set_mode(mode),
+                        Ok(cmd @ (Command::Reload | Command::ReloadReply(_))) => {
                             let outcome = load().and_then(|cfg| self.reload(cfg));
                             if outcome.is_ok() {
                                 schedule.set_interval(self.cfg.poll_interval(), Instant::now());
+                            }
+                            if let Command::ReloadReply(reply) = cmd {
+                                let _ = reply.send(outcome.clone());
                             }
                             self.reloaded(outcome);
                         }
