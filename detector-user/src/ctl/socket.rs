@@ -28,6 +28,9 @@ use super::{
 
 /// A client gets this long to send its request line.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// After an oversized request: at most this much more is read and discarded, this long.
+const DRAIN_BYTES: u64 = 1 << 20;
+const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
 /// Connections served at once; more wait (a local client cannot exhaust the agent).
 const MAX_CONNECTIONS: usize = 16;
 
@@ -178,7 +181,15 @@ async fn connection(mut stream: UnixStream, handler: &Handler) -> io::Result<()>
         warn!(event = "control_request", command, result = "error", error = %reply.message, "control request refused");
     }
     count(command, if reply.ok { "ok" } else { "error" });
-    send(&mut stream, &reply).await
+    send(&mut stream, &reply).await?;
+    if line.len() > MAX_REQUEST_BYTES {
+        // Closing with unread bytes makes the kernel reset the connection, and the client
+        // would get ECONNRESET instead of the reply: discard (boundedly) what it still sends.
+        let rest = (&mut stream).take(DRAIN_BYTES);
+        let _ = tokio::time::timeout(DRAIN_DEADLINE, tokio::io::copy(&mut { rest }, &mut tokio::io::sink()))
+            .await;
+    }
+    Ok(())
 }
 
 async fn send(stream: &mut UnixStream, reply: &Reply) -> io::Result<()> {
