@@ -122,7 +122,7 @@ fn live_control_through_the_cli() {
     allowed_flood_is_never_blocked(&rig, &agent);
     denied_and_blocked_sources(&rig, &agent);
     kill_switch(&rig, &agent);
-    unblock_and_expiry(&rig);
+    unblock_and_expiry(&rig, &agent);
     bad_requests_change_nothing(&rig, &agent);
     a_peer_without_permission_is_refused(&rig, &agent);
     changes_survive_a_restart(&rig, agent);
@@ -205,16 +205,38 @@ fn kill_switch(rig: &Rig, agent: &Agent) {
     assert_eq!(rig.legit(1).ok, 0, "mode cookie: the block applies again");
 }
 
-/// Leaves the client unblocked; a short block expires by itself.
-fn unblock_and_expiry(rig: &Rig) {
+/// Leaves the client unblocked, in drop mode; a short block expires by itself, and
+/// `unblock` ends a block the program made itself.
+fn unblock_and_expiry(rig: &Rig, agent: &Agent) {
+    rig.ok(&["mode", "drop"]);
     rig.ok(&["unblock", CLIENT]);
     settle();
     assert_eq!(rig.legit(2).ok, 2, "after unblock");
-    rig.ok(&["block", CLIENT, "--ttl", "2"]);
+    // Expiries are whole wall-clock seconds: 4 s is at least 3, longer than the client's
+    // 2 s attempt with its one SYN retransmission.
+    rig.ok(&["block", CLIENT, "--ttl", "4"]);
     settle();
-    assert_eq!(rig.legit(1).ok, 0, "blocked for 2 s");
-    thread::sleep(Duration::from_secs(3));
-    assert_eq!(rig.legit(2).ok, 2, "the 2 s block expired");
+    assert_eq!(rig.legit(1).ok, 0, "blocked for 4 s");
+    thread::sleep(Duration::from_secs(4));
+    assert_eq!(rig.legit(2).ok, 2, "the 4 s block expired");
+
+    // 300 SYNs that never complete: over the half-open limit (50), blocked by the program.
+    let flood = Flood {
+        v6: false,
+        sources: FloodSources::Single(0x4842),
+        port: PORT,
+        count: 300,
+        pps: 1000,
+        limit: Duration::from_secs(5),
+    };
+    flood.run(&rig.lab).unwrap();
+    settle();
+    assert!(agent.scrape().unwrap().value("syndetector_sources_blocked").unwrap() >= 1.0);
+    let spoofed = Flood::single_v4(0x4842).to_string();
+    assert!(rig.ok(&["unblock", &spoofed]).contains("own block of it ended"));
+    settle();
+    assert_eq!(agent.scrape().unwrap().value("syndetector_sources_blocked").unwrap(), 0.0);
+    assert_eq!(rig.cli(&["unblock", &spoofed]).status.code(), Some(1), "nothing left to unblock");
 }
 
 /// Leaves 2001:2::99 denied (for `changes_survive_a_restart`).

@@ -11,6 +11,7 @@ use tracing::warn;
 
 use super::{Controller, ShutdownReport};
 use crate::config::Config;
+use crate::maps::monotonic_ns;
 
 /// What the signal handlers ask of the control thread.
 pub enum Command {
@@ -24,6 +25,9 @@ pub enum Command {
     SetMode(crate::mode::Mode),
     /// `syndetector reload` (control socket): as `Reload`, and the outcome is sent back.
     ReloadReply(mpsc::Sender<Result<Vec<&'static str>, String>>),
+    /// `syndetector unblock ADDR`: end the program's own block of this source (mapped
+    /// address); answers whether there was one.
+    ReleaseSource([u8; 16], mpsc::Sender<Result<bool, String>>),
 }
 
 /// Loads the configuration again for a reload.
@@ -49,6 +53,12 @@ impl Controller {
                         Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                         Ok(Command::Wake) => self.reconcile(),
                         Ok(Command::SetMode(mode)) => self.set_mode(mode),
+                        Ok(Command::ReleaseSource(addr, reply)) => {
+                            let key = detector_common::state::SourceKey { addr };
+                            let released =
+                                self.maps.release_source(&key, monotonic_ns()).map_err(|e| e.to_string());
+                            let _ = reply.send(released);
+                        }
                         Ok(cmd @ (Command::Reload | Command::ReloadReply(_))) => {
                             let outcome = load().and_then(|cfg| self.reload(cfg));
                             if outcome.is_ok() {

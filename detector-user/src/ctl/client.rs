@@ -126,9 +126,15 @@ pub fn send(path: &Path, request: &Request) -> std::io::Result<Reply> {
     stream.set_write_timeout(Some(TIMEOUT))?;
     let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    stream.write_all(&line)?;
+    // The agent may answer and close before reading (a refused peer): the write then fails
+    // (EPIPE) but its reply is already here to read; report the write error only without one.
+    let written = stream.write_all(&line);
     let mut reply = Vec::new();
-    BufReader::new(stream.take(MAX_REPLY_BYTES)).read_until(b'\n', &mut reply)?;
+    let read = BufReader::new(stream.take(MAX_REPLY_BYTES)).read_until(b'\n', &mut reply);
+    if reply.is_empty() {
+        written?;
+        read?;
+    }
     serde_json::from_slice(&reply).map_err(|e| std::io::Error::other(format!("unreadable reply: {e}")))
 }
 

@@ -23,6 +23,8 @@ use crate::{
 
 /// How long `reload` waits for the control thread's answer.
 const RELOAD_WAIT: Duration = Duration::from_secs(30);
+/// How long `unblock` waits for the program's block of a source to be ended.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// What the handler works on, shared by every connection.
 pub struct Handler {
@@ -106,14 +108,37 @@ impl Handler {
         })
     }
 
+    /// Ends the operator's block of `prefix` and, for a single address, the program's own
+    /// block of that source (its per-source map is keyed by address).
     fn unblock(&self, prefix: Prefix) -> Reply {
-        self.update(|l| {
+        let released = if prefix.mapped_len() == 128 { self.release(prefix.addr()) } else { Ok(false) };
+        let reply = self.update(|l| {
             if l.runtime.blocks.remove(&prefix).is_none() {
                 return Err(Reply::error(format!("{prefix} is not blocked; nothing changed")));
             }
             info!(event = "list_change", list = "deny", action = "unblock", prefix = %prefix, "source unblocked");
             Ok(Reply::ok(format!("{prefix} unblocked")))
-        })
+        });
+        match released {
+            Err(e) => Reply::error(format!(
+                "{}; the program's own block of it could not be ended: {e}",
+                reply.message
+            )),
+            Ok(false) => reply,
+            Ok(true) => {
+                info!(event = "source_released", source = %prefix, "the program's block of a source ended by the operator");
+                let done = if reply.ok { format!("{prefix} unblocked") } else { format!("{prefix}:") };
+                Reply::ok(format!("{done} the program's own block of it ended"))
+            }
+        }
+    }
+
+    fn release(&self, addr: [u8; 16]) -> Result<bool, String> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(Command::ReleaseSource(addr, tx))
+            .map_err(|_| "the control thread is gone".to_owned())?;
+        rx.recv_timeout(RELEASE_WAIT).map_err(|_| "no answer from the control thread in time".to_owned())?
     }
 
     fn list(&self, list: List) -> Reply {
