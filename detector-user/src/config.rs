@@ -61,8 +61,9 @@ pub struct FileConfig {
     pub cookies: Cookies,
     pub maps: Maps,
     pub policy: Policy,
-    /// The control socket (`syndetector block`, `allow`, `mode`, ...; docs/control.md).
-    pub control_socket: PathBuf,
+    /// The control socket (`syndetector block`, `allow`, `mode`, ...; docs/control.md);
+    /// `state_dir/control.sock` when not set, so each agent has its own.
+    pub control_socket: Option<PathBuf>,
     pub lists: ListFiles,
 }
 
@@ -159,7 +160,7 @@ impl Default for FileConfig {
             cookies: Cookies::default(),
             maps: Maps::default(),
             policy: Policy::default(),
-            control_socket: PathBuf::from("/run/syndetector/control.sock"),
+            control_socket: None,
             lists: ListFiles::default(),
         }
     }
@@ -288,6 +289,11 @@ impl Config {
         }
     }
 
+    /// Where the control socket is: `control_socket`, else `state_dir/control.sock`.
+    pub fn control_socket(&self) -> PathBuf {
+        self.file.control_socket.clone().unwrap_or_else(|| self.file.state_dir.join("control.sock"))
+    }
+
     pub fn sysctl_state_file(&self) -> PathBuf {
         self.file.state_dir.join("sysctl-state.toml")
     }
@@ -361,7 +367,9 @@ fn apply_overrides(f: &mut FileConfig, a: &RunArgs) {
         limits.hold_secs => detection.hold_secs;
         cookie_timestamps => cookies.timestamps;
         cookie_budget => cookies.budget_per_second;
-        control_socket => control_socket;
+    }
+    if a.control_socket.is_some() {
+        f.control_socket.clone_from(&a.control_socket);
     }
 }
 
@@ -402,7 +410,7 @@ pub fn validate(f: &FileConfig) -> Result<(), ConfigError> {
 
 /// Every rule of `validate` but the interfaces'.
 fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
-    if !f.control_socket.is_absolute() {
+    if f.control_socket.as_ref().is_some_and(|p| !p.is_absolute()) {
         return Err(invalid("control_socket", "must be an absolute path"));
     }
     crate::lists::files::load(&f.lists.allow_files, &f.lists.deny_files)

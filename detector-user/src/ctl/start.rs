@@ -35,7 +35,7 @@ pub fn prepare(cfg: &Config) -> Result<Ready> {
     let files = files::load(&l.allow_files, &l.deny_files)?;
     let dir = StateDir::open(&cfg.file.state_dir, false)?;
     let runtime = files::read_state(&dir).context("the lists state file (fix or remove it)")?;
-    let (listener, file) = socket::bind(&cfg.file.control_socket).context("the control socket")?;
+    let (listener, file) = socket::bind(&cfg.control_socket()).context("the control socket")?;
     Ok(Ready {
         lists: Arc::new(Mutex::new(Lists { files, runtime })),
         listener,
