@@ -5,6 +5,10 @@
 //!
 //! Order: allow entries are added before deny entries and removed after them, so a source
 //! that is in both (allow wins) is never dropped mid-reconcile.
+//!
+//! Reading a full trie back is one syscall per entry (16k per list at most), so while the
+//! desired lists are unchanged the tries are read back only every `RESCAN_EVERY` polls
+//! (as `PORT_POLICY` is): someone else's change is still put right within a minute.
 
 use std::{
     collections::BTreeSet,
@@ -29,6 +33,9 @@ use crate::{
     policy::desired::set_diff, prefix::Prefix,
 };
 
+/// Polls between full read-backs of unchanged lists.
+pub const RESCAN_EVERY: u32 = 60;
+
 /// The `what` label of this step.
 pub const WHAT_LISTS: &str = "lists";
 
@@ -41,6 +48,9 @@ pub struct ListStep {
     lists: Arc<Mutex<Lists>>,
     dir: StateDir,
     metrics: Arc<Metrics>,
+    /// What the last successful reconcile applied, and the polls since its read-back.
+    applied: Option<Desired>,
+    since_rescan: u32,
 }
 
 /// Takes `ALLOW` and `DENY` out of the loaded object.
@@ -54,7 +64,7 @@ pub fn take_tries(ebpf: &mut Ebpf) -> anyhow::Result<(Trie, Trie)> {
 
 impl ListStep {
     pub fn new(tries: (Trie, Trie), lists: Arc<Mutex<Lists>>, dir: StateDir, metrics: Arc<Metrics>) -> Self {
-        Self { allow: tries.0, deny: tries.1, lists, dir, metrics }
+        Self { allow: tries.0, deny: tries.1, lists, dir, metrics, applied: None, since_rescan: 0 }
     }
 
     fn desired(&self) -> Desired {
@@ -124,6 +134,12 @@ impl Reconciler for ListStep {
             }
         }
         let d = self.desired();
+        self.since_rescan += 1;
+        if self.applied.as_ref() == Some(&d) && self.since_rescan < RESCAN_EVERY {
+            return Ok(());
+        }
+        self.applied = None; // unknown until this pass succeeds
+        self.since_rescan = 0;
         let added_allow = apply(names::MAP_ALLOW, &mut self.allow, &d.allow, true)?;
         let added_deny = apply(names::MAP_DENY, &mut self.deny, &d.deny, true)?;
         let removed_deny = apply(names::MAP_DENY, &mut self.deny, &d.deny, false)?;
@@ -139,6 +155,7 @@ impl Reconciler for ListStep {
             );
         }
         self.publish(&d);
+        self.applied = Some(d);
         Ok(())
     }
 
@@ -208,7 +225,15 @@ mod tests {
         assert_eq!(s.program_flags(), FLAG_ALLOW_LIST | FLAG_DENY_LIST);
         let gauge = |list, family| s.metrics.list_entries.with_label_values(&[list, family]).get();
         assert_eq!((gauge("allow", "ipv4"), gauge("deny", "ipv4"), gauge("deny", "ipv6")), (1, 1, 1));
-        // Someone else's entry in the map is removed; a removed runtime entry too.
+        // Someone else's entry in the map is removed at the next read-back (at once when
+        // the lists change, else within RESCAN_EVERY polls); a removed runtime entry too.
+        s.allow.insert(&key(&p("198.18.7.0/24")), 1, 0).unwrap();
+        s.reconcile().unwrap();
+        assert_eq!(read(&s.allow).unwrap().len(), 2, "unchanged lists: no read-back yet");
+        for _ in 0..RESCAN_EVERY {
+            s.reconcile().unwrap();
+        }
+        assert_eq!(read(&s.allow).unwrap(), [p("198.18.1.0/24")].into(), "the periodic read-back");
         s.allow.insert(&key(&p("198.18.7.0/24")), 1, 0).unwrap();
         lists.lock().unwrap().change(List::Deny, p("2001:2::/48"), false);
         s.reconcile().unwrap();
