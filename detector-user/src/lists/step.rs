@@ -120,17 +120,17 @@ impl Reconciler for ListStep {
     }
 
     fn reconcile(&mut self) -> Result<(), String> {
-        let expired = {
+        {
+            // The file is written under the lock, as the control socket writes it: writes
+            // never interleave, and the newest lists are the ones on disk.
             let mut lists = self.lists.lock().expect("lists lock");
-            let expired = lists.expire(now_secs());
-            expired.then(|| lists.runtime.clone())
-        };
-        if let Some(runtime) = expired {
-            info!(event = "list_change", list = "deny", action = "block_expired", "a block expired");
-            if let Err(e) = files::write_state(&self.dir, &runtime) {
-                // The maps are still right (expired blocks are not desired); the file is
-                // rewritten at the next change or expiry, and filtered when read.
-                warn!(error = %e, "could not rewrite the lists state file after a block expired");
+            if lists.expire(now_secs()) {
+                info!(event = "list_change", list = "deny", action = "block_expired", "a block expired");
+                if let Err(e) = files::write_state(&self.dir, &lists.runtime) {
+                    // The tries are still right (expired blocks are not desired); the file
+                    // is rewritten at the next change or expiry; expired blocks are ignored.
+                    warn!(error = %e, "could not rewrite the lists state file after a block expired");
+                }
             }
         }
         let d = self.desired();
