@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use xtask::lab::{in_netns, Agent, ClientReport, Flood, FloodSources, Lab, SERVER_V4};
+use xtask::lab::{in_netns, Agent, ClientReport, Flood, FloodSources, Lab, SERVER_V4, SERVER_V6};
 
 const PORT: u16 = 8080;
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
@@ -39,11 +39,11 @@ struct Rig {
 }
 
 impl Rig {
-    fn agent(&self) -> Agent {
+    fn agent(&self, mode: &str) -> Agent {
         let socket = self.socket.to_str().unwrap();
         let args = [
             "--mode",
-            "drop",
+            mode,
             "--syn-rate-limit",
             "100",
             "--half-open-limit",
@@ -83,6 +83,12 @@ impl Rig {
             .unwrap()
     }
 
+    fn legit_v6(&self, count: u32) -> ClientReport {
+        let addr = SocketAddr::from((SERVER_V6, PORT));
+        in_netns(&self.lab.client_ns, move || ClientReport::run(addr, "/data", count, Duration::from_secs(2)))
+            .unwrap()
+    }
+
     fn passive_opens(&self) -> u64 {
         self.lab.nstat(&self.lab.server_ns).unwrap()["TcpPassiveOpens"]
     }
@@ -112,7 +118,7 @@ fn live_control_through_the_cli() {
     lab.attach_client_xdp(&object()).unwrap();
     let socket = lab.scratch().join("ctl.sock");
     let rig = Rig { lab, socket };
-    let agent = rig.agent();
+    let agent = rig.agent("drop");
 
     // The socket: 0600, owned by the agent (root here).
     let meta = std::fs::metadata(&rig.socket).unwrap();
@@ -177,6 +183,14 @@ fn denied_and_blocked_sources(rig: &Rig, agent: &Agent) {
     rig.ok(&["deny", "del", CLIENT]);
     settle();
     assert_eq!(rig.legit(3).ok, 3, "after deny del");
+    // IPv6: the client's v6 address denied by prefix; its IPv4 is not.
+    rig.ok(&["deny", "add", "2001:2::/120"]);
+    settle();
+    assert_eq!(rig.legit_v6(1).ok, 0, "a denied IPv6 client got through");
+    assert_eq!(rig.legit(1).ok, 1, "its IPv4 address is not denied");
+    rig.ok(&["deny", "del", "2001:2::/120"]);
+    settle();
+    assert_eq!(rig.legit_v6(1).ok, 1, "IPv6 after deny del");
 
     // block / unblock, and a block that expires.
     rig.ok(&["block", CLIENT, "--ttl", "600"]);
@@ -308,8 +322,17 @@ fn changes_survive_a_restart(rig: &Rig, mut agent: Agent) {
     assert!(!rig.socket.exists(), "the socket file was left behind");
     let gone = rig.cli(&["deny", "list"]);
     assert_eq!(gone.status.code(), Some(2), "no agent: exit 2");
-    let mut agent = rig.agent();
+    // Started with the kill switch in its configuration (`--mode off`): even a denied
+    // source passes, until the mode is switched over the socket.
+    let mut agent = rig.agent("off");
     assert!(rig.ok(&["deny", "list"]).contains("2001:2::99/128"), "lost over a restart");
+    rig.ok(&["deny", "add", CLIENT]);
+    settle();
+    assert_eq!(rig.legit(2).ok, 2, "--mode off: a denied client passes");
+    rig.ok(&["mode", "drop"]);
+    settle();
+    assert_eq!(rig.legit(1).ok, 0, "mode drop: the deny applies");
+    rig.ok(&["deny", "del", CLIENT]);
     let status = agent.stop().unwrap();
     assert!(status.success(), "agent exit: {status}\n{}", agent.log_text());
     let link = rig.lab.server_link_details().unwrap();
