@@ -2,8 +2,8 @@
 //! allowed source flooding above its limits is never blocked, a denied source's SYNs never
 //! reach the server (its passive opens stay unchanged) until `deny del`, an IPv6 prefix
 //! denied while the same client's IPv4 passes, `block`/`unblock` (operator blocks, and a
-//! block the program made itself)
-//! and an expiring `block --ttl`, the kill switch (`mode off`: a blocked source connects,
+//! block the program made itself) and an expiring `block --ttl`, the kill switch
+//! (`mode off`: a blocked source connects,
 //! the program still attached; `mode cookie` brings the block back), bad requests and a
 //! peer without permission get error replies and change nothing, the socket is 0600, and
 //! runtime list changes survive a restart, into an agent started with `--mode off` (the
