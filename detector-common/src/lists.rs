@@ -51,12 +51,14 @@ pub fn screen(flags: u32, allowed: impl FnOnce() -> bool, denied: impl FnOnce() 
 }
 
 /// The parser gave up on a packet for `reason`: whether its source may still be read for
-/// the lists. Only IP packets that are not TCP (UDP, ICMP, ...) and fragments: anything
-/// else is not IP, or too broken for the kernel to accept.
+/// the lists. IP packets that are not TCP (UDP, ICMP, ...), fragments, and IPv6 packets
+/// with more extension headers than the parser walks (a denied source must not get
+/// through by adding headers); not what is not IP, nor what the kernel's IP layer drops
+/// anyway (truncated, malformed, bad lengths).
 #[inline(always)]
 #[must_use]
 pub const fn screens_non_tcp(reason: NotTcp) -> bool {
-    matches!(reason, NotTcp::OtherProtocol | NotTcp::Fragment)
+    matches!(reason, NotTcp::OtherProtocol | NotTcp::Fragment | NotTcp::TooDeep)
 }
 
 /// The source address (IPv4-mapped, network order) of an IPv4 or IPv6 packet after up to
@@ -141,6 +143,7 @@ mod tests {
         assert_eq!(ip_source(&arp[..]), None);
         assert_eq!(ip_source(&udp4(false)[..28]), None);
         assert!(screens_non_tcp(NotTcp::OtherProtocol) && screens_non_tcp(NotTcp::Fragment));
+        assert!(screens_non_tcp(NotTcp::TooDeep) && !screens_non_tcp(NotTcp::BadLength));
         assert!(!screens_non_tcp(NotTcp::NotIp) && !screens_non_tcp(NotTcp::Truncated));
     }
 }

@@ -49,6 +49,29 @@ fn udp4(src: [u8; 4]) -> Vec<u8> {
     out
 }
 
+/// A TCP SYN from `src` behind five IPv6 destination-options headers: one more than the
+/// parser walks (`parse::MAX_IPV6_EXT_HEADERS`), so it is `too_deep` to track.
+fn deep_v6(src: [u8; 16]) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x86, 0xdd];
+    let payload_len: u16 = 5 * 8 + 20;
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&payload_len.to_be_bytes());
+    f.extend_from_slice(&[60, 64]); // next: destination options; hop limit
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&SERVER6);
+    for i in 0..5 {
+        let next = if i == 4 { 6 } else { 60 };
+        f.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]); // PadN over the 6 option bytes
+    }
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40_000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    f.extend_from_slice(&tcp);
+    f
+}
+
 fn add(det: &mut Detector, map: &str, addr: [u8; 16], len: u32) {
     let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(det.ebpf.map_mut(map).unwrap()).unwrap();
     trie.insert(&Key::new(len, addr), 1, 0).unwrap();
@@ -107,6 +130,8 @@ fn a_denied_source_is_dropped_whatever_it_sends() {
     let mut v6 = DENIED6;
     v6[7] = 0xe; // outside the /64
     expect(&det, "v6 outside the prefix", &syn6(v6), XDP_PASS, Counter::PassSyn);
+    expect(&det, "denied, too deep to parse", &deep_v6(DENIED6), XDP_DROP, Counter::DropDenied);
+    expect(&det, "other, too deep to parse", &deep_v6(v6), XDP_PASS, Counter::PassTooDeep);
 }
 
 #[test]
