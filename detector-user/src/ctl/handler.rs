@@ -202,3 +202,71 @@ fn covers(outer: &Prefix, inner: &Prefix) -> bool {
     outer.mapped_len() <= inner.mapped_len()
         && Prefix::from_mapped(inner.addr(), outer.mapped_len()) == *outer
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn handler() -> (tempfile::TempDir, Handler, mpsc::Receiver<Command>) {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let h = Handler {
+            lists: Arc::new(Mutex::new(Lists::default())),
+            dir: StateDir::open(t.path(), false).unwrap(),
+            commands: tx,
+            metrics: Arc::new(Metrics::new()),
+            interfaces: vec!["eth0".into()],
+        };
+        (t, h, rx)
+    }
+
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn changes_are_persisted_then_applied_and_wake_the_control_thread() {
+        let (_t, h, rx) = handler();
+        let r = h.handle(Checked::Change { list: List::Deny, prefix: p("198.18.5.0/24"), add: true });
+        assert!(r.ok, "{r:?}");
+        assert!(matches!(rx.try_recv(), Ok(Command::Wake)));
+        assert_eq!(files::read_state(&h.dir).unwrap().deny, [p("198.18.5.0/24")].into());
+        // Adding it again changes nothing: no write, no wake.
+        assert!(h.handle(Checked::Change { list: List::Deny, prefix: p("198.18.5.9/24"), add: true }).ok);
+        assert!(rx.try_recv().is_err());
+        let r = h.handle(Checked::Change { list: List::Allow, prefix: p("198.18.5.1"), add: false });
+        assert!(!r.ok && r.message.contains("not on the allow list"), "{r:?}");
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing() {
+        let (t, h, rx) = handler();
+        // The temporary file's name taken by a directory: the write cannot happen.
+        std::fs::create_dir(t.path().join("lists.json.tmp")).unwrap();
+        let r = h.handle(Checked::Block { prefix: p("198.18.5.1"), ttl_secs: Some(60) });
+        assert!(!r.ok && r.message.starts_with("nothing changed"), "{r:?}");
+        assert!(h.lists.lock().unwrap().runtime.blocks.is_empty());
+        assert!(rx.try_recv().is_err(), "woken for nothing");
+    }
+
+    #[test]
+    fn file_entries_cannot_be_removed_over_the_socket() {
+        let (_t, h, _rx) = handler();
+        h.lists.lock().unwrap().files.allow.insert(p("198.18.1.0/24"));
+        let r = h.handle(Checked::Change { list: List::Allow, prefix: p("198.18.1.0/24"), add: false });
+        assert!(!r.ok && r.message.contains("list file"), "{r:?}");
+        assert!(h.lists.lock().unwrap().files.allow.contains(&p("198.18.1.0/24")));
+    }
+
+    #[test]
+    fn blocking_an_allowed_source_says_allow_wins() {
+        let (_t, h, _rx) = handler();
+        h.lists.lock().unwrap().files.allow.insert(p("198.18.0.0/16"));
+        let r = h.handle(Checked::Block { prefix: p("198.18.3.3"), ttl_secs: None });
+        assert!(r.ok && r.message.contains("allow list, which wins"), "{r:?}");
+        assert!(!covers(&p("198.18.3.0/24"), &p("198.18.0.0/16")));
+    }
+}

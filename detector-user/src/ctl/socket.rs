@@ -170,8 +170,8 @@ async fn connection(mut stream: UnixStream, handler: &Handler) -> io::Result<()>
         Ok(req) => match req.check() {
             Err(e) => (req.name(), Reply::error(e)),
             Ok(checked) => {
-                // SAFETY-free blocking work (fsync, waiting on the control thread) off the
-                // async workers; the handler is shared, so it is borrowed through an Arc.
+                // Blocking work (fsync, waiting on the control thread): block_in_place
+                // lets the runtime move its other tasks off this worker meanwhile.
                 let reply = tokio::task::block_in_place(|| handler.handle(checked));
                 (req.name(), reply)
             }
