@@ -211,6 +211,41 @@ mod tests {
         assert!(!permitted(1000, 0));
     }
 
+    /// A client that never finishes its line gets an error reply after the deadline, and
+    /// one that sends a good request meanwhile is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_client_gets_an_error_after_the_deadline() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let path = dir.path().join("ctl.sock");
+        let (listener, _file) = bind(&path).unwrap();
+        let handler = Handler {
+            lists: Arc::default(),
+            dir: crate::lock::StateDir::open(dir.path(), false).unwrap(),
+            commands: std::sync::mpsc::channel().0,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            interfaces: Vec::new(),
+        };
+        let metrics = handler.metrics.clone();
+        let server = tokio::spawn(serve(listener, Arc::new(handler)));
+        let mut slow = UnixStream::connect(&path).await.unwrap();
+        slow.write_all(b"{\"command\":").await.unwrap();
+        let mut quick = UnixStream::connect(&path).await.unwrap();
+        quick.write_all(b"{\"command\":\"allow_list\"}\n").await.unwrap();
+        let mut reply = String::new();
+        quick.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.contains("\"ok\":true"), "{reply}");
+        let started = std::time::Instant::now();
+        let mut reply = String::new();
+        slow.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.contains("no complete request within 5 s"), "{reply}");
+        assert!(started.elapsed() >= Duration::from_secs(4), "replied before the deadline");
+        let count = |c: &str, r: &str| metrics.control_requests.with_label_values(&[c, r]).get();
+        assert_eq!((count("allow_list", "ok"), count("invalid", "error")), (1, 1));
+        server.abort();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn the_socket_is_0600_and_only_a_stale_one_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
