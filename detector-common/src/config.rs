@@ -58,6 +58,13 @@ pub const FLAG_COOKIE_ECN: u32 = 1 << 3;
 /// Answer only SYNs to ports marked `PORT_ANSWER` in `PORT_POLICY` (the operator listed
 /// the ports to answer for); without it every port not marked `PORT_KERNEL` is answered.
 pub const FLAG_LISTED_PORTS_ONLY: u32 = 1 << 4;
+/// Kill switch (`mode off`): pass every packet at once, before parsing, without detaching.
+pub const FLAG_OFF: u32 = 1 << 5;
+/// The `ALLOW` trie has entries: look sources up in it (see `lists`). Without entries the
+/// lookup is skipped, so established traffic pays nothing for an empty list.
+pub const FLAG_ALLOW_LIST: u32 = 1 << 6;
+/// The `DENY` trie has entries: look sources up in it.
+pub const FLAG_DENY_LIST: u32 = 1 << 7;
 
 impl Config {
     /// A config with the derived fields filled in. `handshake_timeout_ns` must be at least

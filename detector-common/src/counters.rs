@@ -119,10 +119,18 @@ counters! {
     /// An untagged SYN on an interface whose NIC strips VLAN tags: it may have been tagged,
     /// and a reply from XDP would leave untagged.
     PassCookieVlanOffload = 30, Some(Verdict::Pass), "cookie_vlan_offload";
+    /// The kill switch is on (`mode off`): passed before parsing.
+    PassOff = 31, Some(Verdict::Pass), "off";
+    /// A packet from a source on the allow list: never dropped nor answered.
+    PassAllowed = 32, Some(Verdict::Pass), "allowed";
+    /// A packet from a source on the deny list (or blocked by the operator): dropped.
+    DropDenied = 33, Some(Verdict::Drop), "denied";
+    /// Monitor mode: the packet would have been dropped, its source being denied.
+    PassMonitorDenied = 34, Some(Verdict::Pass), "monitor_denied";
 }
 
 /// Number of slots in the counter array.
-pub const COUNTER_SLOTS: u32 = 31;
+pub const COUNTER_SLOTS: u32 = 35;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_SLOTS as usize);
 
@@ -169,6 +177,7 @@ impl Counter {
         match self {
             Counter::DropBlocked => Counter::PassMonitorBlocked,
             Counter::DropOverLimit | Counter::DropCookieBudget => Counter::PassMonitorOverLimit,
+            Counter::DropDenied => Counter::PassMonitorDenied,
             other => other,
         }
     }

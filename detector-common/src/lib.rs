@@ -14,6 +14,7 @@ pub mod checksum;
 pub mod config;
 pub mod counters;
 pub mod filter;
+pub mod lists;
 pub mod names;
 pub mod packet;
 pub mod parse;

@@ -40,6 +40,14 @@ pub const MAP_IFACES: &str = "IFACES";
 /// `Array<[u64; 2]>`, one slot: [start of the current second, SYN-ACKs sent in it], shared
 /// by all CPUs so the budget holds host-wide.
 pub const MAP_COOKIE_BUDGET: &str = "COOKIE_BUDGET";
+/// `LpmTrie<[u8; 16], u32>`: source prefixes (IPv4-mapped, so an IPv4 /n is /96+n) that
+/// are always passed, never dropped nor answered with cookies; value 1. See `lists`.
+pub const MAP_ALLOW: &str = "ALLOW";
+/// `LpmTrie<[u8; 16], u32>`: source prefixes whose every IP packet is dropped (operator's
+/// deny list and `block` entries); value 1. See `lists`.
+pub const MAP_DENY: &str = "DENY";
+/// Capacity of `ALLOW` and of `DENY` each (LPM tries allocate per entry, not up front).
+pub const LIST_CAPACITY: u32 = 16_384;
 
 /// The layout of the maps the agent pins (docs/operations.md): a restarted agent whose
 /// version equals the pinned one adopts the pinned maps (counters and per-source state
@@ -50,11 +58,11 @@ pub const MAP_COOKIE_BUDGET: &str = "COOKIE_BUDGET";
 /// reordered or resized in a `#[repr(C)]` type such as `SourceState` or `Config`); the
 /// meaning of a slot (e.g. a `counters` index) or of a value. Map sizes are not part of
 /// it: the agent compares them itself and loads fresh maps when they differ.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 13] = [
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_SOURCES,
@@ -66,4 +74,6 @@ pub const PINNED_MAPS: [&str; 11] = [
     MAP_KERNEL_DESTS,
     MAP_IFACES,
     MAP_COOKIE_BUDGET,
+    MAP_ALLOW,
+    MAP_DENY,
 ];

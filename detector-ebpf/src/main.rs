@@ -1,5 +1,6 @@
-//! The XDP entry point: parse, fetch config, keep SYNs for other machines out, hand SYNs
-//! and ACKs to `track` (and SYNs to `policy` and `cookie` in cookie mode), count, verdict.
+//! The XDP entry point: the kill switch, parse, the allow/deny lists, keep SYNs for other
+//! machines out, hand SYNs and ACKs to `track` (and SYNs to `policy` and `cookie` in cookie
+//! mode), count, verdict.
 #![no_std]
 #![no_main]
 // For `atomic_xadd` (see `cookie::atomic_add`): the bpf target has no compare-and-swap, so
@@ -10,6 +11,7 @@
 mod baseline;
 mod cookie;
 mod events;
+mod lists;
 mod packet;
 mod policy;
 mod probe;
@@ -47,15 +49,26 @@ pub fn syndetector(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn decide(ctx: &XdpContext) -> Counter {
+    let cfg = CONFIG.get(0);
+    // The kill switch first, before parsing: `mode off` must pass everything whatever the
+    // packet. A missing slot has no flags (and passes below anyway).
+    let flags = cfg.map_or(0, |c| c.flags);
+    if let Some(off) = detector_common::lists::kill_switch(flags) {
+        return off;
+    }
+    let usable = cfg.filter(|c| c.is_usable());
     let seg = match parse(ctx) {
         Ok(seg) => seg,
-        Err(reason) => return reason.into(),
+        // Denied sources' other IP traffic is dropped too (only with a usable config).
+        Err(reason) => return lists::screen_not_tcp(ctx, reason, usable.map_or(0, |c| c.flags)),
     };
-    let Some(cfg) = CONFIG.get(0) else {
+    let Some(cfg) = usable else {
         return Counter::PassNoConfig;
     };
-    if !cfg.is_usable() {
-        return Counter::PassNoConfig;
+    if detector_common::lists::lists_active(cfg.flags) {
+        if let Some(verdict) = lists::screen(&seg.src, cfg.flags) {
+            return verdict;
+        }
     }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -85,6 +85,18 @@ pub struct FileConfig {
     pub cookies: Cookies,
     pub maps: Maps,
     pub policy: Policy,
+    /// The control socket (`syndetector block`, `allow`, `mode`, ...; docs/control.md);
+    /// `state_dir/control.sock` when not set, so each agent has its own.
+    pub control_socket: Option<PathBuf>,
+    pub lists: ListFiles,
+}
+
+/// `[lists]`: files of prefixes always allowed / always denied (docs/control.md).
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListFiles {
+    pub allow_files: Vec<PathBuf>,
+    pub deny_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +187,8 @@ impl Default for FileConfig {
             cookies: Cookies::default(),
             maps: Maps::default(),
             policy: Policy::default(),
+            control_socket: None,
+            lists: ListFiles::default(),
         }
     }
 }
@@ -241,6 +255,8 @@ pub struct RunArgs {
     pub cookie_timestamps: Option<bool>,
     #[arg(long, value_name = "SYN-ACK/S")]
     pub cookie_budget: Option<u32>,
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
 }
 
 /// The per-source limits and host-wide detection flags, shared by `run` and `analyze`;
@@ -302,6 +318,11 @@ impl Config {
             exit_half_open: d.exit_half_open,
             hold: Duration::from_secs(d.hold_secs),
         }
+    }
+
+    /// Where the control socket is: `control_socket`, else `state_dir/control.sock`.
+    pub fn control_socket(&self) -> PathBuf {
+        self.file.control_socket.clone().unwrap_or_else(|| self.file.state_dir.join("control.sock"))
     }
 
     pub fn sysctl_state_file(&self) -> PathBuf {
@@ -380,6 +401,9 @@ fn apply_overrides(f: &mut FileConfig, a: &RunArgs) {
         cookie_timestamps => cookies.timestamps;
         cookie_budget => cookies.budget_per_second;
     }
+    if a.control_socket.is_some() {
+        f.control_socket.clone_from(&a.control_socket);
+    }
 }
 
 fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -456,6 +480,11 @@ fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
     if !f.state_dir.is_absolute() {
         return Err(invalid("state_dir", format!("{} is not an absolute path", f.state_dir.display())));
     }
+    if f.control_socket.as_ref().is_some_and(|p| !p.is_absolute()) {
+        return Err(invalid("control_socket", "must be an absolute path"));
+    }
+    crate::lists::files::load(&f.lists.allow_files, &f.lists.deny_files)
+        .map_err(|e| invalid("lists", e.to_string()))?;
     in_range("poll_interval_ms", f.poll_interval_ms, 100, 60_000)?;
     in_range("top_sources", f.top_sources, 0, 100)?;
     let thresholds = &f.thresholds;

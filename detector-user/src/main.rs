@@ -12,6 +12,7 @@ mod attachments;
 mod bpf_batch;
 mod config;
 mod control;
+mod ctl;
 mod detach;
 mod detect;
 mod error;
@@ -19,6 +20,7 @@ mod handover;
 mod http;
 mod kernel_features;
 mod kernel_stats;
+mod lists;
 mod loader;
 mod lock;
 mod maps;
@@ -83,6 +85,9 @@ enum Command {
     /// bench`; loads the program, attaches nothing, changes no sysctl).
     #[command(hide = true)]
     BenchPoll(control::bench::BenchArgs),
+    /// Live control of a running agent (block, unblock, allow, deny, mode, reload).
+    #[command(flatten)]
+    Ctl(ctl::client::CtlCommand),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
         Command::Status(args) => return status::main(&args),
         Command::Detach(args) => return detach::main(&args),
         Command::BenchPoll(args) => return control::bench::main(&args),
+        Command::Ctl(cmd) => return ctl::client::main(cmd),
         Command::CheckConfig(args) => {
             return match Config::load(&args).and_then(|cfg| config::check_state_dir(&cfg.file).map(|()| cfg))
             {
@@ -148,6 +154,7 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+#[allow(clippy::too_many_lines, reason = "the start order, read in one place")]
 async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     // First the signal handlers: from here a SIGHUP or SIGTERM never kills the agent with
     // the default action, not even during the seconds of the program load.
@@ -178,6 +185,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
         .with_context(|| format!("listening on {metrics_addr} for metrics"))?;
+    // The lists (files and the runtime state) and the control socket, before loading too.
+    let ctl = ctl::start::prepare(&cfg)?;
 
     // Blocking work (sysctl writes with fsync, 4 s of verifier) off the async workers. A
     // previous run's pinned program protects until our program takes its links over.
@@ -208,6 +217,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let policy_step = policy::feed::PolicyStep::new(policy_maps, desired_policy.clone());
 
     let metrics = Arc::new(Metrics::new());
+    let list_step = ctl.list_step(&mut ebpf, metrics.clone())?;
+    let ctl_metrics = metrics.clone();
     let top = SharedTop::default();
     let config_map = loader::config_map(&mut ebpf)?;
     let maps = maps::Maps::take(&mut ebpf)?;
@@ -226,7 +237,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
             sysctls,
             metrics.clone(),
             top.clone(),
-            vec![Box::new(policy_step)],
+            vec![Box::new(policy_step), Box::new(list_step)],
         )
     });
 
@@ -245,6 +256,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
 
     let (commands, control) =
         controller.spawn(poll_interval, Box::new(move || Config::load(&args).map_err(|e| e.to_string())));
+    let (ctl_server, _ctl_file) = ctl.serve(commands.clone(), ctl_metrics, interfaces.clone())?;
     let waker = commands.clone();
     let on_link = attachments.clone();
     let policy_feed = tokio::spawn(policy::feed::run(
@@ -256,6 +268,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     ));
     signals.wait(&commands).await;
     policy_feed.abort();
+    ctl_server.abort();
     server.abort();
     if let Some(pump) = log_pump {
         pump.abort();

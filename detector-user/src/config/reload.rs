@@ -35,6 +35,8 @@ pub const KEYS: &[(&str, Takes)] = &[
     ("cookies", Takes::Reload),
     ("maps", Takes::Restart { why: "map sizes are fixed when the program is loaded" }),
     ("policy", Takes::Restart { why: "the policy watchers are started with it" }),
+    ("control_socket", Takes::Restart { why: "the socket is bound at start" }),
+    ("lists", Takes::Reload),
 ];
 
 /// How `key` (a `KEYS` name or a dotted key under one) takes effect.
@@ -106,6 +108,8 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
         cookies,
         maps,
         policy,
+        control_socket,
+        lists,
     } = new;
     let mut out = Vec::new();
     macro_rules! cmp {
@@ -144,6 +148,8 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
             "maps.pending": old.maps.pending, maps.pending;
             "maps.sketch_width": old.maps.sketch_width, maps.sketch_width;
             "policy": policy_config(&old.policy).ok(), policy_config(policy).ok();
+            "control_socket": &old.control_socket, control_socket;
+            "lists": &old.lists, lists;
         }
     }
     out

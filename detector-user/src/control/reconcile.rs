@@ -72,6 +72,11 @@ pub trait Reconciler: Send {
     fn program_flags(&self) -> u32 {
         0
     }
+    /// A reload (SIGHUP, `syndetector reload`) brings a new configuration: take what this
+    /// step reads from it, all or nothing (an error refuses the whole reload).
+    fn reload(&mut self, _cfg: &crate::config::Config) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// What the agent wants applied now.
@@ -132,6 +137,11 @@ impl Reconcile {
             others: others.into_iter().map(|r| (r, Backoff::default())).collect(),
             wscale: None,
         }
+    }
+
+    /// Hands a reloaded configuration to the other steps; the first error stops it.
+    pub fn reload_others(&mut self, cfg: &crate::config::Config) -> Result<(), String> {
+        self.others.iter_mut().try_for_each(|(r, _)| r.reload(cfg))
     }
 
     /// The program-config flags the other steps need.
