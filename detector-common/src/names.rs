@@ -40,3 +40,10 @@ pub const MAP_IFACES: &str = "IFACES";
 /// `Array<[u64; 2]>`, one slot: [start of the current second, SYN-ACKs sent in it], shared
 /// by all CPUs so the budget holds host-wide.
 pub const MAP_COOKIE_BUDGET: &str = "COOKIE_BUDGET";
+/// `RingBuf` of `sample::SampleRecord`s (`sample::RING_BYTES`): 1 in `Config::sample_one_in`
+/// dropped or cookie-answered frames, as received, for the agent's capture files.
+pub const MAP_SAMPLES: &str = "SAMPLES";
+/// `PerCpuArray<u64>`, one slot: samples lost because `SAMPLES` was full.
+pub const MAP_SAMPLES_LOST: &str = "SAMPLES_LOST";
+/// `PerCpuArray<sample::SampleRecord>`, one slot: the frame captured before the verdict.
+pub const MAP_SAMPLE_SCRATCH: &str = "SAMPLE_SCRATCH";

@@ -13,6 +13,7 @@ mod events;
 mod packet;
 mod policy;
 mod probe;
+mod sample;
 mod stats;
 mod syncookie;
 mod track;
@@ -34,8 +35,20 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[xdp]
 pub fn syndetector(ctx: XdpContext) -> u32 {
-    let counter = decide(&ctx);
+    // Looked up once here: sampling off then costs one compare on each side of `decide`.
+    // An array's slot 0 always exists; a zeroed one fails `is_usable` in `decide`.
+    let Some(cfg) = CONFIG.get(0) else {
+        count(Counter::PassNoConfig);
+        return xdp_action::XDP_PASS;
+    };
+    if sample::one_in(cfg) != 0 {
+        sample::capture(&ctx, sample::one_in(cfg));
+    }
+    let counter = decide(&ctx, cfg);
     count(counter);
+    if sample::one_in(cfg) != 0 {
+        sample::emit(counter);
+    }
     // Every path ends in a verdict slot; an event slot here would be a bug, and passing
     // is the fail-open answer. XDP_ABORTED is never returned.
     match counter.verdict() {
@@ -46,13 +59,10 @@ pub fn syndetector(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn decide(ctx: &XdpContext) -> Counter {
+fn decide(ctx: &XdpContext, cfg: &Config) -> Counter {
     let seg = match parse(ctx) {
         Ok(seg) => seg,
         Err(reason) => return reason.into(),
-    };
-    let Some(cfg) = CONFIG.get(0) else {
-        return Counter::PassNoConfig;
     };
     if !cfg.is_usable() {
         return Counter::PassNoConfig;
