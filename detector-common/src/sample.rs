@@ -5,7 +5,9 @@ use crate::counters::{Counter, Verdict};
 
 /// Bytes of each sampled frame that are kept: every header the parser reads (Ethernet, two
 /// VLAN tags, IPv6 with extension headers, TCP with options) fits; payload is cut.
-pub const SNAP_LEN: usize = 256;
+pub const SNAP_LEN: usize = SNAP_LEN_U32 as usize;
+/// `SNAP_LEN` as the program's lengths are typed.
+pub const SNAP_LEN_U32: u32 = 256;
 
 /// Size of the `SAMPLES` ring buffer in bytes (a power of two, a multiple of the page
 /// size): about 900 records, enough for the agent to drain between wake-ups.
@@ -51,17 +53,17 @@ impl SampleRecord {
 #[inline(always)]
 #[must_use]
 pub const fn chosen(one_in: u32, random: u32) -> bool {
-    one_in != 0 && random % one_in == 0
+    one_in != 0 && random.is_multiple_of(one_in)
 }
 
 /// How many bytes of a `frame_len`-byte frame a sample keeps.
 #[inline(always)]
 #[must_use]
 pub const fn capture_len(frame_len: u32) -> u32 {
-    if frame_len < SNAP_LEN as u32 {
+    if frame_len < SNAP_LEN_U32 {
         frame_len
     } else {
-        SNAP_LEN as u32
+        SNAP_LEN_U32
     }
 }
 
@@ -100,8 +102,8 @@ mod tests {
     fn capture_keeps_short_frames_whole_and_cuts_long_ones() {
         assert_eq!(capture_len(0), 0);
         assert_eq!(capture_len(60), 60);
-        assert_eq!(capture_len(SNAP_LEN as u32), SNAP_LEN as u32);
-        assert_eq!(capture_len(1514), SNAP_LEN as u32);
+        assert_eq!(capture_len(SNAP_LEN_U32), SNAP_LEN_U32);
+        assert_eq!(capture_len(1514), SNAP_LEN_U32);
     }
 
     #[test]
@@ -125,7 +127,7 @@ mod tests {
         r.cap_len = 61;
         assert!(r.bytes().is_none(), "longer than the frame");
         r.frame_len = 2000;
-        r.cap_len = SNAP_LEN as u32 + 1;
+        r.cap_len = SNAP_LEN_U32 + 1;
         assert!(r.bytes().is_none(), "longer than the buffer");
         r.counter = Counter::HandshakeCompleted as u32;
         assert_eq!(r.counter(), None, "an event slot is no verdict");

@@ -18,7 +18,7 @@ use aya_ebpf::{
 use detector_common::{
     config::Config,
     counters::Counter,
-    sample::{capture_len, chosen, wanted, SampleRecord, RING_BYTES, SNAP_LEN},
+    sample::{capture_len, chosen, wanted, SampleRecord, RING_BYTES, SNAP_LEN_U32},
 };
 
 #[map(name = "SAMPLES")]
@@ -64,7 +64,7 @@ pub fn capture(ctx: &XdpContext, one_in: u32) {
     // minimum below is at most SNAP_LEN and drops the checks the verifier needs, or folds
     // them into one `len - 1 < SNAP_LEN` that leaves no lower bound (docs/verifier.md).
     let len = core::hint::black_box(u64::from(capture_len(frame_len)));
-    if len == 0 || len > SNAP_LEN as u64 {
+    if len == 0 || len > u64::from(SNAP_LEN_U32) {
         return;
     }
     #[allow(clippy::cast_possible_truncation, reason = "at most SNAP_LEN, checked above")]

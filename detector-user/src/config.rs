@@ -61,6 +61,32 @@ pub struct FileConfig {
     pub cookies: Cookies,
     pub maps: Maps,
     pub policy: Policy,
+    pub samples: Samples,
+}
+
+/// Pcap samples of dropped and cookie-answered packets (see `samples`, docs/samples.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Samples {
+    /// Sample 1 in this many dropped or cookie-answered packets (0 = off).
+    pub one_in: u32,
+    /// Where the capture files go: created 0700, refused if a symlink or not ours.
+    pub dir: PathBuf,
+    /// A capture file is closed before it would grow past this.
+    pub max_file_bytes: u64,
+    /// At most this many capture files are kept; the oldest is deleted.
+    pub max_files: u32,
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Self {
+            one_in: 0,
+            dir: PathBuf::from("/var/lib/syndetector/samples"),
+            max_file_bytes: 16 * 1024 * 1024,
+            max_files: 8,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +174,7 @@ impl Default for FileConfig {
             cookies: Cookies::default(),
             maps: Maps::default(),
             policy: Policy::default(),
+            samples: Samples::default(),
         }
     }
 }
@@ -289,6 +316,7 @@ impl Config {
         );
         k.sketch_width = self.file.maps.sketch_width;
         k.synack_window = self.file.cookies.window;
+        k.sample_one_in = self.file.samples.one_in;
         k
     }
 
@@ -438,6 +466,7 @@ fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
         return Err(invalid("maps.sketch_width", format!("{} is not a power of two", maps.sketch_width)));
     }
     policy_config(&f.policy)?;
+    crate::samples::validate(&f.samples)?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@ mod metrics;
 mod mode;
 mod policy;
 mod prefix;
+mod samples;
 mod signals;
 mod status;
 mod sysctl;
@@ -151,6 +152,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         .iter()
         .map(|iface| lock::lock(&dir, &lock::iface_lock_name(iface), &format!("interface {iface}")))
         .collect::<Result<Vec<_>, _>>()?;
+    // With sampling on, its directory is checked (and created 0700) now, like the state dir.
+    let samples_dir = samples::reader::prepare_dir(&cfg.file.samples)?;
     // Its sysctls are the namespace's: one agent per namespace, whatever its state dir.
     let _netns_lock = lock::lock_netns(Path::new(lock::NETNS_LOCK_DIR))?;
     // Every descriptor a sysctl change needs is opened now; an unwritable state directory
@@ -197,6 +200,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let top = SharedTop::default();
     let config_map = loader::config_map(&mut ebpf)?;
     let maps = maps::Maps::take(&mut ebpf)?;
+    let samples = samples::reader::spawn(&mut ebpf, &cfg.file.samples, samples_dir, metrics.clone())?;
     let poll_interval = cfg.poll_interval();
     let (interfaces, attach_mode) = (cfg.file.interfaces.clone(), cfg.file.attach_mode);
     // The window scale of cookie SYN-ACKs is part of the desired program config: read from
@@ -244,6 +248,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let _ = commands.send(ControlCommand::Stop);
     let report = tokio::task::spawn_blocking(move || control.join()).await.ok().and_then(Result::ok);
     attachments.detach_all();
+    samples.stop();
     server.abort();
     if let Some(pump) = log_pump {
         pump.abort();

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub reconciled: IntGaugeVec,
     pub reconcile_errors: IntCounterVec,
     pub interface_attached: IntGaugeVec,
+    pub samples_written: IntCounter,
+    pub samples_lost: IntCounter,
+    pub sample_write_errors: IntCounter,
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -175,6 +178,18 @@ impl Metrics {
                 "syndetector_interface_attached",
                 "1 per interface the program is attached to, with its XDP mode.",
                 &["interface", "mode"],
+            ),
+            samples_written: counter(
+                "syndetector_samples_written_total",
+                "Sampled dropped or cookie-answered packets written to the capture files.",
+            ),
+            samples_lost: counter(
+                "syndetector_samples_lost_total",
+                "Sampled packets lost because the program's sample ring buffer was full.",
+            ),
+            sample_write_errors: counter(
+                "syndetector_sample_write_errors_total",
+                "Sampled packets that could not be written (directory or disk problem; mitigation goes on).",
             ),
             registry: r,
         };
