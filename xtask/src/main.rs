@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_samples;
 mod build_ebpf;
 mod dist;
 mod lint;
