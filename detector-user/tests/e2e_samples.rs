@@ -2,6 +2,8 @@
 //! spoofed SYN flood (trafgen, sources inside 198.18.128.0/17). tshark finds the flood's
 //! SYNs, with their spoofed sources and a "tx cookie" comment, in the sample files; the
 //! files are 0600 in a 0700 directory and the size and count caps hold. Needs root.
+#![allow(clippy::float_cmp, reason = "metric values compared here are exact counts")]
+#![allow(clippy::cast_precision_loss, reason = "packet counts far below 2^52")]
 
 use std::{
     collections::BTreeSet, net::Ipv4Addr, os::unix::fs::PermissionsExt, path::Path, process::Command,
@@ -91,7 +93,8 @@ fn a_spoofed_floods_syns_are_found_in_the_sample_files() {
 
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
-    // The flood wrote far more than the caps allow: they must have been enforced.
+    // The flood wrote far more than the caps allow (a sample's block is over 100 bytes):
+    // they must have been enforced.
     assert!(
         written * 100.0 > (MAX_FILE_BYTES * MAX_FILES as u64) as f64,
         "the flood should overrun the caps"
