@@ -85,6 +85,23 @@ fn a_spoofed_floods_syns_are_found_in_the_sample_files() {
     let written = scrape.value("syndetector_samples_written_total").unwrap_or(0.0);
     let lost = scrape.value("syndetector_samples_lost_total").unwrap_or(-1.0);
     let errors = scrape.value("syndetector_sample_write_errors_total").unwrap_or(-1.0);
+
+    // A reload turns sampling off: more answers, no more samples.
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("one_in = 1", "one_in = 0"))
+        .unwrap();
+    agent.signal(libc::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let more = Flood { count: 500, ..flood }.run(&lab).expect("flood").sent;
+    std::thread::sleep(Duration::from_secs(2));
+    let after = agent.scrape().unwrap();
+    let cookies_after = after.value("syndetector_packets_total{reason=\"cookie\",verdict=\"tx\"}").unwrap();
+    assert!(cookies_after >= cookies + 0.9 * more as f64, "still answering: {cookies} then {cookies_after}");
+    assert_eq!(
+        after.value("syndetector_samples_written_total").unwrap(),
+        written,
+        "one_in = 0 after SIGHUP: no more samples\n{}",
+        agent.log_text()
+    );
     assert!(agent.stop().unwrap().success(), "clean stop:\n{}", agent.log_text());
     println!("{sent} spoofed SYNs sent, {cookies} answered, {written} samples written, {lost} lost, {errors} errors");
     assert!(cookies >= 0.9 * sent as f64, "cookie mode answers the flood: {cookies} of {sent}");

@@ -176,3 +176,24 @@ fn settings_are_validated() {
         assert!(validate(&s).is_err(), "{s:?}");
     }
 }
+
+#[test]
+fn the_rate_reloads_into_the_program_config_but_the_files_need_a_restart() {
+    use crate::config::reload::{decide, Takes};
+    let parse = |text: &str| -> crate::config::FileConfig { toml::from_str(text).unwrap() };
+    let on = parse("[samples]\none_in = 100\n");
+    assert_eq!(
+        crate::config::Config { file: parse("[samples]\none_in = 100\n") }.kernel_config().sample_one_in,
+        100
+    );
+    assert_eq!(crate::config::Config { file: parse("") }.kernel_config().sample_one_in, 0, "off by default");
+    assert_eq!(decide(&parse(""), &on).unwrap().changed, ["samples.one_in"]);
+    for (text, key) in [
+        ("[samples]\ndir = \"/x\"", "samples.dir"),
+        ("[samples]\nmax_file_bytes = 5000", "samples.max_file_bytes"),
+        ("[samples]\nmax_files = 2", "samples.max_files"),
+    ] {
+        assert_eq!(decide(&parse(""), &parse(text)).unwrap_err().keys, [key], "{text}");
+        assert!(matches!(crate::config::reload::takes(key), Takes::Restart { .. }));
+    }
+}
