@@ -91,11 +91,14 @@ fn a_spoofed_floods_syns_are_found_in_the_sample_files() {
         .unwrap();
     agent.signal(libc::SIGHUP).unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    let more = Flood { count: 500, ..flood }.run(&lab).expect("flood").sent;
+    let sent_after = Flood { count: 500, ..flood }.run(&lab).expect("flood").sent;
     std::thread::sleep(Duration::from_secs(2));
     let after = agent.scrape().unwrap();
     let cookies_after = after.value("syndetector_packets_total{reason=\"cookie\",verdict=\"tx\"}").unwrap();
-    assert!(cookies_after >= cookies + 0.9 * more as f64, "still answering: {cookies} then {cookies_after}");
+    assert!(
+        cookies_after >= cookies + 0.9 * sent_after as f64,
+        "still answering: {cookies} then {cookies_after}"
+    );
     assert_eq!(
         after.value("syndetector_samples_written_total").unwrap(),
         written,
