@@ -1,7 +1,7 @@
 //! Packet samples: the record the XDP program hands the agent through the `SAMPLES` ring
 //! buffer, and the choice of which packets are sampled (see docs/samples.md).
 
-use crate::counters::{Counter, Verdict};
+use crate::counters::Counter;
 
 /// Bytes of each sampled frame that are kept: every header the parser reads (Ethernet, two
 /// VLAN tags, IPv6 with extension headers, TCP with options) fits; payload is cut.
@@ -67,15 +67,6 @@ pub const fn capture_len(frame_len: u32) -> u32 {
     }
 }
 
-/// Whether a packet counted in `counter` is worth a sample: the ones the host never saw
-/// (dropped) or answered itself (cookie SYN-ACKs). Passed packets reach the kernel, where
-/// an ordinary capture sees them.
-#[inline(always)]
-#[must_use]
-pub fn wanted(counter: Counter) -> bool {
-    matches!(counter.verdict(), Some(Verdict::Drop | Verdict::Tx))
-}
-
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only integers and a byte array, no implicit padding (size asserted).
 unsafe impl aya::Pod for SampleRecord {}
@@ -104,16 +95,6 @@ mod tests {
         assert_eq!(capture_len(60), 60);
         assert_eq!(capture_len(SNAP_LEN_U32), SNAP_LEN_U32);
         assert_eq!(capture_len(1514), SNAP_LEN_U32);
-    }
-
-    #[test]
-    fn only_drops_and_answers_are_wanted() {
-        assert!(wanted(Counter::DropBlocked));
-        assert!(wanted(Counter::DropCookieBudget));
-        assert!(wanted(Counter::TxCookie));
-        assert!(!wanted(Counter::PassSyn));
-        assert!(!wanted(Counter::PassMonitorBlocked));
-        assert!(!wanted(Counter::HandshakeCompleted));
     }
 
     #[test]

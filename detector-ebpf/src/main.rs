@@ -46,16 +46,20 @@ pub fn syndetector(ctx: XdpContext) -> u32 {
     }
     let counter = decide(&ctx, cfg);
     count(counter);
-    if sample::one_in(cfg) != 0 {
-        sample::emit(counter);
-    }
     // Every path ends in a verdict slot; an event slot here would be a bug, and passing
     // is the fail-open answer. XDP_ABORTED is never returned.
-    match counter.verdict() {
+    let action = match counter.verdict() {
         Some(Verdict::Drop) => xdp_action::XDP_DROP,
         Some(Verdict::Tx) => xdp_action::XDP_TX,
         Some(Verdict::Pass) | None => xdp_action::XDP_PASS,
+    };
+    // Only drops and answers are sampled (passed packets reach the kernel's own taps).
+    // Decided here, from the one `verdict()` above: a second use of it inside `emit` made
+    // LLVM move it out of line, a call on every packet (measured: 6-13 ns).
+    if action != xdp_action::XDP_PASS && sample::one_in(cfg) != 0 {
+        sample::emit(counter);
     }
+    action
 }
 
 #[inline(always)]

@@ -18,7 +18,7 @@ use aya_ebpf::{
 use detector_common::{
     config::Config,
     counters::Counter,
-    sample::{capture_len, chosen, wanted, SampleRecord, RING_BYTES, SNAP_LEN_U32},
+    sample::{capture_len, chosen, SampleRecord, RING_BYTES, SNAP_LEN_U32},
 };
 
 #[map(name = "SAMPLES")]
@@ -81,8 +81,9 @@ pub fn capture(ctx: &XdpContext, one_in: u32) {
     slot.cap_len = len;
 }
 
-/// After the verdict, with sampling on: sends the captured frame if the verdict wants a
-/// sample, and empties the slot. A full ring loses the sample and counts it.
+/// After a drop or an answer, with sampling on: sends the captured frame, if this packet
+/// was drawn, and empties the slot. A full ring loses the sample and counts it. (A slot
+/// left filled by a passed packet is emptied or refilled by the next `capture`.)
 #[inline(never)]
 pub fn emit(counter: Counter) {
     let Some(slot) = SCRATCH.get_ptr_mut(0) else {
@@ -93,13 +94,11 @@ pub fn emit(counter: Counter) {
     if slot.cap_len == 0 {
         return;
     }
-    if wanted(counter) {
-        slot.counter = counter as u32;
-        if SAMPLES.output::<SampleRecord>(&*slot, 0).is_err() {
-            if let Some(lost) = SAMPLES_LOST.get_ptr_mut(0) {
-                // SAFETY: per-CPU value, as above.
-                unsafe { *lost += 1 };
-            }
+    slot.counter = counter as u32;
+    if SAMPLES.output::<SampleRecord>(&*slot, 0).is_err() {
+        if let Some(lost) = SAMPLES_LOST.get_ptr_mut(0) {
+            // SAFETY: per-CPU value, as above.
+            unsafe { *lost += 1 };
         }
     }
     slot.cap_len = 0;
