@@ -43,9 +43,13 @@ pub struct Config {
     /// Keys the sketch's hashes, so a flood cannot be crafted offline to collide with a
     /// legitimate source in every row. Chosen at random by the agent.
     pub sketch_seed: u32,
+    /// Sample 1 in this many dropped or cookie-answered packets into the `SAMPLES` ring
+    /// buffer (see `sample`); 0 = off, which costs the program one compare per packet.
+    pub sample_one_in: u32,
+    pub _pad2: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 64);
 
 /// Verdicts are applied. Without it the program only counts what it would do (monitor).
 pub const FLAG_ENFORCE: u32 = 1 << 0;
@@ -90,6 +94,8 @@ impl Config {
             synack_wscale: 0,
             _pad: 0,
             sketch_seed: 0,
+            sample_one_in: 0,
+            _pad2: 0,
         }
     }
 

@@ -21,6 +21,7 @@ pub mod parse;
 pub mod policy;
 #[cfg(feature = "user")]
 pub mod procnet;
+pub mod sample;
 pub mod sketch;
 pub mod state;
 pub mod synack;

@@ -49,6 +49,14 @@ pub const MAP_DENY: &str = "DENY";
 /// Capacity of `ALLOW` and of `DENY` each (LPM tries allocate per entry, not up front).
 pub const LIST_CAPACITY: u32 = 16_384;
 
+/// `RingBuf` of `sample::SampleRecord`s (`sample::RING_BYTES`): 1 in `Config::sample_one_in`
+/// dropped or cookie-answered frames, as received, for the agent's capture files.
+pub const MAP_SAMPLES: &str = "SAMPLES";
+/// `PerCpuArray<u64>`, one slot: samples lost because `SAMPLES` was full.
+pub const MAP_SAMPLES_LOST: &str = "SAMPLES_LOST";
+/// `PerCpuArray<sample::SampleRecord>`, one slot: the frame captured before the verdict.
+pub const MAP_SAMPLE_SCRATCH: &str = "SAMPLE_SCRATCH";
+
 /// The layout of the maps the agent pins (docs/operations.md): a restarted agent whose
 /// version equals the pinned one adopts the pinned maps (counters and per-source state
 /// survive); any other version loads fresh maps and switches the link to its program.
@@ -58,7 +66,7 @@ pub const LIST_CAPACITY: u32 = 16_384;
 /// reordered or resized in a `#[repr(C)]` type such as `SourceState` or `Config`); the
 /// meaning of a slot (e.g. a `counters` index) or of a value. Map sizes are not part of
 /// it: the agent compares them itself and loads fresh maps when they differ.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.

@@ -7,6 +7,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use detector_common::{
+    config::Config,
     counters::Counter,
     lists::{self, ip_source},
     names::LIST_CAPACITY,
@@ -34,8 +35,12 @@ pub fn screen(src: &[u8; 16], flags: u32) -> Option<Counter> {
 
 /// A packet the TCP parser gave up on (`reason`): denied sources' other IP traffic
 /// (UDP, ICMP, fragments) is screened too; everything else keeps its parse verdict.
+// It takes the config, not the flags: the caller then keeps nothing of its own alive
+// across the parser's call (one stack slot more in the entry point's frame, plus the
+// parser's, passed the verifier's 512-byte limit).
 #[inline(never)]
-pub fn screen_not_tcp(ctx: &XdpContext, reason: NotTcp, flags: u32) -> Counter {
+pub fn screen_not_tcp(ctx: &XdpContext, reason: NotTcp, cfg: &Config) -> Counter {
+    let flags = if cfg.is_usable() { cfg.flags } else { 0 };
     if !lists::lists_active(flags) || !lists::screens_non_tcp(reason) {
         return reason.into();
     }

@@ -89,6 +89,7 @@ pub struct FileConfig {
     /// `state_dir/control.sock` when not set, so each agent has its own.
     pub control_socket: Option<PathBuf>,
     pub lists: ListFiles,
+    pub samples: Samples,
 }
 
 /// `[lists]`: files of prefixes always allowed / always denied (docs/control.md).
@@ -97,6 +98,31 @@ pub struct FileConfig {
 pub struct ListFiles {
     pub allow_files: Vec<PathBuf>,
     pub deny_files: Vec<PathBuf>,
+}
+
+/// Pcap samples of dropped and cookie-answered packets (see `samples`, docs/samples.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Samples {
+    /// Sample 1 in this many dropped or cookie-answered packets (0 = off).
+    pub one_in: u32,
+    /// Where the capture files go: created 0700, refused if a symlink or not ours.
+    pub dir: PathBuf,
+    /// A capture file is closed before it would grow past this.
+    pub max_file_bytes: u64,
+    /// At most this many capture files are kept; the oldest is deleted.
+    pub max_files: u32,
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Self {
+            one_in: 0,
+            dir: PathBuf::from("/var/lib/syndetector/samples"),
+            max_file_bytes: 16 * 1024 * 1024,
+            max_files: 8,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +215,7 @@ impl Default for FileConfig {
             policy: Policy::default(),
             control_socket: None,
             lists: ListFiles::default(),
+            samples: Samples::default(),
         }
     }
 }
@@ -341,6 +368,7 @@ impl Config {
         );
         k.sketch_width = self.file.maps.sketch_width;
         k.synack_window = self.file.cookies.window;
+        k.sample_one_in = self.file.samples.one_in;
         k
     }
 
@@ -442,17 +470,25 @@ pub fn validate(f: &FileConfig) -> Result<(), ConfigError> {
 }
 
 /// What `check-config` adds to `validate` without changing anything: an existing state
-/// directory must pass the checks `run` makes (a real directory, ours, not writable by
-/// others); a missing one is created by `run`.
-pub fn check_state_dir(f: &FileConfig) -> Result<(), ConfigError> {
-    if std::fs::symlink_metadata(&f.state_dir).is_err() {
+/// directory (and samples directory, with sampling on) must pass the checks `run` makes (a
+/// real directory, ours, not writable by others); a missing one is created by `run`.
+pub fn check_dirs(f: &FileConfig) -> Result<(), ConfigError> {
+    check_dir("state_dir", &f.state_dir)?;
+    if f.samples.one_in != 0 {
+        check_dir("samples.dir", &f.samples.dir)?;
+    }
+    Ok(())
+}
+
+fn check_dir(key: &'static str, dir: &Path) -> Result<(), ConfigError> {
+    if std::fs::symlink_metadata(dir).is_err() {
         return Ok(());
     }
-    crate::lock::StateDir::open(&f.state_dir, false).map(drop).map_err(|e| match e {
+    crate::lock::StateDir::open(dir, false).map(drop).map_err(|e| match e {
         crate::error::StateError::Dir { problem, .. } => {
-            invalid("state_dir", format!("{}: {problem}", f.state_dir.display()))
+            invalid(key, format!("{}: {problem}", dir.display()))
         }
-        other => invalid("state_dir", other.to_string()),
+        other => invalid(key, other.to_string()),
     })
 }
 
@@ -537,6 +573,7 @@ fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
         return Err(invalid("maps.sketch_width", format!("{} is not a power of two", maps.sketch_width)));
     }
     policy_config(&f.policy)?;
+    crate::samples::validate(&f.samples)?;
     Ok(())
 }
 

@@ -29,6 +29,7 @@ mod mode;
 mod pins;
 mod policy;
 mod prefix;
+mod samples;
 mod signals;
 mod status;
 mod sysctl;
@@ -100,8 +101,7 @@ fn main() -> ExitCode {
         Command::BenchPoll(args) => return control::bench::main(&args),
         Command::Ctl(cmd) => return ctl::client::main(cmd),
         Command::CheckConfig(args) => {
-            return match Config::load(&args).and_then(|cfg| config::check_state_dir(&cfg.file).map(|()| cfg))
-            {
+            return match Config::load(&args).and_then(|cfg| config::check_dirs(&cfg.file).map(|()| cfg)) {
                 Ok(cfg) => {
                     println!("configuration is valid");
                     print!("{}", config::memory::report(&cfg, config::memory::possible_cpus()));
@@ -170,6 +170,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         .iter()
         .map(|iface| lock::lock(&dir, &lock::iface_lock_name(iface), &format!("interface {iface}")))
         .collect::<Result<Vec<_>, _>>()?;
+    // With sampling on, its directory is checked (and created 0700) now, like the state dir.
+    let samples_dir = samples::reader::prepare_dir(&cfg.file.samples)?;
     // Its sysctls are the namespace's: one agent per namespace, whatever its state dir.
     let _netns_lock = lock::lock_netns(Path::new(lock::NETNS_LOCK_DIR))?;
     // Every descriptor a sysctl change needs is opened now; an unwritable state directory
@@ -222,6 +224,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let top = SharedTop::default();
     let config_map = loader::config_map(&mut ebpf)?;
     let maps = maps::Maps::take(&mut ebpf)?;
+    let samples = samples::reader::spawn(&mut ebpf, &cfg.file.samples, samples_dir, metrics.clone())?;
     let poll_interval = cfg.poll_interval();
     let (interfaces, attach_mode) = (cfg.file.interfaces.clone(), cfg.file.attach_mode);
     let keep_on_stop = cfg.file.on_stop == OnStop::Keep && pins.is_some();
@@ -269,6 +272,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     signals.wait(&commands).await;
     policy_feed.abort();
     ctl_server.abort();
+    samples.stop();
     server.abort();
     if let Some(pump) = log_pump {
         pump.abort();

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub interface_attached: IntGaugeVec,
     pub list_entries: IntGaugeVec,
     pub control_requests: IntCounterVec,
+    pub samples_written: IntCounter,
+    pub samples_lost: IntCounter,
+    pub sample_write_errors: IntCounter,
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -187,6 +190,18 @@ impl Metrics {
                 "syndetector_control_requests_total",
                 "Requests on the control socket, by command and result.",
                 &["command", "result"],
+            ),
+            samples_written: counter(
+                "syndetector_samples_written_total",
+                "Sampled dropped or cookie-answered packets written to the capture files.",
+            ),
+            samples_lost: counter(
+                "syndetector_samples_lost_total",
+                "Sampled packets lost because the program's sample ring buffer was full.",
+            ),
+            sample_write_errors: counter(
+                "syndetector_sample_write_errors_total",
+                "Sampled packets that could not be written (directory or disk problem; mitigation goes on).",
             ),
             registry: r,
         };

@@ -67,7 +67,7 @@ struct Case {
 }
 
 #[derive(Clone, Copy)]
-enum Family {
+pub(crate) enum Family {
     V4,
     V6,
 }
@@ -134,13 +134,14 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         "  tracked SYN: {many} / {few} sources  {:>8.2}   (LRU churn when sources outnumber the map)",
         net(7) / net(6)
     );
+    crate::bench_samples::main(&bytes, args.packets)?;
     if args.no_agent {
         return Ok(());
     }
     crate::bench_agent::main(args.many_sources)
 }
 
-fn detector_config(rate_limit: u32) -> Config {
+pub(crate) fn detector_config(rate_limit: u32) -> Config {
     let mut c = Config::new(rate_limit, 0, 60 * SEC, 3 * SEC);
     c.sketch_width = 16_384;
     c.sketch_seed = 0x5eed_1234;
@@ -299,7 +300,7 @@ fn counter(ebpf: &Ebpf, counter: Counter) -> Result<u64> {
 /// An untagged SYN from a client to BENCH_PORT with the options Linux sends
 /// (MSS, SACK-permitted, timestamp, window scale), padded so the helper floor can read
 /// 60 bytes of TCP header. Checksums are not checked on this path, so they stay zero.
-fn syn_frame(family: Family) -> Vec<u8> {
+pub(crate) fn syn_frame(family: Family) -> Vec<u8> {
     let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
     let tcp_len = 40u16;
     match family {
@@ -330,7 +331,7 @@ fn syn_frame(family: Family) -> Vec<u8> {
 
 /// Makes the frame's source the `n`th address of the bench population: inside
 /// 198.18.0.0/15 for IPv4 (at most 2^17 sources), 2001:2::/48 for IPv6.
-fn set_source(frame: &mut [u8], family: Family, n: u32) {
+pub(crate) fn set_source(frame: &mut [u8], family: Family, n: u32) {
     match family {
         Family::V4 => {
             let addr = 0xc612_0000 | (n & 0x1_ffff);

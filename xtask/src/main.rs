@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_samples;
 mod bench_verifier;
 mod build_ebpf;
 mod dist;

@@ -29,6 +29,7 @@ use detector_common::{
     counters::COUNTER_SLOTS,
     names,
     policy::IfacePolicy,
+    sample,
     state::{FlowKey, PendingFlow, SourceKey, SourceState},
     synack::OptionScratch,
 };
@@ -158,6 +159,9 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
         shape(names::MAP_DENY, Kind::LpmTrie, 4 + 16, 4, names::LIST_CAPACITY),
         shape(names::MAP_IFACES, Kind::Hash, 4, size_of::<IfacePolicy>(), IFACES_CAPACITY),
         shape("AYA_LOGS", Kind::RingBuf, 0, 0, LOG_RING_BYTES),
+        shape(names::MAP_SAMPLES, Kind::RingBuf, 0, 0, sample::RING_BYTES),
+        shape(names::MAP_SAMPLES_LOST, Kind::PerCpuArray, 4, 8, 1),
+        shape(names::MAP_SAMPLE_SCRATCH, Kind::PerCpuArray, 4, size_of::<sample::SampleRecord>(), 1),
     ]
 }
 

@@ -37,13 +37,18 @@ pub const KEYS: &[(&str, Takes)] = &[
     ("policy", Takes::Restart { why: "the policy watchers are started with it" }),
     ("control_socket", Takes::Restart { why: "the socket is bound at start" }),
     ("lists", Takes::Reload),
+    // The rate is part of the program's config; where and how much is written is fixed
+    // when the sample writer starts.
+    ("samples.one_in", Takes::Reload),
+    ("samples", Takes::Restart { why: "the sample writer is started with its directory and caps" }),
 ];
 
 /// How `key` (a `KEYS` name or a dotted key under one) takes effect.
 pub fn takes(key: &str) -> Takes {
     let section = key.split('.').next().unwrap_or(key);
     KEYS.iter()
-        .find(|(name, _)| *name == section)
+        .find(|(name, _)| *name == key)
+        .or_else(|| KEYS.iter().find(|(name, _)| *name == section))
         .map(|&(_, t)| t)
         .expect("every configuration key is in reload::KEYS")
 }
@@ -110,6 +115,7 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
         policy,
         control_socket,
         lists,
+        samples,
     } = new;
     let mut out = Vec::new();
     macro_rules! cmp {
@@ -150,6 +156,10 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
             "policy": policy_config(&old.policy).ok(), policy_config(policy).ok();
             "control_socket": &old.control_socket, control_socket;
             "lists": &old.lists, lists;
+            "samples.one_in": old.samples.one_in, samples.one_in;
+            "samples.dir": &old.samples.dir, &samples.dir;
+            "samples.max_file_bytes": old.samples.max_file_bytes, samples.max_file_bytes;
+            "samples.max_files": old.samples.max_files, samples.max_files;
         }
     }
     out
