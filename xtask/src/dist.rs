@@ -229,7 +229,7 @@ fn check_running(lab: &Lab, mut agent: Child) -> Result<()> {
             let meta =
                 std::fs::symlink_metadata(&path).with_context(|| format!("{what} {}", path.display()))?;
             ensure!(meta.uid() == TEST_UID, "{what} is owned by uid {}, not {TEST_UID}", meta.uid());
-            ensure!(meta.mode() & 0o077 == 0, "{what} is mode {:o}", meta.mode() & 0o7777);
+            ensure!(meta.mode() & 0o777 == 0o600, "{what} is mode {:o}, not 0600", meta.mode() & 0o7777);
         }
         let cookies = lab.sysctl_get(&lab.server_ns, "net.ipv4.tcp_syncookies")?;
         ensure!(cookies == "2", "tcp_syncookies is {cookies}, not 2");
