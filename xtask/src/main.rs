@@ -2,6 +2,8 @@
 
 mod bench;
 mod bench_agent;
+mod bench_report;
+mod bench_selftest;
 mod bench_verifier;
 mod build_ebpf;
 mod dist;
