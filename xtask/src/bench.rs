@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// Copy the report into BENCHMARKS.md and docs/bench.png.
     #[arg(long)]
     pub update_doc: bool,
+    /// Also the step-up floods in the lab (kernel cookies, nftables SYNPROXY, ours; a few
+    /// minutes): bench_flood.rs.
+    #[arg(long)]
+    pub flood: bool,
     /// Write the report here instead of target/bench-results/<UTC timestamp>.
     #[arg(long)]
     pub results: Option<std::path::PathBuf>,
@@ -188,6 +192,10 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         report.note("agent part skipped (--quick or --no-agent)");
     } else {
         crate::bench_agent::main(many, &mut report)?;
+    }
+    if args.flood && !args.quick {
+        let agent = crate::bench_agent::build()?;
+        crate::bench_flood::main(object, &agent, &mut report)?;
     }
     finish(args, &report)
 }

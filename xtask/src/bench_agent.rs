@@ -15,7 +15,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::{bench_report::Report, run, workspace_root};
 
-pub fn main(sources: u32, report: &mut Report) -> Result<()> {
+/// Builds the release agent (embedding the release XDP object) and returns its path.
+pub fn build() -> Result<std::path::PathBuf> {
     run(Command::new("cargo").current_dir(workspace_root()).args([
         "build",
         "--release",
@@ -23,7 +24,11 @@ pub fn main(sources: u32, report: &mut Report) -> Result<()> {
         "detector-user",
     ]))
     .context("building the agent")?;
-    let agent = workspace_root().join("target/release/syndetector");
+    Ok(workspace_root().join("target/release/syndetector"))
+}
+
+pub fn main(sources: u32, report: &mut Report) -> Result<()> {
+    let agent = build()?;
     // The bench runs in a private network namespace, whose loopback starts down.
     run(Command::new("ip").args(["link", "set", "dev", "lo", "up"]))?;
     println!("\nagent: poll and scrape with {sources} entries in the per-source map");

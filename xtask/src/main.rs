@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_flood;
 mod bench_report;
 mod bench_selftest;
 mod bench_verifier;
