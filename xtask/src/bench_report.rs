@@ -249,10 +249,25 @@ pub fn update_doc(report: &Report, png: &Path) -> Result<()> {
          Benchmarks section and the `//!` comments of `xtask/src/bench*.rs`.\n\n\
          Commands:\n\n\
          ```sh\n\
-         sudo cargo xtask bench                 # everything but the flood; --update-doc rewrites this file\n\
+         sudo cargo xtask bench --flood --update-doc  # everything (about 4 minutes); rewrites this file\n\
+         sudo cargo xtask bench                 # everything but the floods\n\
          sudo cargo xtask bench --quick         # a smoke run: few packets, no 1M-entry agent part\n\
          sudo cargo xtask bench --verifier-only # instructions processed and load time per program\n\
          ```\n\n\
+         Reading the figures:\n\n\
+         - The machine is a 2-core VM shared with other builds and tests: figures move between\n  \
+           runs (tens of percent for the agent's poll and the per-path times); the load average\n  \
+           at the start is given. Targets are stated, never enforced.\n\
+         - Per path: ns per SYN minus a trivial XDP_PASS, one BPF_PROG_TEST_RUN per fresh\n  \
+           packet, the path proven by the program's counters. The selftest peer is timed the same\n  \
+           way on the same SYNs (with real checksums, which it checks).\n\
+         - Floods (docs/lab.md): veth, so the receiver's work runs on the sender's CPU; a defence\n  \
+           that costs more per SYN also lowers the rate the sender reaches, and the report says\n  \
+           whether the sender or the defence was the limit. CPU per SYN is softirq time above a\n  \
+           control dropped at the veth's ingress: a lower bound, noisy at low rates. nftables\n  \
+           SYNPROXY lost a few legit requests at the first step in every run here (connected, no\n  \
+           response within the 1 s client timeout); the cause was not investigated, and its\n  \
+           configuration (the nftables wiki's) may deserve a second look.\n\n\
          ## Latest run\n\n{}\n\
          ![ns per SYN, ours, the baselines and the kernel selftest](docs/bench.png)\n",
         report.markdown()
