@@ -32,6 +32,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "setpriv: the packaged agent run as a non-root user with capabilities"),
     ("python3-venv", "a virtualenv for kubernetes-validate (the DaemonSet check)"),
     ("g++", "libFuzzer (C++), built by cargo xtask fuzz"),
+    (
+        "linux-source-6.12",
+        "the kernel selftest xdp_synproxy_kern, the bench's peer (extracted under target/)",
+    ),
+    ("clang-22", "compiles the selftest peer (-target bpf; the LLVM bpf-linker uses)"),
+    ("libbpf-dev", "bpf_helpers.h for the selftest peer"),
+    ("fonts-dejavu-core", "the font of the bench's plot (bench.png)"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Validates the DaemonSet manifest against the Kubernetes schemas (deploy/kubernetes/check.sh),
