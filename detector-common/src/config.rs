@@ -58,6 +58,9 @@ pub const FLAG_COOKIE_ECN: u32 = 1 << 3;
 /// Answer only SYNs to ports marked `PORT_ANSWER` in `PORT_POLICY` (the operator listed
 /// the ports to answer for); without it every port not marked `PORT_KERNEL` is answered.
 pub const FLAG_LISTED_PORTS_ONLY: u32 = 1 << 4;
+/// Tracking gives exact per-source state only to sources the sketch counts near a limit
+/// (`track::promotion_threshold`); the others are counted in the sketch alone.
+pub const FLAG_SKETCH_ADMISSION: u32 = 1 << 5;
 
 impl Config {
     /// A config with the derived fields filled in. `handshake_timeout_ns` must be at least

@@ -163,10 +163,13 @@ impl Model {
         Counter::PassTcp
     }
 
-    /// detector-ebpf/src/track.rs `on_syn`.
+    /// detector-ebpf/src/track.rs `on_syn`. The generated limits (at most 5, timeouts that
+    /// never expire) make every source tracked from its first SYN, so the sketch that holds
+    /// sources back from exact state is never consulted (and its epoch clock stays out).
     fn on_syn(&mut self, seg: &TcpSegment, now: u64, ev: &mut [u64]) -> Counter {
         let cfg = self.cfg;
-        let state = self.sources.entry(seg.src).or_insert_with(|| SourceState::new(now, &cfg));
+        assert_eq!(track::promotion_threshold(&cfg), 1, "the model has no sketch");
+        let state = self.sources.entry(seg.src).or_insert_with(|| SourceState::promoted(now, &cfg, 1));
         ev[Counter::HandshakeFailed as usize] += u64::from(state.age(now, &cfg));
         if state.is_blocked(now) {
             let _ = track::on_syn(state, now, &cfg, false);
