@@ -96,6 +96,10 @@ pub struct Thresholds {
     pub half_open_limit: u32,
     pub block_ttl_secs: u64,
     pub handshake_timeout_ms: u64,
+    /// Exact per-source state only for sources the sketch counts near a limit; the others
+    /// are counted in the sketch alone (flat cost under many-source floods; see
+    /// docs/tracking.md for what the handshake counters then leave out).
+    pub sketch_admission: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,7 +185,13 @@ impl Default for FileConfig {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self { syn_rate_limit: 200, half_open_limit: 100, block_ttl_secs: 60, handshake_timeout_ms: 3000 }
+        Self {
+            syn_rate_limit: 200,
+            half_open_limit: 100,
+            block_ttl_secs: 60,
+            handshake_timeout_ms: 3000,
+            sketch_admission: false,
+        }
     }
 }
 
@@ -327,6 +337,15 @@ impl Config {
     pub fn policy(&self) -> PolicyConfig {
         // validate() already refused anything that does not convert.
         policy_config(&self.file.policy).unwrap_or_default()
+    }
+
+    /// The program flags that follow from the config alone, whatever the mode.
+    pub fn config_flags(&self) -> u32 {
+        if self.file.thresholds.sketch_admission {
+            detector_common::config::FLAG_SKETCH_ADMISSION
+        } else {
+            0
+        }
     }
 
     pub fn sketch_cells(&self) -> u32 {

@@ -131,6 +131,7 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
             "thresholds.half_open_limit": old.thresholds.half_open_limit, thresholds.half_open_limit;
             "thresholds.block_ttl_secs": old.thresholds.block_ttl_secs, thresholds.block_ttl_secs;
             "thresholds.handshake_timeout_ms": old.thresholds.handshake_timeout_ms, thresholds.handshake_timeout_ms;
+            "thresholds.sketch_admission": old.thresholds.sketch_admission, thresholds.sketch_admission;
             "detection.enter_syn_rate": old.detection.enter_syn_rate, detection.enter_syn_rate;
             "detection.exit_syn_rate": old.detection.exit_syn_rate, detection.exit_syn_rate;
             "detection.enter_half_open": old.detection.enter_half_open, detection.enter_half_open;

@@ -124,3 +124,17 @@ fn kernel_config_converts_units() {
     assert_eq!(k.handshake_timeout_ns, 3_000_000_000);
     assert!(k.is_usable());
 }
+
+#[test]
+fn sketch_admission_is_off_by_default_and_sets_its_program_flag() {
+    use detector_common::config::FLAG_SKETCH_ADMISSION;
+    let off = with_lo("");
+    assert!(!off.thresholds.sketch_admission);
+    let on = with_lo("[thresholds]\nsketch_admission = true\n");
+    validate(&on).unwrap();
+    assert!(on.thresholds.sketch_admission);
+    let plan = reload::decide(&off, &on).unwrap();
+    assert_eq!(plan.changed, ["thresholds.sketch_admission"], "reloadable, applied by name");
+    assert_eq!(Config { file: off }.config_flags(), 0);
+    assert_eq!(Config { file: on }.config_flags(), FLAG_SKETCH_ADMISSION);
+}

@@ -140,7 +140,9 @@ impl Controller {
         let mode = self.cfg.file.mode;
         let under_attack = self.detector.under_attack();
         let mut program = self.kernel_cfg;
-        program.flags = mode.flags(under_attack, c.timestamps, c.ecn) | self.reconcile.extra_flags();
+        program.flags = mode.flags(under_attack, c.timestamps, c.ecn)
+            | self.reconcile.extra_flags()
+            | self.cfg.config_flags();
         Desired { cookies: mode.cookies_active(under_attack), cookie_timestamps: c.timestamps, program }
     }
 
