@@ -119,10 +119,12 @@ counters! {
     /// An untagged SYN on an interface whose NIC strips VLAN tags: it may have been tagged,
     /// and a reply from XDP would leave untagged.
     PassCookieVlanOffload = 30, Some(Verdict::Pass), "cookie_vlan_offload";
+    /// A SYN to a port the operator did not list as protected (`protected_ports`).
+    PassUnprotectedPort = 31, Some(Verdict::Pass), "unprotected_port";
 }
 
 /// Number of slots in the counter array.
-pub const COUNTER_SLOTS: u32 = 31;
+pub const COUNTER_SLOTS: u32 = 32;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_SLOTS as usize);
 
@@ -149,6 +151,7 @@ impl Counter {
                 | Counter::PassNotLocal
                 | Counter::PassCookieKernelPolicy
                 | Counter::PassCookieVlanOffload
+                | Counter::PassUnprotectedPort
         )
     }
 
@@ -158,7 +161,13 @@ impl Counter {
     #[must_use]
     pub const fn counts_toward_detection(self) -> bool {
         self.is_syn()
-            && !matches!(self, Counter::DropBlocked | Counter::PassMonitorBlocked | Counter::PassNotLocal)
+            && !matches!(
+                self,
+                Counter::DropBlocked
+                    | Counter::PassMonitorBlocked
+                    | Counter::PassNotLocal
+                    | Counter::PassUnprotectedPort
+            )
     }
 
     /// What monitor mode counts instead: every drop becomes a pass that says what would

@@ -40,6 +40,10 @@ pub const MAP_IFACES: &str = "IFACES";
 /// `Array<[u64; 2]>`, one slot: [start of the current second, SYN-ACKs sent in it], shared
 /// by all CPUs so the budget holds host-wide.
 pub const MAP_COOKIE_BUDGET: &str = "COOKIE_BUDGET";
+/// Hash map: destination port (u32, host order) → `ports::PortLimits`. Not pinned: the
+/// agent rewrites it from its config on every poll.
+pub const MAP_PORT_LIMITS: &str = "PORT_LIMITS";
+pub const PORT_LIMITS_CAPACITY: u32 = 1_024;
 
 /// The layout of the maps the agent pins (docs/operations.md): a restarted agent whose
 /// version equals the pinned one adopts the pinned maps (counters and per-source state

@@ -12,6 +12,7 @@ mod cookie;
 mod events;
 mod packet;
 mod policy;
+mod ports;
 mod probe;
 mod stats;
 mod syncookie;
@@ -65,6 +66,11 @@ fn decide(ctx: &XdpContext) -> Counter {
         if !policy::is_local(&seg) {
             return Counter::PassNotLocal;
         }
+        // Per-port limits and protected ports (a copy of the config with the port's limits).
+        let Some(port_cfg) = ports::config_for(&seg, cfg) else {
+            return Counter::PassUnprotectedPort;
+        };
+        let cfg = &port_cfg;
         let counter = if cfg.has(FLAG_COOKIES) {
             // Blocked sources first (they are dropped whatever their destination), then
             // what policy leaves to the kernel, and only then the budget and the helper.
