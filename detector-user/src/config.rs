@@ -3,10 +3,11 @@
 //! SIGHUP applies and which need a restart; `memory`: the kernel memory its maps take.
 
 pub mod memory;
+pub mod ports;
 pub mod reload;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -85,6 +86,19 @@ pub struct FileConfig {
     pub cookies: Cookies,
     pub maps: Maps,
     pub policy: Policy,
+    /// The only local ports tracked, blocked and answered; SYNs to others pass (counted
+    /// as `unprotected_port`). Absent: every port.
+    pub protected_ports: Option<Vec<u16>>,
+    /// Per-port limits where they differ from `[thresholds]`, keyed by port (`[ports."443"]`).
+    pub ports: BTreeMap<String, PortThresholds>,
+}
+
+/// `[ports."P"]`: limits for SYNs to local port P (each absent one: `[thresholds]`'s).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortThresholds {
+    pub syn_rate_limit: Option<u32>,
+    pub half_open_limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +193,8 @@ impl Default for FileConfig {
             cookies: Cookies::default(),
             maps: Maps::default(),
             policy: Policy::default(),
+            protected_ports: None,
+            ports: BTreeMap::new(),
         }
     }
 }
@@ -480,6 +496,7 @@ fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
     let thresholds = &f.thresholds;
     in_range("thresholds.block_ttl_secs", thresholds.block_ttl_secs, 1, 86_400)?;
     in_range("thresholds.handshake_timeout_ms", thresholds.handshake_timeout_ms, 10, 600_000)?;
+    ports::validate(f)?;
     let detection = &f.detection;
     // Calm is "below the exit value" (detect.rs): an exit value below the minimum could
     // never be undercut, and attack mode would never end. So exit ≥ minimum, exit ≤ enter.

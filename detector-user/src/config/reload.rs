@@ -35,6 +35,8 @@ pub const KEYS: &[(&str, Takes)] = &[
     ("cookies", Takes::Reload),
     ("maps", Takes::Restart { why: "map sizes are fixed when the program is loaded" }),
     ("policy", Takes::Restart { why: "the policy watchers are started with it" }),
+    ("protected_ports", Takes::Reload),
+    ("ports", Takes::Reload),
 ];
 
 /// How `key` (a `KEYS` name or a dotted key under one) takes effect.
@@ -106,6 +108,8 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
         cookies,
         maps,
         policy,
+        protected_ports,
+        ports,
     } = new;
     let mut out = Vec::new();
     macro_rules! cmp {
@@ -145,6 +149,8 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
             "maps.pending": old.maps.pending, maps.pending;
             "maps.sketch_width": old.maps.sketch_width, maps.sketch_width;
             "policy": policy_config(&old.policy).ok(), policy_config(policy).ok();
+            "protected_ports": &old.protected_ports, protected_ports;
+            "ports": &old.ports, ports;
         }
     }
     out

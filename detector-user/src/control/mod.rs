@@ -11,6 +11,7 @@
 #[doc(hidden)]
 pub mod bench;
 mod counters;
+pub mod ports;
 pub mod reconcile;
 mod records;
 mod sources;
@@ -201,6 +202,7 @@ impl Controller {
         kernel_cfg.cookie_budget_per_second = new.file.cookies.budget_per_second;
         self.kernel_cfg = kernel_cfg;
         self.detector.set_thresholds(new.detection());
+        self.reconcile.configure(&new);
         self.cfg = new;
         self.publish_settings();
         // The window scale is re-read from the sysctls here too.

@@ -30,7 +30,10 @@ pub const WHAT_PROGRAM_CONFIG: &str = "program_config";
 pub const WHAT_WINDOW_SCALE: &str = "window_scale";
 /// The cookie policy maps (`policy::feed::PolicyStep`).
 pub const WHAT_POLICY: &str = "policy";
-pub const BUILTIN: [&str; 4] = [WHAT_SYSCTLS, WHAT_PROGRAM_CONFIG, WHAT_WINDOW_SCALE, WHAT_POLICY];
+/// The per-port limits map (`control::ports::PortStep`).
+pub const WHAT_PORT_LIMITS: &str = "port_limits";
+pub const BUILTIN: [&str; 5] =
+    [WHAT_SYSCTLS, WHAT_PROGRAM_CONFIG, WHAT_WINDOW_SCALE, WHAT_POLICY, WHAT_PORT_LIMITS];
 
 /// The host's sysctls (`sysctl::Sysctls` in production).
 pub trait SysctlAccess {
@@ -72,6 +75,8 @@ pub trait Reconciler: Send {
     fn program_flags(&self) -> u32 {
         0
     }
+    /// A reloaded configuration (SIGHUP): take the desired state it implies.
+    fn configure(&mut self, _cfg: &crate::config::Config) {}
 }
 
 /// What the agent wants applied now.
@@ -131,6 +136,13 @@ impl Reconcile {
             backoff: Default::default(),
             others: others.into_iter().map(|r| (r, Backoff::default())).collect(),
             wscale: None,
+        }
+    }
+
+    /// Hands a reloaded configuration to the other steps.
+    pub fn configure(&mut self, cfg: &crate::config::Config) {
+        for (r, _) in &mut self.others {
+            r.configure(cfg);
         }
     }
 
