@@ -148,6 +148,9 @@ impl Model {
             if seg.dst != detector_common::parse::ipv4_mapped(SERVER4) && seg.dst != SERVER6 {
                 return Counter::PassNotLocal;
             }
+            // detector-ebpf/src/ports.rs: no per-port policy is generated, so every port is
+            // protected with the config's limits.
+            assert!(!detector_common::ports::needs_lookup(&self.cfg), "the model has no port table");
             let counter = if self.cfg.has(FLAG_COOKIES) {
                 self.screen_for_cookie(&seg, now)
                     .or_else(|| self.policy(&seg))
