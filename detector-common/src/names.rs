@@ -54,7 +54,8 @@ pub const PORT_LIMITS_CAPACITY: u32 = 1_024;
 /// reordered or resized in a `#[repr(C)]` type such as `SourceState` or `Config`); the
 /// meaning of a slot (e.g. a `counters` index) or of a value. Map sizes are not part of
 /// it: the agent compares them itself and loads fresh maps when they differ.
-pub const LAYOUT_VERSION: u32 = 1;
+/// 2: `COUNTERS` gained `unprotected_port` (slot 31), `CONFIG` the admission and port flags.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.
