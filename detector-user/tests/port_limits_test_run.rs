@@ -7,7 +7,7 @@ mod common;
 use aya::maps::HashMap;
 use common::{Detector, XDP_DROP, XDP_PASS};
 use detector_common::{
-    config::{Config, FLAG_PORT_LIMITS, FLAG_PROTECTED_PORTS_ONLY},
+    config::{Config, FLAG_COOKIES, FLAG_PORT_LIMITS, FLAG_PROTECTED_PORTS_ONLY},
     counters::Counter,
     names,
     parse::ipv4_mapped,
@@ -132,4 +132,24 @@ fn with_protected_ports_listed_the_others_pass_untracked() {
     expect(&det, "protected", &syn(7, 46_000, STRICT), XDP_PASS, Counter::PassSyn);
     expect(&det, "protected", &syn(7, 46_001, STRICT), XDP_PASS, Counter::PassSyn);
     expect(&det, "protected, over its limit", &syn(7, 46_002, STRICT), XDP_DROP, Counter::DropOverLimit);
+
+    // Cookie mode: an unprotected port is not answered either (it passes before the
+    // responder), and its sources are not screened.
+    let mut cookie = config(FLAG_PORT_LIMITS | FLAG_PROTECTED_PORTS_ONLY | FLAG_COOKIES);
+    cookie.sketch_width = 16_384;
+    det.set_config(cookie);
+    expect(
+        &det,
+        "cookie mode, unprotected port",
+        &syn(8, 47_000, OTHER),
+        XDP_PASS,
+        Counter::PassUnprotectedPort,
+    );
+    expect(
+        &det,
+        "cookie mode, blocked source, unprotected port",
+        &syn(7, 47_001, OTHER),
+        XDP_PASS,
+        Counter::PassUnprotectedPort,
+    );
 }
