@@ -4,8 +4,8 @@
 //! Per-source state stays per source: a SYN is accounted to its source as always, and
 //! compared with the limits of the port it is for. So a source blocked by one port's lower
 //! limit is blocked on every protected port (a block is per source; unprotected ports pass
-//! everyone), and a source spreading SYNs
-//! over ports counts them all against whichever port's limit the next SYN meets.
+//! everyone), and a source spreading SYNs over ports counts them all against whichever
+//! port's limit the next SYN meets.
 
 use crate::config::{Config, FLAG_PORT_LIMITS, FLAG_PROTECTED_PORTS_ONLY};
 
