@@ -157,7 +157,8 @@ impl SourceState {
     /// this SYN included. The earlier ones are taken as sent in the current rate window and
     /// still pending (their flows were not recorded, so they cannot complete: they expire
     /// as failed); `on_syn` then counts this SYN. So a source flooding from its first SYN
-    /// is blocked at the same SYN as if it had been tracked all along.
+    /// is blocked at the same SYN as if it had been tracked all along, when those SYNs
+    /// share a sketch epoch (an earlier epoch's are not carried over).
     #[must_use]
     pub fn promoted(now_ns: u64, cfg: &Config, estimate: u32) -> Self {
         let mut state = Self::new(now_ns, cfg);
