@@ -69,6 +69,14 @@ pub const FLAG_OFF: u32 = 1 << 5;
 pub const FLAG_ALLOW_LIST: u32 = 1 << 6;
 /// The `DENY` trie has entries: look sources up in it.
 pub const FLAG_DENY_LIST: u32 = 1 << 7;
+/// Tracking gives exact per-source state only to sources the sketch counts near a limit
+/// (`track::promotion_threshold`); the others are counted in the sketch alone.
+pub const FLAG_SKETCH_ADMISSION: u32 = 1 << 8;
+/// `PORT_LIMITS` holds per-port limits: look the SYN's destination port up (`ports`).
+pub const FLAG_PORT_LIMITS: u32 = 1 << 9;
+/// Only ports marked `PORT_PROTECTED` in `PORT_LIMITS` are tracked, blocked and answered;
+/// SYNs to the others pass (`unprotected_port`).
+pub const FLAG_PROTECTED_PORTS_ONLY: u32 = 1 << 10;
 
 impl Config {
     /// A config with the derived fields filled in. `handshake_timeout_ns` must be at least

@@ -127,10 +127,12 @@ counters! {
     DropDenied = 33, Some(Verdict::Drop), "denied";
     /// Monitor mode: the packet would have been dropped, its source being denied.
     PassMonitorDenied = 34, Some(Verdict::Pass), "monitor_denied";
+    /// A SYN to a port the operator did not list as protected (`protected_ports`).
+    PassUnprotectedPort = 35, Some(Verdict::Pass), "unprotected_port";
 }
 
 /// Number of slots in the counter array.
-pub const COUNTER_SLOTS: u32 = 35;
+pub const COUNTER_SLOTS: u32 = 36;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_SLOTS as usize);
 
@@ -157,6 +159,7 @@ impl Counter {
                 | Counter::PassNotLocal
                 | Counter::PassCookieKernelPolicy
                 | Counter::PassCookieVlanOffload
+                | Counter::PassUnprotectedPort
         )
     }
 
@@ -166,7 +169,13 @@ impl Counter {
     #[must_use]
     pub const fn counts_toward_detection(self) -> bool {
         self.is_syn()
-            && !matches!(self, Counter::DropBlocked | Counter::PassMonitorBlocked | Counter::PassNotLocal)
+            && !matches!(
+                self,
+                Counter::DropBlocked
+                    | Counter::PassMonitorBlocked
+                    | Counter::PassNotLocal
+                    | Counter::PassUnprotectedPort
+            )
     }
 
     /// What monitor mode counts instead: every drop becomes a pass that says what would

@@ -19,6 +19,7 @@ pub mod names;
 pub mod packet;
 pub mod parse;
 pub mod policy;
+pub mod ports;
 #[cfg(feature = "user")]
 pub mod procnet;
 pub mod sample;

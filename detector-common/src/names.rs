@@ -57,6 +57,11 @@ pub const MAP_SAMPLES_LOST: &str = "SAMPLES_LOST";
 /// `PerCpuArray<sample::SampleRecord>`, one slot: the frame captured before the verdict.
 pub const MAP_SAMPLE_SCRATCH: &str = "SAMPLE_SCRATCH";
 
+/// Hash map: destination port (u32, host order) → `ports::PortLimits`. Not pinned: the
+/// agent rewrites it from its config on every poll.
+pub const MAP_PORT_LIMITS: &str = "PORT_LIMITS";
+pub const PORT_LIMITS_CAPACITY: u32 = 1_024;
+
 /// The layout of the maps the agent pins (docs/operations.md): a restarted agent whose
 /// version equals the pinned one adopts the pinned maps (counters and per-source state
 /// survive); any other version loads fresh maps and switches the link to its program.
@@ -66,7 +71,9 @@ pub const MAP_SAMPLE_SCRATCH: &str = "SAMPLE_SCRATCH";
 /// reordered or resized in a `#[repr(C)]` type such as `SourceState` or `Config`); the
 /// meaning of a slot (e.g. a `counters` index) or of a value. Map sizes are not part of
 /// it: the agent compares them itself and loads fresh maps when they differ.
-pub const LAYOUT_VERSION: u32 = 3;
+/// 4: `COUNTERS` gained `unprotected_port` (slot 35), `CONFIG` the admission and port
+/// flags (bits 8 to 10).
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.

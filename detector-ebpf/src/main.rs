@@ -14,6 +14,7 @@ mod events;
 mod lists;
 mod packet;
 mod policy;
+mod ports;
 mod probe;
 mod sample;
 mod stats;
@@ -87,26 +88,43 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> Counter {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if seg.is_syn() {
-        // In every mode: a SYN for another machine (routed, forwarded) is neither tracked
-        // nor answered; its handshake is not ours to judge.
-        if !policy::is_local(&seg) {
-            return Counter::PassNotLocal;
-        }
-        let counter = if cfg.has(FLAG_COOKIES) {
-            // Blocked sources first (they are dropped whatever their destination), then
-            // what policy leaves to the kernel, and only then the budget and the helper.
-            track::screen_for_cookie(ctx, &seg, cfg, now)
-                .or_else(|| policy::leave_to_kernel(ctx, &seg, cfg))
-                .unwrap_or_else(|| cookie::answer_syn(ctx, &seg, cfg, now))
-        } else {
-            track::on_syn(ctx, &seg, cfg, now)
-        };
-        return if cfg.has(FLAG_ENFORCE) { counter } else { counter.monitored() };
+        return on_syn(ctx, &seg, cfg, now);
     }
     if seg.may_complete_handshake() {
         track::on_ack(&seg, cfg, now);
     }
     Counter::PassTcp
+}
+
+/// A connection request. A BPF-to-BPF call: the per-port copy of the config lives in this
+/// frame, not in the entry point's, whose frame plus the parser's is at the verifier's
+/// 512-byte limit (docs/verifier.md).
+#[inline(never)]
+fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
+    // In every mode: a SYN for another machine (routed, forwarded) is neither tracked
+    // nor answered; its handshake is not ours to judge.
+    if !policy::is_local(seg) {
+        return Counter::PassNotLocal;
+    }
+    // Per-port limits and protected ports (a copy of the config with the port's limits).
+    let Some(port_cfg) = ports::config_for(seg, cfg) else {
+        return Counter::PassUnprotectedPort;
+    };
+    let cfg = &port_cfg;
+    let counter = if cfg.has(FLAG_COOKIES) {
+        // Blocked sources first (they are dropped whatever their destination), then
+        // what policy leaves to the kernel, and only then the budget and the helper.
+        track::screen_for_cookie(ctx, seg, cfg, now)
+            .or_else(|| policy::leave_to_kernel(ctx, seg, cfg))
+            .unwrap_or_else(|| cookie::answer_syn(ctx, seg, cfg, now))
+    } else {
+        track::on_syn(ctx, seg, cfg, now)
+    };
+    if cfg.has(FLAG_ENFORCE) {
+        counter
+    } else {
+        counter.monitored()
+    }
 }
 
 /// The parser as a BPF-to-BPF call: its temporaries live in its own stack frame, which

@@ -3,10 +3,11 @@
 //! SIGHUP applies and which need a restart; `memory`: the kernel memory its maps take.
 
 pub mod memory;
+pub mod ports;
 pub mod reload;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -90,6 +91,11 @@ pub struct FileConfig {
     pub control_socket: Option<PathBuf>,
     pub lists: ListFiles,
     pub samples: Samples,
+    /// The only local ports tracked, blocked and answered; SYNs to others pass (counted
+    /// as `unprotected_port`). Absent: every port.
+    pub protected_ports: Option<Vec<u16>>,
+    /// Per-port limits where they differ from `[thresholds]`, keyed by port (`[ports."443"]`).
+    pub ports: BTreeMap<String, PortThresholds>,
 }
 
 /// `[lists]`: files of prefixes always allowed / always denied (docs/control.md).
@@ -125,6 +131,14 @@ impl Default for Samples {
     }
 }
 
+/// `[ports."P"]`: limits for SYNs to local port P (each absent one: `[thresholds]`'s).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortThresholds {
+    pub syn_rate_limit: Option<u32>,
+    pub half_open_limit: Option<u32>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Thresholds {
@@ -134,6 +148,10 @@ pub struct Thresholds {
     pub half_open_limit: u32,
     pub block_ttl_secs: u64,
     pub handshake_timeout_ms: u64,
+    /// Exact per-source state only for sources the sketch counts near a limit; the others
+    /// are counted in the sketch alone (flat cost under many-source floods; see
+    /// docs/tracking.md for what the handshake counters then leave out).
+    pub sketch_admission: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,13 +234,21 @@ impl Default for FileConfig {
             control_socket: None,
             lists: ListFiles::default(),
             samples: Samples::default(),
+            protected_ports: None,
+            ports: BTreeMap::new(),
         }
     }
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self { syn_rate_limit: 200, half_open_limit: 100, block_ttl_secs: 60, handshake_timeout_ms: 3000 }
+        Self {
+            syn_rate_limit: 200,
+            half_open_limit: 100,
+            block_ttl_secs: 60,
+            handshake_timeout_ms: 3000,
+            sketch_admission: false,
+        }
     }
 }
 
@@ -378,6 +404,15 @@ impl Config {
         policy_config(&self.file.policy).unwrap_or_default()
     }
 
+    /// The program flags that follow from the config alone, whatever the mode.
+    pub fn config_flags(&self) -> u32 {
+        if self.file.thresholds.sketch_admission {
+            detector_common::config::FLAG_SKETCH_ADMISSION
+        } else {
+            0
+        }
+    }
+
     pub fn sketch_cells(&self) -> u32 {
         SKETCH_ROWS * self.file.maps.sketch_width
     }
@@ -526,6 +561,7 @@ fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
     let thresholds = &f.thresholds;
     in_range("thresholds.block_ttl_secs", thresholds.block_ttl_secs, 1, 86_400)?;
     in_range("thresholds.handshake_timeout_ms", thresholds.handshake_timeout_ms, 10, 600_000)?;
+    ports::validate(f)?;
     let detection = &f.detection;
     // Calm is "below the exit value" (detect.rs): an exit value below the minimum could
     // never be undercut, and attack mode would never end. So exit ≥ minimum, exit ≤ enter.

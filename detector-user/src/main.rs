@@ -217,6 +217,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         tokio::task::block_in_place(|| policy::feed::start(cfg.policy(), ifaces))
             .context("watching the host's addresses and NAT rules (rtnetlink, nftables)")?;
     let policy_step = policy::feed::PolicyStep::new(policy_maps, desired_policy.clone());
+    // Per-port limits and protected ports: written before attaching, reloaded on SIGHUP.
+    let port_step = control::ports::PortStep::take(&mut ebpf, &cfg).map_err(anyhow::Error::msg)?;
 
     let metrics = Arc::new(Metrics::new());
     let list_step = ctl.list_step(&mut ebpf, metrics.clone())?;
@@ -240,7 +242,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
             sysctls,
             metrics.clone(),
             top.clone(),
-            vec![Box::new(policy_step), Box::new(list_step)],
+            vec![Box::new(policy_step), Box::new(list_step), Box::new(port_step)],
         )
     });
 

@@ -2,9 +2,9 @@
 
 mod bench;
 mod bench_agent;
-mod bench_samples;
 mod bench_flood;
 mod bench_report;
+mod bench_samples;
 mod bench_selftest;
 mod bench_verifier;
 mod build_ebpf;

@@ -154,6 +154,13 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
         shape("EVENT_BUDGET", Kind::PerCpuArray, 4, 16, 1),
         shape(names::MAP_LOCAL_ADDRS, Kind::Hash, 16, 4, names::LOCAL_ADDRS_CAPACITY),
         shape(names::MAP_PORT_POLICY, Kind::Array, 4, 4, PORT_SLOTS),
+        shape(
+            names::MAP_PORT_LIMITS,
+            Kind::Hash,
+            4,
+            size_of::<detector_common::ports::PortLimits>(),
+            names::PORT_LIMITS_CAPACITY,
+        ),
         shape(names::MAP_KERNEL_DESTS, Kind::LpmTrie, 4 + 16, 4, names::KERNEL_DESTS_CAPACITY),
         shape(names::MAP_ALLOW, Kind::LpmTrie, 4 + 16, 4, names::LIST_CAPACITY),
         shape(names::MAP_DENY, Kind::LpmTrie, 4 + 16, 4, names::LIST_CAPACITY),

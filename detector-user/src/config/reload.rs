@@ -41,6 +41,8 @@ pub const KEYS: &[(&str, Takes)] = &[
     // when the sample writer starts.
     ("samples.one_in", Takes::Reload),
     ("samples", Takes::Restart { why: "the sample writer is started with its directory and caps" }),
+    ("protected_ports", Takes::Reload),
+    ("ports", Takes::Reload),
 ];
 
 /// How `key` (a `KEYS` name or a dotted key under one) takes effect.
@@ -116,6 +118,8 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
         control_socket,
         lists,
         samples,
+        protected_ports,
+        ports,
     } = new;
     let mut out = Vec::new();
     macro_rules! cmp {
@@ -141,6 +145,7 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
             "thresholds.half_open_limit": old.thresholds.half_open_limit, thresholds.half_open_limit;
             "thresholds.block_ttl_secs": old.thresholds.block_ttl_secs, thresholds.block_ttl_secs;
             "thresholds.handshake_timeout_ms": old.thresholds.handshake_timeout_ms, thresholds.handshake_timeout_ms;
+            "thresholds.sketch_admission": old.thresholds.sketch_admission, thresholds.sketch_admission;
             "detection.enter_syn_rate": old.detection.enter_syn_rate, detection.enter_syn_rate;
             "detection.exit_syn_rate": old.detection.exit_syn_rate, detection.exit_syn_rate;
             "detection.enter_half_open": old.detection.enter_half_open, detection.enter_half_open;
@@ -160,6 +165,8 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
             "samples.dir": &old.samples.dir, &samples.dir;
             "samples.max_file_bytes": old.samples.max_file_bytes, samples.max_file_bytes;
             "samples.max_files": old.samples.max_files, samples.max_files;
+            "protected_ports": &old.protected_ports, protected_ports;
+            "ports": &old.ports, ports;
         }
     }
     out

@@ -143,3 +143,17 @@ fn a_bad_list_file_line_refuses_the_config_naming_file_and_line() {
     let f = with_lo("control_socket = \"relative.sock\"\n");
     assert_eq!(key_of(validate(&f).unwrap_err()), "control_socket");
 }
+
+#[test]
+fn sketch_admission_is_off_by_default_and_sets_its_program_flag() {
+    use detector_common::config::FLAG_SKETCH_ADMISSION;
+    let off = with_lo("");
+    assert!(!off.thresholds.sketch_admission);
+    let on = with_lo("[thresholds]\nsketch_admission = true\n");
+    validate(&on).unwrap();
+    assert!(on.thresholds.sketch_admission);
+    let plan = reload::decide(&off, &on).unwrap();
+    assert_eq!(plan.changed, ["thresholds.sketch_admission"], "reloadable, applied by name");
+    assert_eq!(Config { file: off }.config_flags(), 0);
+    assert_eq!(Config { file: on }.config_flags(), FLAG_SKETCH_ADMISSION);
+}

@@ -11,6 +11,7 @@
 #[doc(hidden)]
 pub mod bench;
 mod counters;
+pub mod ports;
 pub mod reconcile;
 mod records;
 mod sources;
@@ -144,7 +145,9 @@ impl Controller {
         let mode = self.mode();
         let under_attack = self.detector.under_attack();
         let mut program = self.kernel_cfg;
-        program.flags = mode.flags(under_attack, c.timestamps, c.ecn) | self.reconcile.extra_flags();
+        program.flags = mode.flags(under_attack, c.timestamps, c.ecn)
+            | self.reconcile.extra_flags()
+            | self.cfg.config_flags();
         Desired { cookies: mode.cookies_active(under_attack), cookie_timestamps: c.timestamps, program }
     }
 
@@ -216,7 +219,8 @@ impl Controller {
     /// mid-flood.
     pub fn reload(&mut self, new: Config) -> Result<Vec<&'static str>, String> {
         let plan = reload::decide(&self.cfg.file, &new.file).map_err(|e| e.to_string())?;
-        // The list files are read here (the only fallible part, before anything changes).
+        // The other steps take theirs (the list files are read here: the only fallible
+        // part, before anything changes).
         self.reconcile.reload_others(&new)?;
         // A reload puts the configured mode back (see docs/control.md).
         self.mode_override = None;

@@ -30,7 +30,10 @@ pub const WHAT_PROGRAM_CONFIG: &str = "program_config";
 pub const WHAT_WINDOW_SCALE: &str = "window_scale";
 /// The cookie policy maps (`policy::feed::PolicyStep`).
 pub const WHAT_POLICY: &str = "policy";
-pub const BUILTIN: [&str; 4] = [WHAT_SYSCTLS, WHAT_PROGRAM_CONFIG, WHAT_WINDOW_SCALE, WHAT_POLICY];
+/// The per-port limits map (`control::ports::PortStep`).
+pub const WHAT_PORT_LIMITS: &str = "port_limits";
+pub const BUILTIN: [&str; 5] =
+    [WHAT_SYSCTLS, WHAT_PROGRAM_CONFIG, WHAT_WINDOW_SCALE, WHAT_POLICY, WHAT_PORT_LIMITS];
 
 /// The host's sysctls (`sysctl::Sysctls` in production).
 pub trait SysctlAccess {

@@ -148,6 +148,9 @@ impl Model {
             if seg.dst != detector_common::parse::ipv4_mapped(SERVER4) && seg.dst != SERVER6 {
                 return Counter::PassNotLocal;
             }
+            // detector-ebpf/src/ports.rs: no per-port policy is generated, so every port is
+            // protected with the config's limits.
+            assert!(!detector_common::ports::needs_lookup(&self.cfg), "the model has no port table");
             let counter = if self.cfg.has(FLAG_COOKIES) {
                 self.screen_for_cookie(&seg, now)
                     .or_else(|| self.policy(&seg))
@@ -163,10 +166,13 @@ impl Model {
         Counter::PassTcp
     }
 
-    /// detector-ebpf/src/track.rs `on_syn`.
+    /// detector-ebpf/src/track.rs `on_syn`. The generated limits (at most 5, timeouts that
+    /// never expire) make every source tracked from its first SYN, so the sketch that holds
+    /// sources back from exact state is never consulted (and its epoch clock stays out).
     fn on_syn(&mut self, seg: &TcpSegment, now: u64, ev: &mut [u64]) -> Counter {
         let cfg = self.cfg;
-        let state = self.sources.entry(seg.src).or_insert_with(|| SourceState::new(now, &cfg));
+        assert_eq!(track::promotion_threshold(&cfg), 1, "the model has no sketch");
+        let state = self.sources.entry(seg.src).or_insert_with(|| SourceState::promoted(now, &cfg, 1));
         ev[Counter::HandshakeFailed as usize] += u64::from(state.age(now, &cfg));
         if state.is_blocked(now) {
             let _ = track::on_syn(state, now, &cfg, false);
