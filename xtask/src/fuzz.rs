@@ -13,9 +13,22 @@ use anyhow::{bail, Context, Result};
 
 use crate::{build_ebpf, run, workspace_root};
 
-/// Every target in fuzz/Cargo.toml. The control-socket request parser is not among them
-/// yet: it is not reachable as a library function (docs/robustness.md).
-pub const TARGETS: &[&str] = &["parse", "options", "synack"];
+/// Every target in fuzz/Cargo.toml (`ctl`: the control socket's request parser).
+pub const TARGETS: &[&str] = &["parse", "options", "synack", "ctl"];
+/// The control protocol's seeds: one request of each kind, and near misses.
+const CTL_SEEDS: &[&str] = &[
+    r#"{"command":"status"}"#,
+    r#"{"command":"block","cidr":"198.18.0.9","ttl_secs":60}"#,
+    r#"{"command":"block","cidr":"2001:2::/48"}"#,
+    r#"{"command":"unblock","cidr":"198.18.0.0/15"}"#,
+    r#"{"command":"allow_add","cidr":"198.18.7.0/24"}"#,
+    r#"{"command":"deny_del","cidr":"2001:2::1"}"#,
+    r#"{"command":"deny_list"}"#,
+    r#"{"command":"mode","mode":"off"}"#,
+    r#"{"command":"reload"}"#,
+    r#"{"command":"block","cidr":"198.18.0.0/33","ttl_secs":0}"#,
+    r#"{"command":"mode","mode":"cookie","extra":1}"#,
+];
 /// Sequences of the long differential run: at about 24 frames each, over 100k frames.
 const DIFFERENTIAL_CASES: u32 = 4_500;
 
@@ -24,7 +37,7 @@ pub struct FuzzArgs {
     /// Seconds per target.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
-    /// One target (parse, options, synack) instead of all.
+    /// One target (parse, options, synack, ctl) instead of all.
     #[arg(long, value_name = "T")]
     pub target: Option<String>,
     /// Instead of fuzzing: the differential test over 100k+ frames (root).
@@ -93,7 +106,13 @@ fn seed(dir: &Path) -> Result<()> {
         .env("SYNDETECTOR_FUZZ_CORPUS", dir)
         .args(["test", "-p", "detector-user", "--test", "differential", "--"])
         .args(["--ignored", "--exact", "corpus::write_fuzz_corpus"]))
-    .context("seeding the fuzz corpus from the differential test's generators")
+    .context("seeding the fuzz corpus from the differential test's generators")?;
+    let ctl = dir.join("ctl");
+    std::fs::create_dir_all(&ctl)?;
+    for (i, seed) in CTL_SEEDS.iter().enumerate() {
+        std::fs::write(ctl.join(format!("request-{i:02}")), format!("{seed}\n"))?;
+    }
+    Ok(())
 }
 
 /// The differential test with `DIFFERENTIAL_CASES` sequences (the default test run has

@@ -4,9 +4,11 @@
 //! ∪ the `block` entries not yet expired (which go into `DENY`).
 //!
 //! - `files`: the list files (one prefix a line, `#` comments) and the runtime state file.
+//! - `list`: which list (its own file: the control protocol's fuzz target compiles it).
 //! - `step`: the reconcile step that brings the tries to the desired lists.
 
 pub mod files;
+mod list;
 pub mod step;
 
 use std::{
@@ -16,23 +18,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use self::list::List;
 use crate::prefix::Prefix;
-
-/// Which list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum List {
-    Allow,
-    Deny,
-}
-
-impl List {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            List::Allow => "allow",
-            List::Deny => "deny",
-        }
-    }
-}
 
 /// The lists' entries from the configured files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
