@@ -91,6 +91,10 @@ pub struct Controller {
     counters: CounterState,
     cookies_active: bool,
     last_poll: Instant,
+    /// Whether the sources and pending maps were (nearly) full at the last poll: reaching
+    /// and leaving it is logged once each (LRU maps evict the oldest entries when full, so
+    /// tracking would degrade quietly otherwise).
+    maps_full: [bool; 2],
 }
 
 impl Controller {
@@ -122,6 +126,7 @@ impl Controller {
             counters: CounterState::default(),
             cookies_active: false,
             last_poll: Instant::now(),
+            maps_full: [false; 2],
         };
         this.publish_settings();
         // Adopted pinned maps carry a previous run's totals: they become the metrics'
@@ -241,9 +246,22 @@ impl Controller {
         m.half_open.set(i64::try_from(scan.half_open).unwrap_or(i64::MAX));
         let pending = self.maps.pending_entries();
         let capacities = &self.cfg.file.maps;
-        for (map, entries, capacity) in
+        for (i, (map, entries, capacity)) in
             [("sources", scan.tracked, capacities.sources), ("pending", pending, capacities.pending)]
+                .into_iter()
+                .enumerate()
         {
+            // 95 %: an LRU map starts evicting a little before it is exactly full (its
+            // free entries are cached per CPU).
+            let full = entries * 20 >= u64::from(capacity) * 19;
+            if full != self.maps_full[i] {
+                self.maps_full[i] = full;
+                if full {
+                    warn!(map, entries, capacity, "map full: its oldest entries are evicted (raise maps.{map})");
+                } else {
+                    info!(map, entries, capacity, "map no longer full");
+                }
+            }
             m.map_entries.with_label_values(&[map]).set(i64::try_from(entries).unwrap_or(i64::MAX));
             #[allow(clippy::cast_precision_loss, reason = "map sizes are far below 2^52")]
             m.map_fill_ratio.with_label_values(&[map]).set(entries as f64 / f64::from(capacity));
