@@ -2,6 +2,11 @@
 //! - maps far too small for a random-source flood: the program fails open (legit traffic
 //!   unharmed, every packet still counted), the agent shows the fill in its metrics and
 //!   logs that the map is full;
+//! - a sysctl write refused while under attack: the agent records a sysctl's original in
+//!   its state file before changing it, so a full state file system refuses the change;
+//!   the metrics show desired ≠ applied, the agent retries, and it converges once space
+//!   is freed (a read-only remount cannot be had after start: the agent holds the sysctl
+//!   files and its next state tmp file open for writing, so the kernel answers EBUSY);
 //! - a SIGHUP storm (100 reloads in about 10 s, valid and invalid files alternating) under
 //!   a flood: the agent lives, the running thresholds are always those of one valid file
 //!   (never a mix, never an invalid one), and legit requests all succeed.
@@ -9,7 +14,9 @@
 
 use std::{
     net::SocketAddr,
+    io::Write,
     path::Path,
+    process::Command,
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
@@ -183,4 +190,85 @@ fn a_sighup_storm_under_a_flood_keeps_one_valid_configuration_running() {
     assert!(legit.total() >= 100, "too few legit requests to judge: {legit}");
     assert_eq!(legit.failed, 0, "legit traffic unaffected by the storm: {legit}");
     assert!(agent.stop().unwrap().success(), "{}", agent.log_text());
+}
+
+/// A small tmpfs mounted at the lab's state directory, unmounted on drop.
+struct SmallTmpfs(std::path::PathBuf);
+
+impl SmallTmpfs {
+    fn mount(at: &Path) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "sd-faults-state"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs at {}", at.display());
+        Self(at.to_owned())
+    }
+
+    /// Writes a filler file until the file system is full.
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn wait_for(agent: &Agent, what: &str, limit: Duration, ok: impl Fn(&xtask::lab::Scrape) -> bool) {
+    let end = Instant::now() + limit;
+    loop {
+        if ok(&agent.scrape().unwrap()) {
+            return;
+        }
+        assert!(Instant::now() < end, "{what} within {limit:?}:\n{}", agent.log_text());
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_refused_sysctl_under_attack_shows_and_is_retried_until_it_converges() {
+    let lab = lab();
+    lab.sysctl(&lab.server_ns, "net.ipv4.tcp_syncookies", "0").unwrap();
+    let state = SmallTmpfs::mount(&lab.scratch().join("state"));
+    let args = ["--mode", "auto", "--poll-interval-ms", "200", "--enter-syn-rate", "500", "--exit-syn-rate", "100"];
+    let mut agent = Agent::start(&lab, Path::new(AGENT), &args).unwrap();
+    state.fill();
+    let syncookies = || lab.sysctl_get(&lab.server_ns, "net.ipv4.tcp_syncookies").unwrap();
+    let sysctls_ok = "syndetector_reconciled{what=\"sysctls\"}";
+    let sysctl_errors = "syndetector_reconcile_errors_total{what=\"sysctls\"}";
+    thread::scope(|scope| {
+        let flood = scope.spawn(|| random_flood(2_000, 10).run(&lab));
+        wait_for(&agent, "under attack", Duration::from_secs(4), |s| {
+            s.get("syndetector_under_attack") == Some(1.0)
+        });
+        wait_for(&agent, "two refused attempts", Duration::from_secs(4), |s| {
+            s.get(sysctl_errors).is_some_and(|e| e >= 2.0)
+        });
+        let s = agent.scrape().unwrap();
+        assert_eq!(s.value(sysctls_ok).unwrap(), 0.0, "desired ≠ applied shows");
+        assert_eq!(syncookies(), "0", "nothing changed without its original recorded");
+        let log = agent.log_text();
+        assert!(log.contains("No space left on device"), "the refusal is logged with its cause:\n{log}");
+        state.free();
+        // The backoff is at most 4 s.
+        wait_for(&agent, "converged once space is free", Duration::from_secs(6), |s| {
+            s.get(sysctls_ok) == Some(1.0)
+        });
+        assert_eq!(syncookies(), "2", "applied once the original could be recorded");
+        let recorded = std::fs::read_to_string(lab.scratch().join("state/sysctl-state.toml")).unwrap();
+        assert!(recorded.contains("\"net.ipv4.tcp_syncookies\" = \"0\""), "{recorded}");
+        flood.join().unwrap().unwrap();
+    });
+    assert!(agent.stop().unwrap().success(), "{}", agent.log_text());
+    assert_eq!(syncookies(), "0", "restored at stop");
 }
