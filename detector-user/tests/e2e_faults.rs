@@ -6,8 +6,10 @@
 //!   the host is consistent (each managed sysctl is at its original value or the state file
 //!   records that original; an XDP attachment exists only with a pin to own it), and the
 //!   next start and stop (or `syndetector detach`) put everything back.
-//! The other faults (maps full, SIGHUP storms) are in e2e_faults_load.rs; an interface
-//! deleted and re-created while the agent runs is e2e_attachments.rs.
+//!
+//! The other faults (maps full, a refused sysctl, SIGHUP storms) are in
+//! e2e_faults_load.rs; an interface deleted and re-created while the agent runs is
+//! e2e_attachments.rs.
 
 use std::{
     path::{Path, PathBuf},
@@ -208,10 +210,15 @@ fn kills_during_start_up(pinned: bool) {
     }
     println!("{} kills: {changed} left a sysctl changed, {pinned_left} a pinned attachment", delays_ms.len());
     assert!(changed > 0, "no kill fell after the sysctls were written: the test proves less than it says");
-    assert_eq!(pinned_left > 0, pinned, "kills after the attach leave a pinned attachment exactly when pinning");
+    assert_eq!(
+        pinned_left > 0,
+        pinned,
+        "kills after the attach leave a pinned attachment exactly when pinning"
+    );
     // The next start repairs whatever the kills left and runs; its stop restores the host.
-    let mut agent = Agent::start(&lab, Path::new(AGENT), &args.iter().map(String::as_str).collect::<Vec<_>>())
-        .expect("the agent starts after the kills");
+    let mut agent =
+        Agent::start(&lab, Path::new(AGENT), &args.iter().map(String::as_str).collect::<Vec<_>>())
+            .expect("the agent starts after the kills");
     assert_eq!(lab.sysctl_get(&lab.server_ns, SYNCOOKIES).unwrap(), "2", "cookie mode owns the sysctl");
     assert!(xdp_attached(&lab));
     assert!(agent.stop().unwrap().success(), "{}", agent.log_text());
@@ -250,16 +257,8 @@ fn killed_while_switching_cookies_on_under_a_flood_the_next_start_repairs_the_ho
     lab.sysctl(&lab.server_ns.clone(), SYNCOOKIES, "0").unwrap();
     lab.start_server(8080, 64).unwrap();
     let originals = originals(&lab);
-    let args = [
-        "--mode",
-        "auto",
-        "--poll-interval-ms",
-        "100",
-        "--enter-syn-rate",
-        "500",
-        "--exit-syn-rate",
-        "100",
-    ];
+    let args =
+        ["--mode", "auto", "--poll-interval-ms", "100", "--enter-syn-rate", "500", "--exit-syn-rate", "100"];
     let flood = Flood {
         v6: false,
         sources: FloodSources::Random,
@@ -272,7 +271,8 @@ fn killed_while_switching_cookies_on_under_a_flood_the_next_start_repairs_the_ho
     // Detection needs a poll or two of flood: the kills fall before, during and after the
     // moment cookies switch on and the sysctls are written.
     for ms in [50, 150, 250, 350, 450, 600, 800, 1000, 1300] {
-        let mut agent = Agent::start_with(&lab, Path::new(AGENT), &args, &[], Some("serving /metrics")).unwrap();
+        let mut agent =
+            Agent::start_with(&lab, Path::new(AGENT), &args, &[], Some("serving /metrics")).unwrap();
         thread::scope(|scope| {
             let f = scope.spawn(|| flood.run(&lab));
             thread::sleep(Duration::from_millis(ms));
@@ -287,7 +287,11 @@ fn killed_while_switching_cookies_on_under_a_flood_the_next_start_repairs_the_ho
     assert!(switched > 0, "no kill fell after cookies switched on: the test proves less than it says");
     let mut agent = Agent::start_with(&lab, Path::new(AGENT), &args, &[], Some("serving /metrics")).unwrap();
     for (key, original) in &originals {
-        assert_eq!(&lab.sysctl_get(&lab.server_ns, key).unwrap(), original, "{key} restored by the next start");
+        assert_eq!(
+            &lab.sysctl_get(&lab.server_ns, key).unwrap(),
+            original,
+            "{key} restored by the next start"
+        );
     }
     assert!(agent.stop().unwrap().success(), "{}", agent.log_text());
     assert!(!xdp_attached(&lab));

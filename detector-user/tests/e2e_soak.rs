@@ -13,7 +13,7 @@ fn a_two_minute_soak_stays_within_its_bounds() {
         "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
     ));
     assert!(object.exists(), "the XDP object is missing: run `cargo xtask build-ebpf` first");
-    let outcome = xtask::soak::run(Path::new(AGENT), object, Duration::from_secs(120)).expect("soak (root)");
+    let outcome = xtask::soak::run(Path::new(AGENT), object, Duration::from_mins(2)).expect("soak (root)");
     println!("{}", outcome.table);
     assert!(outcome.violations.is_empty(), "soak bounds broken:\n{}", outcome.violations.join("\n"));
 }

@@ -94,7 +94,7 @@ pub struct Outcome {
 }
 
 pub fn main(args: &SoakArgs, agent: &Path, object: &Path) -> Result<()> {
-    let outcome = run(agent, object, Duration::from_secs(args.minutes * 60))?;
+    let outcome = run(agent, object, Duration::from_mins(args.minutes))?;
     println!("{}", outcome.table);
     if !outcome.violations.is_empty() {
         bail!("soak failed:\n  {}", outcome.violations.join("\n  "));
@@ -148,7 +148,7 @@ pub fn run(agent_bin: &Path, object: &Path, length: Duration) -> Result<Outcome>
                 scope.spawn(move || if phase == Phase::ForgedAcks { f.run_acks(lab) } else { f.run(lab) })
             });
             while started.elapsed() + Duration::from_millis(500) < phase_end {
-                let window = SAMPLE.min(phase_end - started.elapsed());
+                let window = SAMPLE.min(phase_end.saturating_sub(started.elapsed()));
                 let legit = legit_window(&lab, window)?;
                 samples.push(sample(&agent, pid, started.elapsed(), phase, legit)?);
             }
@@ -266,9 +266,8 @@ fn judge(samples: &[Sample]) -> Vec<String> {
 }
 
 fn table(samples: &[Sample]) -> String {
-    let mut t = String::from(
-        "    t  phase   attack  rss MiB  fds  sources  pending  legit ok/total  p99 ms\n",
-    );
+    let mut t =
+        String::from("    t  phase   attack  rss MiB  fds  sources  pending  legit ok/total  p99 ms\n");
     for s in samples {
         #[allow(clippy::cast_precision_loss, reason = "MiB for display")]
         let rss = s.rss as f64 / f64::from(1 << 20);

@@ -257,7 +257,10 @@ impl Controller {
             if full != self.maps_full[i] {
                 self.maps_full[i] = full;
                 if full {
-                    warn!(map, entries, capacity, "map full: its oldest entries are evicted (raise maps.{map})");
+                    warn!(
+                        map,
+                        entries, capacity, "map full: its oldest entries are evicted (raise maps.{map})"
+                    );
                 } else {
                     info!(map, entries, capacity, "map no longer full");
                 }
