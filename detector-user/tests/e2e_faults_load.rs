@@ -17,7 +17,10 @@ use std::{
     net::SocketAddr,
     path::Path,
     process::Command,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex, PoisonError,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -26,6 +29,9 @@ use xtask::lab::{http_get, in_netns, Agent, ClientReport, Flood, FloodSources, L
 
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
 const PORT: u16 = 8080;
+/// Each test floods and counts every legit failure: one at a time on 2 CPUs (cargo runs a
+/// binary's tests in parallel).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn object() -> &'static Path {
     Path::new(concat!(
@@ -34,7 +40,7 @@ fn object() -> &'static Path {
     ))
 }
 
-/// The lab with its server (kernel cookies at the host default, 1).
+/// The lab with its server (kernel cookies at the host default, 1). Hold `ONE_AT_A_TIME`.
 fn lab() -> Lab {
     let mut lab = Lab::new().expect("lab");
     lab.attach_client_xdp(object()).expect("dummy XDP on the client veth");
@@ -76,6 +82,7 @@ fn random_flood(pps: u64, secs: u64) -> Flood {
 
 #[test]
 fn maps_too_small_for_the_flood_fail_open_and_are_reported() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let lab = lab();
     let config = lab.scratch().join("tiny-maps.toml");
     // The smallest sizes the configuration accepts; the flood brings ~9000 sources.
@@ -146,6 +153,7 @@ fn write_atomically(path: &Path, text: &str) {
 
 #[test]
 fn a_sighup_storm_under_a_flood_keeps_one_valid_configuration_running() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let lab = lab();
     let config = lab.scratch().join("storm.toml");
     write_atomically(&config, VALID[0].0);
@@ -238,6 +246,7 @@ fn wait_for(agent: &Agent, what: &str, limit: Duration, ok: impl Fn(&xtask::lab:
 
 #[test]
 fn a_refused_sysctl_under_attack_shows_and_is_retried_until_it_converges() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let lab = lab();
     lab.sysctl(&lab.server_ns, "net.ipv4.tcp_syncookies", "0").unwrap();
     let state = SmallTmpfs::mount(&lab.scratch().join("state"));

@@ -95,7 +95,8 @@ pub struct Outcome {
 
 pub fn main(args: &SoakArgs, agent: &Path, object: &Path) -> Result<()> {
     let outcome = run(agent, object, Duration::from_mins(args.minutes))?;
-    println!("{}", outcome.table);
+    // The rows were printed as they came; the summary line closes them.
+    println!("{}", outcome.table.lines().last().unwrap_or_default());
     if !outcome.violations.is_empty() {
         bail!("soak failed:\n  {}", outcome.violations.join("\n  "));
     }
@@ -150,7 +151,13 @@ pub fn run(agent_bin: &Path, object: &Path, length: Duration) -> Result<Outcome>
             while started.elapsed() + Duration::from_millis(500) < phase_end {
                 let window = SAMPLE.min(phase_end.saturating_sub(started.elapsed()));
                 let legit = legit_window(&lab, window)?;
-                samples.push(sample(&agent, pid, started.elapsed(), phase, legit)?);
+                let s = sample(&agent, pid, started.elapsed(), phase, legit)?;
+                // Printed as it goes, so a long run shows its progress.
+                if samples.is_empty() {
+                    print!("{HEADER}");
+                }
+                print!("{}", row(&s));
+                samples.push(s);
             }
             if let Some(f) = flood {
                 f.join().map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
@@ -265,25 +272,29 @@ fn judge(samples: &[Sample]) -> Vec<String> {
     broken
 }
 
+const HEADER: &str = "    t  phase   attack  rss MiB  fds  sources  pending  legit ok/total  p99 ms\n";
+
+fn row(s: &Sample) -> String {
+    #[allow(clippy::cast_precision_loss, reason = "MiB for display")]
+    let rss = s.rss as f64 / f64::from(1 << 20);
+    format!(
+        "{:>5.0}  {:<6}  {:<6}  {rss:>7.1}  {:>3}  {:>7.3}  {:>7.3}  {:>6}/{:<7}  {:>6.1}\n",
+        s.at.as_secs_f64(),
+        s.phase.name(),
+        if s.under_attack { "yes" } else { "no" },
+        s.fds,
+        s.sources_fill,
+        s.pending_fill,
+        s.legit.ok,
+        s.legit.total(),
+        s.legit.quantile(0.99).as_secs_f64() * 1e3
+    )
+}
+
 fn table(samples: &[Sample]) -> String {
-    let mut t =
-        String::from("    t  phase   attack  rss MiB  fds  sources  pending  legit ok/total  p99 ms\n");
+    let mut t = String::from(HEADER);
     for s in samples {
-        #[allow(clippy::cast_precision_loss, reason = "MiB for display")]
-        let rss = s.rss as f64 / f64::from(1 << 20);
-        let _ = writeln!(
-            t,
-            "{:>5.0}  {:<6}  {:<6}  {rss:>7.1}  {:>3}  {:>7.3}  {:>7.3}  {:>6}/{:<7}  {:>6.1}",
-            s.at.as_secs_f64(),
-            s.phase.name(),
-            if s.under_attack { "yes" } else { "no" },
-            s.fds,
-            s.sources_fill,
-            s.pending_fill,
-            s.legit.ok,
-            s.legit.total(),
-            s.legit.quantile(0.99).as_secs_f64() * 1e3
-        );
+        t.push_str(&row(s));
     }
     let (ok, total) = samples.iter().fold((0, 0), |(o, t), s| (o + s.legit.ok, t + s.legit.total()));
     let _ = writeln!(
