@@ -115,7 +115,11 @@ fn read_only_places_are_clear_errors_that_change_nothing() {
             vec!["--mode", "cookie", "--state-dir", &state_arg, "--config", config_arg],
             sysctl_dir.to_str().unwrap(),
         ),
-        ("read-only state_dir", vec!["--mode", "cookie", "--state-dir", state_ro.to_str().unwrap()], "state"),
+        (
+            "read-only state_dir",
+            vec!["--mode", "cookie", "--state-dir", state_ro.to_str().unwrap()],
+            state_ro.to_str().unwrap(),
+        ),
         (
             "read-only bpffs for the pins",
             vec!["--mode", "cookie", "--state-dir", &state_arg, "--pin-dir", pin_dir.to_str().unwrap()],
