@@ -122,7 +122,9 @@ fn maps_too_small_for_the_flood_fail_open_and_are_reported() {
         s.value("syndetector_packets_total{reason=\"map_error\",verdict=\"pass\"}").unwrap()
     );
     assert_eq!(s.value("syndetector_map_capacity{map=\"sources\"}").unwrap(), 1024.0);
-    assert!(fullest.0 >= 0.95, "the flood filled the sources map (fullest {:.3})", fullest.0);
+    // "Full" for an LRU map on 2 CPUs: it evicts once at most 2 × 128 free entries are left
+    // in the CPUs' caches (control::nearly_full), so it may never show more than 75 %.
+    assert!(fullest.0 >= 0.75, "the flood filled the sources map (fullest {:.3})", fullest.0);
     assert!(s.value("syndetector_map_entries{map=\"sources\"}").unwrap() <= 1024.0);
     assert!(log.contains("map full"), "the agent logs it:\n{log}");
     let sent = u32::try_from(flood.sent).unwrap();

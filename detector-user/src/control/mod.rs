@@ -251,9 +251,7 @@ impl Controller {
                 .into_iter()
                 .enumerate()
         {
-            // 95 %: an LRU map starts evicting a little before it is exactly full (its
-            // free entries are cached per CPU).
-            let full = entries * 20 >= u64::from(capacity) * 19;
+            let full = nearly_full(entries, capacity, possible_cpus());
             if full != self.maps_full[i] {
                 self.maps_full[i] = full;
                 if full {
@@ -358,4 +356,21 @@ impl ShutdownReport {
 pub fn source_ip(key: &SourceKey) -> IpAddr {
     let v6 = std::net::Ipv6Addr::from(key.addr);
     v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+/// Whether an LRU hash map holding `entries` of `capacity` is evicting (or about to). It
+/// starts before it holds `capacity`: each CPU keeps up to 128 free entries of its own
+/// (the kernel's `LOCAL_FREE_TARGET`, kernel/bpf/bpf_lru_list.h), and 95 % of a large map
+/// is close enough. Never below half full, so a tiny map is not "full" when nearly empty.
+pub fn nearly_full(entries: u64, capacity: u32, cpus: u64) -> bool {
+    let capacity = u64::from(capacity);
+    let slack = (capacity / 20).max(128 * cpus).min(capacity / 2);
+    entries + slack >= capacity
+}
+
+/// The CPUs the kernel sizes per-CPU caches for (configured, not only online ones).
+fn possible_cpus() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+    u64::try_from(n).unwrap_or(1).max(1)
 }
