@@ -519,7 +519,7 @@ fn check_dir(key: &'static str, dir: &Path) -> Result<(), ConfigError> {
     if std::fs::symlink_metadata(dir).is_err() {
         return Ok(());
     }
-    crate::lock::StateDir::open(dir, false).map(drop).map_err(|e| match e {
+    crate::lock::StateDir::open_as(dir, false, key).map(drop).map_err(|e| match e {
         crate::error::StateError::Dir { problem, .. } => {
             invalid(key, format!("{}: {problem}", dir.display()))
         }

@@ -98,8 +98,9 @@ pub enum NatError {
 /// The state directory, its lock files and the sysctl state file (`lock`, `sysctl`).
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state directory {path} (state_dir): {problem}")]
-    Dir { path: PathBuf, problem: String },
+    /// `what` names the directory and its key, e.g. "state directory (state_dir)".
+    #[error("{what} {path}: {problem}")]
+    Dir { what: &'static str, path: PathBuf, problem: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error(

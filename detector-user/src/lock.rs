@@ -59,13 +59,22 @@ pub struct StateDir {
     fd: OwnedFd,
 }
 
+/// What errors call the state directory.
+const STATE_DIR: &str = "state directory (state_dir)";
+
 impl StateDir {
     /// Opens `path`, creating it (0700, with any missing parents) if `create`, and refuses
     /// it unless it is a real directory (no symlink), owned by this user, writable by no
     /// one else, with no parent up to `/` writable by others (sticky root-owned ones such
     /// as `/tmp` excepted).
     pub fn open(path: &Path, create: bool) -> Result<Self, StateError> {
-        let refuse = |problem: String| StateError::Dir { path: path.to_owned(), problem };
+        Self::open_as(path, create, STATE_DIR)
+    }
+
+    /// `open` for another directory kept the same way (pins, samples): `what` names it and
+    /// its configuration key in errors, e.g. "pin directory (pin_dir)".
+    pub fn open_as(path: &Path, create: bool, what: &'static str) -> Result<Self, StateError> {
+        let refuse = |problem: String| StateError::Dir { what, path: path.to_owned(), problem };
         if create && std::fs::symlink_metadata(path).is_err() {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -262,8 +271,11 @@ fn euid() -> u32 {
 }
 
 fn c_path(path: &Path) -> Result<CString, StateError> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| StateError::Dir { path: path.to_owned(), problem: "contains a NUL byte".into() })
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| StateError::Dir {
+        what: "directory",
+        path: path.to_owned(),
+        problem: "contains a NUL byte".into(),
+    })
 }
 
 /// Each parent of `dir` up to `/` is owned by root or us and writable by no one else,

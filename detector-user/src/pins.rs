@@ -28,6 +28,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Makes this agent pin under another layout version than it was built with, so the tests
 /// exercise the replace path (a layout change) with the real object. Not for operators.
+/// What errors call the pin directory.
+const PIN_DIR: &str = "pin directory (pin_dir)";
 const LAYOUT_ENV: &str = "SYNDETECTOR_TEST_LAYOUT_VERSION";
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +72,7 @@ impl Pins {
         if !on_bpffs(probe).map_err(io(probe))? {
             return Ok(None);
         }
-        StateDir::open(root, true)?;
+        StateDir::open_as(root, true, PIN_DIR)?;
         let version = match std::env::var(LAYOUT_ENV) {
             Ok(v) => v.parse().map_err(|_| PinError::Version(v))?,
             Err(_) => names::LAYOUT_VERSION,
@@ -102,7 +104,7 @@ impl Pins {
     /// Creates (0700) and checks the directory of `iface`'s link.
     pub fn iface_dir(&self, iface: &str) -> Result<PathBuf, PinError> {
         let dir = self.root.join(iface);
-        StateDir::open(&dir, true)?;
+        StateDir::open_as(&dir, true, PIN_DIR)?;
         Ok(dir)
     }
 
@@ -112,7 +114,7 @@ impl Pins {
     pub fn prepare_maps(&self, sizes: &[(&str, u32)]) -> Result<MapsPlan, PinError> {
         let dir = self.maps_dir();
         let existed = dir.exists();
-        StateDir::open(&dir, true)?;
+        StateDir::open_as(&dir, true, PIN_DIR)?;
         let pinned: Vec<&str> = names::PINNED_MAPS.iter().copied().filter(|m| dir.join(m).exists()).collect();
         let reason = if !existed || pinned.is_empty() {
             let others = self.other_versions();
@@ -237,14 +239,14 @@ pub fn remove(root: &Path, ifaces: &[String]) -> Result<Removed, PinError> {
         return Ok(removed);
     }
     // Checked like at start: never follow a symlink planted in the pin directory.
-    StateDir::open(root, false)?;
+    StateDir::open_as(root, false, PIN_DIR)?;
     let targets = if ifaces.is_empty() { iface_dirs(root) } else { ifaces.to_vec() };
     for iface in targets {
         let dir = root.join(&iface);
         if std::fs::symlink_metadata(&dir).is_err() {
             continue;
         }
-        StateDir::open(&dir, false)?;
+        StateDir::open_as(&dir, false, PIN_DIR)?;
         remove_files(&dir, &["link"])?;
         rmdir(&dir)?;
         removed.links.push(iface);

@@ -133,6 +133,7 @@ impl Sysctls {
             state: State::default(),
         };
         let tmp = this.create_tmp().map_err(|source| StateError::Dir {
+            what: "state directory (state_dir)",
             path: this.dir.path().to_owned(),
             problem: format!("is not writable ({source}): the agent records the sysctls it changes there"),
         })?;

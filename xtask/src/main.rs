@@ -48,6 +48,9 @@ enum Task {
     Fuzz(fuzz::FuzzArgs),
     /// Nanoseconds per packet for each path, with ratios to baseline programs (root).
     Bench(bench::BenchArgs),
+    /// The agent in auto mode against a changing flood for N minutes: RSS, fds, map fill
+    /// and legit success sampled; non-zero exit on a broken bound (root).
+    Soak(xtask::soak::SoakArgs),
     /// The demo in a lab of network namespaces, or the agent on a real interface (--iface).
     Run(xtask::demo::DemoArgs),
 }
@@ -69,6 +72,8 @@ fn main() -> ExitCode {
         Task::Fuzz(args) => fuzz::main(&args),
         Task::Bench(args) => build_ebpf::main(&build_ebpf::BuildEbpfArgs { release: true })
             .and_then(|object| bench::main(&args, &object)),
+        Task::Soak(args) => build(&build_ebpf::BuildEbpfArgs { release: false })
+            .and_then(|agent| xtask::soak::main(&args, &agent, &build_ebpf::object_path(false))),
         Task::Run(args) => build(&build_ebpf::BuildEbpfArgs { release: false })
             .and_then(|agent| xtask::demo::main(&args, &agent, &build_ebpf::object_path(false))),
     };

@@ -95,6 +95,10 @@ pub struct Controller {
     /// `syndetector mode X` over the control socket: wins over the configured mode until
     /// the next reload or restart.
     mode_override: Option<Mode>,
+    /// Whether the sources and pending maps were (nearly) full at the last poll: reaching
+    /// and leaving it is logged once each (LRU maps evict the oldest entries when full, so
+    /// tracking would degrade quietly otherwise).
+    maps_full: [bool; 2],
 }
 
 impl Controller {
@@ -127,6 +131,7 @@ impl Controller {
             cookies_active: false,
             last_poll: Instant::now(),
             mode_override: None,
+            maps_full: [false; 2],
         };
         this.publish_settings();
         // Adopted pinned maps carry a previous run's totals: they become the metrics'
@@ -271,9 +276,23 @@ impl Controller {
         m.half_open.set(i64::try_from(scan.half_open).unwrap_or(i64::MAX));
         let pending = self.maps.pending_entries();
         let capacities = &self.cfg.file.maps;
-        for (map, entries, capacity) in
+        for (i, (map, entries, capacity)) in
             [("sources", scan.tracked, capacities.sources), ("pending", pending, capacities.pending)]
+                .into_iter()
+                .enumerate()
         {
+            let full = nearly_full(entries, capacity, possible_cpus());
+            if full != self.maps_full[i] {
+                self.maps_full[i] = full;
+                if full {
+                    warn!(
+                        map,
+                        entries, capacity, "map full: its oldest entries are evicted (raise maps.{map})"
+                    );
+                } else {
+                    info!(map, entries, capacity, "map no longer full");
+                }
+            }
             m.map_entries.with_label_values(&[map]).set(i64::try_from(entries).unwrap_or(i64::MAX));
             #[allow(clippy::cast_precision_loss, reason = "map sizes are far below 2^52")]
             m.map_fill_ratio.with_label_values(&[map]).set(entries as f64 / f64::from(capacity));
@@ -367,4 +386,21 @@ impl ShutdownReport {
 pub fn source_ip(key: &SourceKey) -> IpAddr {
     let v6 = std::net::Ipv6Addr::from(key.addr);
     v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+/// Whether an LRU hash map holding `entries` of `capacity` is evicting (or about to). It
+/// starts before it holds `capacity`: each CPU keeps up to 128 free entries of its own
+/// (the kernel's `LOCAL_FREE_TARGET`, kernel/bpf/bpf_lru_list.h), and 95 % of a large map
+/// is close enough. Never below half full, so a tiny map is not "full" when nearly empty.
+pub fn nearly_full(entries: u64, capacity: u32, cpus: u64) -> bool {
+    let capacity = u64::from(capacity);
+    let slack = (capacity / 20).max(128 * cpus).min(capacity / 2);
+    entries + slack >= capacity
+}
+
+/// The CPUs the kernel sizes per-CPU caches for (configured, not only online ones).
+fn possible_cpus() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+    u64::try_from(n).unwrap_or(1).max(1)
 }

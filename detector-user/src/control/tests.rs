@@ -301,3 +301,17 @@ fn a_reload_switching_cookie_timestamps_sets_and_restores_tcp_timestamps() {
     assert!(!rig.sys.changed(TIMESTAMPS));
     assert!(!rig.slot.cfg.unwrap().has(FLAG_COOKIE_TIMESTAMPS));
 }
+
+#[test]
+fn an_lru_map_is_nearly_full_once_the_per_cpu_free_caches_could_be_all_that_is_left() {
+    use super::nearly_full;
+    // 1024 entries, 2 CPUs: up to 256 free entries may sit in the CPUs' caches.
+    assert!(!nearly_full(767, 1024, 2));
+    assert!(nearly_full(768, 1024, 2));
+    // A large map: 95 %.
+    assert!(!nearly_full(62_258, 65_536, 2));
+    assert!(nearly_full(62_260, 65_536, 2));
+    // Many CPUs never make a map "full" below half.
+    assert!(!nearly_full(511, 1024, 64));
+    assert!(nearly_full(512, 1024, 64));
+}

@@ -23,6 +23,8 @@ use tracing::{info, warn};
 use super::writer::{Limits, RotatingWriter, Sample};
 use crate::{config::Samples, lock::StateDir, maps::monotonic_ns, metrics::Metrics};
 
+/// What errors call the samples directory.
+const SAMPLES_DIR: &str = "samples directory (samples.dir)";
 /// How long the thread waits for records before it checks for a stop and the loss count.
 const POLL: Duration = Duration::from_millis(500);
 /// Records taken per wake-up before the stop flag is looked at again.
@@ -37,7 +39,7 @@ pub fn prepare_dir(s: &Samples) -> Result<Option<StateDir>> {
     if s.one_in == 0 {
         return Ok(None);
     }
-    StateDir::open(&s.dir, true).map(Some).context("samples.dir")
+    Ok(Some(StateDir::open_as(&s.dir, true, SAMPLES_DIR)?))
 }
 
 /// The running reader; `stop` flushes and closes the current file.
@@ -157,7 +159,7 @@ impl State {
     fn write(&mut self, record: &SampleRecord) -> bool {
         let Some(data) = record.bytes() else { return false };
         if self.writer.is_none() {
-            match StateDir::open(&self.path, true) {
+            match StateDir::open_as(&self.path, true, SAMPLES_DIR) {
                 Ok(dir) => {
                     info!(dir = %self.path.display(), "writing packet samples");
                     self.writer = Some(RotatingWriter::new(dir, self.limits));

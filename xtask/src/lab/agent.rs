@@ -72,6 +72,16 @@ impl Agent {
         }
     }
 
+    /// The agent's process id (`ip netns exec` execs it), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the agent has exited (and how), without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn scrape(&self) -> Result<Scrape> {
         Scrape::fetch(&self.ns, self.metrics_addr)
     }

@@ -11,6 +11,9 @@ use anyhow::{bail, Context, Result};
 
 use super::{Lab, ATTACK_V4, ATTACK_V6, SERVER_V4, SERVER_V6};
 
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
 #[derive(Clone, Copy, Debug)]
 pub enum FloodSources {
     /// One spoofed source: the host part (low 15 bits) inside the attack range.
@@ -47,10 +50,20 @@ impl Flood {
 
     /// Runs the flood to completion (bounded) from the client namespace.
     pub fn run(&self, lab: &Lab) -> Result<FloodReport> {
+        self.run_flags(lab, TCP_SYN)
+    }
+
+    /// Like `run`, but forged ACKs (random sequence and acknowledgement numbers) instead of
+    /// SYNs: what a flood aimed at the handshake-tracking path of the program looks like.
+    pub fn run_acks(&self, lab: &Lab) -> Result<FloodReport> {
+        self.run_flags(lab, TCP_ACK)
+    }
+
+    fn run_flags(&self, lab: &Lab, flags: u8) -> Result<FloodReport> {
         let dst_mac = mac(&lab.server_ns, &lab.server_if)?;
         let src_mac = mac(&lab.client_ns, &lab.client_if)?;
-        let conf = lab.scratch().join(format!("flood-{}.cfg", if self.v6 { 6 } else { 4 }));
-        std::fs::write(&conf, self.trafgen_config(dst_mac, src_mac))?;
+        let conf = lab.scratch().join(format!("flood-{}-{flags:#x}.cfg", if self.v6 { 6 } else { 4 }));
+        std::fs::write(&conf, self.trafgen_config(dst_mac, src_mac, flags))?;
         let started = Instant::now();
         let out = Command::new("timeout")
             .arg(format!("{}", self.limit.as_secs().max(1)))
@@ -75,7 +88,7 @@ impl Flood {
         }
     }
 
-    fn trafgen_config(&self, dst_mac: [u8; 6], src_mac: [u8; 6]) -> String {
+    fn trafgen_config(&self, dst_mac: [u8; 6], src_mac: [u8; 6], flags: u8) -> String {
         let bytes = |b: &[u8]| b.iter().map(|x| format!("{x:#04x}")).collect::<Vec<_>>().join(", ");
         let eth_type = if self.v6 { "c16(0x86dd)" } else { "c16(0x0800)" };
         let ip = if self.v6 {
@@ -97,9 +110,11 @@ impl Flood {
             )
         };
         let csum = if self.v6 { "csumtcp6(14, 54)" } else { "csumtcp(14, 34)" };
+        // A SYN acknowledges nothing; a forged ACK carries a random acknowledgement number.
+        let ack = if flags & TCP_ACK == 0 { "c32(0)" } else { "drnd(4)" };
         format!(
             // TCP with an MSS option (data offset 6), as most SYN flood tools send.
-            "{{\n  {}, {}, {eth_type},\n  {ip},\n  drnd(2), c16({}), drnd(4), c32(0), 0x60, 0x02, c16(64240), {csum}, c16(0),\n  0x02, 0x04, 0x05, 0xb4\n}}\n",
+            "{{\n  {}, {}, {eth_type},\n  {ip},\n  drnd(2), c16({}), drnd(4), {ack}, 0x60, {flags:#04x}, c16(64240), {csum}, c16(0),\n  0x02, 0x04, 0x05, 0xb4\n}}\n",
             bytes(&dst_mac),
             bytes(&src_mac),
             self.port
