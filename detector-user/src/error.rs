@@ -25,6 +25,11 @@ pub enum SysctlError {
 pub enum LoadError {
     #[error("loading the XDP object: {0}")]
     Object(#[from] aya::EbpfError),
+    #[error(
+        "{key} = {value}: the kernel refused to create map {map} ({problem}); \
+         `syndetector check-config` prints the memory each size needs"
+    )]
+    MapRefused { key: &'static str, value: u32, map: String, problem: String },
     #[error("the object has no {0}")]
     Missing(&'static str),
     #[error("{what}: {source}")]

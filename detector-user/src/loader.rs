@@ -73,7 +73,7 @@ pub fn load(cfg: &Config, maps_dir: Option<&Path>) -> Result<(Ebpf, Option<Logge
             loader.map_pin_path(name, dir.join(name));
         }
     }
-    let mut ebpf = loader.load(OBJECT)?;
+    let mut ebpf = loader.load(OBJECT).map_err(|e| map_refused(e, cfg))?;
     // Before the program is loaded: the logger takes the log map out of the object.
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(logger) => Some(logger),
@@ -85,6 +85,28 @@ pub fn load(cfg: &Config, maps_dir: Option<&Path>) -> Result<(Ebpf, Option<Logge
     let prog = program(&mut ebpf)?;
     prog.load().map_err(program_load_error)?;
     Ok((ebpf, logger))
+}
+
+/// A map the kernel would not create: for the maps whose size is configured, the error
+/// names the key and its value (the kernel's limits depend on memory, so `validate` cannot
+/// know them all).
+fn map_refused(error: aya::EbpfError, cfg: &Config) -> LoadError {
+    let aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) = &error else {
+        return error.into();
+    };
+    let maps = &cfg.file.maps;
+    let key = match name.as_str() {
+        names::MAP_SOURCES => Some(("maps.sources", maps.sources)),
+        names::MAP_PENDING => Some(("maps.pending", maps.pending)),
+        names::MAP_SKETCH => Some(("maps.sketch_width", maps.sketch_width)),
+        _ => None,
+    };
+    match key {
+        Some((key, value)) => {
+            LoadError::MapRefused { key, value, map: name.clone(), problem: io_error.to_string() }
+        }
+        None => error.into(),
+    }
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
@@ -417,6 +439,27 @@ mod tests {
 
     fn caps(list: &[u32]) -> u64 {
         list.iter().fold(0, |set, c| set | 1 << c)
+    }
+
+    #[test]
+    fn a_map_the_kernel_refuses_names_its_configuration_key() {
+        let cfg = crate::config::Config { file: toml::from_str("[maps]\nsources = 16777216\n").unwrap() };
+        let refused = |name: &str| {
+            let io_error = std::io::Error::from_raw_os_error(libc::ENOMEM);
+            map_refused(
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { name: name.into(), io_error }),
+                &cfg,
+            )
+        };
+        let text = refused(names::MAP_SOURCES).to_string();
+        assert!(
+            text.starts_with("maps.sources = 16777216: the kernel refused to create map SOURCES"),
+            "{text}"
+        );
+        assert!(text.contains("Cannot allocate memory"), "{text}");
+        assert!(matches!(refused(names::MAP_PENDING), LoadError::MapRefused { key: "maps.pending", .. }));
+        // A map whose size is not configured keeps aya's own error.
+        assert!(matches!(refused(names::MAP_CONFIG), LoadError::Object(_)));
     }
 
     #[test]

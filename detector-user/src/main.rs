@@ -123,10 +123,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
-            // An unusable state directory is a configuration problem, found before the
-            // host is touched.
-            let usage =
-                e.chain().any(|c| matches!(c.downcast_ref::<StateError>(), Some(StateError::Dir { .. })));
+            // An unusable state directory, or a map size the kernel will not create, is a
+            // configuration problem, found before the host is touched.
+            let usage = e.chain().any(|c| {
+                matches!(c.downcast_ref::<StateError>(), Some(StateError::Dir { .. }))
+                    || matches!(
+                        c.downcast_ref::<error::LoadError>(),
+                        Some(error::LoadError::MapRefused { .. })
+                    )
+            });
             if usage {
                 ExitCode::from(EXIT_USAGE)
             } else {
