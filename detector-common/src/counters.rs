@@ -119,10 +119,13 @@ counters! {
     /// An untagged SYN on an interface whose NIC strips VLAN tags: it may have been tagged,
     /// and a reply from XDP would leave untagged.
     PassCookieVlanOffload = 30, Some(Verdict::Pass), "cookie_vlan_offload";
+    /// A SYN answered from XDP with a cookie from the raw helper (no socket lookup), within
+    /// a second of a socket-bound answer for the same listener (`fastpath`).
+    TxCookieFast = 31, Some(Verdict::Tx), "cookie_fast";
 }
 
 /// Number of slots in the counter array.
-pub const COUNTER_SLOTS: u32 = 31;
+pub const COUNTER_SLOTS: u32 = 32;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_SLOTS as usize);
 
@@ -137,6 +140,7 @@ impl Counter {
                 | Counter::DropBlocked
                 | Counter::DropOverLimit
                 | Counter::TxCookie
+                | Counter::TxCookieFast
                 | Counter::DropCookieBudget
                 | Counter::PassCookieNoListener
                 | Counter::PassCookieUnsupported

@@ -13,6 +13,7 @@
 pub mod checksum;
 pub mod config;
 pub mod counters;
+pub mod fastpath;
 pub mod filter;
 pub mod names;
 pub mod packet;

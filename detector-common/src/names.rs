@@ -40,6 +40,10 @@ pub const MAP_IFACES: &str = "IFACES";
 /// `Array<[u64; 2]>`, one slot: [start of the current second, SYN-ACKs sent in it], shared
 /// by all CPUs so the budget holds host-wide.
 pub const MAP_COOKIE_BUDGET: &str = "COOKIE_BUDGET";
+/// `LruHashMap<fastpath::ListenerKey, u64>`: per listener, when the socket-bound cookie
+/// helper last answered for it (renewing its overflow stamp); the raw helper answers for
+/// it within a second of that. Written by the program only; not pinned (it refills itself).
+pub const MAP_COOKIE_RENEWALS: &str = "COOKIE_RENEWALS";
 
 /// The layout of the maps the agent pins (docs/operations.md): a restarted agent whose
 /// version equals the pinned one adopts the pinned maps (counters and per-source state
@@ -50,7 +54,7 @@ pub const MAP_COOKIE_BUDGET: &str = "COOKIE_BUDGET";
 /// reordered or resized in a `#[repr(C)]` type such as `SourceState` or `Config`); the
 /// meaning of a slot (e.g. a `counters` index) or of a value. Map sizes are not part of
 /// it: the agent compares them itself and loads fresh maps when they differ.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.

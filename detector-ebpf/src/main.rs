@@ -10,6 +10,7 @@
 mod baseline;
 mod cookie;
 mod events;
+mod fastpath;
 mod packet;
 mod policy;
 mod probe;
