@@ -122,10 +122,13 @@ counters! {
     /// A SYN answered from XDP with a cookie from the raw helper (no socket lookup), within
     /// a second of a socket-bound answer for the same listener (`fastpath`).
     TxCookieFast = 31, Some(Verdict::Tx), "cookie_fast";
+    /// While cookies are on: an ACK that only a listener would take, whose cookie the
+    /// kernel's check refuses (a forged cookie ACK), dropped before the kernel checks it.
+    DropAckShield = 32, Some(Verdict::Drop), "ack_shield";
 }
 
 /// Number of slots in the counter array.
-pub const COUNTER_SLOTS: u32 = 32;
+pub const COUNTER_SLOTS: u32 = 33;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_SLOTS as usize);
 

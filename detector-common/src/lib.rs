@@ -10,6 +10,7 @@
 // every field public for the agent's `Pod` reads.
 #![allow(clippy::pub_underscore_fields, reason = "explicit padding fields")]
 
+pub mod ackshield;
 pub mod checksum;
 pub mod config;
 pub mod counters;

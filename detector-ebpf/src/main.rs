@@ -1,5 +1,6 @@
 //! The XDP entry point: parse, fetch config, keep SYNs for other machines out, hand SYNs
-//! and ACKs to `track` (and SYNs to `policy` and `cookie` in cookie mode), count, verdict.
+//! and ACKs to `track` (and SYNs to `policy` and `cookie`, ACKs to `ackshield` in cookie
+//! mode), count, verdict.
 #![no_std]
 #![no_main]
 // For `atomic_xadd` (see `cookie::atomic_add`): the bpf target has no compare-and-swap, so
@@ -7,6 +8,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features, reason = "core_intrinsics, for the BPF atomic add")]
 
+mod ackshield;
 mod baseline;
 mod cookie;
 mod events;
@@ -79,6 +81,12 @@ fn decide(ctx: &XdpContext) -> Counter {
     }
     if seg.may_complete_handshake() {
         track::on_ack(&seg, cfg, now);
+    }
+    // While cookies are on: forged cookie ACKs stop here, not in the kernel's check.
+    if detector_common::ackshield::screens(cfg, seg.flags) {
+        if let Some(drop) = ackshield::screen_ack(ctx, &seg, cfg) {
+            return drop;
+        }
     }
     Counter::PassTcp
 }

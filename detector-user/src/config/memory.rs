@@ -149,6 +149,13 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
         shape(names::MAP_CONFIG, Kind::Array, 4, size_of::<KernelConfig>(), 1),
         shape(names::MAP_COUNTERS, Kind::PerCpuArray, 4, 8, COUNTER_SLOTS),
         shape(names::MAP_COOKIE_BUDGET, Kind::Array, 4, 16, 1),
+        shape(
+            names::MAP_COOKIE_RENEWALS,
+            Kind::LruHash,
+            size_of::<detector_common::fastpath::ListenerKey>(),
+            8,
+            detector_common::fastpath::RENEWALS_CAPACITY,
+        ),
         shape("OPTION_WALK", Kind::PerCpuArray, 4, size_of::<OptionScratch>(), 1),
         shape("EVENT_BUDGET", Kind::PerCpuArray, 4, 16, 1),
         shape(names::MAP_LOCAL_ADDRS, Kind::Hash, 16, 4, names::LOCAL_ADDRS_CAPACITY),
