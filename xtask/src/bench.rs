@@ -95,17 +95,25 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         c
     };
     let tracked = detector_config(0);
+    let cookie_mss = Config { flags: FLAG_ENFORCE | FLAG_COOKIES, ..cookie };
     let (few, many) = (args.few_sources, args.many_sources);
     #[rustfmt::skip]
     let cases = [
         Case { name: "trivial XDP_PASS (subtracted from all)", program: "baseline_pass", config: None, family: Family::V4, sources: few, verdict: 2, path: None },
         Case { name: "trivial XDP_TX (MAC swap)", program: "baseline_tx", config: None, family: Family::V4, sources: few, verdict: 3, path: None },
         Case { name: "helper floor (lookup + cookie helper)", program: "baseline_helper_floor", config: None, family: Family::V4, sources: few, verdict: 3, path: None },
-        Case { name: "cookie path, IPv4, TS options", program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookie) },
-        Case { name: "cookie path, IPv6, few sources", program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 3, path: Some(Counter::TxCookie) },
-        Case { name: "cookie path, IPv6, many sources", program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: many, verdict: 3, path: Some(Counter::TxCookie) },
+        Case { name: "cookie path, IPv4, TS options", program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast) },
+        Case { name: "cookie path, IPv6, few sources", program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 3, path: Some(Counter::TxCookieFast) },
+        Case { name: "cookie path, IPv6, many sources", program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: many, verdict: 3, path: Some(Counter::TxCookieFast) },
         Case { name: "tracked SYN, IPv6, few sources", program: names::PROGRAM, config: Some(tracked), family: Family::V6, sources: few, verdict: 2, path: Some(Counter::PassSyn) },
         Case { name: "tracked SYN, IPv6, many sources", program: names::PROGRAM, config: Some(tracked), family: Family::V6, sources: many, verdict: 2, path: Some(Counter::PassSyn) },
+        Case { name: "cookie path, IPv4, MSS only", program: names::PROGRAM, config: Some(cookie_mss), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast) },
+        Case { name: "trivial XDP_DROP", program: "baseline_drop", config: None, family: Family::V4, sources: few, verdict: 1, path: None },
+        Case { name: "drop path, blocked source", program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropBlocked) },
+        Case { name: "ACK, calm (no cookies)", program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp) },
+        Case { name: "ACK, cookies on, no owner (shield lookup)", program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp) },
+        Case { name: "forged cookie ACK, IPv4 (shield drop)", program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropAckShield) },
+        Case { name: "forged cookie ACK, IPv6 (shield drop)", program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 1, path: Some(Counter::DropAckShield) },
     ];
 
     println!(
@@ -134,6 +142,12 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         "  tracked SYN: {many} / {few} sources  {:>8.2}   (LRU churn when sources outnumber the map)",
         net(7) / net(6)
     );
+    let raw = |i: usize, j: usize| results[i] / results[j];
+    println!("  cookie fast path IPv4 MSS only / helper floor {:>8.2}", net(8) / net(2));
+    println!("  cookie fast path IPv6 / helper floor   {:>8.2}", net(4) / net(2));
+    println!("  drop path / trivial XDP_DROP (raw)     {:>8.2}", raw(10, 9));
+    println!("  ACK calm / trivial XDP_PASS (raw)      {:>8.2}", raw(11, 0));
+    println!("  ACK cookies on / trivial XDP_PASS (raw) {:>7.2}", raw(12, 0));
     if args.no_agent {
         return Ok(());
     }
@@ -177,8 +191,34 @@ fn run_case(object: &[u8], case: &Case, packets: u32) -> Result<f64> {
             local.insert(server, 1, 0)?;
         }
     }
+    if case.path == Some(Counter::DropBlocked) {
+        let mut sources: aya::maps::HashMap<_, SourceKey, SourceState> =
+            aya::maps::HashMap::try_from(ebpf.map_mut(names::MAP_SOURCES).context("SOURCES")?)?;
+        let (mut frame, cfg) = (syn_frame(case.family), case.config.context("config")?);
+        for n in 0..case.sources {
+            set_source(&mut frame, case.family, n);
+            sources.insert(
+                source_of(&frame, case.family),
+                SourceState { blocked_until_ns: u64::MAX, ..SourceState::new(0, &cfg) },
+                0,
+            )?;
+        }
+    }
     let prog: &Xdp = ebpf.program(case.program).context("program")?.try_into()?;
     let mut template = syn_frame(case.family);
+    // ACK cases (by their path): flags ACK; under cookies to a port nobody listens on, so
+    // the shield's socket lookup runs and finds no owner.
+    let ack = matches!(case.path, Some(Counter::PassTcp | Counter::DropAckShield));
+    if ack {
+        let th = match case.family {
+            Family::V4 => 34,
+            Family::V6 => 54,
+        };
+        template[th + 13] = 0x10;
+        if case.path == Some(Counter::PassTcp) && case.config.is_some_and(|c| c.has(FLAG_COOKIES)) {
+            template[th + 2..th + 4].copy_from_slice(&(BENCH_PORT + 1).to_be_bytes());
+        }
+    }
     let mut out = vec![0u8; 256];
     let mut total = Duration::ZERO;
     let mut sent_sources = HashSet::new();
@@ -196,7 +236,9 @@ fn run_case(object: &[u8], case: &Case, packets: u32) -> Result<f64> {
         total += result.duration;
     }
     if let Some(path) = case.path {
-        let counted = counter(&ebpf, path)?;
+        // The fast path renews each listener with a socket-bound answer once a second.
+        let renewals = if path == Counter::TxCookieFast { counter(&ebpf, Counter::TxCookie)? } else { 0 };
+        let counted = counter(&ebpf, path)? + renewals;
         ensure!(
             counted == u64::from(packets),
             "{}: counter {path:?} saw {counted} of {packets} packets: another path ran",
@@ -210,7 +252,7 @@ fn run_case(object: &[u8], case: &Case, packets: u32) -> Result<f64> {
         sent_sources.len(),
         case.sources
     );
-    if let Some(cfg) = case.config {
+    if let Some(cfg) = case.config.filter(|_| !ack) {
         check_state(&ebpf, case, &cfg, &sent_sources)?;
     }
     #[allow(clippy::cast_precision_loss, reason = "a duration in ns, far below 2^52")]

@@ -47,10 +47,20 @@ impl Flood {
 
     /// Runs the flood to completion (bounded) from the client namespace.
     pub fn run(&self, lab: &Lab) -> Result<FloodReport> {
+        self.run_segments(lab, false)
+    }
+
+    /// The same flood of ACKs with random sequence and acknowledgment numbers: forged
+    /// cookie ACKs (the kernel checks each one as a cookie while cookies are on).
+    pub fn run_acks(&self, lab: &Lab) -> Result<FloodReport> {
+        self.run_segments(lab, true)
+    }
+
+    fn run_segments(&self, lab: &Lab, acks: bool) -> Result<FloodReport> {
         let dst_mac = mac(&lab.server_ns, &lab.server_if)?;
         let src_mac = mac(&lab.client_ns, &lab.client_if)?;
         let conf = lab.scratch().join(format!("flood-{}.cfg", if self.v6 { 6 } else { 4 }));
-        std::fs::write(&conf, self.trafgen_config(dst_mac, src_mac))?;
+        std::fs::write(&conf, self.trafgen_config(dst_mac, src_mac, acks))?;
         let started = Instant::now();
         let out = Command::new("timeout")
             .arg(format!("{}", self.limit.as_secs().max(1)))
@@ -75,7 +85,7 @@ impl Flood {
         }
     }
 
-    fn trafgen_config(&self, dst_mac: [u8; 6], src_mac: [u8; 6]) -> String {
+    fn trafgen_config(&self, dst_mac: [u8; 6], src_mac: [u8; 6], acks: bool) -> String {
         let bytes = |b: &[u8]| b.iter().map(|x| format!("{x:#04x}")).collect::<Vec<_>>().join(", ");
         let eth_type = if self.v6 { "c16(0x86dd)" } else { "c16(0x0800)" };
         let ip = if self.v6 {
@@ -97,9 +107,11 @@ impl Flood {
             )
         };
         let csum = if self.v6 { "csumtcp6(14, 54)" } else { "csumtcp(14, 34)" };
+        // Acknowledgment number and flags: 0 and SYN, or random and ACK.
+        let (ack, flags) = if acks { ("drnd(4)", "0x10") } else { ("c32(0)", "0x02") };
         format!(
             // TCP with an MSS option (data offset 6), as most SYN flood tools send.
-            "{{\n  {}, {}, {eth_type},\n  {ip},\n  drnd(2), c16({}), drnd(4), c32(0), 0x60, 0x02, c16(64240), {csum}, c16(0),\n  0x02, 0x04, 0x05, 0xb4\n}}\n",
+            "{{\n  {}, {}, {eth_type},\n  {ip},\n  drnd(2), c16({}), drnd(4), {ack}, 0x60, {flags}, c16(64240), {csum}, c16(0),\n  0x02, 0x04, 0x05, 0xb4\n}}\n",
             bytes(&dst_mac),
             bytes(&src_mac),
             self.port
