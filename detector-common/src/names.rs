@@ -44,6 +44,10 @@ pub const MAP_COOKIE_BUDGET: &str = "COOKIE_BUDGET";
 /// helper last answered for it (renewing its overflow stamp); the raw helper answers for
 /// it within a second of that. Written by the program only; not pinned (it refills itself).
 pub const MAP_COOKIE_RENEWALS: &str = "COOKIE_RENEWALS";
+/// `Array<u32>` of `fastpath::CLOSED_FILTER_BUCKETS`: per flow-hash bucket, when a client
+/// last sent us a FIN there (`fastpath::closed_stamp`); such tuples may be in TIME_WAIT and
+/// take the socket lookup. Written by the program only; not pinned.
+pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 
 /// The layout of the maps the agent pins (docs/operations.md): a restarted agent whose
 /// version equals the pinned one adopts the pinned maps (counters and per-source state

@@ -9,13 +9,15 @@ use aya_ebpf::{
     bindings::{iphdr, ipv6hdr, tcphdr},
     helpers::generated::{bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6},
     macros::map,
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::XdpContext,
 };
 use detector_common::{
     counters::Counter,
-    fastpath::{cookie_path, CookiePath, ListenerKey, RENEWALS_CAPACITY},
-    parse::{IpVersion, TcpSegment},
+    fastpath::{closed_stamp, cookie_path, may_be_time_wait, CookiePath, ListenerKey, CLOSED_FILTER_BUCKETS, RENEWALS_CAPACITY},
+    filter,
+    parse::{tcp_flags, IpVersion, TcpSegment},
+    state::FlowKey,
     synack::MAX_OPTIONS_LEN,
 };
 
@@ -30,6 +32,33 @@ const EINVAL: i64 = 22;
 #[map(name = "COOKIE_RENEWALS")]
 static COOKIE_RENEWALS: LruHashMap<ListenerKey, u64> = LruHashMap::with_max_entries(RENEWALS_CAPACITY, 0);
 
+/// Per flow-hash bucket, `closed_stamp` of the last FIN a client sent: tuples that may be
+/// in `TIME_WAIT` here, which the raw path must not answer (`fastpath::may_be_time_wait`).
+#[map(name = "CLOSED_FILTER")]
+static CLOSED_FILTER: Array<u32> = Array::with_max_entries(CLOSED_FILTER_BUCKETS, 0);
+
+#[inline(always)]
+fn bucket(seg: &TcpSegment) -> u32 {
+    filter::bucket(&FlowKey { src: seg.src, dst: seg.dst, src_port: seg.src_port, dst_port: seg.dst_port })
+}
+
+/// For every segment that is not a SYN: a client's FIN may leave the tuple in `TIME_WAIT`
+/// on this host (when the server closed first), so its bucket is stamped. One array write
+/// per FIN, nothing for other segments.
+#[inline(always)]
+pub fn on_segment(seg: &TcpSegment, now: u64) {
+    if seg.flags & tcp_flags::FIN != 0 {
+        saw_fin(seg, now);
+    }
+}
+
+/// A BPF-to-BPF call: the flow key it hashes sits in its own stack frame, not in the
+/// entry point's, which the deepest SYN path's frames sit on top of (docs/verifier.md, 7).
+#[inline(never)]
+fn saw_fin(seg: &TcpSegment, now: u64) {
+    let _ = CLOSED_FILTER.set(bucket(seg), closed_stamp(now), 0);
+}
+
 #[inline(always)]
 fn key(seg: &TcpSegment) -> ListenerKey {
     ListenerKey { addr: seg.dst, port: seg.dst_port, _pad: 0 }
@@ -38,8 +67,10 @@ fn key(seg: &TcpSegment) -> ListenerKey {
 /// Which helper answers this SYN.
 #[inline(always)]
 pub fn path(seg: &TcpSegment, now: u64) -> CookiePath {
+    // A missing slot cannot happen (an array); if it did, the lookup path is the safe one.
+    let time_wait = CLOSED_FILTER.get(bucket(seg)).is_none_or(|&stamp| may_be_time_wait(stamp, now));
     // SAFETY: a copy of the value is taken at once.
-    cookie_path(unsafe { COOKIE_RENEWALS.get(&key(seg)) }.copied(), now)
+    cookie_path(unsafe { COOKIE_RENEWALS.get(&key(seg)) }.copied(), time_wait, now)
 }
 
 /// The socket-bound helper answered for this SYN's listener at `now`. A failed insert

@@ -79,6 +79,7 @@ fn decide(ctx: &XdpContext) -> Counter {
         };
         return if cfg.has(FLAG_ENFORCE) { counter } else { counter.monitored() };
     }
+    fastpath::on_segment(&seg, now);
     if seg.may_complete_handshake() {
         track::on_ack(&seg, cfg, now);
     }

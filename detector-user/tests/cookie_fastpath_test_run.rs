@@ -146,6 +146,32 @@ fn the_raw_helper_answers_within_a_second_of_a_socket_bound_answer_then_it_renew
 }
 
 #[test]
+fn a_tuple_whose_client_sent_a_fin_recently_is_not_answered_by_the_raw_helper() {
+    // The server may hold that tuple in TIME_WAIT: the SYN must take the socket lookup,
+    // which leaves a TIME_WAIT tuple to the kernel (cookie_test_run.rs has that part).
+    in_private_netns(|| {
+        let det = Detector::load(cookie_config(), &[]);
+        answer(&det, false, 45_000);
+        let mut fin = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+            .ipv4(CLIENT4, SERVER4, 64)
+            .tcp(45_001, PORT, 77, 512)
+            .ack(1)
+            .fin()
+            .write(&mut fin, &[])
+            .unwrap();
+        // No connection owns the tuple in this fixture, so the ACK shield drops the FIN;
+        // its bucket is stamped before that (a real FIN_WAIT_2 socket would take it).
+        assert_eq!(det.run(names::PROGRAM, &fin).0, XDP_DROP);
+        let before = (det.counter(Counter::TxCookie), det.counter(Counter::TxCookieFast));
+        answer(&det, false, 45_001);
+        assert_eq!(det.counter(Counter::TxCookie), before.0 + 1, "after its FIN: the socket lookup");
+        answer(&det, false, 45_002);
+        assert_eq!(det.counter(Counter::TxCookieFast), before.1 + 1, "another tuple: the raw helper");
+    });
+}
+
+#[test]
 fn the_kernel_refuses_a_raw_cookie_until_a_socket_bound_call_renews_the_listener() {
     // The fact the fast path is built on: on a listener without a fresh overflow stamp the
     // kernel refuses even a correct cookie; one socket-bound call later it accepts it.

@@ -156,6 +156,7 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
             8,
             detector_common::fastpath::RENEWALS_CAPACITY,
         ),
+        shape(names::MAP_CLOSED_FILTER, Kind::Array, 4, 4, detector_common::fastpath::CLOSED_FILTER_BUCKETS),
         shape("OPTION_WALK", Kind::PerCpuArray, 4, size_of::<OptionScratch>(), 1),
         shape("EVENT_BUDGET", Kind::PerCpuArray, 4, 16, 1),
         shape(names::MAP_LOCAL_ADDRS, Kind::Hash, 16, 4, names::LOCAL_ADDRS_CAPACITY),
