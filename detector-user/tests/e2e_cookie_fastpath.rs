@@ -98,6 +98,7 @@ fn fast_path_cookies_are_accepted_through_a_long_flood_and_after_a_quiet_period(
             let r = legit(&lab, 10);
             total.ok += r.ok;
             total.failed += r.failed;
+            total.latencies.extend(r.latencies);
             total.first_error = total.first_error.or(r.first_error);
             thread::sleep(Duration::from_secs(5));
         }
