@@ -43,9 +43,13 @@ pub struct Config {
     /// Keys the sketch's hashes, so a flood cannot be crafted offline to collide with a
     /// legitimate source in every row. Chosen at random by the agent.
     pub sketch_seed: u32,
+    /// Sample 1 in this many dropped or cookie-answered packets into the `SAMPLES` ring
+    /// buffer (see `sample`); 0 = off, which costs the program one compare per packet.
+    pub sample_one_in: u32,
+    pub _pad2: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 64);
 
 /// Verdicts are applied. Without it the program only counts what it would do (monitor).
 pub const FLAG_ENFORCE: u32 = 1 << 0;
@@ -58,6 +62,21 @@ pub const FLAG_COOKIE_ECN: u32 = 1 << 3;
 /// Answer only SYNs to ports marked `PORT_ANSWER` in `PORT_POLICY` (the operator listed
 /// the ports to answer for); without it every port not marked `PORT_KERNEL` is answered.
 pub const FLAG_LISTED_PORTS_ONLY: u32 = 1 << 4;
+/// Kill switch (`mode off`): pass every packet at once, before parsing, without detaching.
+pub const FLAG_OFF: u32 = 1 << 5;
+/// The `ALLOW` trie has entries: look sources up in it (see `lists`). Without entries the
+/// lookup is skipped, so established traffic pays nothing for an empty list.
+pub const FLAG_ALLOW_LIST: u32 = 1 << 6;
+/// The `DENY` trie has entries: look sources up in it.
+pub const FLAG_DENY_LIST: u32 = 1 << 7;
+/// Tracking gives exact per-source state only to sources the sketch counts near a limit
+/// (`track::promotion_threshold`); the others are counted in the sketch alone.
+pub const FLAG_SKETCH_ADMISSION: u32 = 1 << 8;
+/// `PORT_LIMITS` holds per-port limits: look the SYN's destination port up (`ports`).
+pub const FLAG_PORT_LIMITS: u32 = 1 << 9;
+/// Only ports marked `PORT_PROTECTED` in `PORT_LIMITS` are tracked, blocked and answered;
+/// SYNs to the others pass (`unprotected_port`).
+pub const FLAG_PROTECTED_PORTS_ONLY: u32 = 1 << 10;
 
 impl Config {
     /// A config with the derived fields filled in. `handshake_timeout_ns` must be at least
@@ -83,6 +102,8 @@ impl Config {
             synack_wscale: 0,
             _pad: 0,
             sketch_seed: 0,
+            sample_one_in: 0,
+            _pad2: 0,
         }
     }
 

@@ -119,16 +119,26 @@ counters! {
     /// An untagged SYN on an interface whose NIC strips VLAN tags: it may have been tagged,
     /// and a reply from XDP would leave untagged.
     PassCookieVlanOffload = 30, Some(Verdict::Pass), "cookie_vlan_offload";
+    /// The kill switch is on (`mode off`): passed before parsing.
+    PassOff = 31, Some(Verdict::Pass), "off";
+    /// A packet from a source on the allow list: never dropped nor answered.
+    PassAllowed = 32, Some(Verdict::Pass), "allowed";
+    /// A packet from a source on the deny list (or blocked by the operator): dropped.
+    DropDenied = 33, Some(Verdict::Drop), "denied";
+    /// Monitor mode: the packet would have been dropped, its source being denied.
+    PassMonitorDenied = 34, Some(Verdict::Pass), "monitor_denied";
+    /// A SYN to a port the operator did not list as protected (`protected_ports`).
+    PassUnprotectedPort = 35, Some(Verdict::Pass), "unprotected_port";
     /// A SYN answered from XDP with a cookie from the raw helper (no socket lookup), within
     /// a second of a socket-bound answer for the same listener (`fastpath`).
-    TxCookieFast = 31, Some(Verdict::Tx), "cookie_fast";
+    TxCookieFast = 36, Some(Verdict::Tx), "cookie_fast";
     /// While cookies are on: an ACK that only a listener would take, whose cookie the
     /// kernel's check refuses (a forged cookie ACK), dropped before the kernel checks it.
-    DropAckShield = 32, Some(Verdict::Drop), "ack_shield";
+    DropAckShield = 37, Some(Verdict::Drop), "ack_shield";
 }
 
 /// Number of slots in the counter array.
-pub const COUNTER_SLOTS: u32 = 33;
+pub const COUNTER_SLOTS: u32 = 38;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_SLOTS as usize);
 
@@ -156,6 +166,7 @@ impl Counter {
                 | Counter::PassNotLocal
                 | Counter::PassCookieKernelPolicy
                 | Counter::PassCookieVlanOffload
+                | Counter::PassUnprotectedPort
         )
     }
 
@@ -165,7 +176,13 @@ impl Counter {
     #[must_use]
     pub const fn counts_toward_detection(self) -> bool {
         self.is_syn()
-            && !matches!(self, Counter::DropBlocked | Counter::PassMonitorBlocked | Counter::PassNotLocal)
+            && !matches!(
+                self,
+                Counter::DropBlocked
+                    | Counter::PassMonitorBlocked
+                    | Counter::PassNotLocal
+                    | Counter::PassUnprotectedPort
+            )
     }
 
     /// What monitor mode counts instead: every drop becomes a pass that says what would
@@ -176,6 +193,7 @@ impl Counter {
         match self {
             Counter::DropBlocked => Counter::PassMonitorBlocked,
             Counter::DropOverLimit | Counter::DropCookieBudget => Counter::PassMonitorOverLimit,
+            Counter::DropDenied => Counter::PassMonitorDenied,
             other => other,
         }
     }

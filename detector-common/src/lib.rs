@@ -16,12 +16,15 @@ pub mod config;
 pub mod counters;
 pub mod fastpath;
 pub mod filter;
+pub mod lists;
 pub mod names;
 pub mod packet;
 pub mod parse;
 pub mod policy;
+pub mod ports;
 #[cfg(feature = "user")]
 pub mod procnet;
+pub mod sample;
 pub mod sketch;
 pub mod state;
 pub mod synack;

@@ -40,6 +40,31 @@ pub const MAP_IFACES: &str = "IFACES";
 /// `Array<[u64; 2]>`, one slot: [start of the current second, SYN-ACKs sent in it], shared
 /// by all CPUs so the budget holds host-wide.
 pub const MAP_COOKIE_BUDGET: &str = "COOKIE_BUDGET";
+/// `LpmTrie<[u8; 16], u32>`: source prefixes (IPv4-mapped, so an IPv4 /n is /96+n) that
+/// are always passed, never dropped nor answered with cookies; value 1. See `lists`.
+pub const MAP_ALLOW: &str = "ALLOW";
+/// `LpmTrie<[u8; 16], u32>`: source prefixes whose every IP packet is dropped (operator's
+/// deny list and `block` entries); value 1. See `lists`.
+pub const MAP_DENY: &str = "DENY";
+/// Capacity of `ALLOW` and of `DENY` each (LPM tries allocate per entry, not up front).
+pub const LIST_CAPACITY: u32 = 16_384;
+
+/// `RingBuf` of `sample::SampleRecord`s (`sample::RING_BYTES`): 1 in `Config::sample_one_in`
+/// dropped or cookie-answered frames, as received, for the agent's capture files.
+pub const MAP_SAMPLES: &str = "SAMPLES";
+/// `PerCpuArray<u64>`, one slot: samples lost because `SAMPLES` was full.
+pub const MAP_SAMPLES_LOST: &str = "SAMPLES_LOST";
+/// `PerCpuArray<sample::SampleRecord>`, one slot: the frame captured before the verdict.
+pub const MAP_SAMPLE_SCRATCH: &str = "SAMPLE_SCRATCH";
+
+/// Hash map: destination port (u32, host order) → `ports::PortLimits`. Not pinned: the
+/// agent rewrites it from its config on every poll.
+pub const MAP_PORT_LIMITS: &str = "PORT_LIMITS";
+pub const PORT_LIMITS_CAPACITY: u32 = 1_024;
+/// `PerCpuArray<Config>`, one slot: the config with a port's own limits, for the SYN
+/// being judged (a copy off the stack). Not pinned.
+pub const MAP_PORT_CONFIG: &str = "PORT_CONFIG";
+
 /// `LruHashMap<fastpath::ListenerKey, u64>`: per listener, when the socket-bound cookie
 /// helper last answered for it (renewing its overflow stamp); the raw helper answers for
 /// it within a second of that. Written by the program only; not pinned (it refills itself).
@@ -58,11 +83,12 @@ pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 /// reordered or resized in a `#[repr(C)]` type such as `SourceState` or `Config`); the
 /// meaning of a slot (e.g. a `counters` index) or of a value. Map sizes are not part of
 /// it: the agent compares them itself and loads fresh maps when they differ.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 5: `COUNTERS` gained `cookie_fast` and `ack_shield` (slots 36 and 37).
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 13] = [
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_SOURCES,
@@ -74,4 +100,6 @@ pub const PINNED_MAPS: [&str; 11] = [
     MAP_KERNEL_DESTS,
     MAP_IFACES,
     MAP_COOKIE_BUDGET,
+    MAP_ALLOW,
+    MAP_DENY,
 ];

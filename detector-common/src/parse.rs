@@ -146,7 +146,7 @@ pub fn parse_tcp<P: Packet + ?Sized>(pkt: &P) -> Result<TcpSegment, NotTcp> {
 
 /// Returns (inner ethertype, offset of the L3 header, number of VLAN tags).
 #[inline(always)]
-fn parse_ethernet<P: Packet + ?Sized>(pkt: &P) -> Result<(u16, usize, u8), NotTcp> {
+pub(crate) fn parse_ethernet<P: Packet + ?Sized>(pkt: &P) -> Result<(u16, usize, u8), NotTcp> {
     let mut ethertype = pkt.be16_at(12).ok_or(NotTcp::Truncated)?;
     let mut offset = ETH_HEADER_LEN;
     let mut tags = 0u8;

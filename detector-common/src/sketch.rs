@@ -1,6 +1,8 @@
-//! A count-min sketch of SYNs per source, used while answering with cookies: it finds a
-//! real source that floods without inserting an entry for every spoofed one, so memory
-//! and cost per SYN stay flat however many distinct sources a flood uses.
+//! A count-min sketch of SYNs per source: it finds a real source that floods without
+//! inserting an entry for every spoofed one, so memory and cost per SYN stay flat however
+//! many distinct sources a flood uses. Cookie mode blocks the sources it estimates over
+//! the SYN-rate limit; tracking gives exact state only to the sources it estimates over
+//! `track::promotion_threshold`.
 //!
 //! `SKETCH_ROWS` rows of `Config::sketch_width` cells in one array map. A cell is a u64:
 //! the high half is the epoch (about one second) it counts for, the low half the count,
@@ -13,7 +15,7 @@ use crate::{config::Config, state::SourceKey};
 pub const SKETCH_ROWS: u32 = 4;
 
 /// Epochs of 2^30 ns (about 1.07 s): the window the SYN-rate limit is compared against.
-const EPOCH_SHIFT: u32 = 30;
+pub const EPOCH_SHIFT: u32 = 30;
 
 #[inline(always)]
 #[must_use]

@@ -2,9 +2,15 @@
 //!
 //! Pure functions over `SourceState`; the program fetches the state from its LRU map,
 //! calls these, and applies the verdict.
+//!
+//! Not every source gets a map entry: a source without one is counted in the sketch, and
+//! only once its estimate for the current epoch reaches `promotion_threshold` does it get
+//! exact state (`SourceState::promoted`). A flood of many light sources then costs one
+//! sketch update per SYN instead of an LRU insert (and eviction) per source and per flow.
 
 use crate::{
-    config::{Config, PENDING_SLOTS},
+    config::{Config, FLAG_SKETCH_ADMISSION, PENDING_SLOTS},
+    sketch,
     state::SourceState,
 };
 
@@ -103,6 +109,65 @@ impl SourceState {
     fn block(&mut self, now_ns: u64, cfg: &Config) {
         self.blocked_until_ns = now_ns.saturating_add(cfg.block_ttl_ns);
         self.blocks = self.blocks.saturating_add(1);
+    }
+}
+
+/// The sketch estimate (SYNs in the current epoch) at which a source without a map entry
+/// gets one. Low enough that no limit can be crossed unseen:
+/// - SYN rate: a quarter of the limit, so a source approaching it is tracked exactly for
+///   most of its way there (and the state is seeded with the estimate, which never
+///   undercounts).
+/// - half-open: a pending handshake lives at most `PENDING_SLOTS` slots, which touch at
+///   most `lifetime / epoch + 2` epochs; a source below the threshold in every one of them
+///   holds fewer than `half_open_limit` half-open handshakes.
+///
+/// 1 (every source tracked from its first SYN) without `FLAG_SKETCH_ADMISSION`, when no
+/// limit is set, or when the sketch is unusable (width not a power of two: the map cannot
+/// be indexed).
+///
+/// What admission changes: the SYNs of a source before its promotion have no pending-flow
+/// entry, so their handshakes are neither completed nor failed in the counters, and the
+/// host-wide half-open sum (over source entries) leaves out sources below the threshold.
+/// The promoted state counts the epoch's earlier SYNs as pending; those expire as failed.
+#[inline(always)]
+#[must_use]
+pub fn promotion_threshold(cfg: &Config) -> u32 {
+    if !cfg.has(FLAG_SKETCH_ADMISSION) || !cfg.sketch_width.is_power_of_two() {
+        return 1;
+    }
+    let mut threshold = u32::MAX;
+    if cfg.syn_rate_limit != 0 {
+        threshold = cfg.syn_rate_limit / 4;
+    }
+    if cfg.half_open_limit != 0 {
+        let lifetime_ns = cfg.pending_slot_ns.saturating_mul(PENDING_SLOTS as u64);
+        let epochs = (lifetime_ns >> sketch::EPOCH_SHIFT).saturating_add(2);
+        // checked: see `slot_of`; `epochs` is at least 2 anyway.
+        let per_epoch = u64::from(cfg.half_open_limit).checked_div(epochs).unwrap_or(0);
+        threshold = threshold.min(u32::try_from(per_epoch).unwrap_or(u32::MAX));
+    }
+    if threshold == u32::MAX {
+        return 1;
+    }
+    threshold.max(1)
+}
+
+impl SourceState {
+    /// A source that reached the promotion threshold with `estimate` SYNs in this epoch,
+    /// this SYN included. The earlier ones are taken as sent in the current rate window and
+    /// still pending (their flows were not recorded, so they cannot complete: they expire
+    /// as failed); `on_syn` then counts this SYN. So a source flooding from its first SYN
+    /// is blocked at the same SYN as if it had been tracked all along, when those SYNs
+    /// share a sketch epoch (an earlier epoch's are not carried over).
+    #[must_use]
+    pub fn promoted(now_ns: u64, cfg: &Config, estimate: u32) -> Self {
+        let mut state = Self::new(now_ns, cfg);
+        let earlier = estimate.saturating_sub(1);
+        state.syns_total = u64::from(earlier);
+        state.syns_in_window = earlier;
+        let idx = (state.newest_slot as usize) % PENDING_SLOTS;
+        state.pending[idx] = earlier;
+        state
     }
 }
 
@@ -269,6 +334,74 @@ mod tests {
         s.age(5 * SEC, &c);
         assert!(!on_handshake_complete(&mut s, 0, 5 * SEC, &c));
         assert_eq!((s.failed, s.completed, s.half_open()), (1, 0, 0));
+    }
+
+    fn with_sketch(rate: u32, half_open: u32, timeout_ns: u64) -> Config {
+        let mut c = Config::new(rate, half_open, 10 * SEC, timeout_ns);
+        c.sketch_width = 1024;
+        c.flags |= FLAG_SKETCH_ADMISSION;
+        c
+    }
+
+    #[test]
+    fn promotion_threshold_is_the_tighter_limit_share() {
+        // Defaults: 200 SYN/s → 50; 100 half-open over 4 s of pending life (3 epochs + 2) → 20.
+        assert_eq!(promotion_threshold(&with_sketch(200, 100, 3 * SEC)), 20);
+        assert_eq!(promotion_threshold(&with_sketch(200, 0, 3 * SEC)), 50);
+        assert_eq!(promotion_threshold(&with_sketch(0, 100, 30 * SEC)), 100 / (37 + 2));
+        assert_eq!(promotion_threshold(&with_sketch(3, 3, 3 * SEC)), 1, "never 0");
+        assert_eq!(promotion_threshold(&with_sketch(0, 0, 3 * SEC)), 1, "no limit: track all");
+        assert_eq!(promotion_threshold(&cfg(200, 100)), 1, "no sketch: track all");
+        let mut off = with_sketch(200, 100, 3 * SEC);
+        off.flags &= !FLAG_SKETCH_ADMISSION;
+        assert_eq!(promotion_threshold(&off), 1, "admission off: track all");
+    }
+
+    #[test]
+    fn untracked_sources_cannot_reach_the_half_open_limit() {
+        // Below the threshold in every epoch a pending handshake can live through, a source
+        // holds fewer than the limit however its SYNs fall.
+        for timeout in [SEC, 3 * SEC, 10 * SEC, 60 * SEC] {
+            for limit in [5, 50, 100, 1_000] {
+                let c = with_sketch(0, limit, timeout);
+                let p = u64::from(promotion_threshold(&c));
+                let lifetime = c.pending_slot_ns * PENDING_SLOTS as u64;
+                let epochs_touched = lifetime / (1 << sketch::EPOCH_SHIFT) + 2;
+                if p > 1 {
+                    assert!((p - 1) * epochs_touched < u64::from(limit), "{timeout} ns, {limit}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_promoted_flooder_is_blocked_at_the_same_syn_as_an_exact_one() {
+        for (rate, half_open) in [(8, 0), (0, 10), (40, 20)] {
+            let c = with_sketch(rate, half_open, 3 * SEC);
+            let p = promotion_threshold(&c);
+            let mut exact = SourceState::new(0, &c);
+            let mut promoted = None;
+            for n in 1..=100u32 {
+                let now = u64::from(n) * MS;
+                let want = syn(&mut exact, now, &c);
+                let got = if n < p {
+                    SynVerdict::Pass
+                } else {
+                    let s = promoted.get_or_insert_with(|| SourceState::promoted(now, &c, n));
+                    syn(s, now, &c)
+                };
+                assert_eq!(got, want, "limits {rate}/{half_open}, SYN {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn promoted_state_counts_the_earlier_syns() {
+        let c = with_sketch(200, 100, 3 * SEC);
+        let mut s = SourceState::promoted(5 * SEC, &c, 20);
+        assert_eq!(on_syn(&mut s, 5 * SEC, &c, true), SynVerdict::Pass);
+        assert_eq!((s.syns_total, s.syns_in_window, s.half_open()), (20, 20, 20));
+        assert_eq!(s.age(10 * SEC, &c), 20, "the unrecorded ones expire as failed");
     }
 
     #[test]

@@ -42,29 +42,49 @@ fn flow_of(seg: &TcpSegment) -> FlowKey {
     FlowKey { src: seg.src, dst: seg.dst, src_port: seg.src_port, dst_port: seg.dst_port }
 }
 
-/// The state of the segment's source, created on first sight.
+/// The state of `key`'s source, created as `fresh` if it has none.
 #[inline(always)]
-fn source_state(key: &SourceKey, now: u64, cfg: &Config) -> Option<&'static mut SourceState> {
+fn source_state(key: &SourceKey, fresh: &SourceState) -> Option<&'static mut SourceState> {
     if let Some(state) = SOURCES.get_ptr_mut(key) {
         // SAFETY: a live map value; concurrent updates from other CPUs can lose an
         // increment, which the estimates tolerate.
         return Some(unsafe { &mut *state });
     }
-    let fresh = SourceState::new(now, cfg);
     // BPF_NOEXIST: another CPU may have created it meanwhile; then use theirs.
-    let _ = SOURCES.insert(key, &fresh, u64::from(BPF_NOEXIST));
+    let _ = SOURCES.insert(key, fresh, u64::from(BPF_NOEXIST));
     // SAFETY: as above.
     SOURCES.get_ptr_mut(key).map(|state| unsafe { &mut *state })
 }
 
-/// A connection request: account it to its source and decide.
+/// A connection request: account it to its source and decide. A source without state
+/// is only counted in the sketch until its estimate reaches the promotion threshold
+/// (`track::promotion_threshold`, only with `FLAG_SKETCH_ADMISSION`): no source entry, no
+/// pending flow, nothing for the ACK path to find.
 // A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
 #[inline(never)]
 pub fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
     let key = SourceKey { addr: seg.src };
-    let Some(state) = source_state(&key, now, cfg) else {
-        events::map_full(ctx);
-        return Counter::PassMapError;
+    let state = if let Some(state) = SOURCES.get_ptr_mut(&key) {
+        // SAFETY: see `source_state`.
+        unsafe { &mut *state }
+    } else {
+        let threshold = track::promotion_threshold(cfg);
+        let estimate = if threshold > 1 {
+            match sketch_estimate(&key, cfg, now) {
+                Some(estimate) if estimate < threshold => return Counter::PassSyn,
+                Some(estimate) => estimate,
+                // A cell outside the map (the config's width disagrees with it): track
+                // exactly, as without a sketch.
+                None => 1,
+            }
+        } else {
+            1
+        };
+        let Some(state) = source_state(&key, &SourceState::promoted(now, cfg, estimate)) else {
+            events::map_full(ctx);
+            return Counter::PassMapError;
+        };
+        state
     };
     let expired = state.age(now, cfg);
     if expired != 0 {
@@ -127,7 +147,7 @@ pub fn screen_for_cookie(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: 
         // estimate no flooder can be found, so say so rather than answer blind.
         None => return Some(Counter::PassMapError),
     }
-    let Some(state) = source_state(&key, now, cfg) else {
+    let Some(state) = source_state(&key, &SourceState::new(now, cfg)) else {
         events::map_full(ctx);
         return Some(Counter::PassMapError);
     };

@@ -3,10 +3,11 @@
 //! SIGHUP applies and which need a restart; `memory`: the kernel memory its maps take.
 
 pub mod memory;
+pub mod ports;
 pub mod reload;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -85,6 +86,57 @@ pub struct FileConfig {
     pub cookies: Cookies,
     pub maps: Maps,
     pub policy: Policy,
+    /// The control socket (`syndetector block`, `allow`, `mode`, ...; docs/control.md);
+    /// `state_dir/control.sock` when not set, so each agent has its own.
+    pub control_socket: Option<PathBuf>,
+    pub lists: ListFiles,
+    pub samples: Samples,
+    /// The only local ports tracked, blocked and answered; SYNs to others pass (counted
+    /// as `unprotected_port`). Absent: every port.
+    pub protected_ports: Option<Vec<u16>>,
+    /// Per-port limits where they differ from `[thresholds]`, keyed by port (`[ports."443"]`).
+    pub ports: BTreeMap<String, PortThresholds>,
+}
+
+/// `[lists]`: files of prefixes always allowed / always denied (docs/control.md).
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListFiles {
+    pub allow_files: Vec<PathBuf>,
+    pub deny_files: Vec<PathBuf>,
+}
+
+/// Pcap samples of dropped and cookie-answered packets (see `samples`, docs/samples.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Samples {
+    /// Sample 1 in this many dropped or cookie-answered packets (0 = off).
+    pub one_in: u32,
+    /// Where the capture files go: created 0700, refused if a symlink or not ours.
+    pub dir: PathBuf,
+    /// A capture file is closed before it would grow past this.
+    pub max_file_bytes: u64,
+    /// At most this many capture files are kept; the oldest is deleted.
+    pub max_files: u32,
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Self {
+            one_in: 0,
+            dir: PathBuf::from("/var/lib/syndetector/samples"),
+            max_file_bytes: 16 * 1024 * 1024,
+            max_files: 8,
+        }
+    }
+}
+
+/// `[ports."P"]`: limits for SYNs to local port P (each absent one: `[thresholds]`'s).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortThresholds {
+    pub syn_rate_limit: Option<u32>,
+    pub half_open_limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +148,10 @@ pub struct Thresholds {
     pub half_open_limit: u32,
     pub block_ttl_secs: u64,
     pub handshake_timeout_ms: u64,
+    /// Exact per-source state only for sources the sketch counts near a limit; the others
+    /// are counted in the sketch alone (flat cost under many-source floods; see
+    /// docs/tracking.md for what the handshake counters then leave out).
+    pub sketch_admission: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,13 +231,24 @@ impl Default for FileConfig {
             cookies: Cookies::default(),
             maps: Maps::default(),
             policy: Policy::default(),
+            control_socket: None,
+            lists: ListFiles::default(),
+            samples: Samples::default(),
+            protected_ports: None,
+            ports: BTreeMap::new(),
         }
     }
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self { syn_rate_limit: 200, half_open_limit: 100, block_ttl_secs: 60, handshake_timeout_ms: 3000 }
+        Self {
+            syn_rate_limit: 200,
+            half_open_limit: 100,
+            block_ttl_secs: 60,
+            handshake_timeout_ms: 3000,
+            sketch_admission: false,
+        }
     }
 }
 
@@ -241,6 +308,8 @@ pub struct RunArgs {
     pub cookie_timestamps: Option<bool>,
     #[arg(long, value_name = "SYN-ACK/S")]
     pub cookie_budget: Option<u32>,
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
 }
 
 /// The per-source limits and host-wide detection flags, shared by `run` and `analyze`;
@@ -304,6 +373,11 @@ impl Config {
         }
     }
 
+    /// Where the control socket is: `control_socket`, else `state_dir/control.sock`.
+    pub fn control_socket(&self) -> PathBuf {
+        self.file.control_socket.clone().unwrap_or_else(|| self.file.state_dir.join("control.sock"))
+    }
+
     pub fn sysctl_state_file(&self) -> PathBuf {
         self.file.state_dir.join("sysctl-state.toml")
     }
@@ -320,6 +394,7 @@ impl Config {
         );
         k.sketch_width = self.file.maps.sketch_width;
         k.synack_window = self.file.cookies.window;
+        k.sample_one_in = self.file.samples.one_in;
         k
     }
 
@@ -327,6 +402,15 @@ impl Config {
     pub fn policy(&self) -> PolicyConfig {
         // validate() already refused anything that does not convert.
         policy_config(&self.file.policy).unwrap_or_default()
+    }
+
+    /// The program flags that follow from the config alone, whatever the mode.
+    pub fn config_flags(&self) -> u32 {
+        if self.file.thresholds.sketch_admission {
+            detector_common::config::FLAG_SKETCH_ADMISSION
+        } else {
+            0
+        }
     }
 
     pub fn sketch_cells(&self) -> u32 {
@@ -380,6 +464,9 @@ fn apply_overrides(f: &mut FileConfig, a: &RunArgs) {
         cookie_timestamps => cookies.timestamps;
         cookie_budget => cookies.budget_per_second;
     }
+    if a.control_socket.is_some() {
+        f.control_socket.clone_from(&a.control_socket);
+    }
 }
 
 fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -418,17 +505,25 @@ pub fn validate(f: &FileConfig) -> Result<(), ConfigError> {
 }
 
 /// What `check-config` adds to `validate` without changing anything: an existing state
-/// directory must pass the checks `run` makes (a real directory, ours, not writable by
-/// others); a missing one is created by `run`.
-pub fn check_state_dir(f: &FileConfig) -> Result<(), ConfigError> {
-    if std::fs::symlink_metadata(&f.state_dir).is_err() {
+/// directory (and samples directory, with sampling on) must pass the checks `run` makes (a
+/// real directory, ours, not writable by others); a missing one is created by `run`.
+pub fn check_dirs(f: &FileConfig) -> Result<(), ConfigError> {
+    check_dir("state_dir", &f.state_dir)?;
+    if f.samples.one_in != 0 {
+        check_dir("samples.dir", &f.samples.dir)?;
+    }
+    Ok(())
+}
+
+fn check_dir(key: &'static str, dir: &Path) -> Result<(), ConfigError> {
+    if std::fs::symlink_metadata(dir).is_err() {
         return Ok(());
     }
-    crate::lock::StateDir::open(&f.state_dir, false).map(drop).map_err(|e| match e {
+    crate::lock::StateDir::open(dir, false).map(drop).map_err(|e| match e {
         crate::error::StateError::Dir { problem, .. } => {
-            invalid("state_dir", format!("{}: {problem}", f.state_dir.display()))
+            invalid(key, format!("{}: {problem}", dir.display()))
         }
-        other => invalid("state_dir", other.to_string()),
+        other => invalid(key, other.to_string()),
     })
 }
 
@@ -456,11 +551,17 @@ fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
     if !f.state_dir.is_absolute() {
         return Err(invalid("state_dir", format!("{} is not an absolute path", f.state_dir.display())));
     }
+    if f.control_socket.as_ref().is_some_and(|p| !p.is_absolute()) {
+        return Err(invalid("control_socket", "must be an absolute path"));
+    }
+    crate::lists::files::load(&f.lists.allow_files, &f.lists.deny_files)
+        .map_err(|e| invalid("lists", e.to_string()))?;
     in_range("poll_interval_ms", f.poll_interval_ms, 100, 60_000)?;
     in_range("top_sources", f.top_sources, 0, 100)?;
     let thresholds = &f.thresholds;
     in_range("thresholds.block_ttl_secs", thresholds.block_ttl_secs, 1, 86_400)?;
     in_range("thresholds.handshake_timeout_ms", thresholds.handshake_timeout_ms, 10, 600_000)?;
+    ports::validate(f)?;
     let detection = &f.detection;
     // Calm is "below the exit value" (detect.rs): an exit value below the minimum could
     // never be undercut, and attack mode would never end. So exit ≥ minimum, exit ≤ enter.
@@ -508,6 +609,7 @@ fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
         return Err(invalid("maps.sketch_width", format!("{} is not a power of two", maps.sketch_width)));
     }
     policy_config(&f.policy)?;
+    crate::samples::validate(&f.samples)?;
     Ok(())
 }
 

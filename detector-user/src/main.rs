@@ -12,6 +12,7 @@ mod attachments;
 mod bpf_batch;
 mod config;
 mod control;
+mod ctl;
 mod detach;
 mod detect;
 mod error;
@@ -19,6 +20,7 @@ mod handover;
 mod http;
 mod kernel_features;
 mod kernel_stats;
+mod lists;
 mod loader;
 mod lock;
 mod maps;
@@ -27,6 +29,7 @@ mod mode;
 mod pins;
 mod policy;
 mod prefix;
+mod samples;
 mod signals;
 mod status;
 mod sysctl;
@@ -83,6 +86,9 @@ enum Command {
     /// bench`; loads the program, attaches nothing, changes no sysctl).
     #[command(hide = true)]
     BenchPoll(control::bench::BenchArgs),
+    /// Live control of a running agent (block, unblock, allow, deny, mode, reload).
+    #[command(flatten)]
+    Ctl(ctl::client::CtlCommand),
 }
 
 fn main() -> ExitCode {
@@ -93,9 +99,9 @@ fn main() -> ExitCode {
         Command::Status(args) => return status::main(&args),
         Command::Detach(args) => return detach::main(&args),
         Command::BenchPoll(args) => return control::bench::main(&args),
+        Command::Ctl(cmd) => return ctl::client::main(cmd),
         Command::CheckConfig(args) => {
-            return match Config::load(&args).and_then(|cfg| config::check_state_dir(&cfg.file).map(|()| cfg))
-            {
+            return match Config::load(&args).and_then(|cfg| config::check_dirs(&cfg.file).map(|()| cfg)) {
                 Ok(cfg) => {
                     println!("configuration is valid");
                     print!("{}", config::memory::report(&cfg, config::memory::possible_cpus()));
@@ -148,6 +154,7 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+#[allow(clippy::too_many_lines, reason = "the start order, read in one place")]
 async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     // First the signal handlers: from here a SIGHUP or SIGTERM never kills the agent with
     // the default action, not even during the seconds of the program load.
@@ -163,6 +170,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         .iter()
         .map(|iface| lock::lock(&dir, &lock::iface_lock_name(iface), &format!("interface {iface}")))
         .collect::<Result<Vec<_>, _>>()?;
+    // With sampling on, its directory is checked (and created 0700) now, like the state dir.
+    let samples_dir = samples::reader::prepare_dir(&cfg.file.samples)?;
     // Its sysctls are the namespace's: one agent per namespace, whatever its state dir.
     let _netns_lock = lock::lock_netns(Path::new(lock::NETNS_LOCK_DIR))?;
     // Every descriptor a sysctl change needs is opened now; an unwritable state directory
@@ -178,6 +187,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
         .with_context(|| format!("listening on {metrics_addr} for metrics"))?;
+    // The lists (files and the runtime state) and the control socket, before loading too.
+    let ctl = ctl::start::prepare(&cfg)?;
 
     // Blocking work (sysctl writes with fsync, 4 s of verifier) off the async workers. A
     // previous run's pinned program protects until our program takes its links over.
@@ -206,11 +217,16 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         tokio::task::block_in_place(|| policy::feed::start(cfg.policy(), ifaces))
             .context("watching the host's addresses and NAT rules (rtnetlink, nftables)")?;
     let policy_step = policy::feed::PolicyStep::new(policy_maps, desired_policy.clone());
+    // Per-port limits and protected ports: written before attaching, reloaded on SIGHUP.
+    let port_step = control::ports::PortStep::take(&mut ebpf, &cfg).map_err(anyhow::Error::msg)?;
 
     let metrics = Arc::new(Metrics::new());
+    let list_step = ctl.list_step(&mut ebpf, metrics.clone())?;
+    let ctl_metrics = metrics.clone();
     let top = SharedTop::default();
     let config_map = loader::config_map(&mut ebpf)?;
     let maps = maps::Maps::take(&mut ebpf)?;
+    let samples = samples::reader::spawn(&mut ebpf, &cfg.file.samples, samples_dir, metrics.clone())?;
     let poll_interval = cfg.poll_interval();
     let (interfaces, attach_mode) = (cfg.file.interfaces.clone(), cfg.file.attach_mode);
     let keep_on_stop = cfg.file.on_stop == OnStop::Keep && pins.is_some();
@@ -226,7 +242,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
             sysctls,
             metrics.clone(),
             top.clone(),
-            vec![Box::new(policy_step)],
+            vec![Box::new(policy_step), Box::new(list_step), Box::new(port_step)],
         )
     });
 
@@ -245,6 +261,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
 
     let (commands, control) =
         controller.spawn(poll_interval, Box::new(move || Config::load(&args).map_err(|e| e.to_string())));
+    let (ctl_server, _ctl_file) = ctl.serve(commands.clone(), ctl_metrics, interfaces.clone())?;
     let waker = commands.clone();
     let on_link = attachments.clone();
     let policy_feed = tokio::spawn(policy::feed::run(
@@ -256,6 +273,8 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     ));
     signals.wait(&commands).await;
     policy_feed.abort();
+    ctl_server.abort();
+    samples.stop();
     server.abort();
     if let Some(pump) = log_pump {
         pump.abort();

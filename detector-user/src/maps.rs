@@ -87,6 +87,16 @@ impl Maps {
         self.sources.insert(key, state, 0)
     }
 
+    /// Removes a source's entry if the program has it blocked now (`syndetector unblock`);
+    /// returns whether it did. The source starts afresh, as one never seen.
+    pub fn release_source(&mut self, key: &SourceKey, now_ns: u64) -> Result<bool, aya::maps::MapError> {
+        match self.sources.get(key, 0) {
+            Ok(state) if state.is_blocked(now_ns) => self.sources.remove(key).map(|()| true),
+            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Entries in the pending-handshake map.
     pub fn pending_entries(&self) -> u64 {
         let mut n = 0u64;

@@ -45,6 +45,11 @@ pub struct Metrics {
     pub reconciled: IntGaugeVec,
     pub reconcile_errors: IntCounterVec,
     pub interface_attached: IntGaugeVec,
+    pub list_entries: IntGaugeVec,
+    pub control_requests: IntCounterVec,
+    pub samples_written: IntCounter,
+    pub samples_lost: IntCounter,
+    pub sample_write_errors: IntCounter,
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -176,6 +181,28 @@ impl Metrics {
                 "1 per interface the program is attached to, with its XDP mode.",
                 &["interface", "mode"],
             ),
+            list_entries: int_gauge_vec(
+                "syndetector_list_entries",
+                "Prefixes in the allow or deny list as applied to the program (deny includes blocks).",
+                &["list", "family"],
+            ),
+            control_requests: counter_vec(
+                "syndetector_control_requests_total",
+                "Requests on the control socket, by command and result.",
+                &["command", "result"],
+            ),
+            samples_written: counter(
+                "syndetector_samples_written_total",
+                "Sampled dropped or cookie-answered packets written to the capture files.",
+            ),
+            samples_lost: counter(
+                "syndetector_samples_lost_total",
+                "Sampled packets lost because the program's sample ring buffer was full.",
+            ),
+            sample_write_errors: counter(
+                "syndetector_sample_write_errors_total",
+                "Sampled packets that could not be written (directory or disk problem; mitigation goes on).",
+            ),
             registry: r,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -206,6 +233,18 @@ impl Metrics {
         for to in ["attack", "calm"] {
             m.attack_transitions.with_label_values(&[to]).inc_by(0);
         }
+        for list in ["allow", "deny"] {
+            for family in ["ipv4", "ipv6"] {
+                m.list_entries.with_label_values(&[list, family]).set(0);
+            }
+        }
+        // A refused peer is refused before its request is read: its command is "invalid".
+        for command in crate::ctl::protocol::COMMANDS {
+            for result in ["ok", "error"] {
+                m.control_requests.with_label_values(&[command, result]).inc_by(0);
+            }
+        }
+        m.control_requests.with_label_values(&["invalid", "forbidden"]).inc_by(0);
         m
     }
 
@@ -241,7 +280,7 @@ mod tests {
     /// fills in once it has its config and has polled (one top source, one interface).
     fn representative() -> String {
         let m = Metrics::new();
-        for (mode, on) in [("monitor", 0), ("drop", 0), ("cookie", 0), ("auto", 1)] {
+        for (mode, on) in [("monitor", 0), ("drop", 0), ("cookie", 0), ("auto", 1), ("off", 0)] {
             m.mode.with_label_values(&[mode]).set(on);
         }
         for name in [

@@ -1,6 +1,8 @@
 //! Mitigation modes and the program flags each one sets.
 
-use detector_common::config::{FLAG_COOKIES, FLAG_COOKIE_ECN, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE};
+use detector_common::config::{
+    FLAG_COOKIES, FLAG_COOKIE_ECN, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_OFF,
+};
 use serde::Deserialize;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -15,6 +17,9 @@ pub enum Mode {
     /// Pass while calm, answer with cookies while under attack (and block sources).
     #[default]
     Auto,
+    /// Kill switch: the program stays attached and passes every packet at once, before
+    /// parsing; nothing is tracked, dropped or answered (lists included).
+    Off,
 }
 
 impl Mode {
@@ -25,10 +30,11 @@ impl Mode {
             Mode::Drop => "drop",
             Mode::Cookie => "cookie",
             Mode::Auto => "auto",
+            Mode::Off => "off",
         }
     }
 
-    pub const ALL: [Mode; 4] = [Mode::Monitor, Mode::Drop, Mode::Cookie, Mode::Auto];
+    pub const ALL: [Mode; 5] = [Mode::Monitor, Mode::Drop, Mode::Cookie, Mode::Auto, Mode::Off];
 
     /// Whether cookies are answered given the current attack state.
     #[must_use]
@@ -36,7 +42,7 @@ impl Mode {
         match self {
             Mode::Cookie => true,
             Mode::Auto => under_attack,
-            Mode::Monitor | Mode::Drop => false,
+            Mode::Monitor | Mode::Drop | Mode::Off => false,
         }
     }
 
@@ -44,6 +50,7 @@ impl Mode {
     #[must_use]
     pub const fn flags(self, under_attack: bool, cookie_timestamps: bool, cookie_ecn: bool) -> u32 {
         let mut flags = match self {
+            Mode::Off => return FLAG_OFF,
             Mode::Monitor => 0,
             Mode::Drop | Mode::Cookie | Mode::Auto => FLAG_ENFORCE,
         };
@@ -80,5 +87,13 @@ mod tests {
         );
         assert_eq!(Mode::Cookie.flags(false, false, true), FLAG_ENFORCE | FLAG_COOKIES);
         assert_eq!(Mode::Drop.flags(true, true, true), FLAG_ENFORCE);
+    }
+
+    #[test]
+    fn off_is_the_kill_switch_alone() {
+        for attack in [false, true] {
+            assert_eq!(Mode::Off.flags(attack, true, true), FLAG_OFF);
+            assert!(!Mode::Off.cookies_active(attack));
+        }
     }
 }

@@ -72,7 +72,7 @@ impl Prefix {
         Self::from_mapped(key, self.len).addr == self.addr
     }
 
-    fn is_v4(&self) -> bool {
+    pub fn is_v4(&self) -> bool {
         self.len >= 96 && Ipv6Addr::from(self.addr).to_ipv4_mapped().is_some()
     }
 }

@@ -25,9 +25,13 @@ pub struct StatusArgs {
     /// The agent's pin directory (`pin_dir` in the configuration).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// The agent's control socket: its live answer is shown too, when it answers.
+    #[arg(long, value_name = "PATH", default_value = crate::ctl::client::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
 }
 
 pub fn main(args: &StatusArgs) -> ExitCode {
+    crate::ctl::client::print_live_status(&args.socket);
     print_pins(&args.pin_dir);
     let dir = &args.state_dir;
     println!("state directory: {}", dir.display());

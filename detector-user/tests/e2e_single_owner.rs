@@ -72,41 +72,87 @@ fn first_pid(lab: &Lab) -> String {
     String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("?").trim().to_owned()
 }
 
+/// Start-up takes a fraction of a second now (the program loads in about 0.07 s), so one
+/// fixed delay cannot aim a signal at it: the signal goes out after 0, 15, 30, ... ms until
+/// one lands inside start-up. Every attempt must end well whatever it hit: a signal before
+/// the handlers exist kills the agent with nothing changed yet; one during start-up or
+/// after is handled.
+const AIM_DELAYS_MS: std::ops::RangeInclusive<u64> = 0..=600;
+
+/// What one attempt's log says about where the signal landed.
+fn landed_in_start_up(log: &str, signal: &str) -> bool {
+    match (log.find(&format!("{signal}:")), log.find("XDP program attached")) {
+        (Some(sig), Some(attached)) => sig < attached,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 #[test]
 fn sighup_during_the_program_load_does_not_kill_the_agent_and_sigterm_stops_it_cleanly() {
+    use std::os::unix::process::ExitStatusExt;
     let lab = Lab::new().expect("lab");
     lab.sysctl(&lab.server_ns, "net.ipv4.tcp_syncookies", "0").unwrap();
-
-    // SIGHUP while loading: the agent comes up and serves metrics.
     let log = lab.scratch().join("agent.log");
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let mut child = spawn_agent(&lab, 9789, &log, &["--mode", "cookie"]);
-    thread::sleep(Duration::from_millis(300));
-    // SAFETY: signalling our own child (`ip netns exec` execs the agent).
-    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGHUP) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the agent died of a SIGHUP during start-up: {status}\n{}", text());
+    let unchanged = |why: &str| {
+        assert_eq!(sysctl_in(&lab, "net.ipv4.tcp_syncookies"), "0", "{why}:\n{}", text());
+        assert!(!lab.scratch().join("state/sysctl-state.toml").exists(), "{why}:\n{}", text());
+    };
+
+    // SIGHUP during start-up: the agent comes up and serves metrics.
+    let mut hit = false;
+    for delay in AIM_DELAYS_MS.step_by(15) {
+        let mut child = spawn_agent(&lab, 9789, &log, &["--mode", "cookie"]);
+        thread::sleep(Duration::from_millis(delay));
+        // SAFETY: signalling our own child (`ip netns exec` execs the agent).
+        unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGHUP) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                // Only before the handlers exist may a SIGHUP end it, changing nothing.
+                assert_eq!(status.signal(), Some(libc::SIGHUP), "the agent died: {status}\n{}", text());
+                assert!(!text().contains("SIGHUP:"), "a handled SIGHUP killed the agent:\n{}", text());
+                unchanged("killed by a SIGHUP before its handlers existed");
+                break;
+            }
+            if xtask::lab::Scrape::fetch(&lab.server_ns, "127.0.0.1:9789".parse().unwrap()).is_ok() {
+                hit |= landed_in_start_up(&text(), "SIGHUP");
+                // SAFETY: as above.
+                unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
+                assert!(child.wait().unwrap().success(), "{}", text());
+                unchanged("stopped after a SIGHUP");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no metrics within 20 s:\n{}", text());
+            thread::sleep(Duration::from_millis(20));
         }
-        if xtask::lab::Scrape::fetch(&lab.server_ns, "127.0.0.1:9789".parse().unwrap()).is_ok() {
+        if hit {
             break;
         }
-        assert!(Instant::now() < deadline, "no metrics within 20 s:\n{}", text());
-        thread::sleep(Duration::from_millis(100));
     }
-    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
-    assert!(child.wait().unwrap().success(), "{}", text());
-    assert!(text().contains("SIGHUP"), "{}", text());
+    assert!(hit, "no SIGHUP landed inside start-up at any delay of {AIM_DELAYS_MS:?} ms");
 
-    // SIGTERM while loading: a clean stop, nothing left changed.
-    let mut child = spawn_agent(&lab, 9789, &log, &["--mode", "cookie"]);
-    thread::sleep(Duration::from_millis(300));
-    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
-    assert!(child.wait().unwrap().success(), "{}", text());
-    assert!(text().contains("SIGTERM during start-up"), "{}", text());
-    assert_eq!(sysctl_in(&lab, "net.ipv4.tcp_syncookies"), "0");
-    assert!(!lab.scratch().join("state/sysctl-state.toml").exists());
+    // SIGTERM during start-up: a clean stop, nothing left changed.
+    let mut hit = false;
+    for delay in AIM_DELAYS_MS.step_by(15) {
+        let mut child = spawn_agent(&lab, 9789, &log, &["--mode", "cookie"]);
+        thread::sleep(Duration::from_millis(delay));
+        // SAFETY: as above.
+        unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        if status.signal() == Some(libc::SIGTERM) {
+            unchanged("killed by a SIGTERM before its handlers existed");
+            continue;
+        }
+        assert!(status.success(), "{}", text());
+        unchanged("stopped by a SIGTERM");
+        if text().contains("SIGTERM during start-up") {
+            hit = true;
+            break;
+        }
+    }
+    assert!(hit, "no SIGTERM landed inside start-up at any delay of {AIM_DELAYS_MS:?} ms");
 }
 
 /// Waits (20 s at most) for an agent that should refuse to start.

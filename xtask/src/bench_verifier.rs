@@ -14,7 +14,7 @@ use aya::{programs::Xdp, EbpfLoader};
 use detector_common::{names, sketch::SKETCH_ROWS};
 
 /// The verifier's limit on instructions processed per program (`BPF_COMPLEXITY_LIMIT_INSNS`).
-const VERIFIER_LIMIT: u32 = 1_000_000;
+pub const VERIFIER_LIMIT: u32 = 1_000_000;
 
 /// One program's figures.
 pub struct LoadCost {
@@ -61,8 +61,8 @@ pub fn measure(object: &[u8], loads: usize) -> Result<Vec<LoadCost>> {
     Ok(costs)
 }
 
-/// Prints the table `cargo xtask bench` shows.
-pub fn main(object: &Path, loads: usize) -> Result<()> {
+/// Prints the table `cargo xtask bench` shows and returns the figures for its report.
+pub fn main(object: &Path, loads: usize) -> Result<Vec<LoadCost>> {
     let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
     let costs = measure(&bytes, loads)?;
     println!("\nverifier: instructions processed and BPF_PROG_LOAD wall time, {loads} loads per program");
@@ -81,7 +81,7 @@ pub fn main(object: &Path, loads: usize) -> Result<()> {
             c.max_ms
         );
     }
-    Ok(())
+    Ok(costs)
 }
 
 /// The object parsed and its maps created, programs not loaded; the sketch sized as the

@@ -7,6 +7,7 @@
 //! capabilities taken away.
 
 use std::{
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -89,7 +90,7 @@ pub fn check() -> Result<()> {
     let agent = start(&lab, &root, &unit, &all)?;
     check_running(&lab, agent)?;
     println!(
-        "dist: as uid {TEST_UID} with {}: attached, /metrics served, cookies on, SIGHUP reloads",
+        "dist: as uid {TEST_UID} with {}: attached, link pinned, control socket 0600, /metrics served, cookies on, SIGHUP reloads",
         all.join(" ")
     );
     for missing in CAPS {
@@ -153,17 +154,33 @@ fn check_unit_capabilities(unit: &str) -> Result<()> {
 fn start(lab: &Lab, root: &Path, unit: &str, caps: &[&str]) -> Result<Child> {
     let exec: Vec<String> = unit_value(unit, "ExecStart")?
         .split_whitespace()
-        .map(|a| if a.starts_with('/') { format!("{}{a}", root.display()) } else { a.to_owned() })
+        // The package's own files (binary, configuration) from the extracted package; other
+        // paths (the pin directory) as they are.
+        .map(|a| {
+            let packaged = root.join(a.trim_start_matches('/'));
+            if a.starts_with('/') && packaged.exists() {
+                packaged.display().to_string()
+            } else {
+                a.to_owned()
+            }
+        })
         .collect();
     let caps = caps.iter().fold(String::new(), |s, c| s + ",+" + c);
     let setpriv = format!(
         "setpriv --reuid={TEST_UID} --regid={TEST_UID} --clear-groups --no-new-privs \
          --inh-caps=-all{caps} --ambient-caps=-all{caps} --bounding-set=-all{caps}"
     );
+    // The unit's pin directory, /run/syndetector-pins, is a bind mount of a directory on
+    // the host's bpffs that ExecStartPre made for the agent's user: here a bpffs of its
+    // own in the agent's mount namespace, gone with it. The stop detaches (`--on-stop
+    // detach`) so that the check can see the sysctls restored; the keep-on-stop default
+    // is e2e_restart's subject.
     let script = format!(
         "set -e; mount -t tmpfs -o mode=0755 syndetector-run /run; \
          mkdir -m 0700 /run/syndetector; chown {TEST_UID}:{TEST_UID} /run/syndetector; \
-         exec {setpriv} {} --iface {} --mode cookie --metrics-addr 127.0.0.1:9787",
+         mkdir -m 0700 /run/syndetector-pins; mount -t bpf -o mode=0700 syndetector-pins /run/syndetector-pins; \
+         chown {TEST_UID}:{TEST_UID} /run/syndetector-pins; \
+         exec {setpriv} {} --iface {} --mode cookie --metrics-addr 127.0.0.1:9787 --on-stop detach",
         exec.join(" "),
         lab.server_if
     );
@@ -203,6 +220,17 @@ fn check_running(lab: &Lab, mut agent: Child) -> Result<()> {
         format!("syndetector_interface_attached{{interface=\"{}\",mode=\"driver\"}}", lab.server_if);
     let result = (|| {
         ensure!(scrape.get(&attached) == Some(1.0), "{attached} is not 1:\n{}", scrape.text);
+        // Its pins and its control socket, seen through its own mount namespace.
+        let root = PathBuf::from(format!("/proc/{}/root/run", agent.id()));
+        for (path, what) in [
+            (root.join("syndetector-pins").join(&lab.server_if).join("link"), "the link pin"),
+            (root.join("syndetector/control.sock"), "the control socket"),
+        ] {
+            let meta =
+                std::fs::symlink_metadata(&path).with_context(|| format!("{what} {}", path.display()))?;
+            ensure!(meta.uid() == TEST_UID, "{what} is owned by uid {}, not {TEST_UID}", meta.uid());
+            ensure!(meta.mode() & 0o777 == 0o600, "{what} is mode {:o}, not 0600", meta.mode() & 0o7777);
+        }
         let cookies = lab.sysctl_get(&lab.server_ns, "net.ipv4.tcp_syncookies")?;
         ensure!(cookies == "2", "tcp_syncookies is {cookies}, not 2");
         // What ExecReload does: the agent, non-root, rereads its configuration.

@@ -2,9 +2,14 @@
 
 mod bench;
 mod bench_agent;
+mod bench_flood;
+mod bench_report;
+mod bench_samples;
+mod bench_selftest;
 mod bench_verifier;
 mod build_ebpf;
 mod dist;
+mod fuzz;
 mod lint;
 mod setup;
 mod test;
@@ -39,6 +44,8 @@ enum Task {
     Test(test::TestArgs),
     /// rustfmt and clippy.
     Lint,
+    /// Coverage-guided fuzzing (cargo-fuzz), or the long differential run (--differential).
+    Fuzz(fuzz::FuzzArgs),
     /// Nanoseconds per packet for each path, with ratios to baseline programs (root).
     Bench(bench::BenchArgs),
     /// The demo in a lab of network namespaces, or the agent on a real interface (--iface).
@@ -59,6 +66,7 @@ fn main() -> ExitCode {
         }
         Task::Test(args) => test::main(&args),
         Task::Lint => lint::main(),
+        Task::Fuzz(args) => fuzz::main(&args),
         Task::Bench(args) => build_ebpf::main(&build_ebpf::BuildEbpfArgs { release: true })
             .and_then(|object| bench::main(&args, &object)),
         Task::Run(args) => build(&build_ebpf::BuildEbpfArgs { release: false })

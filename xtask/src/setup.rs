@@ -31,6 +31,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze verify of the packaged unit"),
     ("util-linux", "setpriv: the packaged agent run as a non-root user with capabilities"),
     ("python3-venv", "a virtualenv for kubernetes-validate (the DaemonSet check)"),
+    ("g++", "libFuzzer (C++), built by cargo xtask fuzz"),
+    (
+        "linux-source-6.12",
+        "the kernel selftest xdp_synproxy_kern, the bench's peer (extracted under target/)",
+    ),
+    ("clang-22", "compiles the selftest peer (-target bpf; the LLVM bpf-linker uses)"),
+    ("libbpf-dev", "bpf_helpers.h for the selftest peer"),
+    ("fonts-dejavu-core", "the font of the bench's plot (bench.png)"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Validates the DaemonSet manifest against the Kubernetes schemas (deploy/kubernetes/check.sh),
@@ -38,6 +46,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 /// Builds the Debian package (`cargo xtask dist`).
 const CARGO_DEB_VERSION: &str = "3.8.0";
+/// `cargo xtask fuzz` (libFuzzer targets in fuzz/; built with RUSTC_BOOTSTRAP=1 on stable).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
@@ -111,6 +121,7 @@ pub fn main() -> Result<()> {
             .context("cargo install cargo-deb")?;
         }
     }
+    install_cargo_fuzz()?;
     install_kubernetes_validate()?;
     let route = toolchain::detect().context("neither eBPF toolchain route is usable after setup")?;
     println!("setup: eBPF build route: {}", route.describe());
@@ -119,6 +130,30 @@ pub fn main() -> Result<()> {
     }
     println!("setup: done");
     Ok(())
+}
+
+fn install_cargo_fuzz() -> Result<()> {
+    let out = Command::new("cargo").args(["fuzz", "--version"]).output().ok().filter(|o| o.status.success());
+    match out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()) {
+        Some(v) if v.contains(CARGO_FUZZ_VERSION) => {
+            println!("setup: present    {v}");
+            Ok(())
+        }
+        found => {
+            println!(
+                "setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (found: {})",
+                found.as_deref().unwrap_or("none")
+            );
+            run(Command::new("cargo").args([
+                "install",
+                "cargo-fuzz",
+                "--locked",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ]))
+            .context("cargo install cargo-fuzz")
+        }
+    }
 }
 
 /// The virtualenv `deploy/kubernetes/check.sh` looks for.

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the one test command (README and CI). Builds the XDP object, runs
 //! every test of the workspace (unit, BPF_PROG_TEST_RUN, network-namespace end-to-end),
 //! then checks the dashboards and alert rules with promtool, the Kubernetes DaemonSet
-//! (deploy/kubernetes/check.sh), and the Debian package (`dist::check`).
+//! (deploy/kubernetes/check.sh), the Debian package (`dist::check`), and runs
+//! `bench --quick` once as a smoke (its report must exist with the expected rows).
 
 use std::{
     io::{BufRead, BufReader},
@@ -56,13 +57,55 @@ pub fn main(args: &TestArgs) -> Result<()> {
         Ok(())
     };
     let package = if args.rest.is_empty() { dist::check().context("the Debian package") } else { Ok(()) };
+    let bench = if args.rest.is_empty() || args.rest.iter().any(|f| BENCH_SMOKE.contains(f.as_str())) {
+        bench_smoke().context("the bench smoke run (bench --quick)")
+    } else {
+        Ok(())
+    };
     // One closing line for every test binary together (cargo prints one per binary, the
     // last ones being doc-test runs with nothing in them).
     println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
     tests?;
     dashboards?;
     daemonset?;
-    package
+    package?;
+    bench
+}
+
+/// The smoke run's name: a filter that is part of it selects it (`cargo xtask test -- bench`).
+const BENCH_SMOKE: &str = "bench_quick";
+
+/// Rows every report of `bench --quick` must have (by the start of their "what" column).
+const BENCH_ROWS: &[&str] = &[
+    "| verifier | syndetector: instructions processed |",
+    "| per path | trivial XDP_PASS (subtracted from all), absolute |",
+    "| per path | helper floor (lookup + cookie helper) |",
+    "| per path | cookie path, IPv4, TS options |",
+    "| per path | cookie path IPv4 / helper floor |",
+];
+
+/// `cargo xtask bench --quick` in a process of its own (it enters private namespaces), then
+/// checks that its report exists with the expected rows and a PNG. Never a timing: the
+/// figures are whatever they are.
+fn bench_smoke() -> Result<()> {
+    let dir = workspace_root().join("target/bench-results/smoke");
+    let _ = std::fs::remove_dir_all(&dir);
+    run(Command::new(std::env::current_exe()?).args(["bench", "--quick", "--results"]).arg(&dir))?;
+    let md = std::fs::read_to_string(dir.join("bench.md")).context("bench.md was not written")?;
+    let missing: Vec<&&str> = BENCH_ROWS.iter().filter(|row| !md.contains(**row)).collect();
+    if !missing.is_empty() {
+        bail!("bench.md lacks the rows {missing:?}:\n{md}");
+    }
+    // The peer either has its row or a note saying why not.
+    if !md.contains("| peer | kernel selftest") && !md.contains("selftest peer not measured:") {
+        bail!("bench.md says nothing about the kernel selftest peer:\n{md}");
+    }
+    let png = std::fs::read(dir.join("bench.png")).context("bench.png was not written")?;
+    if !png.starts_with(b"\x89PNG\r\n\x1a\n") || png.len() < 1000 {
+        bail!("bench.png is not a PNG image ({} bytes)", png.len());
+    }
+    println!("test: bench_quick ... ok (report in {})", dir.display());
+    Ok(())
 }
 
 /// Sums of the "test result:" lines of every test binary.

@@ -47,7 +47,9 @@ pub fn main(args: &AnalyzeArgs) -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let kernel = cfg.kernel_config();
+    let mut kernel = cfg.kernel_config();
+    // What the program would run with (sketch admission), whatever the mode.
+    kernel.flags |= cfg.config_flags();
     let detection = cfg.detection();
     let mut replay = model::Model::new(kernel, detection);
     let info = match reader::read_into(&args.capture, &mut replay) {

@@ -3,7 +3,10 @@
 //! Mirrors detector-ebpf/src/track.rs step by step with the same detector-common
 //! functions (`parse_tcp`, `SourceState::age`, `track::on_syn`, the pending filter,
 //! `track::on_handshake_complete`), and feeds the agent's `Detector` one sample per capture
-//! second. Differences from a live run: every SYN counts as addressed to this host (the
+//! second. Sources below `track::promotion_threshold` are counted in a sketch as the
+//! program does (its epochs start at the first frame, not at the host's boot, so which
+//! SYNs share an epoch can differ from a live run). Differences from a live run: every
+//! SYN counts as addressed to this host (the
 //! program skips SYNs for other machines), the maps never evict (they are LRU maps of
 //! `maps.sources`/`maps.pending` entries), and cookie mode is not replayed.
 
@@ -18,13 +21,24 @@ use detector_common::{
     filter,
     names::PENDING_FILTER_BUCKETS,
     parse::{parse_tcp, tcp_flags},
-    state::{FlowKey, PendingFlow, SourceState},
+    sketch,
+    state::{FlowKey, PendingFlow, SourceKey, SourceState},
     track::{self, BlockReason, SynVerdict},
 };
 
 use crate::detect::{DetectionThresholds, Detector, Sample, Transition};
 
 const SEC: u64 = 1_000_000_000;
+
+/// detector-ebpf/src/track.rs `sketch_estimate`: counts the SYN, returns the estimate.
+fn sketch_estimate(cells: &mut [u64], addr: [u8; 16], now: u64, cfg: &KernelConfig) -> u32 {
+    let key = SourceKey { addr };
+    let epoch = sketch::epoch(now);
+    (0..sketch::SKETCH_ROWS)
+        .map(|row| sketch::bump(&mut cells[sketch::cell_index(&key, row, cfg) as usize], epoch))
+        .min()
+        .unwrap_or(1)
+}
 
 /// What one source did and what the program would have done to it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -106,6 +120,9 @@ pub struct Model {
     sources: HashMap<[u8; 16], Source>,
     pending: HashMap<FlowKey, PendingFlow>,
     filter: Vec<u32>,
+    /// The program's `SKETCH`: sources below `track::promotion_threshold` are only counted
+    /// here. Empty when the threshold is 1 (every source tracked from its first SYN).
+    sketch: Vec<u64>,
     /// Offset (ns) at which the next detector sample is due, and SYNs since the last one.
     next_sample: u64,
     syns_this_second: u64,
@@ -126,6 +143,11 @@ impl Model {
             sources: HashMap::new(),
             pending: HashMap::new(),
             filter: vec![0; PENDING_FILTER_BUCKETS as usize],
+            sketch: if track::promotion_threshold(&cfg) > 1 {
+                vec![0; (sketch::SKETCH_ROWS * cfg.sketch_width) as usize]
+            } else {
+                Vec::new()
+            },
             next_sample: SEC,
             syns_this_second: 0,
             timeline: Vec::new(),
@@ -209,7 +231,18 @@ impl Model {
             .entry(flow.src)
             .or_insert_with(|| Source { report: SourceReport::default(), state: None });
         src.report.syns += 1;
-        let state = src.state.get_or_insert_with(|| SourceState::new(now, &cfg));
+        if src.state.is_none() {
+            let threshold = track::promotion_threshold(&cfg);
+            let estimate =
+                if threshold > 1 { sketch_estimate(&mut self.sketch, flow.src, now, &cfg) } else { 1 };
+            if estimate < threshold {
+                // Not tracked yet: passed, counted only in the sketch.
+                self.syns_this_second += 1;
+                return;
+            }
+            src.state = Some(SourceState::promoted(now, &cfg, estimate));
+        }
+        let Some(state) = src.state.as_mut() else { return };
         state.age(now, &cfg);
         if state.is_blocked(now) {
             let _ = track::on_syn(state, now, &cfg, false);

@@ -29,6 +29,7 @@ use detector_common::{
     counters::COUNTER_SLOTS,
     names,
     policy::IfacePolicy,
+    sample,
     state::{FlowKey, PendingFlow, SourceKey, SourceState},
     synack::OptionScratch,
 };
@@ -161,9 +162,22 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
         shape("EVENT_BUDGET", Kind::PerCpuArray, 4, 16, 1),
         shape(names::MAP_LOCAL_ADDRS, Kind::Hash, 16, 4, names::LOCAL_ADDRS_CAPACITY),
         shape(names::MAP_PORT_POLICY, Kind::Array, 4, 4, PORT_SLOTS),
+        shape(
+            names::MAP_PORT_LIMITS,
+            Kind::Hash,
+            4,
+            size_of::<detector_common::ports::PortLimits>(),
+            names::PORT_LIMITS_CAPACITY,
+        ),
         shape(names::MAP_KERNEL_DESTS, Kind::LpmTrie, 4 + 16, 4, names::KERNEL_DESTS_CAPACITY),
+        shape(names::MAP_ALLOW, Kind::LpmTrie, 4 + 16, 4, names::LIST_CAPACITY),
+        shape(names::MAP_DENY, Kind::LpmTrie, 4 + 16, 4, names::LIST_CAPACITY),
         shape(names::MAP_IFACES, Kind::Hash, 4, size_of::<IfacePolicy>(), IFACES_CAPACITY),
         shape("AYA_LOGS", Kind::RingBuf, 0, 0, LOG_RING_BYTES),
+        shape(names::MAP_SAMPLES, Kind::RingBuf, 0, 0, sample::RING_BYTES),
+        shape(names::MAP_SAMPLES_LOST, Kind::PerCpuArray, 4, 8, 1),
+        shape(names::MAP_SAMPLE_SCRATCH, Kind::PerCpuArray, 4, size_of::<sample::SampleRecord>(), 1),
+        shape(names::MAP_PORT_CONFIG, Kind::PerCpuArray, 4, size_of::<detector_common::config::Config>(), 1),
     ]
 }
 

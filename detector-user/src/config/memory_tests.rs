@@ -69,8 +69,8 @@ fn the_estimate_matches_the_kernel_within_10_percent() {
     let (mut ebpf, logger) = crate::loader::load(&cfg, None).expect("loading the object");
     let cpus = possible_cpus();
     let trie_nodes: u8 = 100;
-    {
-        let map = ebpf.map_mut(names::MAP_KERNEL_DESTS).unwrap();
+    for trie in [names::MAP_KERNEL_DESTS, names::MAP_ALLOW, names::MAP_DENY] {
+        let map = ebpf.map_mut(trie).unwrap();
         let mut trie = aya::maps::LpmTrie::<_, [u8; 16], u32>::try_from(map).unwrap();
         for i in 0..trie_nodes {
             let mut addr = [0u8; 16];

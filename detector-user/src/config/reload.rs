@@ -35,13 +35,22 @@ pub const KEYS: &[(&str, Takes)] = &[
     ("cookies", Takes::Reload),
     ("maps", Takes::Restart { why: "map sizes are fixed when the program is loaded" }),
     ("policy", Takes::Restart { why: "the policy watchers are started with it" }),
+    ("control_socket", Takes::Restart { why: "the socket is bound at start" }),
+    ("lists", Takes::Reload),
+    // The rate is part of the program's config; where and how much is written is fixed
+    // when the sample writer starts.
+    ("samples.one_in", Takes::Reload),
+    ("samples", Takes::Restart { why: "the sample writer is started with its directory and caps" }),
+    ("protected_ports", Takes::Reload),
+    ("ports", Takes::Reload),
 ];
 
 /// How `key` (a `KEYS` name or a dotted key under one) takes effect.
 pub fn takes(key: &str) -> Takes {
     let section = key.split('.').next().unwrap_or(key);
     KEYS.iter()
-        .find(|(name, _)| *name == section)
+        .find(|(name, _)| *name == key)
+        .or_else(|| KEYS.iter().find(|(name, _)| *name == section))
         .map(|&(_, t)| t)
         .expect("every configuration key is in reload::KEYS")
 }
@@ -106,6 +115,11 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
         cookies,
         maps,
         policy,
+        control_socket,
+        lists,
+        samples,
+        protected_ports,
+        ports,
     } = new;
     let mut out = Vec::new();
     macro_rules! cmp {
@@ -131,6 +145,7 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
             "thresholds.half_open_limit": old.thresholds.half_open_limit, thresholds.half_open_limit;
             "thresholds.block_ttl_secs": old.thresholds.block_ttl_secs, thresholds.block_ttl_secs;
             "thresholds.handshake_timeout_ms": old.thresholds.handshake_timeout_ms, thresholds.handshake_timeout_ms;
+            "thresholds.sketch_admission": old.thresholds.sketch_admission, thresholds.sketch_admission;
             "detection.enter_syn_rate": old.detection.enter_syn_rate, detection.enter_syn_rate;
             "detection.exit_syn_rate": old.detection.exit_syn_rate, detection.exit_syn_rate;
             "detection.enter_half_open": old.detection.enter_half_open, detection.enter_half_open;
@@ -144,6 +159,14 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
             "maps.pending": old.maps.pending, maps.pending;
             "maps.sketch_width": old.maps.sketch_width, maps.sketch_width;
             "policy": policy_config(&old.policy).ok(), policy_config(policy).ok();
+            "control_socket": &old.control_socket, control_socket;
+            "lists": &old.lists, lists;
+            "samples.one_in": old.samples.one_in, samples.one_in;
+            "samples.dir": &old.samples.dir, &samples.dir;
+            "samples.max_file_bytes": old.samples.max_file_bytes, samples.max_file_bytes;
+            "samples.max_files": old.samples.max_files, samples.max_files;
+            "protected_ports": &old.protected_ports, protected_ports;
+            "ports": &old.ports, ports;
         }
     }
     out

@@ -124,3 +124,36 @@ fn kernel_config_converts_units() {
     assert_eq!(k.handshake_timeout_ns, 3_000_000_000);
     assert!(k.is_usable());
 }
+
+#[test]
+fn a_bad_list_file_line_refuses_the_config_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deny.txt");
+    std::fs::write(&path, "# lab\n198.18.0.0/16\n198.18.300.0/24\n").unwrap();
+    let f = with_lo(&format!("[lists]\ndeny_files = [{:?}]\n", path.to_str().unwrap()));
+    let e = validate(&f).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains(&format!("{}:3:", path.display())), "{text}");
+    assert_eq!(key_of(e), "lists");
+    std::fs::write(&path, "198.18.0.0/16 # fine\n").unwrap();
+    validate(&f).unwrap();
+    let f =
+        with_lo(&format!("[lists]\nallow_files = [{:?}]\n", dir.path().join("missing").to_str().unwrap()));
+    assert_eq!(key_of(validate(&f).unwrap_err()), "lists");
+    let f = with_lo("control_socket = \"relative.sock\"\n");
+    assert_eq!(key_of(validate(&f).unwrap_err()), "control_socket");
+}
+
+#[test]
+fn sketch_admission_is_off_by_default_and_sets_its_program_flag() {
+    use detector_common::config::FLAG_SKETCH_ADMISSION;
+    let off = with_lo("");
+    assert!(!off.thresholds.sketch_admission);
+    let on = with_lo("[thresholds]\nsketch_admission = true\n");
+    validate(&on).unwrap();
+    assert!(on.thresholds.sketch_admission);
+    let plan = reload::decide(&off, &on).unwrap();
+    assert_eq!(plan.changed, ["thresholds.sketch_admission"], "reloadable, applied by name");
+    assert_eq!(Config { file: off }.config_flags(), 0);
+    assert_eq!(Config { file: on }.config_flags(), FLAG_SKETCH_ADMISSION);
+}

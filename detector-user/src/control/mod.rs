@@ -11,6 +11,7 @@
 #[doc(hidden)]
 pub mod bench;
 mod counters;
+pub mod ports;
 pub mod reconcile;
 mod records;
 mod sources;
@@ -91,6 +92,9 @@ pub struct Controller {
     counters: CounterState,
     cookies_active: bool,
     last_poll: Instant,
+    /// `syndetector mode X` over the control socket: wins over the configured mode until
+    /// the next reload or restart.
+    mode_override: Option<Mode>,
 }
 
 impl Controller {
@@ -122,6 +126,7 @@ impl Controller {
             counters: CounterState::default(),
             cookies_active: false,
             last_poll: Instant::now(),
+            mode_override: None,
         };
         this.publish_settings();
         // Adopted pinned maps carry a previous run's totals: they become the metrics'
@@ -137,11 +142,31 @@ impl Controller {
     /// The desired state now: mode and attack state.
     fn desired(&self) -> Desired {
         let c = &self.cfg.file.cookies;
-        let mode = self.cfg.file.mode;
+        let mode = self.mode();
         let under_attack = self.detector.under_attack();
         let mut program = self.kernel_cfg;
-        program.flags = mode.flags(under_attack, c.timestamps, c.ecn) | self.reconcile.extra_flags();
+        program.flags = mode.flags(under_attack, c.timestamps, c.ecn)
+            | self.reconcile.extra_flags()
+            | self.cfg.config_flags();
         Desired { cookies: mode.cookies_active(under_attack), cookie_timestamps: c.timestamps, program }
+    }
+
+    /// The mode in force: the control socket's override, else the configured one.
+    pub fn mode(&self) -> Mode {
+        self.mode_override.unwrap_or(self.cfg.file.mode)
+    }
+
+    /// `syndetector mode X`: overrides the configured mode until the next reload/restart.
+    pub fn set_mode(&mut self, mode: Mode) {
+        info!(
+            event = "mode",
+            mode = mode.as_str(),
+            configured = self.cfg.file.mode.as_str(),
+            "mode set over the control socket"
+        );
+        self.mode_override = Some(mode);
+        self.publish_settings();
+        self.reconcile();
     }
 
     /// Brings the host and the program to the desired state (level-triggered).
@@ -153,7 +178,7 @@ impl Controller {
             info!(
                 event = "cookies",
                 active = applied.cookies_active,
-                mode = self.cfg.file.mode.as_str(),
+                mode = self.mode().as_str(),
                 "cookie answering {}",
                 if applied.cookies_active { "on" } else { "off" }
             );
@@ -165,7 +190,7 @@ impl Controller {
     fn publish_settings(&self) {
         let m = &self.metrics;
         for mode in Mode::ALL {
-            m.mode.with_label_values(&[mode.as_str()]).set(i64::from(mode == self.cfg.file.mode));
+            m.mode.with_label_values(&[mode.as_str()]).set(i64::from(mode == self.mode()));
         }
         let d = self.cfg.detection();
         let t = &self.cfg.file.thresholds;
@@ -194,6 +219,11 @@ impl Controller {
     /// mid-flood.
     pub fn reload(&mut self, new: Config) -> Result<Vec<&'static str>, String> {
         let plan = reload::decide(&self.cfg.file, &new.file).map_err(|e| e.to_string())?;
+        // The other steps take theirs (the list files are read here: the only fallible
+        // part, before anything changes).
+        self.reconcile.reload_others(&new)?;
+        // A reload puts the configured mode back (see docs/control.md).
+        self.mode_override = None;
         let mut kernel_cfg = new.kernel_config();
         kernel_cfg.sketch_seed = self.kernel_cfg.sketch_seed;
         kernel_cfg.cookie_budget_per_second = new.file.cookies.budget_per_second;

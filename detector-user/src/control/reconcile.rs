@@ -30,7 +30,10 @@ pub const WHAT_PROGRAM_CONFIG: &str = "program_config";
 pub const WHAT_WINDOW_SCALE: &str = "window_scale";
 /// The cookie policy maps (`policy::feed::PolicyStep`).
 pub const WHAT_POLICY: &str = "policy";
-pub const BUILTIN: [&str; 4] = [WHAT_SYSCTLS, WHAT_PROGRAM_CONFIG, WHAT_WINDOW_SCALE, WHAT_POLICY];
+/// The per-port limits map (`control::ports::PortStep`).
+pub const WHAT_PORT_LIMITS: &str = "port_limits";
+pub const BUILTIN: [&str; 5] =
+    [WHAT_SYSCTLS, WHAT_PROGRAM_CONFIG, WHAT_WINDOW_SCALE, WHAT_POLICY, WHAT_PORT_LIMITS];
 
 /// The host's sysctls (`sysctl::Sysctls` in production).
 pub trait SysctlAccess {
@@ -71,6 +74,11 @@ pub trait Reconciler: Send {
     /// `config::FLAG_*` bits this state needs in the program's config.
     fn program_flags(&self) -> u32 {
         0
+    }
+    /// A reload (SIGHUP, `syndetector reload`) brings a new configuration: take what this
+    /// step reads from it, all or nothing (an error refuses the whole reload).
+    fn reload(&mut self, _cfg: &crate::config::Config) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -132,6 +140,11 @@ impl Reconcile {
             others: others.into_iter().map(|r| (r, Backoff::default())).collect(),
             wscale: None,
         }
+    }
+
+    /// Hands a reloaded configuration to the other steps; the first error stops it.
+    pub fn reload_others(&mut self, cfg: &crate::config::Config) -> Result<(), String> {
+        self.others.iter_mut().try_for_each(|(r, _)| r.reload(cfg))
     }
 
     /// The program-config flags the other steps need.

@@ -11,6 +11,7 @@ use tracing::warn;
 
 use super::{Controller, ShutdownReport};
 use crate::config::Config;
+use crate::maps::monotonic_ns;
 
 /// What the signal handlers ask of the control thread.
 pub enum Command {
@@ -21,8 +22,15 @@ pub enum Command {
     /// Leave the program's config and the sysctls as they are and end the thread: a pinned
     /// program keeps protecting until the next start adopts it.
     HandOver,
-    /// Desired state changed outside the poll (the cookie policy): reconcile now.
+    /// Desired state changed outside the poll (the cookie policy, the lists): reconcile now.
     Wake,
+    /// `syndetector mode X` (control socket): override the configured mode until a reload.
+    SetMode(crate::mode::Mode),
+    /// `syndetector reload` (control socket): as `Reload`, and the outcome is sent back.
+    ReloadReply(mpsc::Sender<Result<Vec<&'static str>, String>>),
+    /// `syndetector unblock ADDR`: end the program's own block of this source (mapped
+    /// address); answers whether there was one.
+    ReleaseSource([u8; 16], mpsc::Sender<Result<bool, String>>),
 }
 
 /// Loads the configuration again for a reload.
@@ -52,10 +60,20 @@ impl Controller {
                             break;
                         }
                         Ok(Command::Wake) => self.reconcile(),
-                        Ok(Command::Reload) => {
+                        Ok(Command::SetMode(mode)) => self.set_mode(mode),
+                        Ok(Command::ReleaseSource(addr, reply)) => {
+                            let key = detector_common::state::SourceKey { addr };
+                            let released =
+                                self.maps.release_source(&key, monotonic_ns()).map_err(|e| e.to_string());
+                            let _ = reply.send(released);
+                        }
+                        Ok(cmd @ (Command::Reload | Command::ReloadReply(_))) => {
                             let outcome = load().and_then(|cfg| self.reload(cfg));
                             if outcome.is_ok() {
                                 schedule.set_interval(self.cfg.poll_interval(), Instant::now());
+                            }
+                            if let Command::ReloadReply(reply) = cmd {
+                                let _ = reply.send(outcome.clone());
                             }
                             self.reloaded(outcome);
                         }
