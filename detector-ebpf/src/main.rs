@@ -123,8 +123,9 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter
         return Counter::PassNotLocal;
     }
     // Per-port limits and protected ports (the port's copy of the config, in map memory).
-    let Some(cfg) = ports::config_for(seg, cfg) else {
-        return Counter::PassUnprotectedPort;
+    let cfg = match ports::config_for(seg, cfg) {
+        Ok(cfg) => cfg,
+        Err(not_judged) => return not_judged,
     };
     let counter = if cfg.has(FLAG_COOKIES) {
         // Blocked sources first (they are dropped whatever their destination), then
