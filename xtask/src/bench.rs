@@ -103,18 +103,8 @@ pub(crate) enum Family {
     V6,
 }
 
-pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
-    let object = args.object.as_deref().unwrap_or(object);
-    ensure!(geteuid() == 0, "the benchmark loads BPF programs and makes a network namespace: run it as root");
-    let bytes = std::fs::read(object).with_context(|| {
-        format!("reading {} (build it with `cargo xtask build-ebpf --release`)", object.display())
-    })?;
-    let (packets, many, few, loads, no_agent) = args.effective();
-    let command = std::iter::once("cargo xtask bench".to_owned())
-        .chain(std::env::args().skip(2))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut report = Report::new(Machine::probe(command));
+/// The verifier's figures for each program of the object: instructions processed, load time.
+fn verifier_rows(report: &mut Report, object: &Path, loads: usize) -> Result<()> {
     for cost in crate::bench_verifier::main(object, loads)? {
         let share = f64::from(cost.verified_insns) / f64::from(crate::bench_verifier::VERIFIER_LIMIT);
         report
@@ -132,6 +122,22 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
             "ms",
         );
     }
+    Ok(())
+}
+
+pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
+    let object = args.object.as_deref().unwrap_or(object);
+    ensure!(geteuid() == 0, "the benchmark loads BPF programs and makes a network namespace: run it as root");
+    let bytes = std::fs::read(object).with_context(|| {
+        format!("reading {} (build it with `cargo xtask build-ebpf --release`)", object.display())
+    })?;
+    let (packets, many, few, loads, no_agent) = args.effective();
+    let command = std::iter::once("cargo xtask bench".to_owned())
+        .chain(std::env::args().skip(2))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut report = Report::new(Machine::probe(command));
+    verifier_rows(&mut report, object, loads)?;
     if args.verifier_only {
         return finish(args, &report);
     }

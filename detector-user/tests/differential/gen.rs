@@ -30,6 +30,7 @@ pub enum Mode {
 }
 
 /// What the policy maps and flags say in cookie mode (`detector_common::policy`).
+#[allow(clippy::struct_excessive_bools, reason = "independent switches of the policy maps, generated freely")]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     /// `PORT_POLICY` value of `LISTEN_PORT` (0 default, 1 kernel, 2 answer, others: none).

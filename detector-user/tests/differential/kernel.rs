@@ -105,7 +105,12 @@ impl Kernel {
         if program == names::PROGRAM {
             if let Ok(seg) = parse_tcp(frame) {
                 if seg.flags & tcp_flags::FIN != 0 {
-                    let flow = FlowKey { src: seg.src, dst: seg.dst, src_port: seg.src_port, dst_port: seg.dst_port };
+                    let flow = FlowKey {
+                        src: seg.src,
+                        dst: seg.dst,
+                        src_port: seg.src_port,
+                        dst_port: seg.dst_port,
+                    };
                     self.stamped.borrow_mut().insert(filter::bucket(&flow));
                 }
             }

@@ -319,6 +319,5 @@ fn kernel_and_model_agree_on_generated_sequences() {
         ] {
             assert!(tally.slots[c as usize] > 0, "no frame reached {c:?}: {}", tally.summary());
         }
-
     });
 }

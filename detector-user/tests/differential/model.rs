@@ -26,10 +26,10 @@
 use std::collections::{HashMap, HashSet};
 
 use detector_common::{
+    ackshield::{self, Owner},
     config::{
         Config, FLAG_COOKIES, FLAG_COOKIE_ECN, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_LISTED_PORTS_ONLY,
     },
-    ackshield::{self, Owner},
     counters::{Counter, COUNTER_SLOTS},
     fastpath::{closed_stamp, cookie_path, may_be_time_wait, CookiePath, ListenerKey},
     filter,
@@ -325,7 +325,13 @@ impl Model {
     /// tuple behind a recent FIN) the raw helper answers without a lookup; else the lookup
     /// finds the listener on `LISTEN_PORT` only, and the helper must then answer every SYN
     /// the parser accepted, renewing the listener.
-    fn answer_syn(&mut self, seg: &TcpSegment, frame: &[u8], now: u64, reply: &mut Option<ReplyPlan>) -> Counter {
+    fn answer_syn(
+        &mut self,
+        seg: &TcpSegment,
+        frame: &[u8],
+        now: u64,
+        reply: &mut Option<ReplyPlan>,
+    ) -> Counter {
         let l3 = usize::from(seg.l3_offset);
         let l4 = usize::from(seg.l4_offset);
         let ip_len = if seg.version == IpVersion::V4 { 20 } else { 40 };
@@ -340,7 +346,9 @@ impl Model {
         let answered = match cookie_path(self.renewals.get(&listener).copied(), time_wait, now) {
             CookiePath::Raw => Counter::TxCookieFast,
             CookiePath::SocketBound => {
-                if time_wait && cookie_path(self.renewals.get(&listener).copied(), false, now) == CookiePath::Raw {
+                if time_wait
+                    && cookie_path(self.renewals.get(&listener).copied(), false, now) == CookiePath::Raw
+                {
                     self.reached.fin_filtered_syns += 1;
                 }
                 if seg.dst_port != LISTEN_PORT {
