@@ -129,10 +129,16 @@ counters! {
     PassMonitorDenied = 34, Some(Verdict::Pass), "monitor_denied";
     /// A SYN to a port the operator did not list as protected (`protected_ports`).
     PassUnprotectedPort = 35, Some(Verdict::Pass), "unprotected_port";
+    /// A SYN answered from XDP with a cookie from the raw helper (no socket lookup), within
+    /// a second of a socket-bound answer for the same listener (`fastpath`).
+    TxCookieFast = 36, Some(Verdict::Tx), "cookie_fast";
+    /// While cookies are on: an ACK that only a listener would take, whose cookie the
+    /// kernel's check refuses (a forged cookie ACK), dropped before the kernel checks it.
+    DropAckShield = 37, Some(Verdict::Drop), "ack_shield";
 }
 
 /// Number of slots in the counter array.
-pub const COUNTER_SLOTS: u32 = 36;
+pub const COUNTER_SLOTS: u32 = 38;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_SLOTS as usize);
 
@@ -147,6 +153,7 @@ impl Counter {
                 | Counter::DropBlocked
                 | Counter::DropOverLimit
                 | Counter::TxCookie
+                | Counter::TxCookieFast
                 | Counter::DropCookieBudget
                 | Counter::PassCookieNoListener
                 | Counter::PassCookieUnsupported

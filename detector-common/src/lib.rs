@@ -10,9 +10,11 @@
 // every field public for the agent's `Pod` reads.
 #![allow(clippy::pub_underscore_fields, reason = "explicit padding fields")]
 
+pub mod ackshield;
 pub mod checksum;
 pub mod config;
 pub mod counters;
+pub mod fastpath;
 pub mod filter;
 pub mod lists;
 pub mod names;

@@ -61,6 +61,18 @@ pub const MAP_SAMPLE_SCRATCH: &str = "SAMPLE_SCRATCH";
 /// agent rewrites it from its config on every poll.
 pub const MAP_PORT_LIMITS: &str = "PORT_LIMITS";
 pub const PORT_LIMITS_CAPACITY: u32 = 1_024;
+/// `PerCpuArray<Config>`, one slot: the config with a port's own limits, for the SYN
+/// being judged (a copy off the stack). Not pinned.
+pub const MAP_PORT_CONFIG: &str = "PORT_CONFIG";
+
+/// `LruHashMap<fastpath::ListenerKey, u64>`: per listener, when the socket-bound cookie
+/// helper last answered for it (renewing its overflow stamp); the raw helper answers for
+/// it within a second of that. Written by the program only; not pinned (it refills itself).
+pub const MAP_COOKIE_RENEWALS: &str = "COOKIE_RENEWALS";
+/// `Array<u32>` of `fastpath::CLOSED_FILTER_BUCKETS`: per flow-hash bucket, when a client
+/// last sent us a FIN there (`fastpath::closed_stamp`); such tuples may be in TIME_WAIT and
+/// take the socket lookup. Written by the program only; not pinned.
+pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 
 /// The layout of the maps the agent pins (docs/operations.md): a restarted agent whose
 /// version equals the pinned one adopts the pinned maps (counters and per-source state
@@ -71,9 +83,8 @@ pub const PORT_LIMITS_CAPACITY: u32 = 1_024;
 /// reordered or resized in a `#[repr(C)]` type such as `SourceState` or `Config`); the
 /// meaning of a slot (e.g. a `counters` index) or of a value. Map sizes are not part of
 /// it: the agent compares them itself and loads fresh maps when they differ.
-/// 4: `COUNTERS` gained `unprotected_port` (slot 35), `CONFIG` the admission and port
-/// flags (bits 8 to 10).
-pub const LAYOUT_VERSION: u32 = 4;
+/// 5: `COUNTERS` gained `cookie_fast` and `ack_shield` (slots 36 and 37).
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.

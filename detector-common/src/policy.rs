@@ -16,6 +16,12 @@ pub const PORT_KERNEL: u32 = 1;
 /// `PORT_POLICY` slot value: listed by the operator as a port to answer for (matters only
 /// with `config::FLAG_LISTED_PORTS_ONLY`).
 pub const PORT_ANSWER: u32 = 2;
+/// The low bits of a `PORT_POLICY` slot: one of the `PORT_*` values above.
+pub const PORT_ACTION_MASK: u32 = 0xff;
+/// `PORT_POLICY` bit, besides the value: the agent saw no TCP listener on this port, so a
+/// SYN to it passes without a socket lookup (the kernel answers it with a RST). Set only
+/// while the agent knows the host's listeners; without it the lookup decides, as before.
+pub const PORT_NO_LISTENER: u32 = 1 << 8;
 
 /// The NIC strips VLAN tags before XDP (rx VLAN offload) and VLAN devices sit on top of
 /// the interface: an untagged SYN may have lost its tag, and an XDP_TX reply would leave
@@ -46,7 +52,7 @@ unsafe impl aya::Pod for IfacePolicy {}
 /// whether the destination matches a `KERNEL_DESTS` prefix, `iface_flags` gives the
 /// ingress interface's `IfacePolicy::flags` (0 without an entry).
 ///
-/// Order: the port, then the destination (both say "the kernel's, whatever the packet"),
+/// Order: the port's policy, then its listener bit, then the destination (both say "the kernel's, whatever the packet"),
 /// then the interface (only untagged SYNs can have lost a tag).
 #[inline(always)]
 pub fn cookie_policy(
@@ -56,8 +62,12 @@ pub fn cookie_policy(
     in_kernel_dests: impl FnOnce() -> bool,
     iface_flags: impl FnOnce() -> u32,
 ) -> Option<Counter> {
-    if port_slot == PORT_KERNEL || (cfg.has(FLAG_LISTED_PORTS_ONLY) && port_slot != PORT_ANSWER) {
+    let action = port_slot & PORT_ACTION_MASK;
+    if action == PORT_KERNEL || (cfg.has(FLAG_LISTED_PORTS_ONLY) && action != PORT_ANSWER) {
         return Some(Counter::PassCookieKernelPolicy);
+    }
+    if port_slot & PORT_NO_LISTENER != 0 {
+        return Some(Counter::PassCookieNoListener);
     }
     if in_kernel_dests() {
         return Some(Counter::PassCookieKernelPolicy);
@@ -121,6 +131,26 @@ mod tests {
         assert_eq!(decide(false, PORT_DEFAULT, 0, false, !IFACE_VLAN_STRIPPED), None, "other bits");
         // Kernel policy wins over the interface: one reason per packet.
         assert_eq!(decide(false, PORT_KERNEL, 0, true, stripped), Some(Counter::PassCookieKernelPolicy));
+    }
+
+    #[test]
+    fn ports_without_a_listener_pass_before_any_lookup() {
+        let never_dest = || -> bool { panic!("KERNEL_DESTS looked up") };
+        let never_iface = || -> u32 { panic!("IFACES looked up") };
+        assert_eq!(
+            cookie_policy(&cfg(false), PORT_DEFAULT | PORT_NO_LISTENER, 0, never_dest, never_iface),
+            Some(Counter::PassCookieNoListener)
+        );
+        // The port's policy still says why first; the bit does not hide an answered port.
+        assert_eq!(
+            decide(false, PORT_KERNEL | PORT_NO_LISTENER, 0, false, 0),
+            Some(Counter::PassCookieKernelPolicy)
+        );
+        assert_eq!(decide(true, PORT_ANSWER, 0, false, 0), None);
+        assert_eq!(
+            decide(true, PORT_ANSWER | PORT_NO_LISTENER, 0, false, 0),
+            Some(Counter::PassCookieNoListener)
+        );
     }
 
     #[test]

@@ -37,19 +37,27 @@ const _: () = assert!(core::mem::size_of::<PortLimits>() == 16);
 #[must_use]
 pub fn config_for_port(cfg: &Config, entry: Option<&PortLimits>) -> Option<Config> {
     let mut out = *cfg;
+    apply_port(&mut out, entry).then_some(out)
+}
+
+/// `config_for_port` in place: overrides `cfg`'s limits with the port's and says whether
+/// the port is protected (`false`: its SYNs pass untracked). The program applies it to a
+/// copy in map memory, not on its stack (docs/verifier.md).
+#[inline(always)]
+pub fn apply_port(cfg: &mut Config, entry: Option<&PortLimits>) -> bool {
     let Some(entry) = entry else {
-        return if cfg.has(FLAG_PROTECTED_PORTS_ONLY) { None } else { Some(out) };
+        return !cfg.has(FLAG_PROTECTED_PORTS_ONLY);
     };
     if cfg.has(FLAG_PROTECTED_PORTS_ONLY) && entry.flags & PORT_PROTECTED == 0 {
-        return None;
+        return false;
     }
     if entry.flags & PORT_SYN_RATE != 0 {
-        out.syn_rate_limit = entry.syn_rate_limit;
+        cfg.syn_rate_limit = entry.syn_rate_limit;
     }
     if entry.flags & PORT_HALF_OPEN != 0 {
-        out.half_open_limit = entry.half_open_limit;
+        cfg.half_open_limit = entry.half_open_limit;
     }
-    Some(out)
+    true
 }
 
 /// Whether the program must look the port up at all.

@@ -68,3 +68,9 @@ pub fn baseline_helper_floor(ctx: XdpContext) -> u32 {
         }
     }
 }
+
+/// The floor of any drop path: the bench compares the blocked-source drop with it.
+#[xdp]
+pub fn baseline_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}

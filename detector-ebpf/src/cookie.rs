@@ -1,10 +1,13 @@
 //! The cookie responder: answer a SYN to a local listener with a SYN-ACK built in place
-//! (XDP_TX), its cookie from the kernel's socket-bound helper.
+//! (XDP_TX), its cookie from the kernel's socket-bound helper or, within a second of one
+//! such answer for the same listener, from the raw helper (`fastpath`).
 //!
-//! `bpf_tcp_gen_syncookie` (not the raw helpers) because it marks the listener as recently
-//! overflowed, which is what makes the kernel accept the returning cookie ACK without
-//! netfilter (docs/real-hosts.md, README). The helper call lives in `syncookie`. Needs kernel >= 5.3 and, for the helper to
-//! answer at all, `net.ipv4.tcp_syncookies = 2` (set by the agent while cookies are on).
+//! The socket-bound `bpf_tcp_gen_syncookie` marks the listener as recently overflowed,
+//! which is what makes the kernel accept the returning cookie ACK without netfilter; the
+//! raw helpers leave no mark, so they only answer while a recent socket-bound call keeps
+//! it fresh (docs/cookies.md). The helper calls live in `syncookie` and `fastpath`. Needs
+//! kernel >= 6.0 and, for the helper to answer at all, `net.ipv4.tcp_syncookies = 2` (set
+//! by the agent while cookies are on).
 
 use core::{
     hint::black_box,
@@ -20,11 +23,15 @@ use aya_ebpf::{
 use detector_common::{
     config::{Config, FLAG_COOKIE_ECN, FLAG_COOKIE_TIMESTAMPS},
     counters::Counter,
+    fastpath::CookiePath,
     parse::{IpVersion, TcpSegment, ETH_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN},
     synack::{build_ipv4_reply, build_ipv6_reply, build_synack, ReplySettings, SYNACK_LEN_MSS_ONLY, SYNACK_LEN_WITH_TS},
 };
 
-use crate::syncookie::{gen_cookie, read_options, Cookie};
+use crate::{
+    fastpath,
+    syncookie::{gen_cookie, read_options, Cookie},
+};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 const NS_PER_MS: u64 = 1_000_000;
@@ -72,10 +79,10 @@ pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) ->
     }
     let original_len = frame_len(ctx);
     match respond(ctx, seg, cfg, now) {
-        Ok(()) => {
+        Ok(answered) => {
             // SAFETY: as above.
             unsafe { atomic_add(sent, 1) };
-            Counter::TxCookie
+            answered
         }
         Err(reason) => {
             restore_len(ctx, original_len);
@@ -124,8 +131,9 @@ fn restore_len(ctx: &XdpContext, len: usize) {
     }
 }
 
+/// `Ok(TxCookie or TxCookieFast)`: which path answered.
 #[inline(always)]
-fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result<(), Counter> {
+fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result<Counter, Counter> {
     let mut cookie = Cookie::default();
     // First, before anything below forks on the IP version (see `read_options`).
     read_options(ctx, seg, &mut cookie.opts)?;
@@ -140,8 +148,21 @@ fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result
     if l4 != l3 + ip_len || l3 > MAX_L3 {
         return Err(Counter::PassCookieUnsupported);
     }
-    gen_cookie(ctx, seg, &mut cookie)?;
-    send_reply(ctx, seg, cfg, &cookie, now)
+    // The raw helper within a second of a socket-bound answer for this listener, else
+    // the socket-bound one, which renews the listener's overflow stamp (fastpath.rs).
+    let answered = match fastpath::path(seg, now) {
+        CookiePath::Raw => {
+            fastpath::raw_cookie(ctx, seg, &mut cookie)?;
+            Counter::TxCookieFast
+        }
+        CookiePath::SocketBound => {
+            gen_cookie(ctx, seg, &mut cookie)?;
+            fastpath::renewed(seg, now);
+            Counter::TxCookie
+        }
+    };
+    send_reply(ctx, seg, cfg, &cookie, now)?;
+    Ok(answered)
 }
 
 /// Builds the SYN-ACK over the SYN and cuts the frame to its length.

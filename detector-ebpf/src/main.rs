@@ -1,5 +1,6 @@
 //! The XDP entry point: the kill switch, parse, the allow/deny lists, keep SYNs for other
-//! machines out, hand SYNs and ACKs to `track` (and SYNs to `policy` and `cookie` in cookie
+//! machines out, hand SYNs and ACKs to `track` (and SYNs to `policy` and `cookie`, ACKs to
+//! `ackshield` in cookie
 //! mode), count, verdict.
 #![no_std]
 #![no_main]
@@ -8,9 +9,11 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features, reason = "core_intrinsics, for the BPF atomic add")]
 
+mod ackshield;
 mod baseline;
 mod cookie;
 mod events;
+mod fastpath;
 mod lists;
 mod packet;
 mod policy;
@@ -90,15 +93,28 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> Counter {
     if seg.is_syn() {
         return on_syn(ctx, &seg, cfg, now);
     }
+    on_segment(ctx, &seg, cfg, now)
+}
+
+/// Any other segment: the fast path's FIN filter, handshake completion, the ACK shield.
+/// A call of its own, like `on_syn`, to keep the entry point's frame small.
+#[inline(never)]
+fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
+    fastpath::on_segment(seg, now);
     if seg.may_complete_handshake() {
-        track::on_ack(&seg, cfg, now);
+        track::on_ack(seg, cfg, now);
+    }
+    // While cookies are on: forged cookie ACKs stop here, not in the kernel's check.
+    if detector_common::ackshield::screens(cfg, seg.flags) {
+        if let Some(drop) = ackshield::screen_ack(ctx, seg, cfg) {
+            return drop;
+        }
     }
     Counter::PassTcp
 }
 
-/// A connection request. A BPF-to-BPF call: the per-port copy of the config lives in this
-/// frame, not in the entry point's, whose frame plus the parser's is at the verifier's
-/// 512-byte limit (docs/verifier.md).
+/// A connection request. A BPF-to-BPF call, to keep the entry point's frame small: it and
+/// the parser's are at the verifier's 512-byte limit (docs/verifier.md).
 #[inline(never)]
 fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
     // In every mode: a SYN for another machine (routed, forwarded) is neither tracked
@@ -106,11 +122,11 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter
     if !policy::is_local(seg) {
         return Counter::PassNotLocal;
     }
-    // Per-port limits and protected ports (a copy of the config with the port's limits).
-    let Some(port_cfg) = ports::config_for(seg, cfg) else {
-        return Counter::PassUnprotectedPort;
+    // Per-port limits and protected ports (the port's copy of the config, in map memory).
+    let cfg = match ports::config_for(seg, cfg) {
+        Ok(cfg) => cfg,
+        Err(not_judged) => return not_judged,
     };
-    let cfg = &port_cfg;
     let counter = if cfg.has(FLAG_COOKIES) {
         // Blocked sources first (they are dropped whatever their destination), then
         // what policy leaves to the kernel, and only then the budget and the helper.

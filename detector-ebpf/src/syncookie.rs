@@ -211,7 +211,7 @@ unsafe fn syncookie<const TH_LEN: usize>(
 
 /// The listener's view of the SYN: its source is the client, its destination us.
 #[inline(always)]
-fn listener_tuple(seg: &TcpSegment) -> bpf_sock_tuple {
+pub fn listener_tuple(seg: &TcpSegment) -> bpf_sock_tuple {
     // SAFETY: plain old data; every byte the lookup reads is written below.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let sport = seg.src_port.to_be();

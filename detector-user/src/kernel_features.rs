@@ -5,9 +5,9 @@
 //! `invalid func unknown#ID` (the ID is newer than the kernel). Either way the operator
 //! should read which helper and which Linux release brings it, not a verifier log.
 
-/// The oldest Linux release the shipped program loads on: `bpf_xdp_get_buff_len` and
-/// `bpf_xdp_load_bytes` (multi-buffer XDP) came in 5.18. README states the same.
-pub const MINIMUM_KERNEL: &str = "5.18";
+/// The oldest Linux release the shipped program loads on: the raw cookie helpers (the
+/// cookie fast path and the ACK shield) came in 6.0. README states the same.
+pub const MINIMUM_KERNEL: &str = "6.0";
 
 /// Helper ID, name, and the release that made it available to XDP programs: every
 /// helper the program calls (bpf.h's numbering; the releases from the kernel's history).
@@ -29,7 +29,9 @@ const HELPERS: &[(u32, &str, &str)] = &[
     (188, "bpf_xdp_get_buff_len", "5.18"),
     (189, "bpf_xdp_load_bytes", "5.18"),
     (204, "bpf_tcp_raw_gen_syncookie_ipv4", "6.0"),
+    (205, "bpf_tcp_raw_gen_syncookie_ipv6", "6.0"),
     (206, "bpf_tcp_raw_check_syncookie_ipv4", "6.0"),
+    (207, "bpf_tcp_raw_check_syncookie_ipv6", "6.0"),
 ];
 
 /// "this kernel lacks NAME (Linux X+) ..." when `log` is a refusal for a missing helper.

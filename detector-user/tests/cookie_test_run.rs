@@ -307,7 +307,11 @@ fn every_tcp_header_length_gets_a_cookie_the_kernel_accepts() {
                 assert!(kernel_accepts(&det, syn, h.sequence_number), "options of {len} bytes");
             }
         }
-        assert_eq!(det.counter(Counter::TxCookie), 22);
+        // One socket-bound answer per listener address (IPv4, IPv6), which renews its
+        // overflow stamp; the fast path answers the other 20 within that second, and the
+        // kernel accepted those cookies too (cookie_fastpath_test_run.rs has the timing).
+        assert_eq!(det.counter(Counter::TxCookie), 2);
+        assert_eq!(det.counter(Counter::TxCookieFast), 20);
     });
 }
 

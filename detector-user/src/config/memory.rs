@@ -150,6 +150,14 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
         shape(names::MAP_CONFIG, Kind::Array, 4, size_of::<KernelConfig>(), 1),
         shape(names::MAP_COUNTERS, Kind::PerCpuArray, 4, 8, COUNTER_SLOTS),
         shape(names::MAP_COOKIE_BUDGET, Kind::Array, 4, 16, 1),
+        shape(
+            names::MAP_COOKIE_RENEWALS,
+            Kind::LruHash,
+            size_of::<detector_common::fastpath::ListenerKey>(),
+            8,
+            detector_common::fastpath::RENEWALS_CAPACITY,
+        ),
+        shape(names::MAP_CLOSED_FILTER, Kind::Array, 4, 4, detector_common::fastpath::CLOSED_FILTER_BUCKETS),
         shape("OPTION_WALK", Kind::PerCpuArray, 4, size_of::<OptionScratch>(), 1),
         shape("EVENT_BUDGET", Kind::PerCpuArray, 4, 16, 1),
         shape(names::MAP_LOCAL_ADDRS, Kind::Hash, 16, 4, names::LOCAL_ADDRS_CAPACITY),
@@ -169,6 +177,7 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
         shape(names::MAP_SAMPLES, Kind::RingBuf, 0, 0, sample::RING_BYTES),
         shape(names::MAP_SAMPLES_LOST, Kind::PerCpuArray, 4, 8, 1),
         shape(names::MAP_SAMPLE_SCRATCH, Kind::PerCpuArray, 4, size_of::<sample::SampleRecord>(), 1),
+        shape(names::MAP_PORT_CONFIG, Kind::PerCpuArray, 4, size_of::<detector_common::config::Config>(), 1),
     ]
 }
 

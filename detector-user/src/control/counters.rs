@@ -56,7 +56,7 @@ impl CounterState {
                 Counter::BlockedSynRate => m.source_blocks.with_label_values(&["syn_rate"]).inc_by(delta),
                 Counter::BlockedHalfOpen => m.source_blocks.with_label_values(&["half_open"]).inc_by(delta),
                 Counter::SynRetransmit => m.syn_retransmits.inc_by(delta),
-                Counter::TxCookie => m.cookies_sent.inc_by(delta),
+                Counter::TxCookie | Counter::TxCookieFast => m.cookies_sent.inc_by(delta),
                 Counter::DropCookieBudget => m.cookie_budget_drops.inc_by(delta),
                 _ => {}
             }

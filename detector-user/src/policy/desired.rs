@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use detector_common::{
     config::FLAG_LISTED_PORTS_ONLY,
     names,
-    policy::{IfacePolicy, PORT_ANSWER, PORT_DEFAULT, PORT_KERNEL},
+    policy::{IfacePolicy, PORT_ACTION_MASK, PORT_ANSWER, PORT_DEFAULT, PORT_KERNEL, PORT_NO_LISTENER},
 };
 use tracing::{info, warn};
 
@@ -142,6 +142,22 @@ impl DesiredPolicy {
         }
     }
 
+    /// Marks every port without a listener in `listeners` with `PORT_NO_LISTENER` (its
+    /// SYNs then pass without a socket lookup). `PORT_KERNEL` slots stay as they are: those
+    /// SYNs go to the kernel anyway. `None`: the listeners are unknown, no mark, and the
+    /// program's socket lookup decides as it always did.
+    #[must_use]
+    pub fn with_listeners(mut self, listeners: Option<&BTreeSet<u16>>) -> Self {
+        if let Some(listeners) = listeners {
+            for (port, slot) in (0u16..=u16::MAX).zip(self.ports.iter_mut()) {
+                if *slot != PORT_KERNEL && !listeners.contains(&port) {
+                    *slot |= PORT_NO_LISTENER;
+                }
+            }
+        }
+        self
+    }
+
     /// The `config::FLAG_*` bits this policy needs in the program's config.
     pub fn config_flags(&self) -> u32 {
         if self.listed_ports_only {
@@ -158,7 +174,7 @@ impl DesiredPolicy {
         }
         info!(
             local_addrs = self.local_addrs.len(),
-            kernel_ports = self.ports.iter().filter(|&&v| v == PORT_KERNEL).count(),
+            kernel_ports = self.ports.iter().filter(|&&v| v & PORT_ACTION_MASK == PORT_KERNEL).count(),
             kernel_dests = self.kernel_dests.len(),
             listed_ports_only = self.listed_ports_only,
             "cookie policy changed"

@@ -89,3 +89,23 @@ fn operator_choices_are_info_and_surprises_are_warnings() {
     assert!(matches!(&d.notes[0], Note::Info(t) if t.contains("policy.kernel_ports: 25")), "{:?}", d.notes);
     assert!(matches!(&d.notes[1], Note::Warn(t) if t.contains("iptables-legacy")), "{:?}", d.notes);
 }
+
+#[test]
+fn ports_without_a_listener_are_marked_only_when_the_listeners_are_known() {
+    use detector_common::policy::{PORT_ANSWER, PORT_KERNEL, PORT_NO_LISTENER};
+    let cfg = PolicyConfig {
+        answer_ports: BTreeSet::from([80, 81]),
+        kernel_ports: BTreeSet::from([22]),
+        ..PolicyConfig::default()
+    };
+    let build = || DesiredPolicy::build(&cfg, &BTreeSet::new(), &NatFindings::default(), BTreeMap::new());
+    assert_eq!(build().with_listeners(None), build(), "unknown listeners: nothing marked");
+    let p = build().with_listeners(Some(&BTreeSet::from([80, 443])));
+    assert_eq!(p.ports[80], PORT_ANSWER);
+    assert_eq!(p.ports[81], PORT_ANSWER | PORT_NO_LISTENER);
+    assert_eq!(p.ports[443], PORT_DEFAULT);
+    assert_eq!(p.ports[444], PORT_DEFAULT | PORT_NO_LISTENER);
+    assert_eq!(p.ports[22], PORT_KERNEL, "kernel ports keep their value");
+    assert_eq!(p.ports[0], PORT_NO_LISTENER);
+    assert_eq!(p.ports[65535], PORT_NO_LISTENER);
+}

@@ -3,12 +3,13 @@
 //! `desired()` on every poll, `changed().await` to wake early when the host changes.
 
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     error::NetlinkError,
     policy::{
         addresses::{self, AddressWatch, LinkEvent},
+        listeners,
         nat::NatFindings,
         nat_watch,
         vlan::VlanCheck,
@@ -25,6 +26,8 @@ pub struct PolicyInputs {
     /// (ifindex, name) of the interfaces the program is attached to.
     attached: Vec<(u32, String)>,
     last_notes: Option<Vec<Note>>,
+    /// Whether the last listener read failed (its error is logged once per failure run).
+    listeners_failed: bool,
 }
 
 impl PolicyInputs {
@@ -38,7 +41,15 @@ impl PolicyInputs {
             info!("policy.detect_nat = false: NAT rules are not read; policy.kernel_ports/destinations rule");
             None
         };
-        Ok(Self { cfg, addresses, nat, vlan: VlanCheck::default(), attached, last_notes: None })
+        Ok(Self {
+            cfg,
+            addresses,
+            nat,
+            vlan: VlanCheck::default(),
+            attached,
+            last_notes: None,
+            listeners_failed: false,
+        })
     }
 
     /// An interface named like an attached one now has `ifindex` (it was re-created).
@@ -55,7 +66,21 @@ impl PolicyInputs {
         let local = self.addresses.snapshot.borrow_and_update().local_keys();
         let nat = self.nat.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
         let ifaces = self.vlan.run(&self.attached);
-        let desired = DesiredPolicy::build(&self.cfg, &local, &nat, ifaces);
+        let listeners = match listeners::listening_ports() {
+            Ok(ports) => {
+                self.listeners_failed = false;
+                Some(ports)
+            }
+            Err(e) => {
+                if !self.listeners_failed {
+                    warn!(error = %e, "cannot read the TCP listeners (sock_diag): every port gets a socket lookup");
+                }
+                self.listeners_failed = true;
+                None
+            }
+        };
+        let desired =
+            DesiredPolicy::build(&self.cfg, &local, &nat, ifaces).with_listeners(listeners.as_ref());
         desired.log_if_changed(&mut self.last_notes);
         desired
     }

@@ -5,6 +5,7 @@
 //! - `nat`, `nat_chains`, `nat_watch`: ports and destinations published by DNAT/redirect,
 //!   from the nftables ruleset, re-read on nftables netlink events.
 //! - `vlan`: interfaces whose NIC strips VLAN tags under VLAN devices.
+//! - `listeners`: the host's TCP listening ports (sock_diag), read on every rebuild.
 //! - `desired`: what the maps should hold, from all of the above and `[policy]`.
 //! - `inputs`: the watchers together; `maps`: the maps and their level-triggered diff;
 //!   `feed`: the task that keeps the desired policy current and the control loop's step.
@@ -13,6 +14,7 @@ pub mod addresses;
 pub mod desired;
 pub mod feed;
 pub mod inputs;
+pub mod listeners;
 pub mod maps;
 pub mod nat;
 pub mod nat_watch;

@@ -114,7 +114,8 @@ impl FrameSpec {
         let (flags, seq, ack): (u8, u32, u32) = match self.kind {
             Kind::Syn => (0x02, isn, 0),
             Kind::SynAck => (0x12, isn, 0x0bad_cafe),
-            Kind::Ack => (0x10, isn.wrapping_add(1), 0x0bad_cafe),
+            Kind::Ack | Kind::CookieAck => (0x10, isn.wrapping_add(1), 0x0bad_cafe),
+            Kind::Fin => (0x11, isn.wrapping_add(1), 0x0bad_cafe),
             Kind::Rst => (0x04, isn.wrapping_add(1), 0),
             Kind::Flags(f) => (f, if f & 0x02 != 0 { isn } else { isn.wrapping_add(1) }, 0x0bad_cafe),
         };

@@ -30,6 +30,7 @@ pub enum Mode {
 }
 
 /// What the policy maps and flags say in cookie mode (`detector_common::policy`).
+#[allow(clippy::struct_excessive_bools, reason = "independent switches of the policy maps, generated freely")]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     /// `PORT_POLICY` value of `LISTEN_PORT` (0 default, 1 kernel, 2 answer, others: none).
@@ -40,6 +41,8 @@ pub struct Policy {
     pub vlan_stripped: bool,
     /// SERVER6/128 in `KERNEL_DESTS`: IPv6 SYNs left to the kernel, IPv4 ones answered.
     pub kernel_dest6: bool,
+    /// `PORT_NO_LISTENER` on `CLOSED_PORT`: the agent saw no listener there.
+    pub closed_no_listener: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +58,12 @@ pub enum Kind {
     SynAck,
     /// The third packet of the handshake that a `Syn` of the same flow began.
     Ack,
+    /// As `Ack`, acknowledging the cookie the kernel last answered this flow's SYN with in
+    /// this sequence (filled in by `check_case`; `0x0bad_cafe` until there is one): a
+    /// cookie ACK the shield must let through.
+    CookieAck,
+    /// FIN|ACK from the client: the tuple may be in `TIME_WAIT` (the fast path's FIN filter).
+    Fin,
     Rst,
     /// Any combination of the eight flag bits.
     Flags(u8),
@@ -150,6 +159,8 @@ fn kind() -> impl Strategy<Value = Kind> {
         8 => Just(Kind::Syn),
         1 => Just(Kind::SynAck),
         4 => Just(Kind::Ack),
+        3 => Just(Kind::CookieAck),
+        2 => Just(Kind::Fin),
         1 => Just(Kind::Rst),
         4 => any::<u8>().prop_map(Kind::Flags),
     ]
@@ -208,12 +219,19 @@ fn policy() -> impl Strategy<Value = Policy> {
     prop_oneof![
         // Mostly none, so that most SYNs reach the responder.
         3 => Just(Policy::default()),
-        1 => (prop_oneof![Just(0u32), Just(1), Just(2), Just(7)], any::<bool>(), any::<bool>(), any::<bool>())
-            .prop_map(|(listen_port_slot, listed_only, vlan_stripped, kernel_dest6)| Policy {
+        1 => (
+            prop_oneof![Just(0u32), Just(1), Just(2), Just(7)],
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(listen_port_slot, listed_only, vlan_stripped, kernel_dest6, closed_no_listener)| Policy {
                 listen_port_slot,
                 listed_only,
                 vlan_stripped,
                 kernel_dest6,
+                closed_no_listener,
             }),
     ]
 }

@@ -2,20 +2,23 @@
 //! per-CPU `COUNTERS` summed, and the tracking maps emptied between sequences so that each
 //! sequence starts from the state the model starts from.
 
+use std::{cell::RefCell, collections::HashSet};
+
 use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use detector_common::{
-    names,
-    parse::{parse_tcp, IpVersion},
-    policy::IFACE_VLAN_STRIPPED,
+    fastpath::ListenerKey,
+    filter, names,
+    parse::{parse_tcp, tcp_flags, IpVersion},
+    policy::{IFACE_VLAN_STRIPPED, PORT_NO_LISTENER},
     state::{FlowKey, PendingFlow, SourceKey, SourceState},
 };
 
 use crate::{
     common::{Detector, TEST_RUN_IFINDEX},
-    gen::{Mode, Policy, LISTEN_PORT, SERVER6},
+    gen::{Mode, Policy, CLOSED_PORT, LISTEN_PORT, SERVER6},
     model,
 };
 
@@ -29,6 +32,9 @@ pub enum Run {
 
 pub struct Kernel {
     det: Detector,
+    /// `CLOSED_FILTER` buckets a frame may have stamped (any parsed segment with FIN),
+    /// zeroed by `start`: the array has 65,536 slots, too many to clear one by one.
+    stamped: RefCell<HashSet<u32>>,
 }
 
 impl Kernel {
@@ -40,6 +46,7 @@ impl Kernel {
                 model::config(Mode::Track { syn_rate: 0, half_open: 0 }),
                 &["probe_check_cookie"],
             ),
+            stamped: RefCell::new(HashSet::new()),
         }
     }
 
@@ -56,6 +63,19 @@ impl Kernel {
         self.det.set_config(model::config(mode));
         let policy = if let Mode::Cookie { policy, .. } = mode { policy } else { Policy::default() };
         self.det.set_port_policy(LISTEN_PORT, policy.listen_port_slot);
+        self.det.set_port_policy(CLOSED_PORT, if policy.closed_no_listener { PORT_NO_LISTENER } else { 0 });
+        // The fast path's state: no listener renewed, no FIN seen.
+        let mut renewals: HashMap<_, ListenerKey, u64> =
+            HashMap::try_from(self.det.ebpf.map_mut(names::MAP_COOKIE_RENEWALS).unwrap()).unwrap();
+        let keys: Vec<ListenerKey> = renewals.keys().map(Result::unwrap).collect();
+        for k in keys {
+            renewals.remove(&k).unwrap();
+        }
+        let mut closed: Array<_, u32> =
+            Array::try_from(self.det.ebpf.map_mut(names::MAP_CLOSED_FILTER).unwrap()).unwrap();
+        for bucket in self.stamped.borrow_mut().drain() {
+            closed.set(bucket, 0, 0).unwrap();
+        }
         self.det
             .set_iface_flags(TEST_RUN_IFINDEX, if policy.vlan_stripped { IFACE_VLAN_STRIPPED } else { 0 });
         let mut dests: LpmTrie<_, [u8; 16], u32> =
@@ -82,6 +102,19 @@ impl Kernel {
     }
 
     pub fn run(&self, program: &str, frame: &[u8]) -> Run {
+        if program == names::PROGRAM {
+            if let Ok(seg) = parse_tcp(frame) {
+                if seg.flags & tcp_flags::FIN != 0 {
+                    let flow = FlowKey {
+                        src: seg.src,
+                        dst: seg.dst,
+                        src_port: seg.src_port,
+                        dst_port: seg.dst_port,
+                    };
+                    self.stamped.borrow_mut().insert(filter::bucket(&flow));
+                }
+            }
+        }
         let prog: &Xdp = self.det.ebpf.program(program).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         match prog.test_run(TestRunOptions {

@@ -50,6 +50,8 @@ struct Tally {
     refused: u64,
     /// Rise of every counter slot over the run.
     slots: Vec<u64>,
+    /// What the model saw that no counter tells apart.
+    reached: model::Reached,
 }
 
 impl Tally {
@@ -61,6 +63,11 @@ impl Tally {
         let mut s = format!(
             "{} sequences, {} frames compared ({} refused by BPF_PROG_TEST_RUN as shorter than Ethernet)",
             self.sequences, self.frames, self.refused
+        );
+        let _ = write!(
+            s,
+            "\n  model: {} valid cookie ACKs passed by the shield, {} SYNs sent to the socket-bound helper by the FIN filter",
+            self.reached.valid_cookie_acks, self.reached.fin_filtered_syns
         );
         for (c, n) in Counter::ALL.iter().zip(&self.slots) {
             if *n != 0 {
@@ -109,7 +116,10 @@ fn check_case(kernel: &mut Kernel, case: &Case, tally: &mut Tally) -> Result<(),
     let mut model = model::Model::new(case.mode);
     let mut before = kernel.counters();
     for (i, spec) in case.frames.iter().enumerate() {
-        let frame = spec.build();
+        let mut frame = spec.build();
+        if spec.kind == gen::Kind::CookieAck {
+            acknowledge_cookie(&model, &mut frame);
+        }
         let at = || {
             format!(
                 "frame {i} of {} ({:?}, {} bytes: {})",
@@ -155,7 +165,10 @@ fn check_case(kernel: &mut Kernel, case: &Case, tally: &mut Tally) -> Result<(),
             ));
         }
         match &want.reply {
-            Some(plan) => check_reply(kernel, plan, &frame, &out).map_err(|e| format!("{}: {e}", at()))?,
+            Some(plan) => {
+                let cookie = check_reply(kernel, plan, &frame, &out).map_err(|e| format!("{}: {e}", at()))?;
+                model.issued(&plan.seg, cookie);
+            }
             None if out != frame => {
                 return Err(format!(
                     "{}: verdict {verdict} but the frame was changed to {}",
@@ -170,15 +183,28 @@ fn check_case(kernel: &mut Kernel, case: &Case, tally: &mut Tally) -> Result<(),
         }
         tally.frames += 1;
     }
+    tally.reached.valid_cookie_acks += model.reached.valid_cookie_acks;
+    tally.reached.fin_filtered_syns += model.reached.fin_filtered_syns;
     tally.sequences += 1;
     Ok(())
+}
+
+/// A `Kind::CookieAck` frame (unless a mutation broke it) gets the ack number of the
+/// cookie the kernel last answered its flow with in this sequence. The TCP checksum is left
+/// as built: neither the program nor the cookie check reads it.
+fn acknowledge_cookie(model: &model::Model, frame: &mut [u8]) {
+    let Ok(seg) = parse_tcp(&*frame) else { return };
+    if let Some(cookie) = model.cookie_for(&seg) {
+        let at = usize::from(seg.l4_offset) + 8;
+        frame[at..at + 4].copy_from_slice(&cookie.wrapping_add(1).to_be_bytes());
+    }
 }
 
 /// The reply must be exactly what `synack::build_synack` makes from the SYN, given the
 /// three values only the kernel knows: the cookie and MSS the helper returned (read from
 /// the reply) and the clock bits of the timestamp (the low six bits, which carry the
 /// options, must match). The cookie itself is proven by the kernel accepting it.
-fn check_reply(kernel: &Kernel, plan: &model::ReplyPlan, syn: &[u8], out: &[u8]) -> Result<(), String> {
+fn check_reply(kernel: &Kernel, plan: &model::ReplyPlan, syn: &[u8], out: &[u8]) -> Result<u32, String> {
     let l4 = usize::from(plan.seg.l4_offset);
     if out.len() < l4 + 24 || out[l4 + 20..l4 + 22] != [2, 4] {
         return Err(format!("XDP_TX reply too short or without MSS first: {}", hex(out)));
@@ -195,7 +221,7 @@ fn check_reply(kernel: &Kernel, plan: &model::ReplyPlan, syn: &[u8], out: &[u8])
     if !kernel.accepts_cookie(out)? {
         return Err(format!("the kernel refuses the reply's cookie {cookie:#x}"));
     }
-    Ok(())
+    Ok(cookie)
 }
 
 /// Writes the failing sequence as a pcap (Ethernet, 1 ms apart); returns its path.
@@ -285,6 +311,8 @@ fn kernel_and_model_agree_on_generated_sequences() {
         for c in [
             Counter::PassSyn,
             Counter::TxCookie,
+            Counter::TxCookieFast,
+            Counter::DropAckShield,
             Counter::PassTruncated,
             Counter::PassMalformed,
             Counter::PassTcp,

@@ -9,18 +9,32 @@
 //! sequence's `Policy` says. What
 //! is left is decided by counts: SYNs per source, half-open handshakes, pending flows. The
 //! SYN-rate window (1 s, from `bpf_ktime_get_ns`) is the one clock in play: the model is
-//! given `CLOCK_MONOTONIC` (the same clock) read just before each run.
+//! given `CLOCK_MONOTONIC` (the same clock) read just before each run. The same clock
+//! drives the cookie fast path (a listener's raw answers within `RENEW_EVERY_NS` of its
+//! last socket-bound one) and the FIN filter (a tuple stays "maybe in `TIME_WAIT`" for
+//! 62 s): a sequence lasts milliseconds and both maps are emptied between sequences, so
+//! only a stall of a second inside one sequence could split model and kernel.
+//!
+//! The ACK shield: in the test's namespace the only socket is the listener on
+//! `LISTEN_PORT` (BPF_PROG_TEST_RUN delivers nothing to the stack), so an ACK's lookup
+//! finds that listener or nobody. Its cookie is valid when it acknowledges a cookie the
+//! kernel issued in this sequence for the same tuple and client ISN (`issued`, read from
+//! the kernel's replies). An unrelated ACK value passes the kernel's check by chance with
+//! a probability of about 3e-9 (the check accepts 4 MSS indexes of 2^24 and 3 of 256
+//! minute counters); the model calls every such ACK invalid.
 
 use std::collections::{HashMap, HashSet};
 
 use detector_common::{
+    ackshield::{self, Owner},
     config::{
         Config, FLAG_COOKIES, FLAG_COOKIE_ECN, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_LISTED_PORTS_ONLY,
     },
     counters::{Counter, COUNTER_SLOTS},
+    fastpath::{closed_stamp, cookie_path, may_be_time_wait, CookiePath, ListenerKey},
     filter,
-    parse::{parse_tcp, IpVersion, TcpSegment, ETH_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN},
-    policy::{cookie_policy, IFACE_VLAN_STRIPPED, PORT_DEFAULT},
+    parse::{parse_tcp, tcp_flags, IpVersion, TcpSegment, ETH_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN},
+    policy::{cookie_policy, IFACE_VLAN_STRIPPED, PORT_DEFAULT, PORT_NO_LISTENER},
     state::{FlowKey, PendingFlow, SourceState},
     synack::{
         build_ipv4_reply, build_ipv6_reply, build_synack, parse_syn_options, ReplySettings, MAX_OPTIONS_LEN,
@@ -28,7 +42,7 @@ use detector_common::{
     track::{self, BlockReason, SynVerdict},
 };
 
-use crate::gen::{Mode, Policy, LISTEN_PORT, SERVER4, SERVER6};
+use crate::gen::{Mode, Policy, CLOSED_PORT, LISTEN_PORT, SERVER4, SERVER6};
 
 /// Long enough that nothing expires in a run; short enough that `now + TTL` and the
 /// filter's horizon (`4 × timeout / 3`) stay far from overflowing.
@@ -113,6 +127,25 @@ pub struct Model {
     /// stamp is recent; a bucket the kernel kept from an earlier sequence only leads to a
     /// `PENDING` lookup that misses (the map is emptied between sequences), as here.
     filter: HashSet<u32>,
+    /// `COOKIE_RENEWALS`: per listener, the time of its last socket-bound cookie.
+    renewals: HashMap<ListenerKey, u64>,
+    /// `CLOSED_FILTER`: per flow-hash bucket, the `closed_stamp` of the last client FIN.
+    closed: HashMap<u32, u32>,
+    /// Cookies the kernel answered SYNs with in this sequence: per tuple, (client ISN,
+    /// cookie) pairs, as `issued` was told them.
+    cookies: HashMap<FlowKey, Vec<(u32, u32)>>,
+    /// Paths no counter tells apart, counted so the run can show it reached them.
+    pub reached: Reached,
+}
+
+/// Paths of the fast path and the shield that share a counter with others.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reached {
+    /// Cookie ACKs the shield checked and found valid (passed as `tcp`).
+    pub valid_cookie_acks: u64,
+    /// SYNs a recent renewal would have sent to the raw helper, sent to the socket-bound
+    /// one by the FIN filter.
+    pub fin_filtered_syns: u64,
 }
 
 impl Model {
@@ -124,6 +157,10 @@ impl Model {
             sources: HashMap::new(),
             pending: HashMap::new(),
             filter: HashSet::new(),
+            renewals: HashMap::new(),
+            closed: HashMap::new(),
+            cookies: HashMap::new(),
+            reached: Reached::default(),
         }
     }
 
@@ -145,7 +182,7 @@ impl Model {
             return Counter::PassNoConfig;
         }
         if seg.is_syn() {
-            if seg.dst != detector_common::parse::ipv4_mapped(SERVER4) && seg.dst != SERVER6 {
+            if !is_local(&seg) {
                 return Counter::PassNotLocal;
             }
             // detector-ebpf/src/ports.rs: no per-port policy is generated, so every port is
@@ -154,16 +191,62 @@ impl Model {
             let counter = if self.cfg.has(FLAG_COOKIES) {
                 self.screen_for_cookie(&seg, now)
                     .or_else(|| self.policy(&seg))
-                    .unwrap_or_else(|| self.answer_syn(&seg, frame, reply))
+                    .unwrap_or_else(|| self.answer_syn(&seg, frame, now, reply))
             } else {
                 self.on_syn(&seg, now, ev)
             };
             return if self.cfg.has(FLAG_ENFORCE) { counter } else { counter.monitored() };
         }
+        // main.rs `on_segment`: the FIN filter (fastpath.rs `on_segment`), handshake
+        // completion, the ACK shield.
+        if seg.flags & tcp_flags::FIN != 0 {
+            self.closed.insert(filter::bucket(&flow_of(&seg)), closed_stamp(now));
+        }
         if seg.may_complete_handshake() {
             self.on_ack(&seg, now, ev);
         }
+        if ackshield::screens(&self.cfg, seg.flags) {
+            if let Some(drop) = self.screen_ack(&seg, frame) {
+                return drop;
+            }
+        }
         Counter::PassTcp
+    }
+
+    /// The cookie the kernel last answered a SYN of `seg`'s flow with in this sequence, for
+    /// the client ISN `seg.seq - 1` (what a `Kind::CookieAck` acknowledges).
+    pub fn cookie_for(&self, seg: &TcpSegment) -> Option<u32> {
+        let isn = seg.seq.wrapping_sub(1);
+        self.cookies.get(&flow_of(seg))?.iter().rev().find(|(i, _)| *i == isn).map(|(_, c)| *c)
+    }
+
+    /// The kernel answered the SYN `seg` with `cookie` (read from its reply).
+    pub fn issued(&mut self, seg: &TcpSegment, cookie: u32) {
+        self.cookies.entry(flow_of(seg)).or_default().push((seg.seq, cookie));
+    }
+
+    /// detector-ebpf/src/ackshield.rs `screen_ack`.
+    fn screen_ack(&mut self, seg: &TcpSegment, frame: &[u8]) -> Option<Counter> {
+        if !is_local(seg) || self.policy(seg).is_some() {
+            return None;
+        }
+        let (l3, l4) = (usize::from(seg.l3_offset), usize::from(seg.l4_offset));
+        let ip_len = if seg.version == IpVersion::V4 { 20 } else { 40 };
+        if l4 != l3 + ip_len || l3 > MAX_L3 || l3 + 40 > frame.len() || l4 + 20 > frame.len() {
+            return None;
+        }
+        // The listener on `LISTEN_PORT` (any address, both versions) is the only socket.
+        let owner = if seg.dst_port == LISTEN_PORT { Owner::Listener } else { Owner::Nobody };
+        let reached = &mut self.reached;
+        ackshield::verdict(owner, || {
+            // bpf_tcp_raw_check_syncookie_*: ack_seq - 1 is a cookie for this tuple and
+            // the client ISN seq - 1.
+            let valid = self.cookies.get(&flow_of(seg)).is_some_and(|issued| {
+                issued.contains(&(seg.seq.wrapping_sub(1), seg.ack_seq.wrapping_sub(1)))
+            });
+            reached.valid_cookie_acks += u64::from(valid);
+            valid
+        })
     }
 
     /// detector-ebpf/src/track.rs `on_syn`. The generated limits (at most 5, timeouts that
@@ -222,7 +305,11 @@ impl Model {
     /// them for this policy.
     fn policy(&self, seg: &TcpSegment) -> Option<Counter> {
         let p = self.policy;
-        let port_slot = if seg.dst_port == LISTEN_PORT { p.listen_port_slot } else { PORT_DEFAULT };
+        let port_slot = match seg.dst_port {
+            LISTEN_PORT => p.listen_port_slot,
+            CLOSED_PORT if p.closed_no_listener => PORT_NO_LISTENER,
+            _ => PORT_DEFAULT,
+        };
         cookie_policy(
             &self.cfg,
             port_slot,
@@ -232,19 +319,45 @@ impl Model {
         )
     }
 
-    /// detector-ebpf/src/cookie.rs `answer_syn` and syncookie.rs `gen_cookie`: SYNs with IP
-    /// options or extension headers are left to the kernel; the listener is on
-    /// `LISTEN_PORT` only; the helper must then answer every SYN the parser accepted.
-    fn answer_syn(&self, seg: &TcpSegment, frame: &[u8], reply: &mut Option<ReplyPlan>) -> Counter {
+    /// detector-ebpf/src/cookie.rs `answer_syn`/`respond`, fastpath.rs `path` and
+    /// syncookie.rs `gen_cookie`: SYNs with IP options or extension headers are left to the
+    /// kernel; within a second of a socket-bound answer for the same listener (and not for a
+    /// tuple behind a recent FIN) the raw helper answers without a lookup; else the lookup
+    /// finds the listener on `LISTEN_PORT` only, and the helper must then answer every SYN
+    /// the parser accepted, renewing the listener.
+    fn answer_syn(
+        &mut self,
+        seg: &TcpSegment,
+        frame: &[u8],
+        now: u64,
+        reply: &mut Option<ReplyPlan>,
+    ) -> Counter {
         let l3 = usize::from(seg.l3_offset);
         let l4 = usize::from(seg.l4_offset);
         let ip_len = if seg.version == IpVersion::V4 { 20 } else { 40 };
         if l4 != l3 + ip_len || l3 > MAX_L3 {
             return Counter::PassCookieUnsupported;
         }
-        if seg.dst_port != LISTEN_PORT {
-            return Counter::PassCookieNoListener;
-        }
+        let listener = ListenerKey { addr: seg.dst, port: seg.dst_port, _pad: 0 };
+        let time_wait = self
+            .closed
+            .get(&filter::bucket(&flow_of(seg)))
+            .is_some_and(|&stamp| may_be_time_wait(stamp, now));
+        let answered = match cookie_path(self.renewals.get(&listener).copied(), time_wait, now) {
+            CookiePath::Raw => Counter::TxCookieFast,
+            CookiePath::SocketBound => {
+                if time_wait
+                    && cookie_path(self.renewals.get(&listener).copied(), false, now) == CookiePath::Raw
+                {
+                    self.reached.fin_filtered_syns += 1;
+                }
+                if seg.dst_port != LISTEN_PORT {
+                    return Counter::PassCookieNoListener;
+                }
+                self.renewals.insert(listener, now);
+                Counter::TxCookie
+            }
+        };
         let options_len = usize::from(seg.tcp_header_len) - 20;
         let mut options = [0u8; MAX_OPTIONS_LEN];
         options[..options_len].copy_from_slice(&frame[l4 + 20..l4 + 20 + options_len]);
@@ -259,7 +372,7 @@ impl Model {
                 window: self.cfg.synack_window,
             },
         });
-        Counter::TxCookie
+        answered
     }
 
     /// detector-ebpf/src/track.rs `on_ack`.
@@ -285,6 +398,11 @@ impl Model {
             ev[Counter::HandshakeCompleted as usize] += 1;
         }
     }
+}
+
+/// detector-ebpf/src/policy.rs `is_local`: `LOCAL_ADDRS` holds the two server addresses.
+fn is_local(seg: &TcpSegment) -> bool {
+    seg.dst == detector_common::parse::ipv4_mapped(SERVER4) || seg.dst == SERVER6
 }
 
 fn flow_of(seg: &TcpSegment) -> FlowKey {

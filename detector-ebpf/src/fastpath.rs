@@ -1,0 +1,150 @@
+//! The cookie fast path: the raw helper (`bpf_tcp_raw_gen_syncookie_ipv4/6`, no socket
+//! lookup) answers for a listener within a second of a socket-bound answer for it, which
+//! renewed the listener's overflow stamp (`detector_common::fastpath`, docs/cookies.md).
+//! Needs kernel >= 6.0 for the raw helpers.
+
+use core::hint::black_box;
+
+use aya_ebpf::{
+    bindings::{iphdr, ipv6hdr, tcphdr},
+    helpers::generated::{bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6},
+    macros::map,
+    maps::{Array, LruHashMap},
+    programs::XdpContext,
+};
+use detector_common::{
+    counters::Counter,
+    fastpath::{closed_stamp, cookie_path, may_be_time_wait, CookiePath, ListenerKey, CLOSED_FILTER_BUCKETS, RENEWALS_CAPACITY},
+    filter,
+    parse::{tcp_flags, IpVersion, TcpSegment},
+    state::FlowKey,
+    synack::MAX_OPTIONS_LEN,
+};
+
+use crate::{
+    cookie::{MAX_L3, MAX_L4},
+    syncookie::Cookie,
+};
+
+const EINVAL: i64 = 22;
+
+/// Per listener (address, port): `bpf_ktime_get_ns` of its last socket-bound cookie.
+#[map(name = "COOKIE_RENEWALS")]
+static COOKIE_RENEWALS: LruHashMap<ListenerKey, u64> = LruHashMap::with_max_entries(RENEWALS_CAPACITY, 0);
+
+/// Per flow-hash bucket, `closed_stamp` of the last FIN a client sent: tuples that may be
+/// in `TIME_WAIT` here, which the raw path must not answer (`fastpath::may_be_time_wait`).
+#[map(name = "CLOSED_FILTER")]
+static CLOSED_FILTER: Array<u32> = Array::with_max_entries(CLOSED_FILTER_BUCKETS, 0);
+
+#[inline(always)]
+fn bucket(seg: &TcpSegment) -> u32 {
+    filter::bucket(&FlowKey { src: seg.src, dst: seg.dst, src_port: seg.src_port, dst_port: seg.dst_port })
+}
+
+/// For every segment that is not a SYN: a client's FIN may leave the tuple in `TIME_WAIT`
+/// on this host (when the server closed first), so its bucket is stamped. One array write
+/// per FIN, nothing for other segments.
+#[inline(always)]
+pub fn on_segment(seg: &TcpSegment, now: u64) {
+    if seg.flags & tcp_flags::FIN != 0 {
+        saw_fin(seg, now);
+    }
+}
+
+/// A BPF-to-BPF call: the flow key it hashes sits in its own stack frame, not in the
+/// entry point's, which the deepest SYN path's frames sit on top of (docs/verifier.md, 7).
+#[inline(never)]
+fn saw_fin(seg: &TcpSegment, now: u64) {
+    let _ = CLOSED_FILTER.set(bucket(seg), closed_stamp(now), 0);
+}
+
+#[inline(always)]
+fn key(seg: &TcpSegment) -> ListenerKey {
+    ListenerKey { addr: seg.dst, port: seg.dst_port, _pad: 0 }
+}
+
+/// Which helper answers this SYN.
+#[inline(always)]
+pub fn path(seg: &TcpSegment, now: u64) -> CookiePath {
+    // A missing slot cannot happen (an array); if it did, the lookup path is the safe one.
+    let time_wait = CLOSED_FILTER.get(bucket(seg)).is_none_or(|&stamp| may_be_time_wait(stamp, now));
+    // SAFETY: a copy of the value is taken at once.
+    cookie_path(unsafe { COOKIE_RENEWALS.get(&key(seg)) }.copied(), time_wait, now)
+}
+
+/// The socket-bound helper answered for this SYN's listener at `now`. A failed insert
+/// (cannot happen in an LRU map) only means the next SYN renews again.
+#[inline(always)]
+pub fn renewed(seg: &TcpSegment, now: u64) {
+    let _ = COOKIE_RENEWALS.insert(&key(seg), &now, 0);
+}
+
+/// The raw helper's cookie and MSS for the SYN. A BPF-to-BPF call, like `gen_cookie`.
+#[inline(never)]
+pub fn raw_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Result<(), Counter> {
+    let l3 = usize::from(seg.l3_offset);
+    let l4 = usize::from(seg.l4_offset);
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if l3 > MAX_L3 || l4 > MAX_L4 {
+        return Err(Counter::PassCookieHelperError);
+    }
+    // Each pointer range-checked as the value handed to the helper (see gen_cookie).
+    let iph = black_box(data + l3);
+    let th = black_box(data + l4);
+    if iph + 40 > end || th + 20 > end {
+        return Err(Counter::PassCookieHelperError);
+    }
+    let opt_len = black_box(usize::from(seg.tcp_header_len).wrapping_sub(20));
+    if opt_len > MAX_OPTIONS_LEN {
+        return Err(Counter::PassCookieHelperError);
+    }
+    let v6 = matches!(seg.version, IpVersion::V6);
+    // The header length must be a constant the verifier checks against the frame: one
+    // call per length, as for the socket-bound helper (docs/verifier.md, lesson 1).
+    // SAFETY: each call checks th + TH_LEN against the frame; iph + 40 is checked above.
+    let ret = unsafe {
+        match opt_len {
+            0 => raw::<20>(v6, iph, th, end),
+            4 => raw::<24>(v6, iph, th, end),
+            8 => raw::<28>(v6, iph, th, end),
+            12 => raw::<32>(v6, iph, th, end),
+            16 => raw::<36>(v6, iph, th, end),
+            20 => raw::<40>(v6, iph, th, end),
+            24 => raw::<44>(v6, iph, th, end),
+            28 => raw::<48>(v6, iph, th, end),
+            32 => raw::<52>(v6, iph, th, end),
+            36 => raw::<56>(v6, iph, th, end),
+            40 => raw::<60>(v6, iph, th, end),
+            _ => -EINVAL,
+        }
+    };
+    if ret < 0 {
+        return Err(Counter::PassCookieHelperError);
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "cookie | mss << 32")]
+    {
+        out.cookie = ret as u32;
+        out.mss = (ret >> 32) as u16;
+    }
+    Ok(())
+}
+
+/// The raw helper for the IP version, with a TCP header length the verifier sees as the
+/// constant `TH_LEN`, checked against the frame here.
+#[inline(always)]
+unsafe fn raw<const TH_LEN: usize>(v6: bool, iph: usize, th: usize, end: usize) -> i64 {
+    if th + TH_LEN > end {
+        return -EINVAL;
+    }
+    #[allow(clippy::cast_possible_truncation, reason = "<= 60")]
+    // SAFETY: iph + 40 and th + TH_LEN are inside the frame (checked by the caller and above).
+    unsafe {
+        if v6 {
+            bpf_tcp_raw_gen_syncookie_ipv6(iph as *mut ipv6hdr, th as *mut tcphdr, TH_LEN as u32)
+        } else {
+            bpf_tcp_raw_gen_syncookie_ipv4(iph as *mut iphdr, th as *mut tcphdr, TH_LEN as u32)
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The cookie fast path and the ACK shield in the real kernel (BPF_PROG_TEST_RUN): which
+//! helper answers when (a socket-bound answer renews the listener, the raw helper answers
+//! within the next second), that the kernel accepts raw cookies only while the listener's
+//! overflow stamp is fresh, and that forged cookie ACKs are dropped while real ones pass.
+//!
+//! Each test runs on its own thread in a private network namespace (`unshare`) with its own
+//! dual-stack listener and `tcp_syncookies = 2` there: the host is not touched. Needs root.
+
+mod common;
+
+use std::{net::TcpListener, thread, time::Duration};
+
+use aya::maps::HashMap;
+use common::{Detector, SERVER4, SERVER6, XDP_DROP, XDP_PASS, XDP_TX};
+use detector_common::{
+    config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE},
+    counters::Counter,
+    fastpath::ListenerKey,
+    names,
+    parse::ipv4_mapped,
+    policy::{PORT_DEFAULT, PORT_NO_LISTENER},
+};
+use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
+
+const PORT: u16 = 8080;
+const SEC: u64 = 1_000_000_000;
+const CLIENT4: [u8; 4] = [198, 18, 0, 2];
+const CLIENT6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+fn in_private_netns(test: impl FnOnce() + Send + 'static) {
+    common::assert_root();
+    thread::spawn(move || {
+        // SAFETY: affects only this thread, which nothing else uses.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+        std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2").unwrap();
+        let _listener = TcpListener::bind(("::", PORT)).expect("listener in the private netns");
+        test();
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+fn cookie_config() -> Config {
+    let mut c = Config::new(0, 0, 60 * SEC, 3 * SEC);
+    c.flags = FLAG_ENFORCE | FLAG_COOKIES | FLAG_COOKIE_TIMESTAMPS;
+    c.sketch_width = 16_384;
+    c.sketch_seed = 7;
+    c.cookie_budget_per_second = 1_000_000;
+    c.synack_wscale = 7;
+    c
+}
+
+/// A segment from the client (`sport`) to PORT on the fixture server.
+fn segment(v6: bool, sport: u16, dport: u16, syn: bool, ack: Option<u32>) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]);
+    let b = if v6 { b.ipv6(CLIENT6, SERVER6, 64) } else { b.ipv4(CLIENT4, SERVER4, 64) };
+    let seq = if syn { 1000 } else { 1001 };
+    let mut tcp = b.tcp(sport, dport, seq, 64240);
+    if syn {
+        tcp = tcp.syn();
+    }
+    if let Some(ack) = ack {
+        tcp = tcp.ack(ack);
+    }
+    let options = if syn {
+        vec![
+            TcpOptionElement::MaximumSegmentSize(1460),
+            TcpOptionElement::SelectiveAcknowledgementPermitted,
+            TcpOptionElement::Timestamp(7, 0),
+            TcpOptionElement::Noop,
+            TcpOptionElement::WindowScale(7),
+        ]
+    } else {
+        Vec::new()
+    };
+    let tcp = tcp.options(&options).unwrap();
+    let mut out = Vec::new();
+    tcp.write(&mut out, &[]).unwrap();
+    out
+}
+
+fn syn(v6: bool, sport: u16) -> Vec<u8> {
+    segment(v6, sport, PORT, true, None)
+}
+
+/// The client's third packet for a SYN-ACK whose sequence number is `cookie`.
+fn ack(v6: bool, sport: u16, cookie: u32) -> Vec<u8> {
+    segment(v6, sport, PORT, false, Some(cookie.wrapping_add(1)))
+}
+
+/// Answers the SYN from `sport`; returns the SYN-ACK's cookie.
+fn answer(det: &Detector, v6: bool, sport: u16) -> u32 {
+    let (verdict, reply) = det.run(names::PROGRAM, &syn(v6, sport));
+    assert_eq!(verdict, XDP_TX, "the SYN from port {sport} is answered");
+    let sliced = SlicedPacket::from_ethernet(&reply).expect("etherparse decodes the SYN-ACK");
+    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else { panic!("no TCP in the reply") };
+    assert!(tcp.syn() && tcp.ack());
+    tcp.sequence_number()
+}
+
+/// The kernel's verdict (`bpf_tcp_check_syncookie`, which also requires the listener's
+/// fresh overflow stamp) on the ACK that would complete this handshake.
+fn kernel_accepts(det: &Detector, v6: bool, sport: u16, cookie: u32) -> bool {
+    match det.run("probe_check_cookie", &ack(v6, sport, cookie)).0 {
+        XDP_TX => true,
+        XDP_DROP => false,
+        other => panic!("probe could not check the cookie (verdict {other}: no listener?)"),
+    }
+}
+
+fn listener_key(v6: bool) -> ListenerKey {
+    ListenerKey { addr: if v6 { SERVER6 } else { ipv4_mapped(SERVER4) }, port: PORT, _pad: 0 }
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to write into.
+    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) }, 0);
+    u64::try_from(ts.tv_sec).unwrap() * SEC + u64::try_from(ts.tv_nsec).unwrap()
+}
+
+fn renewals(det: &mut Detector) -> HashMap<&mut aya::maps::MapData, ListenerKey, u64> {
+    HashMap::try_from(det.ebpf.map_mut(names::MAP_COOKIE_RENEWALS).unwrap()).unwrap()
+}
+
+#[test]
+fn the_raw_helper_answers_within_a_second_of_a_socket_bound_answer_then_it_renews() {
+    in_private_netns(|| {
+        let det = Detector::load(cookie_config(), &["probe_check_cookie"]);
+        for v6 in [false, true] {
+            let before = (det.counter(Counter::TxCookie), det.counter(Counter::TxCookieFast));
+            let first = answer(&det, v6, 40_000);
+            let fast = answer(&det, v6, 40_001);
+            assert_eq!(det.counter(Counter::TxCookie), before.0 + 1, "v6={v6}: the first renews");
+            assert_eq!(det.counter(Counter::TxCookieFast), before.1 + 1, "v6={v6}: the second is raw");
+            assert!(kernel_accepts(&det, v6, 40_000, first), "v6={v6}: socket-bound cookie");
+            assert!(kernel_accepts(&det, v6, 40_001, fast), "v6={v6}: raw cookie");
+            assert!(!kernel_accepts(&det, v6, 40_001, fast ^ 0x0100_0000), "v6={v6}: the probe can refuse");
+            thread::sleep(Duration::from_millis(1_100));
+            answer(&det, v6, 40_002);
+            assert_eq!(det.counter(Counter::TxCookie), before.0 + 2, "v6={v6}: a second later, renewed");
+            assert_eq!(det.counter(Counter::TxCookieFast), before.1 + 1);
+        }
+    });
+}
+
+#[test]
+fn a_tuple_whose_client_sent_a_fin_recently_is_not_answered_by_the_raw_helper() {
+    // The server may hold that tuple in TIME_WAIT: the SYN must take the socket lookup,
+    // which leaves a TIME_WAIT tuple to the kernel (cookie_test_run.rs has that part).
+    in_private_netns(|| {
+        let det = Detector::load(cookie_config(), &[]);
+        answer(&det, false, 45_000);
+        let mut fin = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+            .ipv4(CLIENT4, SERVER4, 64)
+            .tcp(45_001, PORT, 77, 512)
+            .ack(1)
+            .fin()
+            .write(&mut fin, &[])
+            .unwrap();
+        // No connection owns the tuple in this fixture, so the ACK shield drops the FIN;
+        // its bucket is stamped before that (a real FIN_WAIT_2 socket would take it).
+        assert_eq!(det.run(names::PROGRAM, &fin).0, XDP_DROP);
+        let before = (det.counter(Counter::TxCookie), det.counter(Counter::TxCookieFast));
+        answer(&det, false, 45_001);
+        assert_eq!(det.counter(Counter::TxCookie), before.0 + 1, "after its FIN: the socket lookup");
+        answer(&det, false, 45_002);
+        assert_eq!(det.counter(Counter::TxCookieFast), before.1 + 1, "another tuple: the raw helper");
+    });
+}
+
+#[test]
+fn the_kernel_refuses_a_raw_cookie_until_a_socket_bound_call_renews_the_listener() {
+    // The fact the fast path is built on: on a listener without a fresh overflow stamp the
+    // kernel refuses even a correct cookie; one socket-bound call later it accepts it.
+    in_private_netns(|| {
+        let mut det = Detector::load(cookie_config(), &["probe_check_cookie"]);
+        // Pretend a renewal happened, so the very first SYN takes the raw path.
+        renewals(&mut det).insert(listener_key(false), monotonic_ns(), 0).unwrap();
+        let raw = answer(&det, false, 41_000);
+        assert_eq!(det.counter(Counter::TxCookieFast), 1);
+        assert_eq!(det.counter(Counter::TxCookie), 0);
+        assert!(!kernel_accepts(&det, false, 41_000, raw), "no overflow stamp yet: refused");
+
+        renewals(&mut det).remove(&listener_key(false)).unwrap();
+        answer(&det, false, 41_001);
+        assert_eq!(det.counter(Counter::TxCookie), 1, "the socket-bound path renewed");
+        assert!(kernel_accepts(&det, false, 41_000, raw), "the same raw cookie, now accepted");
+    });
+}
+
+#[test]
+fn a_port_marked_without_listener_passes_without_a_lookup() {
+    in_private_netns(|| {
+        let mut det = Detector::load(cookie_config(), &[]);
+        // The port has a listener: only the mark, not a lookup, can make this SYN pass.
+        det.set_port_policy(PORT, PORT_DEFAULT | PORT_NO_LISTENER);
+        let frame = syn(false, 42_000);
+        let (verdict, out) = det.run(names::PROGRAM, &frame);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, frame, "the kernel gets the SYN as it came");
+        assert_eq!(det.counter(Counter::PassCookieNoListener), 1);
+        assert_eq!(det.counter(Counter::TxCookie) + det.counter(Counter::TxCookieFast), 0);
+        det.set_port_policy(PORT, PORT_DEFAULT);
+        answer(&det, false, 42_001);
+    });
+}
+
+#[test]
+fn the_ack_shield_drops_forged_cookie_acks_and_passes_real_ones() {
+    in_private_netns(|| {
+        let mut det = Detector::load(cookie_config(), &[]);
+        for v6 in [false, true] {
+            let cookie = answer(&det, v6, 43_000);
+            let drops = det.counter(Counter::DropAckShield);
+            let (verdict, _) = det.run(names::PROGRAM, &ack(v6, 43_000, cookie));
+            assert_eq!(verdict, XDP_PASS, "v6={v6}: a real cookie ACK goes to the kernel");
+            let (verdict, _) = det.run(names::PROGRAM, &ack(v6, 43_001, 0x1234_5678));
+            assert_eq!(verdict, XDP_DROP, "v6={v6}: a forged cookie ACK stops here");
+            // The right cookie, but from another port: refused too (it is bound to the tuple).
+            assert_eq!(det.run(names::PROGRAM, &ack(v6, 43_002, cookie)).0, XDP_DROP, "v6={v6}");
+            assert_eq!(det.counter(Counter::DropAckShield), drops + 2);
+        }
+        // A port without a listener: no cookie would be checked, the kernel answers RST.
+        let closed = segment(false, 43_003, 9, false, Some(1));
+        assert_eq!(det.run(names::PROGRAM, &closed).0, XDP_PASS);
+        // Calm (cookies off): no lookup, no check, forged ACKs pass as before.
+        let mut calm = cookie_config();
+        calm.flags &= !FLAG_COOKIES;
+        det.set_config(calm);
+        let before = det.counter(Counter::DropAckShield);
+        assert_eq!(det.run(names::PROGRAM, &ack(false, 43_004, 0x1234_5678)).0, XDP_PASS);
+        assert_eq!(det.counter(Counter::DropAckShield), before);
+    });
+}
+
+#[test]
+fn the_ack_shield_passes_acks_of_established_connections() {
+    in_private_netns(|| {
+        use std::net::{Ipv4Addr, TcpStream};
+        for args in [&["link", "set", "lo", "up"][..], &["addr", "add", "198.18.0.1/32", "dev", "lo"]] {
+            let out = std::process::Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let listener = TcpListener::bind((Ipv4Addr::from(SERVER4), PORT + 1)).unwrap();
+        let client = TcpStream::connect((Ipv4Addr::from(SERVER4), PORT + 1)).unwrap();
+        let _accepted = listener.accept().unwrap();
+        let sport = client.local_addr().unwrap().port();
+        let det = Detector::load(cookie_config(), &[]);
+        // Any sequence numbers: the connection's socket owns the tuple, nothing is checked.
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]).ipv4(SERVER4, SERVER4, 64);
+        let mut frame = Vec::new();
+        b.tcp(sport, PORT + 1, 5, 512).ack(0x1234_5678).write(&mut frame, &[]).unwrap();
+        assert_eq!(det.run(names::PROGRAM, &frame).0, XDP_PASS);
+        assert_eq!(det.counter(Counter::DropAckShield), 0);
+        // The same ACK from a port no connection uses reaches the listener: checked, dropped.
+        let mut forged = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+            .ipv4(SERVER4, SERVER4, 64)
+            .tcp(sport.wrapping_add(1), PORT + 1, 5, 512)
+            .ack(0x1234_5678)
+            .write(&mut forged, &[])
+            .unwrap();
+        assert_eq!(det.run(names::PROGRAM, &forged).0, XDP_DROP);
+        assert_eq!(det.counter(Counter::DropAckShield), 1);
+    });
+}
+
+#[test]
+fn a_time_wait_tuple_gets_a_raw_cookie_unless_its_fin_was_seen() {
+    // Why the FIN filter exists: the raw path makes no lookup, so without it a SYN reusing
+    // a tuple the server holds in TIME_WAIT is answered from XDP; its ACK would then meet
+    // the TIME_WAIT socket. After the client's FIN went through the program, the same SYN
+    // takes the lookup, which leaves it to the kernel.
+    in_private_netns(|| {
+        use std::{
+            io::Read,
+            net::{Ipv4Addr, Shutdown, TcpStream},
+        };
+        for args in [&["link", "set", "lo", "up"][..], &["addr", "add", "198.18.0.1/32", "dev", "lo"]] {
+            let out = std::process::Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = PORT + 2;
+        let listener = TcpListener::bind((Ipv4Addr::from(SERVER4), port)).unwrap();
+        let client = TcpStream::connect((Ipv4Addr::from(SERVER4), port)).unwrap();
+        let sport = client.local_addr().unwrap().port();
+        let (accepted, _) = listener.accept().unwrap();
+        // The server closes first: its side of the tuple goes to TIME_WAIT.
+        accepted.shutdown(Shutdown::Write).unwrap();
+        (&client).read_to_end(&mut Vec::new()).unwrap();
+        drop(client);
+        drop(accepted);
+        thread::sleep(Duration::from_millis(200));
+        let frame = |syn: bool| {
+            let b =
+                PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]).ipv4(SERVER4, SERVER4, 64);
+            let mut out = Vec::new();
+            if syn {
+                b.tcp(sport, port, 1000, 64240).syn().write(&mut out, &[]).unwrap();
+            } else {
+                b.tcp(sport, port, 5, 512).ack(1).fin().write(&mut out, &[]).unwrap();
+            }
+            out
+        };
+        let renew = || {
+            let mut out = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+                .ipv4(SERVER4, SERVER4, 64)
+                .tcp(sport.wrapping_add(7), port, 1000, 64240)
+                .syn()
+                .write(&mut out, &[])
+                .unwrap();
+            out
+        };
+        let det = Detector::load(cookie_config(), &[]);
+        assert_eq!(det.run(names::PROGRAM, &renew()).0, XDP_TX, "a socket-bound answer renews");
+        assert_eq!(det.run(names::PROGRAM, &frame(true)).0, XDP_TX, "no FIN seen: the raw helper answers");
+        assert_eq!(det.counter(Counter::TxCookieFast), 1);
+        det.run(names::PROGRAM, &frame(false));
+        let (verdict, out) = det.run(names::PROGRAM, &frame(true));
+        assert_eq!(verdict, XDP_PASS, "after the FIN: the lookup finds the TIME_WAIT socket");
+        assert_eq!(out, frame(true));
+        assert_eq!(det.counter(Counter::PassCookieExistingSocket), 1);
+    });
+}
