@@ -2,16 +2,10 @@
 //! answered local port that only the listener would take has its cookie checked here
 //! (`bpf_tcp_raw_check_syncookie_ipv4/6`, kernel >= 6.0) and is dropped when invalid.
 
-use core::{ffi::c_void, hint::black_box, mem::size_of};
-
 use aya_ebpf::{
-    bindings::{
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as TupleV4,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as TupleV6, iphdr, ipv6hdr, tcphdr, BPF_F_CURRENT_NETNS,
-        BPF_TCP_LISTEN,
-    },
+    bindings::{iphdr, ipv6hdr, tcphdr, BPF_TCP_LISTEN},
     helpers::generated::{
-        bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6,
+        bpf_sk_release, bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6,
     },
     programs::XdpContext,
 };
@@ -22,7 +16,11 @@ use detector_common::{
     parse::{IpVersion, TcpSegment},
 };
 
-use crate::{cookie::MAX_L3, policy, syncookie::listener_tuple};
+use crate::{
+    cookie::MAX_L3,
+    policy,
+    syncookie::{header_pointers, lookup_socket},
+};
 
 /// `Some(DropAckShield)` for a forged cookie ACK, `None` to pass. The caller has checked
 /// `ackshield::screens`. A BPF-to-BPF call: the tuple sits in its own stack frame.
@@ -34,35 +32,17 @@ pub fn screen_ack(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Option<Co
     if !policy::is_local(seg) || policy::leave_to_kernel(ctx, seg, cfg).is_some() {
         return None;
     }
-    let (l3, ip_len) = (usize::from(seg.l3_offset), if matches!(seg.version, IpVersion::V6) { 40 } else { 20 });
+    let (l3, ip_len) =
+        (usize::from(seg.l3_offset), if matches!(seg.version, IpVersion::V6) { 40 } else { 20 });
     let l4 = usize::from(seg.l4_offset);
     // IP options or IPv6 extension headers: the kernel decides (as for SYNs).
     if l4 != l3 + ip_len || l3 > MAX_L3 {
         return None;
     }
-    let data = ctx.data();
-    let end = ctx.data_end();
-    // Range-checked as the very values handed to the helper (see syncookie::gen_cookie).
-    let iph = black_box(data + l3);
-    let th = black_box(data + l4);
-    if iph + 40 > end || th + 20 > end {
-        return None;
-    }
-    let mut tuple = listener_tuple(seg);
-    let tuple_size = match seg.version {
-        IpVersion::V4 => size_of::<TupleV4>(),
-        IpVersion::V6 => size_of::<TupleV6>(),
-    };
+    let (iph, th, _end) = header_pointers(ctx, seg)?;
     // SAFETY: helper calls; the socket is released on every path.
     let owner = unsafe {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "helper ABI")]
-        let sk = bpf_skc_lookup_tcp(
-            ctx.ctx.cast::<c_void>(),
-            &raw mut tuple,
-            tuple_size as u32,
-            BPF_F_CURRENT_NETNS as u64,
-            0,
-        );
+        let sk = lookup_socket(ctx, seg);
         if sk.is_null() {
             Owner::Nobody
         } else {

@@ -25,7 +25,10 @@ use detector_common::{
     counters::Counter,
     fastpath::CookiePath,
     parse::{IpVersion, TcpSegment, ETH_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN},
-    synack::{build_ipv4_reply, build_ipv6_reply, build_synack, ReplySettings, SYNACK_LEN_MSS_ONLY, SYNACK_LEN_WITH_TS},
+    synack::{
+        build_ipv4_reply, build_ipv6_reply, build_synack, ReplySettings, SYNACK_LEN_MSS_ONLY,
+        SYNACK_LEN_WITH_TS,
+    },
 };
 
 use crate::{

@@ -3,8 +3,6 @@
 //! renewed the listener's overflow stamp (`detector_common::fastpath`, docs/cookies.md).
 //! Needs kernel >= 6.0 for the raw helpers.
 
-use core::hint::black_box;
-
 use aya_ebpf::{
     bindings::{iphdr, ipv6hdr, tcphdr},
     helpers::generated::{bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6},
@@ -14,17 +12,16 @@ use aya_ebpf::{
 };
 use detector_common::{
     counters::Counter,
-    fastpath::{closed_stamp, cookie_path, may_be_time_wait, CookiePath, ListenerKey, CLOSED_FILTER_BUCKETS, RENEWALS_CAPACITY},
+    fastpath::{
+        closed_stamp, cookie_path, may_be_time_wait, CookiePath, ListenerKey, CLOSED_FILTER_BUCKETS,
+        RENEWALS_CAPACITY,
+    },
     filter,
     parse::{tcp_flags, IpVersion, TcpSegment},
     state::FlowKey,
-    synack::MAX_OPTIONS_LEN,
 };
 
-use crate::{
-    cookie::{MAX_L3, MAX_L4},
-    syncookie::Cookie,
-};
+use crate::syncookie::{header_pointers, options_len, Cookie};
 
 const EINVAL: i64 = 22;
 
@@ -83,23 +80,8 @@ pub fn renewed(seg: &TcpSegment, now: u64) {
 /// The raw helper's cookie and MSS for the SYN. A BPF-to-BPF call, like `gen_cookie`.
 #[inline(never)]
 pub fn raw_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Result<(), Counter> {
-    let l3 = usize::from(seg.l3_offset);
-    let l4 = usize::from(seg.l4_offset);
-    let data = ctx.data();
-    let end = ctx.data_end();
-    if l3 > MAX_L3 || l4 > MAX_L4 {
-        return Err(Counter::PassCookieHelperError);
-    }
-    // Each pointer range-checked as the value handed to the helper (see gen_cookie).
-    let iph = black_box(data + l3);
-    let th = black_box(data + l4);
-    if iph + 40 > end || th + 20 > end {
-        return Err(Counter::PassCookieHelperError);
-    }
-    let opt_len = black_box(usize::from(seg.tcp_header_len).wrapping_sub(20));
-    if opt_len > MAX_OPTIONS_LEN {
-        return Err(Counter::PassCookieHelperError);
-    }
+    let (iph, th, end) = header_pointers(ctx, seg).ok_or(Counter::PassCookieHelperError)?;
+    let opt_len = options_len(seg).ok_or(Counter::PassCookieHelperError)?;
     let v6 = matches!(seg.version, IpVersion::V6);
     // The header length must be a constant the verifier checks against the frame: one
     // call per length, as for the socket-bound helper (docs/verifier.md, lesson 1).

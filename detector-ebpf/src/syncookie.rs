@@ -5,7 +5,7 @@ use core::{ffi::c_void, hint::black_box, mem::size_of};
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as TupleV4,
+        bpf_sock, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as TupleV4,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as TupleV6, tcphdr, BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN,
     },
     helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_xdp_load_bytes},
@@ -101,49 +101,16 @@ pub fn read_options(ctx: &XdpContext, seg: &TcpSegment, out: &mut SynOptions) ->
 /// business). A BPF-to-BPF call, so its buffers do not sit under `send_reply`'s on the stack.
 #[inline(never)]
 pub fn gen_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Result<(), Counter> {
-    let l3 = usize::from(seg.l3_offset);
-    let l4 = usize::from(seg.l4_offset);
     let ip_len = match seg.version {
         IpVersion::V4 => 20,
         IpVersion::V6 => 40,
     };
     // Pointers re-derived after the tail adjustment, every offset bounded for the verifier.
-    let data = ctx.data();
-    let end = ctx.data_end();
-    if l3 > MAX_L3 || l4 > MAX_L4 {
-        return Err(Counter::PassCookieHelperError);
-    }
-    // Each pointer is range-checked as the very value handed to the helper: the verifier
-    // tracks ranges per pointer, and does not know that l4 = l3 + ip_len. black_box keeps
-    // LLVM from recomputing them (a recomputed pointer carries no range).
-    let iph = black_box(data + l3);
-    let th = black_box(data + l4);
-    if iph + 40 > end || th + 20 > end {
-        return Err(Counter::PassCookieHelperError);
-    }
-    // The bound is checked on the options length itself, through black_box: a range
-    // check that LLVM folds into `x - 20 <= 40` bounds only a temporary for the verifier
-    // (docs/verifier.md, lesson 2).
-    let opt_len = black_box(usize::from(seg.tcp_header_len).wrapping_sub(20));
-    if opt_len > MAX_OPTIONS_LEN {
-        return Err(Counter::PassCookieHelperError);
-    }
-
-    let mut tuple = listener_tuple(seg);
-    let tuple_size = match seg.version {
-        IpVersion::V4 => size_of::<TupleV4>(),
-        IpVersion::V6 => size_of::<TupleV6>(),
-    };
+    let (iph, th, end) = header_pointers(ctx, seg).ok_or(Counter::PassCookieHelperError)?;
+    let opt_len = options_len(seg).ok_or(Counter::PassCookieHelperError)?;
     // SAFETY: helper calls; the socket is released on every path below.
     unsafe {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "helper ABI")]
-        let sk = bpf_skc_lookup_tcp(
-            ctx.ctx.cast::<c_void>(),
-            &raw mut tuple,
-            tuple_size as u32,
-            BPF_F_CURRENT_NETNS as u64,
-            0,
-        );
+        let sk = lookup_socket(ctx, seg);
         if sk.is_null() {
             return Err(Counter::PassCookieNoListener);
         }
@@ -206,6 +173,63 @@ unsafe fn syncookie<const TH_LEN: usize>(
     // SAFETY: iph + 40 and th + TH_LEN are inside the frame; sk is a live listener.
     unsafe {
         bpf_tcp_gen_syncookie(sk, iph as *mut c_void, ip_len, th as *mut tcphdr, TH_LEN as u32)
+    }
+}
+
+/// The IP and TCP header addresses of `seg` in the frame and the frame's end, or `None`
+/// when a header lies past `MAX_L3`/`MAX_L4` or the first 40 bytes from the IP header or 20
+/// from the TCP header run past the end. Each pointer is range-checked as the very value
+/// handed to a helper: the verifier tracks ranges per pointer and does not know that
+/// l4 = l3 + ip_len, and black_box keeps LLVM from recomputing them (a recomputed pointer
+/// carries no range). Inlined, so the checked values stay in the caller's registers.
+#[inline(always)]
+pub fn header_pointers(ctx: &XdpContext, seg: &TcpSegment) -> Option<(usize, usize, usize)> {
+    let l3 = usize::from(seg.l3_offset);
+    let l4 = usize::from(seg.l4_offset);
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if l3 > MAX_L3 || l4 > MAX_L4 {
+        return None;
+    }
+    let iph = black_box(data + l3);
+    let th = black_box(data + l4);
+    if iph + 40 > end || th + 20 > end {
+        return None;
+    }
+    Some((iph, th, end))
+}
+
+/// The SYN's options length, bounded on the length itself, through black_box: a range
+/// check that LLVM folds into `x - 20 <= 40` bounds only a temporary for the verifier
+/// (docs/verifier.md, lesson 2).
+#[inline(always)]
+pub fn options_len(seg: &TcpSegment) -> Option<usize> {
+    let opt_len = black_box(usize::from(seg.tcp_header_len).wrapping_sub(20));
+    (opt_len <= MAX_OPTIONS_LEN).then_some(opt_len)
+}
+
+/// `bpf_skc_lookup_tcp` for the segment's listener tuple (`listener_tuple`): a socket the
+/// caller must release, or null.
+///
+/// # Safety
+/// A non-null result holds a reference: `bpf_sk_release` it on every path.
+#[inline(always)]
+pub unsafe fn lookup_socket(ctx: &XdpContext, seg: &TcpSegment) -> *mut bpf_sock {
+    let mut tuple = listener_tuple(seg);
+    let tuple_size = match seg.version {
+        IpVersion::V4 => size_of::<TupleV4>(),
+        IpVersion::V6 => size_of::<TupleV6>(),
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "helper ABI")]
+    // SAFETY: the tuple outlives the call; the caller releases what it returns.
+    unsafe {
+        bpf_skc_lookup_tcp(
+            ctx.ctx.cast::<c_void>(),
+            &raw mut tuple,
+            tuple_size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
     }
 }
 
