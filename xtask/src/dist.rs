@@ -41,6 +41,10 @@ const CAPS: &[&str] = &["bpf", "net_admin", "perfmon"];
 /// The agent runs as this uid/gid in the check: no passwd entry, no supplementary groups,
 /// like the package's system user.
 const TEST_UID: u32 = 64_917;
+/// The lab server's port and how many real connections go through the packaged agent's
+/// cookies.
+const COOKIE_PORT: u16 = 8080;
+const COOKIE_REQUESTS: u32 = 10;
 
 /// Builds the release binary (embedding the release XDP object) and the package; returns
 /// the package's path.
@@ -79,7 +83,11 @@ pub fn check() -> Result<()> {
     ensure!(postinst.contains("adduser --system"), "postinst does not create the user");
     println!("dist: contents, conffiles ({CONFFILE}), Depends ({}) as expected", depends.trim());
 
-    let lab = Lab::new()?;
+    let mut lab = Lab::new()?;
+    // A real server and the client end able to receive XDP_TX frames: the packaged agent
+    // must answer real SYNs with cookies, not only switch cookies on.
+    lab.attach_client_xdp(&crate::build_ebpf::object_path(true))?;
+    lab.start_server(COOKIE_PORT, 128)?;
     let root = lab.scratch().join("pkg");
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
     let unit = std::fs::read_to_string(root.join(UNIT))?;
@@ -90,7 +98,7 @@ pub fn check() -> Result<()> {
     let agent = start(&lab, &root, &unit, &all)?;
     check_running(&lab, agent)?;
     println!(
-        "dist: as uid {TEST_UID} with {}: attached, link pinned, control socket 0600, /metrics served, cookies on, SIGHUP reloads",
+        "dist: as uid {TEST_UID} with {}: attached, link pinned, control socket 0600, /metrics served, {COOKIE_REQUESTS} connections through XDP cookies, SIGHUP reloads",
         all.join(" ")
     );
     for missing in CAPS {
@@ -233,6 +241,21 @@ fn check_running(lab: &Lab, mut agent: Child) -> Result<()> {
         }
         let cookies = lab.sysctl_get(&lab.server_ns, "net.ipv4.tcp_syncookies")?;
         ensure!(cookies == "2", "tcp_syncookies is {cookies}, not 2");
+        // Real connections, answered from XDP with cookies the kernel accepts.
+        let sent = |s: &Scrape| s.get("syndetector_cookies_sent_total").unwrap_or(0.0);
+        let before = sent(&Scrape::fetch(&lab.server_ns, addr)?);
+        let target = std::net::SocketAddr::from((xtask::lab::SERVER_V4, COOKIE_PORT));
+        let report = xtask::lab::in_netns(&lab.client_ns, move || {
+            xtask::lab::ClientReport::run(target, "/data", COOKIE_REQUESTS, Duration::from_secs(3))
+        })?;
+        ensure!(report.ok == COOKIE_REQUESTS, "legit requests through cookies: {report}");
+        // The agent's counters follow its polls (1 s by default).
+        std::thread::sleep(Duration::from_millis(1_500));
+        let answered = sent(&Scrape::fetch(&lab.server_ns, addr)?) - before;
+        ensure!(
+            answered >= f64::from(COOKIE_REQUESTS),
+            "only {answered} of {COOKIE_REQUESTS} SYNs answered with cookies from XDP"
+        );
         // What ExecReload does: the agent, non-root, rereads its configuration.
         // SAFETY: signalling our own child (ip, sh and setpriv exec, so it is the agent).
         unsafe { libc::kill(libc::pid_t::try_from(agent.id())?, libc::SIGHUP) };
