@@ -294,6 +294,12 @@ fn cookie_connections_keep_window_scaling_and_sack_with_timestamps() {
         &["--mode", "cookie", "--poll-interval-ms", "200", "--syn-rate-limit", "0", "--half-open-limit", "0"],
     )
     .unwrap();
+    // The test itself is the server here, so it can ask the kernel (TCP_INFO) what the
+    // accepted socket negotiated. It listens before the wait below: the agent marks ports
+    // without a listener once per poll (their SYNs pass without a lookup), so a listener
+    // opened just before the connect could still be marked and its SYN left to the kernel.
+    let listener =
+        in_netns(&lab.server_ns, || std::net::TcpListener::bind(("0.0.0.0", INFO_PORT)).unwrap()).unwrap();
     // Capture the SYN-ACK on the client side while one connection is made and held open.
     let pcap = lab.scratch().join("synack.pcap");
     let tshark = lab
@@ -311,11 +317,8 @@ fn cookie_connections_keep_window_scaling_and_sack_with_timestamps() {
         )
         .unwrap();
     thread::sleep(Duration::from_secs(2));
-    // The test itself is the server here, so it can ask the kernel (TCP_INFO) what the
-    // accepted socket negotiated. (`ss -ti` from iproute2 6.1 does not print ts/sack on
-    // this kernel even for plain connections; it is printed below for people.)
-    let listener =
-        in_netns(&lab.server_ns, || std::net::TcpListener::bind(("0.0.0.0", INFO_PORT)).unwrap()).unwrap();
+    // (`ss -ti` from iproute2 6.1 does not print ts/sack on this kernel even for plain
+    // connections; it is printed below for people.)
     let addr = SocketAddr::new(IpAddr::V4(xtask::lab::SERVER_V4), INFO_PORT);
     let client =
         in_netns(&lab.client_ns, move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
