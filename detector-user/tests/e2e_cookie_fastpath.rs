@@ -136,8 +136,12 @@ fn fast_path_cookies_are_accepted_through_a_long_flood_and_after_a_quiet_period(
         value(&last, SOCKET_BOUND)
     );
     assert!(xdp_answered > 0);
+    // Between the two nstat readings the test scrapes the agent twice (mid_scrape,
+    // quiet_scrape): with tcp_syncookies = 2 the kernel answers those connections with its
+    // own cookies, and counts them in SyncookiesRecv too.
+    let scrapes = 2;
     assert!(
-        (xdp_answered..=legit_ok).contains(&recv),
+        (xdp_answered..=legit_ok + scrapes).contains(&recv),
         "TcpExtSyncookiesRecv +{recv} must count every legit handshake XDP answered ({xdp_answered})"
     );
     assert!(value(&mid_scrape, FAST) > value(&first, FAST), "the raw helper answered during the flood");

@@ -32,7 +32,9 @@ const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
 /// One agent start-up at a time: loading the program is seconds of verifier CPU, and two
 /// at once on a busy 2-CPU machine can exceed the lab's 20 s start-up limit.
 static AGENT_START: Mutex<()> = Mutex::new(());
+/// SYN-ACKs from XDP: the socket-bound helper's and the fast path's (raw helper).
 const TX_COOKIE: &str = "syndetector_packets_total{reason=\"cookie\",verdict=\"tx\"}";
+const TX_COOKIE_FAST: &str = "syndetector_packets_total{reason=\"cookie_fast\",verdict=\"tx\"}";
 
 fn object() -> &'static Path {
     Path::new(concat!(
@@ -153,7 +155,7 @@ fn to_own_address(hosts: &ThreeHosts, agent: &Agent, target: SocketAddr) -> OwnA
 }
 
 fn tx_cookies(scrape: &Scrape) -> f64 {
-    scrape.get(TX_COOKIE).unwrap_or(0.0)
+    scrape.get(TX_COOKIE).unwrap_or(0.0) + scrape.get(TX_COOKIE_FAST).unwrap_or(0.0)
 }
 
 fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, key: &str) -> u64 {
@@ -168,7 +170,7 @@ fn assert_own_address(own: &OwnAddress, mode: Mode, host: &str) {
         Mode::Cookie => {
             assert!(
                 own.xdp_cookies >= f64::from(CONNECTIONS),
-                "{TX_COOKIE} rose by {} for {CONNECTIONS} connections to the {host}'s own address {}: \
+                "{TX_COOKIE} and {TX_COOKIE_FAST} rose by {} for {CONNECTIONS} connections to the {host}'s own address {}: \
                  every SYN must be answered from XDP in cookie mode",
                 own.xdp_cookies,
                 own.outcomes.target

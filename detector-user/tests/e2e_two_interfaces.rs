@@ -25,7 +25,8 @@ const PORT: u16 = 8080;
 const BODY: usize = 2048;
 const REQUESTS: u32 = 20;
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
-const TX_COOKIE: &str = "syndetector_packets_total{reason=\"cookie\",verdict=\"tx\"}";
+/// SYN-ACKs answered from XDP, by the socket-bound helper and by the fast path.
+const TX_COOKIE: &str = "syndetector_cookies_sent_total";
 const DROP_BLOCKED: &str = "syndetector_packets_total{reason=\"blocked\",verdict=\"drop\"}";
 /// The flooder's host part inside the lab's attack range (`Flood::single_v4`).
 const FLOODER: u16 = 0x4242;
