@@ -77,7 +77,8 @@ pub enum CookiePath {
 
 /// The path for a SYN to a listener last answered by the socket-bound path at
 /// `last_renewal_ns` (`None`: never, or forgotten), now `now_ns`; `time_wait` is
-/// `may_be_time_wait` for the SYN's tuple.
+/// `may_be_time_wait` for the SYN's tuple. The caller takes the socket-bound path without
+/// asking while the filter is not known to be complete (`config::FLAG_RAW_COOKIES` clear).
 ///
 /// Raw only within `RENEW_EVERY_NS` after a renewal, and never for a tuple that may be in
 /// `TIME_WAIT`. A renewal stamped in the future (a value the program did not write) is not

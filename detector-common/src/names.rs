@@ -71,7 +71,9 @@ pub const MAP_PORT_CONFIG: &str = "PORT_CONFIG";
 pub const MAP_COOKIE_RENEWALS: &str = "COOKIE_RENEWALS";
 /// `Array<u32>` of `fastpath::CLOSED_FILTER_BUCKETS`: per flow-hash bucket, when a client
 /// last sent us a FIN there (`fastpath::closed_stamp`); such tuples may be in TIME_WAIT and
-/// take the socket lookup. Written by the program only; not pinned.
+/// take the socket lookup. Written by the program, and by the agent once after attaching
+/// (the kernel's TIME_WAIT sockets, `control::time_wait`). Pinned: a restart must not
+/// forget the FINs the old program saw.
 pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 
 /// The layout of the maps the agent pins (docs/operations.md): a restarted agent whose
@@ -84,11 +86,12 @@ pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 /// meaning of a slot (e.g. a `counters` index) or of a value. Map sizes are not part of
 /// it: the agent compares them itself and loads fresh maps when they differ.
 /// 5: `COUNTERS` gained `cookie_fast` and `ack_shield` (slots 36 and 37).
-pub const LAYOUT_VERSION: u32 = 5;
+/// 6: `CLOSED_FILTER` pinned; `Config` flag `FLAG_RAW_COOKIES`.
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 14] = [
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_SOURCES,
@@ -102,4 +105,5 @@ pub const PINNED_MAPS: [&str; 13] = [
     MAP_COOKIE_BUDGET,
     MAP_ALLOW,
     MAP_DENY,
+    MAP_CLOSED_FILTER,
 ];

@@ -153,7 +153,7 @@ fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result
     }
     // The raw helper within a second of a socket-bound answer for this listener, else
     // the socket-bound one, which renews the listener's overflow stamp (fastpath.rs).
-    let answered = match fastpath::path(seg, now) {
+    let answered = match fastpath::path(seg, cfg, now) {
         CookiePath::Raw => {
             fastpath::raw_cookie(ctx, seg, &mut cookie)?;
             Counter::TxCookieFast

@@ -11,6 +11,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use detector_common::{
+    config::{Config, FLAG_RAW_COOKIES},
     counters::Counter,
     fastpath::{
         closed_stamp, cookie_path, may_be_time_wait, CookiePath, ListenerKey, CLOSED_FILTER_BUCKETS,
@@ -31,6 +32,8 @@ static COOKIE_RENEWALS: LruHashMap<ListenerKey, u64> = LruHashMap::with_max_entr
 
 /// Per flow-hash bucket, `closed_stamp` of the last FIN a client sent: tuples that may be
 /// in `TIME_WAIT` here, which the raw path must not answer (`fastpath::may_be_time_wait`).
+/// Pinned, so a restarted agent keeps what the old program saw; the agent also stamps the
+/// kernel's TIME_WAIT sockets into it after attaching (FINs from before the program ran).
 #[map(name = "CLOSED_FILTER")]
 static CLOSED_FILTER: Array<u32> = Array::with_max_entries(CLOSED_FILTER_BUCKETS, 0);
 
@@ -61,9 +64,13 @@ fn key(seg: &TcpSegment) -> ListenerKey {
     ListenerKey { addr: seg.dst, port: seg.dst_port, _pad: 0 }
 }
 
-/// Which helper answers this SYN.
+/// Which helper answers this SYN. Until the agent says the closed filter is complete
+/// (`FLAG_RAW_COOKIES`), always the socket-bound one, without looking anything up.
 #[inline(always)]
-pub fn path(seg: &TcpSegment, now: u64) -> CookiePath {
+pub fn path(seg: &TcpSegment, cfg: &Config, now: u64) -> CookiePath {
+    if !cfg.has(FLAG_RAW_COOKIES) {
+        return CookiePath::SocketBound;
+    }
     // A missing slot cannot happen (an array); if it did, the lookup path is the safe one.
     let time_wait = CLOSED_FILTER.get(bucket(seg)).is_none_or(|&stamp| may_be_time_wait(stamp, now));
     // SAFETY: a copy of the value is taken at once.

@@ -37,7 +37,14 @@ mod sysctl;
 mod test_netns;
 mod top;
 
-use std::{path::Path, process::ExitCode, sync::Arc};
+use std::{
+    path::Path,
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -224,6 +231,10 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let policy_step = policy::feed::PolicyStep::new(policy_maps, desired_policy.clone());
     // Per-port limits and protected ports: written before attaching, reloaded on SIGHUP.
     let port_step = control::ports::PortStep::take(&mut ebpf, &cfg).map_err(anyhow::Error::msg)?;
+    // Seeds the closed-connection filter once every interface runs this program.
+    let attached = Arc::new(AtomicBool::new(false));
+    let time_wait_step =
+        control::time_wait::TimeWaitStep::take(&mut ebpf, attached.clone()).map_err(anyhow::Error::msg)?;
 
     let metrics = Arc::new(Metrics::new());
     let list_step = ctl.list_step(&mut ebpf, metrics.clone())?;
@@ -247,7 +258,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
             sysctls,
             metrics.clone(),
             top.clone(),
-            vec![Box::new(policy_step), Box::new(list_step), Box::new(port_step)],
+            vec![Box::new(policy_step), Box::new(list_step), Box::new(port_step), Box::new(time_wait_step)],
         )
     });
 
@@ -259,6 +270,7 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         return Err(e.into());
     }
     handover::attached(pins.as_deref(), maps_plan.as_ref());
+    attached.store(true, Ordering::Release);
     info!(addr = %metrics_addr, "serving /metrics, /healthz and /top");
     let router = http::router_with_health(metrics, top, health);
     let server = tokio::spawn(http::serve(listener, router, http::Limits::default()));

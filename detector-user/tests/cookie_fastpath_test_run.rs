@@ -13,7 +13,7 @@ use std::{net::TcpListener, thread, time::Duration};
 use aya::maps::HashMap;
 use common::{Detector, SERVER4, SERVER6, XDP_DROP, XDP_PASS, XDP_TX};
 use detector_common::{
-    config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE},
+    config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_RAW_COOKIES},
     counters::Counter,
     fastpath::ListenerKey,
     names,
@@ -42,7 +42,7 @@ fn in_private_netns(test: impl FnOnce() + Send + 'static) {
 
 fn cookie_config() -> Config {
     let mut c = Config::new(0, 0, 60 * SEC, 3 * SEC);
-    c.flags = FLAG_ENFORCE | FLAG_COOKIES | FLAG_COOKIE_TIMESTAMPS;
+    c.flags = FLAG_ENFORCE | FLAG_COOKIES | FLAG_COOKIE_TIMESTAMPS | FLAG_RAW_COOKIES;
     c.sketch_width = 16_384;
     c.sketch_seed = 7;
     c.cookie_budget_per_second = 1_000_000;
@@ -142,6 +142,26 @@ fn the_raw_helper_answers_within_a_second_of_a_socket_bound_answer_then_it_renew
             assert_eq!(det.counter(Counter::TxCookie), before.0 + 2, "v6={v6}: a second later, renewed");
             assert_eq!(det.counter(Counter::TxCookieFast), before.1 + 1);
         }
+    });
+}
+
+#[test]
+fn until_the_agent_seeds_the_closed_filter_every_cookie_is_socket_bound() {
+    // FLAG_RAW_COOKIES clear: the filter may miss TIME_WAIT tuples from before the program
+    // ran, so no raw cookie, however recent the renewal.
+    in_private_netns(|| {
+        let mut cfg = cookie_config();
+        cfg.flags &= !FLAG_RAW_COOKIES;
+        let mut det = Detector::load(cfg, &[]);
+        for sport in 40_100..40_105 {
+            answer(&det, false, sport);
+        }
+        assert_eq!(det.counter(Counter::TxCookie), 5);
+        assert_eq!(det.counter(Counter::TxCookieFast), 0);
+        // Seeded: the next SYN within the second is raw.
+        det.set_config(cookie_config());
+        answer(&det, false, 40_105);
+        assert_eq!(det.counter(Counter::TxCookieFast), 1);
     });
 }
 

@@ -11,7 +11,7 @@ use std::{net::TcpListener, thread};
 
 use common::{Detector, XDP_DROP, XDP_PASS, XDP_TX};
 use detector_common::{
-    config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE},
+    config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_RAW_COOKIES},
     counters::Counter,
     names,
     state::SourceKey,
@@ -61,7 +61,8 @@ fn in_private_netns(syncookies: &str, test: impl FnOnce() + Send + 'static) {
 
 fn cookie_config(timestamps: bool) -> Config {
     let mut c = Config::new(0, 0, 60 * SEC, 3 * SEC);
-    c.flags = FLAG_ENFORCE | FLAG_COOKIES | if timestamps { FLAG_COOKIE_TIMESTAMPS } else { 0 };
+    c.flags =
+        FLAG_ENFORCE | FLAG_COOKIES | FLAG_RAW_COOKIES | if timestamps { FLAG_COOKIE_TIMESTAMPS } else { 0 };
     c.sketch_width = 16_384;
     c.sketch_seed = 7;
     c.cookie_budget_per_second = 1_000_000;

@@ -193,3 +193,88 @@ fn a_forged_ack_flood_stops_in_xdp_and_legit_cookie_connections_complete() {
     assert!(drops * 100 >= sent * 99, "the shield dropped {drops} of {sent} forged ACKs");
     assert!(agent.stop().unwrap().success(), "{}", agent.log_text());
 }
+
+/// A client in the client namespace: `GET /data` from `198.18.0.2:port` (0: any port);
+/// prints the bytes received, or the error. The server (HTTP/1.0) closes first, so its
+/// side of each tuple stays in TIME_WAIT for 60 s.
+const CLIENT: &str = r#"
+import socket, sys
+def get(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(3)
+    s.bind(("198.18.0.2", port))
+    s.connect(("198.18.0.1", 8080))
+    s.sendall(b"GET /data HTTP/1.0\r\n\r\n")
+    n = 0
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        n += len(b)
+    s.close()
+    return n
+for port in sys.argv[1:]:
+    try:
+        print(port, get(int(port)), flush=True)
+    except Exception as e:
+        print(port, "error", e, flush=True)
+"#;
+
+/// The client port the TIME_WAIT test reuses.
+const REUSED: u16 = 40_123;
+
+fn clients(lab: &Lab, ports: &[u16]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns, "python3", "-c", CLIENT])
+        .args(ports.iter().map(ToString::to_string))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_tuple_in_time_wait_from_before_the_agent_started_is_not_answered_raw() {
+    // The program never saw this tuple's FIN (no program ran then); the agent seeds the
+    // closed filter from the kernel's TIME_WAIT sockets after attaching. Without that, the
+    // SYN reusing the tuple right after a renewal would get a raw cookie whose ACK the
+    // TIME_WAIT socket drops: the client would time out.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut lab = Lab::new().expect("lab");
+    lab.attach_client_xdp(object()).expect("dummy XDP on the client veth");
+    lab.start_server(PORT, 16).unwrap();
+    let before = clients(&lab, &[REUSED]);
+    assert!(before.starts_with("40123 65"), "the first connection, before the agent: {before}");
+    let mut agent = Agent::start(&lab, Path::new(AGENT), COOKIE_ARGS).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !agent.log_text().contains("closed_filter_seeded")
+        || agent.scrape().unwrap().get("syndetector_cookies_active") != Some(1.0)
+    {
+        assert!(std::time::Instant::now() < deadline, "no seeding logged: {}", agent.log_text());
+        thread::sleep(Duration::from_millis(100));
+    }
+    // A poll later the program config has FLAG_RAW_COOKIES.
+    thread::sleep(Duration::from_millis(500));
+    let first = agent.scrape().unwrap();
+    assert_eq!(first.get("syndetector_reconciled{what=\"closed_filter\"}"), Some(1.0));
+    // Port 0 first: a socket-bound cookie renews the listener, so the raw helper would
+    // answer the next SYN, the reused tuple's, were its bucket not stamped.
+    let out = clients(&lab, &[0, REUSED, 0, 0]);
+    let last = agent.scrape().unwrap();
+    let existing = "syndetector_packets_total{reason=\"cookie_existing_socket\",verdict=\"pass\"}";
+    println!(
+        "{out}cookie {} -> {}, cookie_fast {} -> {}, existing socket {} -> {}",
+        value(&first, SOCKET_BOUND),
+        value(&last, SOCKET_BOUND),
+        value(&first, FAST),
+        value(&last, FAST),
+        value(&first, existing),
+        value(&last, existing)
+    );
+    for line in out.lines() {
+        assert!(line.split_whitespace().nth(1).is_some_and(|n| n.starts_with("65")), "{out}");
+    }
+    assert!(value(&last, existing) > value(&first, existing), "the reused tuple's SYN went to the kernel");
+    assert!(value(&last, FAST) > value(&first, FAST), "the other connections took the raw path");
+    assert!(agent.stop().unwrap().success(), "{}", agent.log_text());
+}

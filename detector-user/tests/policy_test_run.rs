@@ -13,7 +13,9 @@ use std::{net::Ipv6Addr, net::TcpListener, thread, time::Duration};
 
 use common::{Detector, SERVER4, SERVER6, TEST_RUN_IFINDEX, XDP_DROP, XDP_PASS, XDP_TX};
 use detector_common::{
-    config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_LISTED_PORTS_ONLY},
+    config::{
+        Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_LISTED_PORTS_ONLY, FLAG_RAW_COOKIES,
+    },
     counters::Counter,
     names,
     parse::ipv4_mapped,
@@ -107,7 +109,7 @@ fn monitor_config() -> Config {
 
 fn cookie_config() -> Config {
     let mut c = Config::new(0, 0, 60 * SEC, 3 * SEC);
-    c.flags = FLAG_ENFORCE | FLAG_COOKIES | FLAG_COOKIE_TIMESTAMPS;
+    c.flags = FLAG_ENFORCE | FLAG_COOKIES | FLAG_COOKIE_TIMESTAMPS | FLAG_RAW_COOKIES;
     c.sketch_width = 16_384;
     c.sketch_seed = 7;
     c.cookie_budget_per_second = 1_000_000;

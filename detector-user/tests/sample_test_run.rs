@@ -10,7 +10,7 @@ use std::{net::TcpListener, thread};
 use aya::maps::{MapData, RingBuf};
 use common::{Detector, XDP_DROP, XDP_PASS, XDP_TX};
 use detector_common::{
-    config::{Config, FLAG_COOKIES, FLAG_ENFORCE},
+    config::{Config, FLAG_COOKIES, FLAG_ENFORCE, FLAG_RAW_COOKIES},
     counters::Counter,
     names,
     sample::SampleRecord,
@@ -102,7 +102,7 @@ fn cookie_answers_are_sampled_as_the_original_syn() {
         std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2").unwrap();
         let _listener = TcpListener::bind(("0.0.0.0", PORT)).unwrap();
         let mut cfg = Config::new(0, 0, 60 * SEC, 3 * SEC);
-        cfg.flags = FLAG_ENFORCE | FLAG_COOKIES;
+        cfg.flags = FLAG_ENFORCE | FLAG_COOKIES | FLAG_RAW_COOKIES;
         cfg.sketch_width = 16_384;
         cfg.cookie_budget_per_second = 1_000_000;
         cfg.sample_one_in = 1;

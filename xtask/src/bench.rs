@@ -21,7 +21,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use detector_common::{
-    config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_SKETCH_ADMISSION},
+    config::{
+        Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_RAW_COOKIES, FLAG_SKETCH_ADMISSION,
+    },
     counters::Counter,
     names,
     sketch::{self, SKETCH_ROWS},
@@ -150,7 +152,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
     // the SYNs counted.
     let cookie = {
         let mut c = detector_config(packets.max(many));
-        c.flags = FLAG_ENFORCE | FLAG_COOKIES | FLAG_COOKIE_TIMESTAMPS;
+        c.flags = FLAG_ENFORCE | FLAG_COOKIES | FLAG_COOKIE_TIMESTAMPS | FLAG_RAW_COOKIES;
         c
     };
     // The agent's default limits, and sketch admission: a source gets exact state only
@@ -161,7 +163,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         c.flags |= FLAG_SKETCH_ADMISSION;
         c
     };
-    let cookie_mss = Config { flags: FLAG_ENFORCE | FLAG_COOKIES, ..cookie };
+    let cookie_mss = Config { flags: FLAG_ENFORCE | FLAG_COOKIES | FLAG_RAW_COOKIES, ..cookie };
     // The table of cases: add a row to time another path (ratios below refer to names).
     #[rustfmt::skip]
     let cases = [

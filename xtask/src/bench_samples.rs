@@ -13,7 +13,7 @@ use aya::{
     EbpfLoader,
 };
 use detector_common::{
-    config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE},
+    config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_RAW_COOKIES},
     counters::Counter,
     names,
     sketch::SKETCH_ROWS,
@@ -34,7 +34,7 @@ pub fn main(object: &[u8], packets: u32) -> Result<()> {
     );
     let blocked = detector_config(1);
     let mut cookie = detector_config(u32::MAX);
-    cookie.flags = FLAG_ENFORCE | FLAG_COOKIES | FLAG_COOKIE_TIMESTAMPS;
+    cookie.flags = FLAG_ENFORCE | FLAG_COOKIES | FLAG_COOKIE_TIMESTAMPS | FLAG_RAW_COOKIES;
     let drop =
         run_path(object, "drop path (blocked source), IPv4", blocked, Counter::DropBlocked, 1, per_round)?;
     let tx = run_path(object, "cookie path, IPv4, TS options", cookie, Counter::TxCookieFast, 3, per_round)?;

@@ -16,6 +16,7 @@ pub mod reconcile;
 mod records;
 mod sources;
 mod thread;
+pub mod time_wait;
 
 #[cfg(test)]
 mod tests;

@@ -32,8 +32,10 @@ pub const WHAT_WINDOW_SCALE: &str = "window_scale";
 pub const WHAT_POLICY: &str = "policy";
 /// The per-port limits map (`control::ports::PortStep`).
 pub const WHAT_PORT_LIMITS: &str = "port_limits";
-pub const BUILTIN: [&str; 5] =
-    [WHAT_SYSCTLS, WHAT_PROGRAM_CONFIG, WHAT_WINDOW_SCALE, WHAT_POLICY, WHAT_PORT_LIMITS];
+/// The closed-connection filter's seeding (`control::time_wait::TimeWaitStep`).
+pub const WHAT_CLOSED_FILTER: &str = "closed_filter";
+pub const BUILTIN: [&str; 6] =
+    [WHAT_SYSCTLS, WHAT_PROGRAM_CONFIG, WHAT_WINDOW_SCALE, WHAT_POLICY, WHAT_PORT_LIMITS, WHAT_CLOSED_FILTER];
 
 /// The host's sysctls (`sysctl::Sysctls` in production).
 pub trait SysctlAccess {

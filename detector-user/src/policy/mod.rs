@@ -5,7 +5,8 @@
 //! - `nat`, `nat_chains`, `nat_watch`: ports and destinations published by DNAT/redirect,
 //!   from the nftables ruleset, re-read on nftables netlink events.
 //! - `vlan`: interfaces whose NIC strips VLAN tags under VLAN devices.
-//! - `listeners`: the host's TCP listening ports (sock_diag), read on every rebuild.
+//! - `listeners`: the host's TCP listening ports (sock_diag), read on every rebuild;
+//!   `sock_diag`: the kernel's socket dump it uses (also for TIME_WAIT tuples).
 //! - `desired`: what the maps should hold, from all of the above and `[policy]`.
 //! - `inputs`: the watchers together; `maps`: the maps and their level-triggered diff;
 //!   `feed`: the task that keeps the desired policy current and the control loop's step.
@@ -18,6 +19,7 @@ pub mod listeners;
 pub mod maps;
 pub mod nat;
 pub mod nat_watch;
+pub mod sock_diag;
 #[cfg(test)]
 mod test_support;
 pub mod vlan;

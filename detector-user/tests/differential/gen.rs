@@ -43,6 +43,9 @@ pub struct Policy {
     pub kernel_dest6: bool,
     /// `PORT_NO_LISTENER` on `CLOSED_PORT`: the agent saw no listener there.
     pub closed_no_listener: bool,
+    /// `FLAG_RAW_COOKIES` clear: the agent has not yet seeded the closed filter, so every
+    /// cookie takes the socket-bound path.
+    pub filter_unseeded: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,14 +228,20 @@ fn policy() -> impl Strategy<Value = Policy> {
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(listen_port_slot, listed_only, vlan_stripped, kernel_dest6, closed_no_listener)| Policy {
-                listen_port_slot,
-                listed_only,
-                vlan_stripped,
-                kernel_dest6,
-                closed_no_listener,
-            }),
+            .prop_map(
+                |(listen_port_slot, listed_only, vlan_stripped, kernel_dest6, closed_no_listener, filter_unseeded)| {
+                    Policy {
+                        listen_port_slot,
+                        listed_only,
+                        vlan_stripped,
+                        kernel_dest6,
+                        closed_no_listener,
+                        filter_unseeded,
+                    }
+                },
+            ),
     ]
 }
 

@@ -29,6 +29,7 @@ use detector_common::{
     ackshield::{self, Owner},
     config::{
         Config, FLAG_COOKIES, FLAG_COOKIE_ECN, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_LISTED_PORTS_ONLY,
+        FLAG_RAW_COOKIES,
     },
     counters::{Counter, COUNTER_SLOTS},
     fastpath::{closed_stamp, cookie_path, may_be_time_wait, CookiePath, ListenerKey},
@@ -64,7 +65,8 @@ pub fn config(mode: Mode) -> Config {
                 | FLAG_COOKIES
                 | if timestamps { FLAG_COOKIE_TIMESTAMPS } else { 0 }
                 | if ecn { FLAG_COOKIE_ECN } else { 0 }
-                | if policy.listed_only { FLAG_LISTED_PORTS_ONLY } else { 0 },
+                | if policy.listed_only { FLAG_LISTED_PORTS_ONLY } else { 0 }
+                | if policy.filter_unseeded { 0 } else { FLAG_RAW_COOKIES },
         ),
     };
     let mut c = Config::new(syn_rate, half_open, FOREVER_NS, FOREVER_NS);
@@ -343,10 +345,16 @@ impl Model {
             .closed
             .get(&filter::bucket(&flow_of(seg)))
             .is_some_and(|&stamp| may_be_time_wait(stamp, now));
-        let answered = match cookie_path(self.renewals.get(&listener).copied(), time_wait, now) {
+        let path = if self.cfg.has(FLAG_RAW_COOKIES) {
+            cookie_path(self.renewals.get(&listener).copied(), time_wait, now)
+        } else {
+            CookiePath::SocketBound
+        };
+        let answered = match path {
             CookiePath::Raw => Counter::TxCookieFast,
             CookiePath::SocketBound => {
                 if time_wait
+                    && self.cfg.has(FLAG_RAW_COOKIES)
                     && cookie_path(self.renewals.get(&listener).copied(), false, now) == CookiePath::Raw
                 {
                     self.reached.fin_filtered_syns += 1;
