@@ -14,6 +14,7 @@ pub mod ackshield;
 pub mod checksum;
 pub mod config;
 pub mod counters;
+pub mod expiry;
 pub mod fastpath;
 pub mod filter;
 pub mod lists;

@@ -140,7 +140,7 @@ pub fn promotion_threshold(cfg: &Config) -> u32 {
         threshold = cfg.syn_rate_limit / 4;
     }
     if cfg.half_open_limit != 0 {
-        let lifetime_ns = cfg.pending_slot_ns.saturating_mul(PENDING_SLOTS as u64);
+        let lifetime_ns = crate::expiry::pending_lifetime_ns(cfg);
         let epochs = (lifetime_ns >> sketch::EPOCH_SHIFT).saturating_add(2);
         // checked: see `slot_of`; `epochs` is at least 2 anyway.
         let per_epoch = u64::from(cfg.half_open_limit).checked_div(epochs).unwrap_or(0);

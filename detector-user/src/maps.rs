@@ -12,8 +12,9 @@ use aya::{
     Ebpf,
 };
 use detector_common::{
+    config::Config as KernelConfig,
     counters::{Counter, COUNTER_SLOTS},
-    names,
+    expiry, names,
     state::{FlowKey, PendingFlow, SourceKey, SourceState},
 };
 
@@ -97,17 +98,19 @@ impl Maps {
         }
     }
 
-    /// Entries in the pending-handshake map.
-    pub fn pending_entries(&self) -> u64 {
+    /// Entries in the pending-handshake map whose handshake can still complete at
+    /// `now_ns` (`expiry::pending_is_live`): the expired ones wait for LRU eviction.
+    pub fn live_pending_entries(&self, now_ns: u64, cfg: &KernelConfig) -> u64 {
+        let live = |flow: &PendingFlow| u64::from(expiry::pending_is_live(flow, now_ns, cfg));
         let mut n = 0u64;
         if crate::bpf_batch::walk(
             self.pending_fd.as_fd(),
             BATCH,
-            &mut |keys: &[FlowKey], _: &[PendingFlow]| n += keys.len() as u64,
+            &mut |_: &[FlowKey], flows: &[PendingFlow]| n += flows.iter().map(live).sum::<u64>(),
         )
         .is_err()
         {
-            n = self.pending.keys().flatten().count() as u64;
+            n = self.pending.iter().flatten().map(|(_, flow)| live(&flow)).sum();
         }
         n
     }

@@ -114,11 +114,15 @@ impl Metrics {
                 "syndetector_syn_retransmits_total",
                 "SYNs for a flow already pending (retransmissions).",
             ),
-            map_entries: int_gauge_vec("syndetector_map_entries", "Entries in a map.", &["map"]),
+            map_entries: int_gauge_vec(
+                "syndetector_map_entries",
+                "Entries of a map holding live state (a block, a rate window, a handshake that can still complete); idle ones wait for LRU eviction.",
+                &["map"],
+            ),
             map_capacity: int_gauge_vec("syndetector_map_capacity", "Maximum entries of a map.", &["map"]),
             map_fill_ratio: gauge_vec(
                 "syndetector_map_fill_ratio",
-                "Entries over capacity (LRU maps evict the oldest when full).",
+                "Live entries over capacity (LRU maps evict the oldest, idle ones first, when full).",
                 &["map"],
             ),
             mode: int_gauge_vec(

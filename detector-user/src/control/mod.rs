@@ -275,10 +275,12 @@ impl Controller {
         m.sources_tracked.set(i64::try_from(scan.tracked).unwrap_or(i64::MAX));
         m.sources_blocked.set(i64::try_from(scan.blocked).unwrap_or(i64::MAX));
         m.half_open.set(i64::try_from(scan.half_open).unwrap_or(i64::MAX));
-        let pending = self.maps.pending_entries();
+        // Live entries only: idle ones wait in the LRU maps for eviction, so counting them
+        // would make the fill a measure of history rather than load (`expiry`).
+        let pending = self.maps.live_pending_entries(now_ns, &self.kernel_cfg);
         let capacities = &self.cfg.file.maps;
         for (i, (map, entries, capacity)) in
-            [("sources", scan.tracked, capacities.sources), ("pending", pending, capacities.pending)]
+            [("sources", scan.live, capacities.sources), ("pending", pending, capacities.pending)]
                 .into_iter()
                 .enumerate()
         {

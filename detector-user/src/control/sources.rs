@@ -21,6 +21,7 @@ use std::{
 
 use detector_common::{
     config::Config as KernelConfig,
+    expiry,
     state::{SourceKey, SourceState},
 };
 use tracing::{info, warn};
@@ -42,6 +43,8 @@ const BLOCKED: u8 = 2;
 #[derive(Debug, Default)]
 pub struct SourceSummary {
     pub tracked: u64,
+    /// Entries still holding state the program acts on (`expiry::source_is_live`).
+    pub live: u64,
     pub blocked: u64,
     pub half_open: u64,
     /// Handshakes that failed since the previous walk.
@@ -148,6 +151,7 @@ impl SourceTracker {
             }
             for ((key, state), tag) in keys.iter().zip(states).zip(tags.iter()) {
                 summary.tracked += 1;
+                summary.live += u64::from(expiry::source_is_live(state, now_ns, cfg));
                 let blocked = state.is_blocked(now_ns);
                 summary.blocked += u64::from(blocked);
                 // Aged on a copy: the kernel's entry stays exactly as the kernel left it.
