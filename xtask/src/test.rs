@@ -40,24 +40,13 @@ pub fn main(args: &TestArgs) -> Result<()> {
         .args(&args.rest);
     let (tests, totals) = run_counting(&mut cargo);
     let tests = tests.context("cargo test");
-    let dashboards = if args.rest.is_empty() {
-        run(Command::new("bash")
-            .arg(workspace_root().join("dashboards/check.sh"))
-            .current_dir(workspace_root()))
-        .context("dashboards/check.sh (promtool)")
-    } else {
-        Ok(())
-    };
-    let daemonset = if args.rest.is_empty() {
-        run(Command::new("bash")
-            .arg(workspace_root().join("deploy/kubernetes/check.sh"))
-            .current_dir(workspace_root()))
-        .context("deploy/kubernetes/check.sh (kubernetes-validate)")
-    } else {
-        Ok(())
-    };
-    let package = if args.rest.is_empty() { dist::check().context("the Debian package") } else { Ok(()) };
-    let bench = if args.rest.is_empty() || args.rest.iter().any(|f| BENCH_SMOKE.contains(f.as_str())) {
+    // The whole-repo checks run only with the whole suite (a filter selects tests).
+    let whole = args.rest.is_empty();
+    let dashboards = if whole { check_script("dashboards/check.sh", "promtool") } else { Ok(()) };
+    let daemonset =
+        if whole { check_script("deploy/kubernetes/check.sh", "kubernetes-validate") } else { Ok(()) };
+    let package = if whole { dist::check().context("the Debian package") } else { Ok(()) };
+    let bench = if whole || args.rest.iter().any(|f| BENCH_SMOKE.contains(f.as_str())) {
         bench_smoke().context("the bench smoke run (bench --quick)")
     } else {
         Ok(())
@@ -70,6 +59,12 @@ pub fn main(args: &TestArgs) -> Result<()> {
     daemonset?;
     package?;
     bench
+}
+
+/// Runs one of the repo's check scripts (`bash <script>` from the workspace root).
+fn check_script(script: &str, what: &str) -> Result<()> {
+    run(Command::new("bash").arg(workspace_root().join(script)).current_dir(workspace_root()))
+        .with_context(|| format!("{script} ({what})"))
 }
 
 /// The smoke run's name: a filter that is part of it selects it (`cargo xtask test -- bench`).
