@@ -260,6 +260,8 @@ fn a_tuple_in_time_wait_from_before_the_agent_started_is_not_answered_raw() {
     // Port 0 first: a socket-bound cookie renews the listener, so the raw helper would
     // answer the next SYN, the reused tuple's, were its bucket not stamped.
     let out = clients(&lab, &[0, REUSED, 0, 0]);
+    // The counters are the agent's as of its last poll (every 200 ms).
+    thread::sleep(Duration::from_millis(500));
     let last = agent.scrape().unwrap();
     let existing = "syndetector_packets_total{reason=\"cookie_existing_socket\",verdict=\"pass\"}";
     println!(
@@ -271,10 +273,20 @@ fn a_tuple_in_time_wait_from_before_the_agent_started_is_not_answered_raw() {
         value(&first, existing),
         value(&last, existing)
     );
+    let verdicts: Vec<&str> = last
+        .text
+        .lines()
+        .filter(|l| l.starts_with("syndetector_packets_total{") && !l.ends_with(" 0"))
+        .collect();
+    println!("{}", verdicts.join("\n"));
     for line in out.lines() {
         assert!(line.split_whitespace().nth(1).is_some_and(|n| n.starts_with("65")), "{out}");
     }
-    assert!(value(&last, existing) > value(&first, existing), "the reused tuple's SYN went to the kernel");
+    assert!(
+        value(&last, existing) > value(&first, existing),
+        "the reused tuple's SYN went to the kernel; agent log:\n{}",
+        agent.log_text()
+    );
     assert!(value(&last, FAST) > value(&first, FAST), "the other connections took the raw path");
     assert!(agent.stop().unwrap().success(), "{}", agent.log_text());
 }
