@@ -88,21 +88,21 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> Counter {
             return verdict;
         }
     }
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     if seg.is_syn() {
-        return on_syn(ctx, &seg, cfg, now);
+        return on_syn(ctx, &seg, cfg);
     }
-    on_segment(ctx, &seg, cfg, now)
+    on_segment(ctx, &seg, cfg)
 }
 
 /// Any other segment: the fast path's FIN filter, handshake completion, the ACK shield.
-/// A call of its own, like `on_syn`, to keep the entry point's frame small.
+/// A call of its own, like `on_syn`, to keep the entry point's frame small. The clock is
+/// read only where a FIN or a possible handshake completion needs it: it costs about as
+/// much as the rest of an established ACK's path (docs/verifier.md, costs per packet).
 #[inline(never)]
-fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
-    fastpath::on_segment(seg, now);
+fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
+    fastpath::on_segment(seg);
     if seg.may_complete_handshake() {
-        track::on_ack(seg, cfg, now);
+        track::on_ack(seg, cfg);
     }
     // While cookies are on: forged cookie ACKs stop here, not in the kernel's check.
     if detector_common::ackshield::screens(cfg, seg.flags) {
@@ -116,7 +116,9 @@ fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Cou
 /// A connection request. A BPF-to-BPF call, to keep the entry point's frame small: it and
 /// the parser's are at the verifier's 512-byte limit (docs/verifier.md).
 #[inline(never)]
-fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
+fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     // In every mode: a SYN for another machine (routed, forwarded) is neither tracked
     // nor answered; its handshake is not ours to judge.
     if !policy::is_local(seg) {

@@ -3,6 +3,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, LruHashMap},
     programs::XdpContext,
@@ -173,15 +174,21 @@ fn sketch_estimate(key: &SourceKey, cfg: &Config, now: u64) -> Option<u32> {
 }
 
 /// A segment that may be a handshake's third packet: complete its pending flow, if any.
-/// Always passes; only the accounting differs.
+/// Always passes; only the accounting differs. The clock is read only for a bucket some
+/// SYN has stamped.
 // A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
 #[inline(never)]
-pub fn on_ack(seg: &TcpSegment, cfg: &Config, now: u64) {
+pub fn on_ack(seg: &TcpSegment, cfg: &Config) {
     let flow = flow_of(seg);
-    let Some(stamp) = PENDING_FILTER.get(filter::bucket(&flow)) else {
+    let Some(&stamp) = PENDING_FILTER.get(filter::bucket(&flow)) else {
         return;
     };
-    if !filter::is_recent(*stamp, now, cfg) {
+    if filter::never_stamped(stamp) {
+        return;
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !filter::is_recent(stamp, now, cfg) {
         return;
     }
     // SAFETY: read-only copy of a live map value.
