@@ -8,6 +8,8 @@
 // core offers no `fetch_add`. The crate is built with a nightly or RUSTC_BOOTSTRAP rustc.
 #![feature(core_intrinsics)]
 #![allow(internal_features, reason = "core_intrinsics, for the BPF atomic add")]
+// For the packet loads in `packet.rs`: BPF inline asm is still an experimental target.
+#![feature(asm_experimental_arch)]
 
 mod ackshield;
 mod baseline;
