@@ -2,29 +2,26 @@
 
 use core::arch::asm;
 
-use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_md, helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 use detector_common::{packet::Packet, parse::MAX_L4_OFFSET};
 
 /// The bytes `data..data_end` of the frame being processed.
 pub struct XdpPacket {
     start: usize,
     end: usize,
-    /// The whole frame's length, fragments of a multi-buffer frame included.
-    len: usize,
+    ctx: *mut xdp_md,
 }
 
 impl XdpPacket {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
-        // The length from the helper (kernel >= 5.18), read once here: `data_end - data`
-        // is arithmetic on the packet-end pointer, which the verifier refuses, and the
-        // helper also counts the fragments of a multi-buffer frame, as the IP layer does.
-        // SAFETY: a helper call on our own context.
-        #[allow(clippy::cast_possible_truncation, reason = "a frame is far below 4 GiB")]
-        let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
-        Self { start: ctx.data(), end: ctx.data_end(), len }
+        Self { start: ctx.data(), end: ctx.data_end(), ctx: ctx.ctx }
     }
 }
+
+/// `holds` compares lengths up to this against the linear part by pointer; the verifier
+/// accepts a packet pointer plus a scalar only below 64 KiB.
+const MAX_LINEAR_LEN: usize = 0x3fff;
 
 /// Swaps the destination and source MAC addresses of the frame at `data`.
 ///
@@ -62,9 +59,30 @@ impl Packet for XdpPacket {
         Some(unsafe { load::<N>(at) })
     }
 
+    /// The length from the helper (kernel >= 5.18): `data_end - data` is arithmetic on the
+    /// packet-end pointer, which the verifier refuses, and the helper also counts the
+    /// fragments of a multi-buffer frame, as the IP layer does.
     #[inline(always)]
     fn frame_len(&self) -> usize {
-        self.len
+        // SAFETY: a helper call on our own context.
+        #[allow(clippy::cast_possible_truncation, reason = "a frame is far below 4 GiB")]
+        let len = unsafe { bpf_xdp_get_buff_len(self.ctx) } as usize;
+        len
+    }
+
+    /// The linear part first, by pointer comparison: nearly every frame is linear and
+    /// long enough, and a helper call costs more than the rest of an ACK's parsing on a
+    /// machine with return-thunk mitigations (docs/verifier.md, costs per packet). Only a
+    /// frame whose IP datagram reaches past `data_end` (fragments of a multi-buffer frame,
+    /// or a short frame) asks the helper.
+    #[inline(always)]
+    fn holds(&self, len: usize) -> bool {
+        // Opaque: LLVM would otherwise turn this into `len <= end - start`, arithmetic on
+        // the packet-end pointer.
+        if len <= MAX_LINEAR_LEN && opaque(self.start + len) <= self.end {
+            return true;
+        }
+        len <= self.frame_len()
     }
 }
 
