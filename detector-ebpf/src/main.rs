@@ -119,8 +119,6 @@ fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
 /// the parser's are at the verifier's 512-byte limit (docs/verifier.md).
 #[inline(never)]
 fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     // In every mode: a SYN for another machine (routed, forwarded) is neither tracked
     // nor answered; its handshake is not ours to judge.
     if !policy::is_local(seg) {
@@ -131,14 +129,23 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
         Ok(cfg) => cfg,
         Err(not_judged) => return not_judged,
     };
-    let counter = if cfg.has(FLAG_COOKIES) {
-        // Blocked sources first (they are dropped whatever their destination), then
-        // what policy leaves to the kernel, and only then the budget and the helper.
-        track::screen_for_cookie(ctx, seg, cfg, now)
-            .or_else(|| policy::leave_to_kernel(ctx, seg, cfg))
-            .unwrap_or_else(|| cookie::answer_syn(ctx, seg, cfg, now))
+    // Blocked sources first, in every mode (they are dropped whatever their destination):
+    // a flood's SYNs mostly end here, on the coarse clock and without another call.
+    let mut found = track::state_of(seg);
+    let counter = if let Some(drop) = found.as_deref_mut().and_then(|state| track::drop_if_blocked(state, cfg)) {
+        drop
     } else {
-        track::on_syn(ctx, seg, cfg, now)
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if cfg.has(FLAG_COOKIES) {
+            // Blocked sources (near the end of their block), then what policy leaves to the
+            // kernel, and only then the budget and the helper.
+            track::screen_for_cookie(ctx, seg, cfg, now, found)
+                .or_else(|| policy::leave_to_kernel(ctx, seg, cfg))
+                .unwrap_or_else(|| cookie::answer_syn(ctx, seg, cfg, now))
+        } else {
+            track::on_syn(ctx, seg, cfg, now, found)
+        }
     };
     if cfg.has(FLAG_ENFORCE) {
         counter
