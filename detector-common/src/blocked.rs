@@ -39,7 +39,10 @@ mod tests {
     const SEC: u64 = 1_000_000_000;
 
     fn blocked_until(until: u64) -> SourceState {
-        SourceState { blocked_until_ns: until, ..SourceState::new(0, &Config::new(10, 10, 60 * SEC, 3 * SEC)) }
+        SourceState {
+            blocked_until_ns: until,
+            ..SourceState::new(0, &Config::new(10, 10, 60 * SEC, 3 * SEC))
+        }
     }
 
     #[test]

@@ -115,8 +115,9 @@ fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
     Counter::PassTcp
 }
 
-/// A connection request. A BPF-to-BPF call, to keep the entry point's frame small: it and
-/// the parser's are at the verifier's 512-byte limit (docs/verifier.md).
+/// A connection request. A BPF-to-BPF call, to keep the entry point's frame small: the
+/// cookie chain (entry point, this, `answer_syn`, `send_reply`) is at 496 of the
+/// verifier's 512 bytes (docs/verifier.md).
 #[inline(never)]
 fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
     // In every mode: a SYN for another machine (routed, forwarded) is neither tracked
@@ -132,9 +133,8 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
     // Blocked sources first, in every mode (they are dropped whatever their destination):
     // a flood's SYNs mostly end here, on the coarse clock and without another call.
     let mut found = track::state_of(seg);
-    let counter = if let Some(drop) = found.as_deref_mut().and_then(|state| track::drop_if_blocked(state, cfg)) {
-        drop
-    } else {
+    let blocked = found.as_deref_mut().and_then(|state| track::drop_if_blocked(state, cfg));
+    let counter = blocked.unwrap_or_else(|| {
         // SAFETY: a helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
         if cfg.has(FLAG_COOKIES) {
@@ -146,7 +146,7 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
         } else {
             track::on_syn(ctx, seg, cfg, now, found)
         }
-    };
+    });
     if cfg.has(FLAG_ENFORCE) {
         counter
     } else {
