@@ -99,7 +99,7 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> Counter {
 /// Any other segment: the fast path's FIN filter, handshake completion, the ACK shield.
 /// A call of its own, like `on_syn`, to keep the entry point's frame small. The clock is
 /// read only where a FIN or a possible handshake completion needs it: it costs about as
-/// much as the rest of an established ACK's path (docs/verifier.md, costs per packet).
+/// much as the rest of an established ACK's path (docs/hotpaths.md).
 #[inline(never)]
 fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
     fastpath::on_segment(seg);

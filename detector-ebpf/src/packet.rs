@@ -72,7 +72,7 @@ impl Packet for XdpPacket {
 
     /// The linear part first, by pointer comparison: nearly every frame is linear and
     /// long enough, and a helper call costs more than the rest of an ACK's parsing on a
-    /// machine with return-thunk mitigations (docs/verifier.md, costs per packet). Only a
+    /// machine with return-thunk mitigations (docs/hotpaths.md). Only a
     /// frame whose IP datagram reaches past `data_end` (fragments of a multi-buffer frame,
     /// or a short frame) asks the helper.
     #[inline(always)]
@@ -102,7 +102,7 @@ fn opaque(mut value: usize) -> usize {
 /// every load it cannot prove aligned into single bytes, each shifted into place (the
 /// parser was mostly that). The verifier accepts misaligned packet loads wherever the
 /// kernel has efficient unaligned access (`CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS`: x86-64,
-/// arm64, among others; docs/verifier.md); elsewhere the program fails to load with a
+/// arm64, among others; docs/hotpaths.md); elsewhere the program fails to load with a
 /// "misaligned packet access" message rather than misbehave. Stack and map accesses stay
 /// plain Rust (the verifier requires those aligned everywhere).
 ///
