@@ -36,12 +36,24 @@ pub fn bucket(flow: &FlowKey) -> u32 {
     h & (PENDING_FILTER_BUCKETS - 1)
 }
 
-/// The value a SYN leaves in its bucket.
+/// The value a SYN leaves in its bucket. Never 0: a zeroed bucket is one no SYN ever
+/// stamped (`never_stamped`). The first 16.8 ms after boot, and that much once every wrap,
+/// read as the next unit, which only makes `is_recent` answer yes a little longer.
 #[inline(always)]
 #[must_use]
 #[allow(clippy::cast_possible_truncation, reason = "stamps wrap by design")]
 pub fn stamp(now_ns: u64) -> u32 {
-    (now_ns >> STAMP_SHIFT) as u32
+    ((now_ns >> STAMP_SHIFT) as u32).max(1)
+}
+
+/// Whether no SYN ever stamped this bucket: then no handshake can be pending in it, and
+/// the ACK needs neither the clock nor the exact lookup. Most ACKs of a calm server land
+/// in such buckets or in stale ones; reading the clock (about 30 ns on the machines
+/// measured) only for the others keeps it off their path.
+#[inline(always)]
+#[must_use]
+pub const fn never_stamped(stamp_value: u32) -> bool {
+    stamp_value == 0
 }
 
 /// Whether a bucket stamped at `stamp` may still hold a pending handshake at `now_ns`:
@@ -71,6 +83,27 @@ mod tests {
         assert!(is_recent(s, t0, &cfg));
         assert!(is_recent(s, t0 + 4 * SEC, &cfg), "a handshake may pend 4/3 × timeout");
         assert!(!is_recent(s, t0 + 5 * SEC, &cfg));
+    }
+
+    #[test]
+    fn a_stamp_is_never_the_empty_value() {
+        // At boot, and where the u32 of stamps wraps: 1, so the bucket still counts as stamped.
+        for now in [0, 1, (1 << 24) - 1, 1u64 << 56, (1u64 << 56) + (1 << 24) - 1] {
+            assert_eq!(stamp(now), 1, "at {now} ns");
+            assert!(!never_stamped(stamp(now)));
+        }
+        assert_eq!(stamp(1 << 24), 1);
+        assert_eq!(stamp(2 << 24), 2);
+        assert!(never_stamped(0));
+    }
+
+    #[test]
+    fn a_boot_time_stamp_is_recent_then_expires() {
+        let cfg = Config::new(0, 0, SEC, 3 * SEC);
+        let s = stamp(5_000_000);
+        assert!(is_recent(s, 5_000_000, &cfg));
+        assert!(is_recent(s, 4 * SEC, &cfg));
+        assert!(!is_recent(s, 6 * SEC, &cfg));
     }
 
     #[test]

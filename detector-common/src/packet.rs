@@ -13,6 +13,14 @@ pub trait Packet {
     /// against it.
     fn frame_len(&self) -> usize;
 
+    /// Whether the frame is at least `len` bytes long. An implementation may answer
+    /// without `frame_len` when the bytes it has at hand already cover `len` (the XDP one
+    /// then skips a helper call).
+    #[inline(always)]
+    fn holds(&self, len: usize) -> bool {
+        len <= self.frame_len()
+    }
+
     #[inline(always)]
     fn u8_at(&self, offset: usize) -> Option<u8> {
         self.read::<1>(offset).map(|b| b[0])
@@ -41,5 +49,18 @@ impl Packet for [u8] {
     #[inline(always)]
     fn frame_len(&self) -> usize {
         self.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Packet;
+
+    #[test]
+    fn a_frame_holds_its_own_length_and_no_more() {
+        let frame = [0u8; 60];
+        assert!(frame[..].holds(0));
+        assert!(frame[..].holds(60));
+        assert!(!frame[..].holds(61));
     }
 }

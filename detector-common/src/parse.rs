@@ -127,7 +127,7 @@ pub fn parse_tcp<P: Packet + ?Sized>(pkt: &P) -> Result<TcpSegment, NotTcp> {
     // The TCP header must lie inside the datagram the IP header declares, and that
     // datagram inside the frame. Scalars only: `end` comes from the header, `frame_len`
     // from the kernel (no arithmetic on packet pointers).
-    if ip.l4 + usize::from(tcp.tcp_header_len) > ip.end || ip.end > pkt.frame_len() {
+    if ip.l4 + usize::from(tcp.tcp_header_len) > ip.end || !pkt.holds(ip.end) {
         return Err(NotTcp::BadLength);
     }
     Ok(TcpSegment {

@@ -5,7 +5,10 @@
 
 use aya_ebpf::{
     bindings::{iphdr, ipv6hdr, tcphdr},
-    helpers::generated::{bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6},
+    },
     macros::map,
     maps::{Array, LruHashMap},
     programs::XdpContext,
@@ -44,18 +47,20 @@ fn bucket(seg: &TcpSegment) -> u32 {
 
 /// For every segment that is not a SYN: a client's FIN may leave the tuple in `TIME_WAIT`
 /// on this host (when the server closed first), so its bucket is stamped. One array write
-/// per FIN, nothing for other segments.
+/// per FIN (and a clock read), nothing for other segments.
 #[inline(always)]
-pub fn on_segment(seg: &TcpSegment, now: u64) {
+pub fn on_segment(seg: &TcpSegment) {
     if seg.flags & tcp_flags::FIN != 0 {
-        saw_fin(seg, now);
+        saw_fin(seg);
     }
 }
 
 /// A BPF-to-BPF call: the flow key it hashes sits in its own stack frame, not in the
 /// entry point's, which the deepest SYN path's frames sit on top of (docs/verifier.md, 7).
 #[inline(never)]
-fn saw_fin(seg: &TcpSegment, now: u64) {
+fn saw_fin(seg: &TcpSegment) {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     let _ = CLOSED_FILTER.set(bucket(seg), closed_stamp(now), 0);
 }
 

@@ -8,6 +8,8 @@
 // core offers no `fetch_add`. The crate is built with a nightly or RUSTC_BOOTSTRAP rustc.
 #![feature(core_intrinsics)]
 #![allow(internal_features, reason = "core_intrinsics, for the BPF atomic add")]
+// For the packet loads in `packet.rs`: BPF inline asm is still an experimental target.
+#![feature(asm_experimental_arch)]
 
 mod ackshield;
 mod baseline;
@@ -88,21 +90,21 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> Counter {
             return verdict;
         }
     }
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     if seg.is_syn() {
-        return on_syn(ctx, &seg, cfg, now);
+        return on_syn(ctx, &seg, cfg);
     }
-    on_segment(ctx, &seg, cfg, now)
+    on_segment(ctx, &seg, cfg)
 }
 
 /// Any other segment: the fast path's FIN filter, handshake completion, the ACK shield.
-/// A call of its own, like `on_syn`, to keep the entry point's frame small.
+/// A call of its own, like `on_syn`, to keep the entry point's frame small. The clock is
+/// read only where a FIN or a possible handshake completion needs it: it costs about as
+/// much as the rest of an established ACK's path (docs/hotpaths.md).
 #[inline(never)]
-fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
-    fastpath::on_segment(seg, now);
+fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
+    fastpath::on_segment(seg);
     if seg.may_complete_handshake() {
-        track::on_ack(seg, cfg, now);
+        track::on_ack(seg, cfg);
     }
     // While cookies are on: forged cookie ACKs stop here, not in the kernel's check.
     if detector_common::ackshield::screens(cfg, seg.flags) {
@@ -113,10 +115,11 @@ fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Cou
     Counter::PassTcp
 }
 
-/// A connection request. A BPF-to-BPF call, to keep the entry point's frame small: it and
-/// the parser's are at the verifier's 512-byte limit (docs/verifier.md).
+/// A connection request. A BPF-to-BPF call, to keep the entry point's frame small: the
+/// cookie chain (entry point, this, `answer_syn`, `send_reply`) is at 496 of the
+/// verifier's 512 bytes (docs/verifier.md).
 #[inline(never)]
-fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
+fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
     // In every mode: a SYN for another machine (routed, forwarded) is neither tracked
     // nor answered; its handshake is not ours to judge.
     if !policy::is_local(seg) {
@@ -127,15 +130,23 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter
         Ok(cfg) => cfg,
         Err(not_judged) => return not_judged,
     };
-    let counter = if cfg.has(FLAG_COOKIES) {
-        // Blocked sources first (they are dropped whatever their destination), then
-        // what policy leaves to the kernel, and only then the budget and the helper.
-        track::screen_for_cookie(ctx, seg, cfg, now)
-            .or_else(|| policy::leave_to_kernel(ctx, seg, cfg))
-            .unwrap_or_else(|| cookie::answer_syn(ctx, seg, cfg, now))
-    } else {
-        track::on_syn(ctx, seg, cfg, now)
-    };
+    // Blocked sources first, in every mode (they are dropped whatever their destination):
+    // a flood's SYNs mostly end here, on the coarse clock and without another call.
+    let mut found = track::state_of(seg);
+    let blocked = found.as_deref_mut().and_then(|state| track::drop_if_blocked(state, cfg));
+    let counter = blocked.unwrap_or_else(|| {
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if cfg.has(FLAG_COOKIES) {
+            // Blocked sources (near the end of their block), then what policy leaves to the
+            // kernel, and only then the budget and the helper.
+            track::screen_for_cookie(ctx, seg, cfg, now, found)
+                .or_else(|| policy::leave_to_kernel(ctx, seg, cfg))
+                .unwrap_or_else(|| cookie::answer_syn(ctx, seg, cfg, now))
+        } else {
+            track::on_syn(ctx, seg, cfg, now, found)
+        }
+    });
     if cfg.has(FLAG_ENFORCE) {
         counter
     } else {

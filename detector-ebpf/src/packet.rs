@@ -1,28 +1,27 @@
 //! `detector_common::packet::Packet` over the XDP frame, with the checks the verifier wants.
 
-use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
+use core::arch::asm;
+
+use aya_ebpf::{bindings::xdp_md, helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 use detector_common::{packet::Packet, parse::MAX_L4_OFFSET};
 
 /// The bytes `data..data_end` of the frame being processed.
 pub struct XdpPacket {
     start: usize,
     end: usize,
-    /// The whole frame's length, fragments of a multi-buffer frame included.
-    len: usize,
+    ctx: *mut xdp_md,
 }
 
 impl XdpPacket {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
-        // The length from the helper (kernel >= 5.18), read once here: `data_end - data`
-        // is arithmetic on the packet-end pointer, which the verifier refuses, and the
-        // helper also counts the fragments of a multi-buffer frame, as the IP layer does.
-        // SAFETY: a helper call on our own context.
-        #[allow(clippy::cast_possible_truncation, reason = "a frame is far below 4 GiB")]
-        let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
-        Self { start: ctx.data(), end: ctx.data_end(), len }
+        Self { start: ctx.data(), end: ctx.data_end(), ctx: ctx.ctx }
     }
 }
+
+/// `holds` compares lengths up to this against the linear part by pointer; the verifier
+/// accepts a packet pointer plus a scalar only below 64 KiB.
+const MAX_LINEAR_LEN: usize = 0x3fff;
 
 /// Swaps the destination and source MAC addresses of the frame at `data`.
 ///
@@ -50,18 +49,109 @@ impl Packet for XdpPacket {
         if offset > MAX_READ_OFFSET {
             return None;
         }
-        // black_box: LLVM would otherwise hoist `end - start` out of the parser and compare
+        // Opaque: LLVM would otherwise hoist `end - start` out of the parser and compare
         // offsets against it, and arithmetic on the packet-end pointer is refused.
-        let at = core::hint::black_box(self.start + offset);
+        let at = opaque(self.start + offset);
         if at + N > self.end {
             return None;
         }
         // SAFETY: `at..at + N` is inside the frame, checked just above.
-        Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+        Some(unsafe { load::<N>(at) })
     }
 
+    /// The length from the helper (kernel >= 5.18): `data_end - data` is arithmetic on the
+    /// packet-end pointer, which the verifier refuses, and the helper also counts the
+    /// fragments of a multi-buffer frame, as the IP layer does.
     #[inline(always)]
     fn frame_len(&self) -> usize {
-        self.len
+        // SAFETY: a helper call on our own context.
+        #[allow(clippy::cast_possible_truncation, reason = "a frame is far below 4 GiB")]
+        let len = unsafe { bpf_xdp_get_buff_len(self.ctx) } as usize;
+        len
+    }
+
+    /// The linear part first, by pointer comparison: nearly every frame is linear and
+    /// long enough, and a helper call costs more than the rest of an ACK's parsing on a
+    /// machine with return-thunk mitigations (docs/hotpaths.md). Only a
+    /// frame whose IP datagram reaches past `data_end` (fragments of a multi-buffer frame,
+    /// or a short frame) asks the helper.
+    #[inline(always)]
+    fn holds(&self, len: usize) -> bool {
+        // Opaque: LLVM would otherwise turn this into `len <= end - start`, arithmetic on
+        // the packet-end pointer.
+        if len <= MAX_LINEAR_LEN && opaque(self.start + len) <= self.end {
+            return true;
+        }
+        len <= self.frame_len()
     }
 }
+
+/// Hides how `value` was computed from LLVM, as `core::hint::black_box` does, but in its
+/// register: black_box goes through a stack slot, a store and a dependent load on each of
+/// the parser's dozen reads.
+#[inline(always)]
+fn opaque(mut value: usize) -> usize {
+    // SAFETY: a register move onto itself; the asm only claims to change the register.
+    unsafe { asm!("{0} = {0}", inout(reg) value, options(pure, nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// The `N` bytes at `at`, read 8, 4, 2 and 1 bytes at a time.
+///
+/// Why asm: a header field has no alignment LLVM can rely on, and the BPF backend splits
+/// every load it cannot prove aligned into single bytes, each shifted into place (the
+/// parser was mostly that). The verifier accepts misaligned packet loads wherever the
+/// kernel has efficient unaligned access (`CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS`: x86-64,
+/// arm64, among others; docs/hotpaths.md); elsewhere the program fails to load with a
+/// "misaligned packet access" message rather than misbehave. Stack and map accesses stay
+/// plain Rust (the verifier requires those aligned everywhere).
+///
+/// # Safety
+/// `at .. at + N` must be inside the frame, checked so that the verifier sees it.
+#[inline(always)]
+unsafe fn load<const N: usize>(at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut i = 0;
+    // N is a constant: these loops unroll into straight-line loads.
+    while i + 8 <= N {
+        // SAFETY: inside the frame (the caller's check).
+        out[i..i + 8].copy_from_slice(&unsafe { load_u64(at + i) }.to_ne_bytes());
+        i += 8;
+    }
+    if i + 4 <= N {
+        // SAFETY: as above.
+        out[i..i + 4].copy_from_slice(&unsafe { load_u32(at + i) }.to_ne_bytes());
+        i += 4;
+    }
+    if i + 2 <= N {
+        // SAFETY: as above.
+        out[i..i + 2].copy_from_slice(&unsafe { load_u16(at + i) }.to_ne_bytes());
+        i += 2;
+    }
+    if i < N {
+        // SAFETY: as above; a single byte has no alignment to speak of.
+        out[i] = unsafe { *((at + i) as *const u8) };
+    }
+    out
+}
+
+// Not `pure`: LLVM must not move a load above the bounds check that makes it valid.
+macro_rules! packet_load {
+    ($name:ident, $ty:ty, $insn:literal) => {
+        /// # Safety
+        /// The bytes read must be inside the frame (see `load`).
+        #[inline(always)]
+        unsafe fn $name(at: usize) -> $ty {
+            let value: u64;
+            // SAFETY: upheld by the caller.
+            unsafe { asm!($insn, lateout(reg) value, in(reg) at, options(readonly, nostack, preserves_flags)) };
+            #[allow(clippy::cast_possible_truncation, reason = "the load zero-extends a narrower value")]
+            let value = value as $ty;
+            value
+        }
+    };
+}
+
+packet_load!(load_u64, u64, "{0} = *(u64 *)({1} + 0)");
+packet_load!(load_u32, u32, "{0} = *(u32 *)({1} + 0)");
+packet_load!(load_u16, u16, "{0} = *(u16 *)({1} + 0)");

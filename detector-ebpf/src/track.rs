@@ -3,12 +3,14 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
     macros::map,
     maps::{Array, LruHashMap},
     programs::XdpContext,
 };
 use detector_common::{
-    config::Config,
+    blocked,
+    config::{Config, FLAG_COOKIES},
     counters::Counter,
     filter,
     names::PENDING_FILTER_BUCKETS,
@@ -56,17 +58,56 @@ fn source_state(key: &SourceKey, fresh: &SourceState) -> Option<&'static mut Sou
     SOURCES.get_ptr_mut(key).map(|state| unsafe { &mut *state })
 }
 
-/// A connection request: account it to its source and decide. A source without state
-/// is only counted in the sketch until its estimate reaches the promotion threshold
-/// (`track::promotion_threshold`, only with `FLAG_SKETCH_ADMISSION`): no source entry, no
-/// pending flow, nothing for the ACK path to find.
+/// The state of the SYN's source, if it has any: looked up once per SYN, by the caller of
+/// `drop_if_blocked`, `on_syn` and `screen_for_cookie`.
+#[inline(always)]
+pub fn state_of(seg: &TcpSegment) -> Option<&'static mut SourceState> {
+    // SAFETY: see `source_state`.
+    SOURCES.get_ptr_mut(&SourceKey { addr: seg.src }).map(|state| unsafe { &mut *state })
+}
+
+/// A SYN from a source blocked for a while yet (`blocked::surely_blocked`): accounted as
+/// `on_syn` and `screen_for_cookie` account a blocked source's SYN, on the coarse clock,
+/// and dropped. `None`: not sure, the caller goes on with the fine clock.
+#[inline(always)]
+pub fn drop_if_blocked(state: &mut SourceState, cfg: &Config) -> Option<Counter> {
+    if !blocked::ever_blocked(state) {
+        return None;
+    }
+    // SAFETY: a helper without arguments (kernel >= 5.11).
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if !blocked::surely_blocked(state, now) {
+        return None;
+    }
+    // Tracking ages the source's pending handshakes on every SYN; cookie mode keeps none.
+    if !cfg.has(FLAG_COOKIES) {
+        let expired = state.age(now, cfg);
+        if expired != 0 {
+            count_by(Counter::HandshakeFailed, expired);
+        }
+    }
+    // A blocked source's retransmissions must not refresh its pending flows.
+    let _ = track::on_syn(state, now, cfg, false);
+    Some(Counter::DropBlocked)
+}
+
+/// A connection request: account it to its source (`found`, its state if it has any) and
+/// decide. A source without state is only counted in the sketch until its estimate
+/// reaches the promotion threshold (`track::promotion_threshold`, only with
+/// `FLAG_SKETCH_ADMISSION`): no source entry, no pending flow, nothing for the ACK path to
+/// find.
 // A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
 #[inline(never)]
-pub fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
+pub fn on_syn(
+    ctx: &XdpContext,
+    seg: &TcpSegment,
+    cfg: &Config,
+    now: u64,
+    found: Option<&'static mut SourceState>,
+) -> Counter {
     let key = SourceKey { addr: seg.src };
-    let state = if let Some(state) = SOURCES.get_ptr_mut(&key) {
-        // SAFETY: see `source_state`.
-        unsafe { &mut *state }
+    let state = if let Some(state) = found {
+        state
     } else {
         let threshold = track::promotion_threshold(cfg);
         let estimate = if threshold > 1 {
@@ -123,15 +164,19 @@ pub fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Cou
 
 /// Screens a SYN that the responder is about to answer with a cookie. No per-flow or
 /// per-source entry is made for it: a spoofed flood must not fill the maps. Only a source
-/// the sketch estimates over the SYN-rate limit gets an entry, as a block.
-/// `None` means: go ahead and answer.
+/// the sketch estimates over the SYN-rate limit gets an entry, as a block. `found` is the
+/// source's state, if it has any. `None` means: go ahead and answer.
 // A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
 #[inline(never)]
-pub fn screen_for_cookie(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Option<Counter> {
+pub fn screen_for_cookie(
+    ctx: &XdpContext,
+    seg: &TcpSegment,
+    cfg: &Config,
+    now: u64,
+    found: Option<&'static mut SourceState>,
+) -> Option<Counter> {
     let key = SourceKey { addr: seg.src };
-    if let Some(state) = SOURCES.get_ptr_mut(&key) {
-        // SAFETY: see `source_state`.
-        let state = unsafe { &mut *state };
+    if let Some(state) = found {
         if state.is_blocked(now) {
             let _ = track::on_syn(state, now, cfg, false);
             return Some(Counter::DropBlocked);
@@ -173,15 +218,27 @@ fn sketch_estimate(key: &SourceKey, cfg: &Config, now: u64) -> Option<u32> {
 }
 
 /// A segment that may be a handshake's third packet: complete its pending flow, if any.
-/// Always passes; only the accounting differs.
-// A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
-#[inline(never)]
-pub fn on_ack(seg: &TcpSegment, cfg: &Config, now: u64) {
-    let flow = flow_of(seg);
-    let Some(stamp) = PENDING_FILTER.get(filter::bucket(&flow)) else {
+/// Always passes; only the accounting differs. Inlined up to the filter: most ACKs stop
+/// at a bucket no SYN ever stamped, without the clock or a call (each costs about as much
+/// as the filter check itself on machines with return-thunk mitigations).
+#[inline(always)]
+pub fn on_ack(seg: &TcpSegment, cfg: &Config) {
+    let Some(&stamp) = PENDING_FILTER.get(filter::bucket(&flow_of(seg))) else {
         return;
     };
-    if !filter::is_recent(*stamp, now, cfg) {
+    if !filter::never_stamped(stamp) {
+        complete_handshake(seg, cfg, stamp);
+    }
+}
+
+/// `on_ack` past the filter: a bucket some SYN stamped, `stamp`.
+// A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
+#[inline(never)]
+fn complete_handshake(seg: &TcpSegment, cfg: &Config, stamp: u32) {
+    let flow = flow_of(seg);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !filter::is_recent(stamp, now, cfg) {
         return;
     }
     // SAFETY: read-only copy of a live map value.

@@ -26,6 +26,7 @@ const HELPERS: &[(u32, &str, &str)] = &[
     (131, "bpf_ringbuf_reserve", "5.8"),
     (132, "bpf_ringbuf_submit", "5.8"),
     (133, "bpf_ringbuf_discard", "5.8"),
+    (160, "bpf_ktime_get_coarse_ns", "5.11"),
     (188, "bpf_xdp_get_buff_len", "5.18"),
     (189, "bpf_xdp_load_bytes", "5.18"),
     (204, "bpf_tcp_raw_gen_syncookie_ipv4", "6.0"),

@@ -201,6 +201,9 @@ fn bad_length_table() -> Vec<Fixture> {
         bad("IPv4 total length below IP + TCP headers", with_u16(&v4, IPV4_TOTAL_LEN_AT, 30)),
         bad("IPv4 total length beyond the frame", with_u16(&v4, IPV4_TOTAL_LEN_AT, 45)),
         bad("IPv4 total length far beyond the frame", with_u16(&v4, IPV4_TOTAL_LEN_AT, 1500)),
+        // Past what the XDP side compares against the linear part by pointer (16 KiB).
+        bad("IPv4 total length 65535", with_u16(&v4, IPV4_TOTAL_LEN_AT, 65_535)),
+        bad("IPv6 payload length 65535", with_u16(&v6, IPV6_PAYLOAD_LEN_AT, 65_535)),
         bad("TCP options beyond the IPv4 total length", with_u16(&v4, IPV4_TOTAL_LEN_AT, 40)),
         bad("IPv6 payload length beyond the frame", with_u16(&v6, IPV6_PAYLOAD_LEN_AT, 21)),
         bad("IPv6 payload length 0 (jumbogram)", with_u16(&v6, IPV6_PAYLOAD_LEN_AT, 0)),

@@ -326,6 +326,9 @@ fn a_source_over_its_syn_rate_is_dropped_until_its_block_expires() {
     assert_eq!(det.counter(Counter::BlockedSynRate), 1);
     let state = det.sources().get(&flood(0).key(), 0).unwrap();
     assert_eq!(state.blocks, 1);
+    // The blocked SYN, dropped on the coarse clock (`blocked::surely_blocked`), is
+    // accounted all the same.
+    assert_eq!(state.syns_total, 7, "every SYN of the source counted, the blocked one too");
     assert!(
         (started + TTL..=ended + TTL).contains(&state.blocked_until_ns),
         "blocked until {} ns: the TTL ({TTL} ns) from the crossing SYN (between {started} and {ended})",
@@ -358,6 +361,7 @@ fn a_source_over_its_syn_rate_is_dropped_until_its_block_expires() {
     );
     let after = det.sources().get(&flood(0).key(), 0).unwrap();
     assert_eq!(after.blocks, 1, "no new block");
+    assert_eq!(after.syns_total, 9, "the SYN near the end of the block (fine clock) and the one after it");
     assert!(det.pending().get(&flood(8).flow(), 0).is_ok(), "the released source's SYN is tracked again");
     assert_eq!(det.counter(Counter::BlockedSynRate), 1);
 }
