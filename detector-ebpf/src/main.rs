@@ -10,6 +10,8 @@
 #![allow(internal_features, reason = "core_intrinsics, for the BPF atomic add")]
 
 mod ackshield;
+// Test-only programs: compiled into the test object, never into the one that ships.
+#[cfg(feature = "test-programs")]
 mod baseline;
 mod cookie;
 mod events;
@@ -18,6 +20,7 @@ mod lists;
 mod packet;
 mod policy;
 mod ports;
+#[cfg(feature = "test-programs")]
 mod probe;
 mod sample;
 mod stats;
