@@ -35,7 +35,8 @@ const FLOODER: u16 = 0x4242;
 /// XDP_TX on a veth reaches its peer only when the peer runs an XDP program: the test
 /// object's `baseline_pass` on the backend's end (the lab does the same on the client's).
 fn attach_pass(ns: &str, iface: &str) -> Ebpf {
-    let bytes = std::fs::read(test_programs(false)).expect("the test XDP object: run `cargo xtask build-ebpf`");
+    let bytes =
+        std::fs::read(test_programs(false)).expect("the test XDP object: run `cargo xtask build-ebpf`");
     let iface = iface.to_owned();
     in_netns(ns, move || {
         let mut ebpf = Ebpf::load(&bytes).unwrap();

@@ -41,8 +41,7 @@ pub fn main(args: &BuildEbpfArgs) -> Result<PathBuf> {
     cargo_build(route, args.release, false).context("building the eBPF crate")?;
     let object = objects::shipped(args.release);
     for (what, path) in [("shipped", &object), ("test", &test_object)] {
-        let size =
-            std::fs::metadata(path).with_context(|| format!("no object at {}", path.display()))?.len();
+        let size = std::fs::metadata(path).with_context(|| format!("no object at {}", path.display()))?.len();
         println!("build-ebpf: {what} object {} ({size} bytes)", path.display());
     }
     Ok(object)

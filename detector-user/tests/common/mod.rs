@@ -47,7 +47,10 @@ pub fn test_object() -> Vec<u8> {
 
 fn read(path: &std::path::Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| {
-        panic!("the XDP object is missing at {} ({e}): build it with `cargo xtask build-ebpf`", path.display())
+        panic!(
+            "the XDP object is missing at {} ({e}): build it with `cargo xtask build-ebpf`",
+            path.display()
+        )
     })
 }
 

@@ -114,7 +114,10 @@ impl Lab {
         let iface = self.client_if.clone();
         let ebpf = in_netns(&self.client_ns, move || -> Result<Ebpf> {
             let mut ebpf = Ebpf::load(&bytes)?;
-            let prog: &mut Xdp = ebpf.program_mut("baseline_pass").context("no baseline_pass: not the test object")?.try_into()?;
+            let prog: &mut Xdp = ebpf
+                .program_mut("baseline_pass")
+                .context("no baseline_pass: not the test object")?
+                .try_into()?;
             prog.load()?;
             prog.attach(&iface, aya::programs::XdpMode::Driver)?;
             Ok(ebpf)
