@@ -12,6 +12,8 @@
 #![feature(asm_experimental_arch)]
 
 mod ackshield;
+// Test-only programs: compiled into the test object, never into the one that ships.
+#[cfg(feature = "test-programs")]
 mod baseline;
 mod cookie;
 mod events;
@@ -20,6 +22,7 @@ mod lists;
 mod packet;
 mod policy;
 mod ports;
+#[cfg(feature = "test-programs")]
 mod probe;
 mod sample;
 mod stats;

@@ -492,4 +492,15 @@ mod tests {
         assert!(message.contains("processed 400 insns"), "{message}");
         assert!(!message.contains("0: (bf)"), "{message}");
     }
+
+    #[test]
+    fn the_embedded_object_holds_the_detector_alone() {
+        // The bench's baselines and the fixtures' cookie probe are built into the test
+        // object only (detector-ebpf's `test-programs` feature): here they would ship in
+        // the package, dead code an operator could attach and a reviewer must read.
+        let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+        let mut programs: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+        programs.sort_unstable();
+        assert_eq!(programs, [names::PROGRAM], "programs in the object the agent embeds");
+    }
 }

@@ -1,6 +1,6 @@
 //! The cookie responder in the real kernel (BPF_PROG_TEST_RUN): SYNs in, SYN-ACKs out,
 //! decoded by an independent parser (etherparse), their cookies checked by the kernel
-//! (`bpf_tcp_check_syncookie`, through the object's `probe_check_cookie` program).
+//! (`bpf_tcp_check_syncookie`, through the test object's `probe_check_cookie` program).
 //!
 //! Each test runs on its own thread inside a private network namespace (`unshare`), with
 //! its own listener and `tcp_syncookies` there: the host is not touched. Needs root.

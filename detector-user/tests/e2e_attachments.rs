@@ -19,15 +19,9 @@ use aya::{
     Ebpf,
 };
 use xtask::lab::{in_netns, Agent, Lab, Scrape};
+use xtask::objects::test_programs;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
-
-fn object() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    ))
-}
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap();
@@ -186,7 +180,7 @@ fn run_until_exit(lab: &Lab, wrapper: &[&str]) -> String {
 #[test]
 fn attaching_where_another_xdp_program_is_names_it() {
     let lab = Lab::new().expect("lab (run as root)");
-    let bytes = std::fs::read(object()).expect("the eBPF object (cargo xtask build-ebpf)");
+    let bytes = std::fs::read(test_programs(false)).expect("the test eBPF object (cargo xtask build-ebpf)");
     let iface = lab.server_if.clone();
     let other = in_netns(&lab.server_ns, move || {
         let mut ebpf = Ebpf::load(&bytes).unwrap();

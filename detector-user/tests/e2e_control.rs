@@ -23,18 +23,12 @@ use std::{
 };
 
 use xtask::lab::{in_netns, Agent, ClientReport, Flood, FloodSources, Lab, SERVER_V4, SERVER_V6};
+use xtask::objects::test_programs;
 
 const PORT: u16 = 8080;
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
 /// The lab's client (`xtask::lab::CLIENT_V4`): the source blocked and denied here.
 const CLIENT: &str = "198.18.0.2";
-
-fn object() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    ))
-}
 
 struct Rig {
     lab: Lab,
@@ -118,7 +112,7 @@ fn live_control_through_the_cli() {
     let mut lab = Lab::new().expect("lab");
     lab.start_server(PORT, 128).unwrap();
     // Cookie mode answers from XDP: a veth delivers XDP_TX only to a peer with XDP too.
-    lab.attach_client_xdp(&object()).unwrap();
+    lab.attach_client_xdp(&test_programs(false)).unwrap();
     let socket = lab.scratch().join("ctl.sock");
     let rig = Rig { lab, socket };
     let agent = rig.agent("drop");

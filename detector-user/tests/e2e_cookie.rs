@@ -18,6 +18,7 @@ use std::{
 };
 
 use xtask::lab::{in_netns, Agent, ClientReport, Flood, FloodSources, Lab, Scrape};
+use xtask::objects::test_programs;
 
 const PORT: u16 = 8080;
 const BACKLOG: u32 = 16;
@@ -44,17 +45,10 @@ const AUTO_ARGS: &[&str] = &[
     "0",
 ];
 
-fn object() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    ))
-}
-
 /// A lab whose server has a small backlog and no kernel cookies, ready for XDP_TX.
 fn flood_lab() -> Lab {
     let mut lab = Lab::new().expect("lab");
-    lab.attach_client_xdp(object()).expect("dummy XDP on the client veth");
+    lab.attach_client_xdp(&test_programs(false)).expect("dummy XDP on the client veth");
     lab.sysctl(&lab.server_ns.clone(), "net.ipv4.tcp_syncookies", "0").unwrap();
     lab.start_server(PORT, BACKLOG).unwrap();
     lab

@@ -13,6 +13,7 @@
 use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Mutex, thread, time::Duration};
 
 use xtask::lab::{in_netns, Agent, ClientReport, Flood, FloodSources, Lab, Scrape};
+use xtask::objects::test_programs;
 
 const PORT: u16 = 8080;
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
@@ -24,16 +25,9 @@ const FAST: &str = "syndetector_packets_total{reason=\"cookie_fast\",verdict=\"t
 const SOCKET_BOUND: &str = "syndetector_packets_total{reason=\"cookie\",verdict=\"tx\"}";
 const SHIELD: &str = "syndetector_packets_total{reason=\"ack_shield\",verdict=\"drop\"}";
 
-fn object() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    ))
-}
-
 fn cookie_lab() -> (Lab, Agent) {
     let mut lab = Lab::new().expect("lab");
-    lab.attach_client_xdp(object()).expect("dummy XDP on the client veth");
+    lab.attach_client_xdp(&test_programs(false)).expect("dummy XDP on the client veth");
     lab.sysctl(&lab.server_ns.clone(), "net.ipv4.tcp_syncookies", "0").unwrap();
     lab.start_server(PORT, 16).unwrap();
     let agent = Agent::start(&lab, Path::new(AGENT), COOKIE_ARGS).unwrap();
@@ -241,7 +235,7 @@ fn a_tuple_in_time_wait_from_before_the_agent_started_is_not_answered_raw() {
     // TIME_WAIT socket drops: the client would time out.
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut lab = Lab::new().expect("lab");
-    lab.attach_client_xdp(object()).expect("dummy XDP on the client veth");
+    lab.attach_client_xdp(&test_programs(false)).expect("dummy XDP on the client veth");
     lab.start_server(PORT, 16).unwrap();
     let before = clients(&lab, &[REUSED]);
     assert!(before.starts_with("40123 65"), "the first connection, before the agent: {before}");

@@ -19,17 +19,11 @@ use std::{
 };
 
 use xtask::lab::{Agent, Flood, FloodSources, Lab};
+use xtask::objects::test_programs;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
 const SYNCOOKIES: &str = "net.ipv4.tcp_syncookies";
 const TIMESTAMPS: &str = "net.ipv4.tcp_timestamps";
-
-fn object() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    ))
-}
 
 /// A mount the test made under the lab's scratch directory, unmounted on drop (before the
 /// lab removes the directory: a bind mount of /proc/sys must never be recursed into).
@@ -257,7 +251,7 @@ fn killed_at_every_moment_of_start_up_with_pins_the_pins_own_what_stays() {
 #[test]
 fn killed_while_switching_cookies_on_under_a_flood_the_next_start_repairs_the_host() {
     let mut lab = Lab::new().expect("lab");
-    lab.attach_client_xdp(object()).expect("dummy XDP on the client veth");
+    lab.attach_client_xdp(&test_programs(false)).expect("dummy XDP on the client veth");
     lab.sysctl(&lab.server_ns.clone(), SYNCOOKIES, "0").unwrap();
     lab.start_server(8080, 64).unwrap();
     let originals = originals(&lab);

@@ -26,6 +26,7 @@ use std::{
 };
 
 use xtask::lab::{http_get, in_netns, Agent, ClientReport, Flood, FloodSources, Lab, SERVER_V4};
+use xtask::objects::test_programs;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
 const PORT: u16 = 8080;
@@ -33,17 +34,10 @@ const PORT: u16 = 8080;
 /// binary's tests in parallel).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn object() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    ))
-}
-
 /// The lab with its server (kernel cookies at the host default, 1). Hold `ONE_AT_A_TIME`.
 fn lab() -> Lab {
     let mut lab = Lab::new().expect("lab");
-    lab.attach_client_xdp(object()).expect("dummy XDP on the client veth");
+    lab.attach_client_xdp(&test_programs(false)).expect("dummy XDP on the client veth");
     lab.start_server(PORT, 128).unwrap();
     lab
 }

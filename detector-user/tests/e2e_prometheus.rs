@@ -16,18 +16,12 @@ use std::{
 
 use serde_json::Value;
 use xtask::lab::{in_netns, Agent, ClientReport, Flood, FloodSources, Lab, SERVER_V4};
+use xtask::objects::test_programs;
 
 const PORT: u16 = 8080;
 const PROMETHEUS: &str = "127.0.0.1:9090";
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
 const DASHBOARDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards");
-
-fn object() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    ))
-}
 
 /// Percent-encodes a query parameter.
 fn encode(s: &str) -> String {
@@ -105,7 +99,7 @@ fn panel_queries() -> Vec<(String, String)> {
 #[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn every_panel_has_data_and_the_attack_alert_fires_and_resolves() {
     let mut lab = Lab::new().expect("lab");
-    lab.attach_client_xdp(object()).unwrap();
+    lab.attach_client_xdp(&test_programs(false)).unwrap();
     lab.sysctl(&lab.server_ns.clone(), "net.ipv4.tcp_syncookies", "0").unwrap();
     lab.start_server(PORT, 16).unwrap();
     let mut agent = Agent::start(

@@ -19,6 +19,7 @@
 use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Mutex, thread, time::Duration};
 
 use xtask::lab::{http_get, in_netns, Agent, Scrape, ThreeHosts};
+use xtask::objects::test_programs;
 
 const PORT: u16 = 8080;
 /// A local listener on the DNAT host that is not published: cookies must still protect it.
@@ -35,13 +36,6 @@ static AGENT_START: Mutex<()> = Mutex::new(());
 /// SYN-ACKs from XDP: the socket-bound helper's and the fast path's (raw helper).
 const TX_COOKIE: &str = "syndetector_packets_total{reason=\"cookie\",verdict=\"tx\"}";
 const TX_COOKIE_FAST: &str = "syndetector_packets_total{reason=\"cookie_fast\",verdict=\"tx\"}";
-
-fn object() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    ))
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -196,7 +190,7 @@ fn ip_version(v6: bool) -> u8 {
 
 /// Client — router — backend; the router has its own wildcard listener on `PORT`.
 fn through_a_router(v6: bool, mode: Mode) {
-    let mut hosts = ThreeHosts::new(object()).expect("three namespaces");
+    let mut hosts = ThreeHosts::new(&test_programs(false)).expect("three namespaces");
     hosts.route_client_to_backend().expect("client route via the router");
     hosts.start_middle_listener(PORT, MIDDLE_BODY).expect("the router's wildcard listener");
     hosts.start_backend_server(PORT, BACKEND_BODY).expect("the backend's server");
@@ -238,7 +232,7 @@ fn through_a_router(v6: bool, mode: Mode) {
 /// Client — host — backend; the host publishes `PORT` by DNAT to the backend and also
 /// listens on it locally, and has a local service on `LOCAL_PORT`.
 fn through_dnat(v6: bool, mode: Mode) {
-    let mut hosts = ThreeHosts::new(object()).expect("three namespaces");
+    let mut hosts = ThreeHosts::new(&test_programs(false)).expect("three namespaces");
     // Listeners first: their readiness check connects to the host's address.
     hosts.start_middle_listener(PORT, MIDDLE_BODY).expect("the host's userland-proxy listener");
     hosts.start_middle_listener(LOCAL_PORT, MIDDLE_BODY).expect("the host's local service");

@@ -18,6 +18,7 @@ use std::{
 };
 
 use xtask::lab::{in_netns, Agent, ClientReport, Flood, FloodSources, Lab};
+use xtask::objects::test_programs;
 
 const PORT: u16 = 8080;
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
@@ -25,13 +26,6 @@ const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
 const READY: &str = "serving /metrics";
 /// The floods saturate the 2 CPUs: one scenario at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn object() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    ))
-}
 
 struct Setup {
     lab: Lab,
@@ -42,7 +36,7 @@ struct Setup {
 impl Setup {
     fn new() -> Self {
         let mut lab = Lab::new().expect("lab");
-        lab.attach_client_xdp(object()).expect("dummy XDP on the client veth");
+        lab.attach_client_xdp(&test_programs(false)).expect("dummy XDP on the client veth");
         lab.sysctl(&lab.server_ns.clone(), "net.ipv4.tcp_syncookies", "0").unwrap();
         lab.start_server(PORT, 16).unwrap();
         let pin_dir = lab.mount_bpffs().expect("a bpffs for the lab").join("syndetector");

@@ -11,18 +11,12 @@ use std::{
 };
 
 use xtask::lab::{Agent, Flood, FloodSources, Lab, ATTACK_V4};
+use xtask::objects::test_programs;
 
 const PORT: u16 = 8080;
 const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
 const MAX_FILE_BYTES: u64 = 16_384;
 const MAX_FILES: usize = 3;
-
-fn object() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    ))
-}
 
 /// `tshark -T fields` over one file: one line per matching packet.
 fn tshark(file: &Path, filter: &str, field: &str) -> Vec<String> {
@@ -40,7 +34,7 @@ fn tshark(file: &Path, filter: &str, field: &str) -> Vec<String> {
 #[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn a_spoofed_floods_syns_are_found_in_the_sample_files() {
     let mut lab = Lab::new().expect("lab");
-    lab.attach_client_xdp(object()).expect("dummy XDP on the client veth");
+    lab.attach_client_xdp(&test_programs(false)).expect("dummy XDP on the client veth");
     lab.start_server(PORT, 128).unwrap();
     let dir = lab.scratch().join("samples");
     let config = lab.scratch().join("samples.toml");

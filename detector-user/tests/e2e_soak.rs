@@ -8,12 +8,10 @@ const AGENT: &str = env!("CARGO_BIN_EXE_syndetector");
 
 #[test]
 fn a_two_minute_soak_stays_within_its_bounds() {
-    let object = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    ));
-    assert!(object.exists(), "the XDP object is missing: run `cargo xtask build-ebpf` first");
-    let outcome = xtask::soak::run(Path::new(AGENT), object, Duration::from_mins(2)).expect("soak (root)");
+    // The client veth's dummy program comes from the test object.
+    let object = xtask::objects::test_programs(false);
+    assert!(object.exists(), "the test XDP object is missing: run `cargo xtask build-ebpf` first");
+    let outcome = xtask::soak::run(Path::new(AGENT), &object, Duration::from_mins(2)).expect("soak (root)");
     println!("{}", outcome.table);
     assert!(outcome.violations.is_empty(), "soak bounds broken:\n{}", outcome.violations.join("\n"));
 }

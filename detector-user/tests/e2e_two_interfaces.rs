@@ -20,6 +20,7 @@ use aya::{
     Ebpf,
 };
 use xtask::lab::{in_netns, Agent, ClientReport, Flood, FloodSources, ThreeHosts, MIDDLE_BACK_V4, SERVER_V4};
+use xtask::objects::test_programs;
 
 const PORT: u16 = 8080;
 const BODY: usize = 2048;
@@ -31,17 +32,11 @@ const DROP_BLOCKED: &str = "syndetector_packets_total{reason=\"blocked\",verdict
 /// The flooder's host part inside the lab's attack range (`Flood::single_v4`).
 const FLOODER: u16 = 0x4242;
 
-fn object() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    ))
-}
-
-/// XDP_TX on a veth reaches its peer only when the peer runs an XDP program: the
+/// XDP_TX on a veth reaches its peer only when the peer runs an XDP program: the test
 /// object's `baseline_pass` on the backend's end (the lab does the same on the client's).
 fn attach_pass(ns: &str, iface: &str) -> Ebpf {
-    let bytes = std::fs::read(object()).expect("the XDP object: run `cargo xtask build-ebpf`");
+    let bytes =
+        std::fs::read(test_programs(false)).expect("the test XDP object: run `cargo xtask build-ebpf`");
     let iface = iface.to_owned();
     in_netns(ns, move || {
         let mut ebpf = Ebpf::load(&bytes).unwrap();
@@ -85,7 +80,7 @@ fn xdp_attached(ns: &str, iface: &str) -> bool {
 
 #[test]
 fn one_agent_protects_two_interfaces_with_one_set_of_maps() {
-    let mut hosts = ThreeHosts::new(object()).expect("the three-host lab");
+    let mut hosts = ThreeHosts::new(&test_programs(false)).expect("the three-host lab");
     let _backend_xdp = attach_pass(&hosts.backend_ns, &hosts.backend_if);
     hosts.start_middle_listener(PORT, BODY).unwrap();
     let (middle, front, back) =

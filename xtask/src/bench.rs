@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: nanoseconds per packet for each path of the XDP program, measured
-//! in one run against baseline programs from the same object, printed with ratios.
+//! in one run against baseline programs from the same build's test object (the shipped
+//! object holds `syndetector` alone: `xtask::objects`), printed with ratios.
 //!
 //! Method (docs/verifier.md for why): one BPF_PROG_TEST_RUN call per fresh packet
 //! (`repeat = 1`: XDP_TX rewrites the packet, so repeating would time another path), the
@@ -56,7 +57,8 @@ pub struct BenchArgs {
     /// Skip the agent's part (poll and scrape times), which builds the release agent.
     #[arg(long)]
     pub no_agent: bool,
-    /// Bench this object instead of the one just built, e.g. an older build to compare.
+    /// Bench this object instead of the shipped one just built, e.g. an older build to
+    /// compare (the baselines still come from the test object just built).
     #[arg(long)]
     pub object: Option<std::path::PathBuf>,
     /// A smoke run (what `cargo xtask test` runs): few packets, one load per program, no
@@ -105,9 +107,9 @@ pub(crate) enum Family {
     V6,
 }
 
-/// The verifier's figures for each program of the object: instructions processed, load time.
-fn verifier_rows(report: &mut Report, object: &Path, loads: usize) -> Result<()> {
-    for cost in crate::bench_verifier::main(object, loads)? {
+/// The verifier's figures for each program of both objects: instructions processed, load time.
+fn verifier_rows(report: &mut Report, object: &Path, test_object: &Path, loads: usize) -> Result<()> {
+    for cost in crate::bench_verifier::main(object, test_object, loads)? {
         let share = f64::from(cost.verified_insns) / f64::from(crate::bench_verifier::VERIFIER_LIMIT);
         report
             .row(
@@ -130,16 +132,22 @@ fn verifier_rows(report: &mut Report, object: &Path, loads: usize) -> Result<()>
 pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
     let object = args.object.as_deref().unwrap_or(object);
     ensure!(geteuid() == 0, "the benchmark loads BPF programs and makes a network namespace: run it as root");
-    let bytes = std::fs::read(object).with_context(|| {
-        format!("reading {} (build it with `cargo xtask build-ebpf --release`)", object.display())
-    })?;
+    let read = |path: &Path| {
+        std::fs::read(path).with_context(|| {
+            format!("reading {} (build it with `cargo xtask build-ebpf --release`)", path.display())
+        })
+    };
+    // The detector's cases run the shipped object (or `--object`); the baselines, which it
+    // does not hold, come from the test object built with it.
+    let test_object = xtask::objects::test_programs(true);
+    let (bytes, test_bytes) = (read(object)?, read(&test_object)?);
     let (packets, many, few, loads, no_agent) = args.effective();
     let command = std::iter::once("cargo xtask bench".to_owned())
         .chain(std::env::args().skip(2))
         .collect::<Vec<_>>()
         .join(" ");
     let mut report = Report::new(Machine::probe(command));
-    verifier_rows(&mut report, object, loads)?;
+    verifier_rows(&mut report, object, &test_object, loads)?;
     if args.verifier_only {
         return finish(args, &report);
     }
@@ -189,7 +197,8 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
     );
     let mut results = Vec::new();
     for case in &cases {
-        let ns = run_case(&bytes, case, packets)?;
+        let from = if case.program == names::PROGRAM { &bytes } else { &test_bytes };
+        let ns = run_case(from, case, packets)?;
         results.push((case.name, ns));
     }
     let base = results[0].1;
@@ -219,7 +228,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
     }
     if args.flood && !args.quick {
         let agent = crate::bench_agent::build()?;
-        crate::bench_flood::main(object, &agent, &mut report)?;
+        crate::bench_flood::main(&test_object, &agent, &mut report)?;
     }
     finish(args, &report)
 }

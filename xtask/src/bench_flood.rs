@@ -82,11 +82,11 @@ fn floor(control: &[Step], rate: u64) -> f64 {
     control.iter().find(|c| c.rate == rate).map_or(0.0, Step::per_syn)
 }
 
-pub fn main(object: &Path, agent: &Path, report: &mut Report) -> Result<()> {
+pub fn main(test_object: &Path, agent: &Path, report: &mut Report) -> Result<()> {
     let started = Instant::now();
     let mut control: Vec<Step> = Vec::new();
     for defence in [Defence::Control, Defence::Kernel, Defence::Synproxy, Defence::Ours] {
-        let steps = run_defence(defence, object, agent).with_context(|| defence.name())?;
+        let steps = run_defence(defence, test_object, agent).with_context(|| defence.name())?;
         for s in &steps {
             println!(
                 "flood {:<44} target {:>8}/s achieved {:>9.0}/s legit {}/{} p50 {:.2} ms p99 {:.2} ms \
@@ -175,9 +175,9 @@ fn rate_f(r: u64) -> f64 {
 }
 
 /// A fresh lab for one defence; steps up until legit success or the sender gives out.
-fn run_defence(defence: Defence, object: &Path, agent_bin: &Path) -> Result<Vec<Step>> {
+fn run_defence(defence: Defence, test_object: &Path, agent_bin: &Path) -> Result<Vec<Step>> {
     let mut lab = Lab::new()?;
-    lab.attach_client_xdp(object)?;
+    lab.attach_client_xdp(test_object)?;
     lab.start_server(PORT, 1024)?;
     let _agent = match defence {
         Defence::Ours => Some(Agent::start(

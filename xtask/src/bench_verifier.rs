@@ -1,4 +1,6 @@
-//! The verifier's part of `cargo xtask bench`: for every program in the object, the
+//! The verifier's part of `cargo xtask bench`: for every program in the shipped object
+//! (`syndetector`) and the test object (the baselines and the cookie probe; its copy of
+//! `syndetector` is skipped: the shipped one is the figure that matters), the
 //! instructions the verifier processed (`verified_insns`, kernel >= 5.16) and the
 //! wall-clock time of `BPF_PROG_LOAD`, median of a few loads.
 //!
@@ -19,16 +21,22 @@ pub const VERIFIER_LIMIT: u32 = 1_000_000;
 /// One program's figures.
 pub struct LoadCost {
     pub program: String,
+    /// Which object it was loaded from: "shipped" or "test".
+    pub object: &'static str,
     pub verified_insns: u32,
     pub median_ms: f64,
     pub min_ms: f64,
     pub max_ms: f64,
 }
 
-/// Loads every XDP program of `object` `loads` times (a fresh object each time, so each
-/// load really verifies) and reports each one's cost.
-pub fn measure(object: &[u8], loads: usize) -> Result<Vec<LoadCost>> {
-    let mut names: Vec<String> = open(object)?.programs().map(|(name, _)| name.to_owned()).collect();
+/// Loads every XDP program of `object` that `skip` does not name `loads` times (a fresh
+/// object each time, so each load really verifies) and reports each one's cost.
+pub fn measure(object: &[u8], which: &'static str, skip: &[String], loads: usize) -> Result<Vec<LoadCost>> {
+    let mut names: Vec<String> = open(object)?
+        .programs()
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| !skip.contains(name))
+        .collect();
     names.sort();
     let mut costs = Vec::new();
     for program in names {
@@ -52,6 +60,7 @@ pub fn measure(object: &[u8], loads: usize) -> Result<Vec<LoadCost>> {
         times.sort_by(f64::total_cmp);
         costs.push(LoadCost {
             program,
+            object: which,
             verified_insns,
             median_ms: times[times.len() / 2],
             min_ms: times[0],
@@ -62,18 +71,22 @@ pub fn measure(object: &[u8], loads: usize) -> Result<Vec<LoadCost>> {
 }
 
 /// Prints the table `cargo xtask bench` shows and returns the figures for its report.
-pub fn main(object: &Path, loads: usize) -> Result<Vec<LoadCost>> {
-    let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
-    let costs = measure(&bytes, loads)?;
+pub fn main(shipped: &Path, test: &Path, loads: usize) -> Result<Vec<LoadCost>> {
+    let read = |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let mut costs = measure(&read(shipped)?, "shipped", &[], loads)?;
+    let in_shipped: Vec<String> = costs.iter().map(|c| c.program.clone()).collect();
+    costs.extend(measure(&read(test)?, "test", &in_shipped, loads)?);
+    costs.sort_by(|a, b| a.program.cmp(&b.program));
     println!("\nverifier: instructions processed and BPF_PROG_LOAD wall time, {loads} loads per program");
     println!(
-        "{:<24} {:>14} {:>9} {:>11} {:>11} {:>11}",
-        "program", "verified_insns", "of 1M", "median ms", "min ms", "max ms"
+        "{:<24} {:>8} {:>14} {:>9} {:>11} {:>11} {:>11}",
+        "program", "object", "verified_insns", "of 1M", "median ms", "min ms", "max ms"
     );
     for c in &costs {
         println!(
-            "{:<24} {:>14} {:>8.1}% {:>11.1} {:>11.1} {:>11.1}",
+            "{:<24} {:>8} {:>14} {:>8.1}% {:>11.1} {:>11.1} {:>11.1}",
             c.program,
+            c.object,
             c.verified_insns,
             f64::from(c.verified_insns) * 100.0 / f64::from(VERIFIER_LIMIT),
             c.median_ms,

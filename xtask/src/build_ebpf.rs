@@ -1,8 +1,12 @@
-//! `cargo xtask build-ebpf [--release]`: builds the XDP object for bpfel-unknown-none.
+//! `cargo xtask build-ebpf [--release]`: builds the XDP objects for bpfel-unknown-none:
+//! the shipped one (`syndetector` alone) and the test one (with the `test-programs`
+//! feature: the bench's baselines and the fixtures' cookie probe). `xtask::objects` says
+//! where each lands.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use xtask::objects;
 
 use crate::{run, toolchain, workspace_root};
 
@@ -13,14 +17,7 @@ pub struct BuildEbpfArgs {
     pub release: bool,
 }
 
-/// Where the object lands for a profile.
-pub fn object_path(release: bool) -> PathBuf {
-    workspace_root()
-        .join("detector-ebpf/target/bpfel-unknown-none")
-        .join(if release { "release" } else { "debug" })
-        .join("detector-ebpf")
-}
-
+/// Builds both objects; returns the shipped one's path.
 pub fn main(args: &BuildEbpfArgs) -> Result<PathBuf> {
     let Some(route) = toolchain::detect() else {
         bail!(
@@ -32,6 +29,25 @@ pub fn main(args: &BuildEbpfArgs) -> Result<PathBuf> {
         bail!("bpf-linker is not on PATH (~/.cargo/bin). Run `cargo xtask setup` first.");
     }
     println!("build-ebpf: using {}", route.describe());
+    // Both builds share one target directory, so core, aya-ebpf and detector-common are
+    // compiled once and only the crate itself twice (cargo keeps both in deps/). Cargo
+    // leaves either result at the same output path, so the test build runs first and is
+    // copied away, and the shipped build runs last: the path the agent embeds always
+    // holds the shipped object.
+    cargo_build(route, args.release, true).context("building the eBPF crate with test-programs")?;
+    let test_object = objects::test_programs(args.release);
+    std::fs::copy(objects::shipped(args.release), &test_object)
+        .with_context(|| format!("copying the test object to {}", test_object.display()))?;
+    cargo_build(route, args.release, false).context("building the eBPF crate")?;
+    let object = objects::shipped(args.release);
+    for (what, path) in [("shipped", &object), ("test", &test_object)] {
+        let size = std::fs::metadata(path).with_context(|| format!("no object at {}", path.display()))?.len();
+        println!("build-ebpf: {what} object {} ({size} bytes)", path.display());
+    }
+    Ok(object)
+}
+
+fn cargo_build(route: toolchain::Route, release: bool, test_programs: bool) -> Result<()> {
     let mut cmd = toolchain::ebpf_cargo(route);
     cmd.current_dir(workspace_root().join("detector-ebpf")).args([
         "build",
@@ -40,13 +56,11 @@ pub fn main(args: &BuildEbpfArgs) -> Result<PathBuf> {
         "-Z",
         "build-std=core",
     ]);
-    if args.release {
+    if release {
         cmd.arg("--release");
     }
-    run(&mut cmd).context("building the eBPF crate")?;
-    let object = object_path(args.release);
-    let size =
-        std::fs::metadata(&object).with_context(|| format!("no object at {}", object.display()))?.len();
-    println!("build-ebpf: {} ({size} bytes)", object.display());
-    Ok(object)
+    if test_programs {
+        cmd.args(["--features", objects::TEST_FEATURE]);
+    }
+    run(&mut cmd)
 }

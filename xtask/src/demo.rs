@@ -31,7 +31,7 @@ pub struct DemoArgs {
     pub agent_args: Vec<String>,
 }
 
-pub fn main(args: &DemoArgs, agent: &Path, object: &Path) -> Result<()> {
+pub fn main(args: &DemoArgs, agent: &Path, test_object: &Path) -> Result<()> {
     if !args.interfaces.is_empty() {
         let mut cmd = Command::new(agent);
         cmd.arg("run");
@@ -44,7 +44,7 @@ pub fn main(args: &DemoArgs, agent: &Path, object: &Path) -> Result<()> {
         }
         return Ok(());
     }
-    lab_demo(agent, object)
+    lab_demo(agent, test_object)
 }
 
 fn step(text: &str) {
@@ -52,10 +52,10 @@ fn step(text: &str) {
 }
 
 #[allow(clippy::too_many_lines, reason = "one straight script of demo steps, read top to bottom")]
-fn lab_demo(agent_bin: &Path, object: &Path) -> Result<()> {
+fn lab_demo(agent_bin: &Path, test_object: &Path) -> Result<()> {
     step("building the lab: namespaces, veth, HTTP server (backlog 16, kernel SYN cookies off)");
     let mut lab = Lab::new()?;
-    lab.attach_client_xdp(object)?;
+    lab.attach_client_xdp(test_object)?;
     lab.sysctl(&lab.server_ns.clone(), "net.ipv4.tcp_syncookies", "0")?;
     lab.start_server(PORT, 16)?;
     println!("   server {SERVER_V4}:{PORT} in {}, clients in {}", lab.server_ns, lab.client_ns);

@@ -86,7 +86,7 @@ pub fn check() -> Result<()> {
     let mut lab = Lab::new()?;
     // A real server and the client end able to receive XDP_TX frames: the packaged agent
     // must answer real SYNs with cookies, not only switch cookies on.
-    lab.attach_client_xdp(&crate::build_ebpf::object_path(true))?;
+    lab.attach_client_xdp(&xtask::objects::test_programs(true))?;
     lab.start_server(COOKIE_PORT, 128)?;
     let root = lab.scratch().join("pkg");
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;

@@ -7,4 +7,5 @@
 
 pub mod demo;
 pub mod lab;
+pub mod objects;
 pub mod soak;

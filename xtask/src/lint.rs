@@ -19,18 +19,16 @@ pub fn main() -> Result<()> {
         "warnings",
     ]))?;
     if toolchain::nightly_has_rust_src() {
-        let mut cmd = toolchain::ebpf_cargo(toolchain::Route::Nightly);
-        cmd.current_dir(root.join("detector-ebpf")).args([
-            "clippy",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--",
-            "-D",
-            "warnings",
-        ]);
-        run(&mut cmd)?;
+        // Both objects' code: the test-only programs, and the shipped build on its own
+        // (code only they used would be dead there).
+        for features in [&[][..], &["--features", xtask::objects::TEST_FEATURE][..]] {
+            let mut cmd = toolchain::ebpf_cargo(toolchain::Route::Nightly);
+            cmd.current_dir(root.join("detector-ebpf"))
+                .args(["clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+                .args(features)
+                .args(["--", "-D", "warnings"]);
+            run(&mut cmd)?;
+        }
     } else {
         println!("lint: Debian's rustc-web ships no clippy: the eBPF crate is not linted here");
     }

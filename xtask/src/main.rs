@@ -73,9 +73,9 @@ fn main() -> ExitCode {
         Task::Bench(args) => build_ebpf::main(&build_ebpf::BuildEbpfArgs { release: true })
             .and_then(|object| bench::main(&args, &object)),
         Task::Soak(args) => build(&build_ebpf::BuildEbpfArgs { release: false })
-            .and_then(|agent| xtask::soak::main(&args, &agent, &build_ebpf::object_path(false))),
+            .and_then(|agent| xtask::soak::main(&args, &agent, &xtask::objects::test_programs(false))),
         Task::Run(args) => build(&build_ebpf::BuildEbpfArgs { release: false })
-            .and_then(|agent| xtask::demo::main(&args, &agent, &build_ebpf::object_path(false))),
+            .and_then(|agent| xtask::demo::main(&args, &agent, &xtask::objects::test_programs(false))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

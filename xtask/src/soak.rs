@@ -93,8 +93,8 @@ pub struct Outcome {
     pub violations: Vec<String>,
 }
 
-pub fn main(args: &SoakArgs, agent: &Path, object: &Path) -> Result<()> {
-    let outcome = run(agent, object, Duration::from_mins(args.minutes))?;
+pub fn main(args: &SoakArgs, agent: &Path, test_object: &Path) -> Result<()> {
+    let outcome = run(agent, test_object, Duration::from_mins(args.minutes))?;
     // The rows were printed as they came; the summary line closes them.
     println!("{}", outcome.table.lines().last().unwrap_or_default());
     if !outcome.violations.is_empty() {
@@ -105,12 +105,12 @@ pub fn main(args: &SoakArgs, agent: &Path, object: &Path) -> Result<()> {
 }
 
 /// Runs the soak for `length` in a lab of its own and judges it.
-pub fn run(agent_bin: &Path, object: &Path, length: Duration) -> Result<Outcome> {
+pub fn run(agent_bin: &Path, test_object: &Path, length: Duration) -> Result<Outcome> {
     if length < WARM_UP + SAMPLE * 2 {
         bail!("a soak shorter than {:?} measures nothing after its warm-up", WARM_UP + SAMPLE * 2);
     }
     let mut lab = Lab::new()?;
-    lab.attach_client_xdp(object)?;
+    lab.attach_client_xdp(test_object)?;
     // The host default (kernel cookies when the SYN queue overflows) and an ordinary backlog:
     // the soak measures the agent, not a server tuned to fall over.
     lab.sysctl(&lab.server_ns.clone(), "net.ipv4.tcp_syncookies", "1")?;

@@ -1,4 +1,4 @@
-//! Shared by the BPF_PROG_TEST_RUN suites: the real object, loaded fresh per test.
+//! Shared by the BPF_PROG_TEST_RUN suites: the real objects, loaded fresh per test.
 #![allow(dead_code, reason = "each suite uses a different part")]
 
 use std::net::Ipv6Addr;
@@ -35,13 +35,22 @@ pub fn assert_root() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "these tests load BPF programs: run them as root");
 }
 
+/// The object the agent embeds and the package ships: `syndetector` alone.
 pub fn object() -> Vec<u8> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector-ebpf/target/bpfel-unknown-none/debug/detector-ebpf"
-    );
+    read(&xtask::objects::shipped(false))
+}
+
+/// The same program plus the test-only ones (`probe_check_cookie`, `baseline_*`).
+pub fn test_object() -> Vec<u8> {
+    read(&xtask::objects::test_programs(false))
+}
+
+fn read(path: &std::path::Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| {
-        panic!("the XDP object is missing at {path} ({e}): build it with `cargo xtask build-ebpf`")
+        panic!(
+            "the XDP object is missing at {} ({e}): build it with `cargo xtask build-ebpf`",
+            path.display()
+        )
     })
 }
 
@@ -102,9 +111,14 @@ impl Detector {
     }
 
     /// As `load`, but the config slot stays as the kernel created it: zeroed.
+    ///
+    /// Without `extra` programs this is the shipped object, so the fixtures prove the code
+    /// that ships (LLVM may compile shared code differently when the test programs sit
+    /// beside it); with them, the test object, the only one that has them.
     pub fn load_without_config(extra: &[&str]) -> Self {
         assert_root();
-        let mut ebpf = EbpfLoader::new().load(&object()).expect("loading the object");
+        let bytes = if extra.is_empty() { object() } else { test_object() };
+        let mut ebpf = EbpfLoader::new().load(&bytes).expect("loading the object");
         for name in std::iter::once(&names::PROGRAM).chain(extra) {
             let prog: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
             prog.load().unwrap_or_else(|e| panic!("verifying {name}: {e:#}"));

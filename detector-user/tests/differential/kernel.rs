@@ -38,8 +38,8 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// The object loaded once (about 4 s of verification), with the probe that checks
-    /// cookies.
+    /// The test object loaded once (about 4 s of verification), with the probe that checks
+    /// cookies (only the test object has it: `common::Detector::load_without_config`).
     pub fn load() -> Self {
         Self {
             det: Detector::load(

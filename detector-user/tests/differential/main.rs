@@ -281,7 +281,7 @@ fn kernel_and_model_agree_on_generated_sequences() {
     in_private_netns(move || {
         let kernel = RefCell::new(Kernel::load());
         println!(
-            "differential: the object's program verified {:?} instructions",
+            "differential: the test object's syndetector verified {:?} instructions",
             kernel.borrow().verified_insns()
         );
         let tally = RefCell::new(Tally::new());

@@ -105,13 +105,19 @@ impl Lab {
         Ok(())
     }
 
-    /// Loads `baseline_pass` from the object onto the client veth (see `client_xdp`).
-    pub fn attach_client_xdp(&mut self, object: &Path) -> Result<()> {
-        let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+    /// Loads `baseline_pass` from the test object (`objects::test_programs`: the shipped
+    /// one has no such program) onto the client veth (see `client_xdp`).
+    pub fn attach_client_xdp(&mut self, test_object: &Path) -> Result<()> {
+        let bytes = std::fs::read(test_object).with_context(|| {
+            format!("reading the test object {} (`cargo xtask build-ebpf`)", test_object.display())
+        })?;
         let iface = self.client_if.clone();
         let ebpf = in_netns(&self.client_ns, move || -> Result<Ebpf> {
             let mut ebpf = Ebpf::load(&bytes)?;
-            let prog: &mut Xdp = ebpf.program_mut("baseline_pass").context("baseline_pass")?.try_into()?;
+            let prog: &mut Xdp = ebpf
+                .program_mut("baseline_pass")
+                .context("no baseline_pass: not the test object")?
+                .try_into()?;
             prog.load()?;
             prog.attach(&iface, aya::programs::XdpMode::Driver)?;
             Ok(ebpf)

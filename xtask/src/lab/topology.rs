@@ -45,11 +45,11 @@ pub struct ThreeHosts {
 
 impl ThreeHosts {
     /// Client, middle host and backend namespaces, addressed and up, `baseline_pass` from
-    /// `object` on the client's veth (so XDP_TX from the middle host reaches it), forwarding
+    /// `test_object` (`objects::test_programs`) on the client's veth (so XDP_TX from the middle host reaches it), forwarding
     /// on in the middle namespace, and the backend's return routes via the middle host.
-    pub fn new(object: &Path) -> Result<Self> {
+    pub fn new(test_object: &Path) -> Result<Self> {
         let mut lab = Lab::new()?;
-        lab.attach_client_xdp(object).context("baseline_pass on the client veth")?;
+        lab.attach_client_xdp(test_object).context("baseline_pass on the client veth")?;
         let suffix = lab.server_ns.strip_prefix("sd-srv-").context("the lab's namespace naming")?.to_owned();
         let hosts = Self {
             lab,
