@@ -16,6 +16,10 @@ pub const TIME_WAIT_NS: u64 = 62_000_000_000;
 /// (`filter::bucket`), the `closed_stamp` of the last FIN a client sent to us there.
 pub const CLOSED_FILTER_BUCKETS: u32 = 1 << 16;
 
+// `filter::bucket` masks to the pending filter's size: every bucket it returns must be a
+// slot of this array too (a write past the end would be lost, and the stamp with it).
+const _: () = assert!(CLOSED_FILTER_BUCKETS >= crate::names::PENDING_FILTER_BUCKETS);
+
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// The value a client's FIN leaves in its bucket: whole seconds, plus one so that 0 (a
