@@ -1,13 +1,16 @@
 //! Baseline programs for `cargo xtask bench`, which reports our paths as ratios to these:
 //! a trivial XDP_PASS (the cost of a test run itself), a trivial XDP_TX that swaps MACs,
-//! and the "helper floor": listener lookup plus cookie helper and nothing else, the least
-//! any socket-bound cookie responder must spend. The agent never attaches them.
+//! the "helper floor": listener lookup plus cookie helper and nothing else, the least
+//! any socket-bound cookie responder must spend, and the "raw floor": the raw cookie
+//! helper alone, the least the fast path must spend. The agent never attaches them.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{tcphdr, xdp_action, BPF_F_CURRENT_NETNS},
-    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie},
+    bindings::{iphdr, tcphdr, xdp_action, BPF_F_CURRENT_NETNS},
+    helpers::generated::{
+        bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_tcp_raw_gen_syncookie_ipv4,
+    },
     macros::xdp,
     programs::XdpContext,
 };
@@ -61,6 +64,31 @@ pub fn baseline_helper_floor(ctx: XdpContext) -> u32 {
         }
         let ret = bpf_tcp_gen_syncookie(sk.cast(), iph as *mut c_void, 20, th as *mut tcphdr, th_len);
         bpf_sk_release(sk.cast());
+        if ret < 0 {
+            xdp_action::XDP_PASS
+        } else {
+            xdp_action::XDP_TX
+        }
+    }
+}
+
+/// The floor of the raw cookie path: the raw helper (`bpf_tcp_raw_gen_syncookie_ipv4`, no
+/// socket lookup) and nothing else, on the same frames as `baseline_helper_floor`. What
+/// the fast path cannot go below, whatever it does around the helper.
+#[xdp]
+pub fn baseline_raw_floor(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    let iph = data + 14;
+    let th = iph + 20;
+    if th + 60 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: the helper reads the IP header and th_len (at most 60) bytes of TCP header,
+    // all inside the range checked above; it checks th_len against the header's doff.
+    unsafe {
+        let doff = core::hint::black_box(*((th + 12) as *const u8) >> 4);
+        let th_len = u32::from(doff & 0x0f) * 4;
+        let ret = bpf_tcp_raw_gen_syncookie_ipv4(iph as *mut iphdr, th as *mut tcphdr, th_len);
         if ret < 0 {
             xdp_action::XDP_PASS
         } else {
