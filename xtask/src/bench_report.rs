@@ -265,9 +265,12 @@ pub fn update_doc(report: &Report, png: &Path) -> Result<()> {
            that costs more per SYN also lowers the rate the sender reaches, and the report says\n  \
            whether the sender or the defence was the limit. CPU per SYN is softirq time above a\n  \
            control dropped at the veth's ingress: a lower bound, noisy at low rates. nftables\n  \
-           SYNPROXY lost a few legit requests at the first step in every run here (connected, no\n  \
-           response within the 1 s client timeout); the cause was not investigated, and its\n  \
-           configuration (the nftables wiki's) may deserve a second look.\n\n\
+           SYNPROXY loses a few legit requests at the first step (connected, no response within\n  \
+           the 1 s client timeout): the legit client reuses source ports whose tuple the server\n  \
+           still holds in TIME_WAIT, and SYNPROXY answers such a SYN itself, so the client's ACK\n  \
+           meets the TIME_WAIT socket and stalls. Reproduced without any flood (the wiki's rules,\n  \
+           the same port twice: the second request times out; without the rules both complete).\n  \
+           Our fast path guards against the same case (docs/cookies.md, the closed filter).\n\n\
          ## Latest run\n\n{}\n\
          ![ns per SYN, ours, the baselines and the kernel selftest](docs/bench.png)\n",
         report.markdown()
