@@ -118,3 +118,39 @@ pub enum StateError {
     #[error("restoring {key} from the state file: {source}")]
     Recover { key: String, source: SysctlError },
 }
+
+/// The error and its causes on one line, as `{:#}` would print them, but without a cause
+/// whose text the line already holds: many of our errors embed their source in their own
+/// message (`"{path}: {source}"`) and also report it as their source.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+        let e = anyhow::Error::new(StateError::Io { path: "/x/lock".into(), source: io })
+            .context("opening the state directory");
+        let line = one_line(&e);
+        assert_eq!(line.matches("read-only").count(), 1, "{line}");
+        assert!(line.starts_with("opening the state directory: /x/lock: "), "{line}");
+        // A cause the message does not hold is kept.
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(one_line(&e), "outer: inner");
+    }
+}

@@ -31,7 +31,7 @@ pub struct TakeOver {
 /// without pins: nothing protects, put the host back); then decides about the maps.
 pub fn take_over(cfg: &Config, sysctls: &mut Sysctls) -> Result<TakeOver> {
     let dir = &cfg.file.pin_dir;
-    let pins = Pins::open(dir).with_context(|| format!("opening the pin directory {}", dir.display()))?;
+    let pins = Pins::open(dir).context("opening the pin directory")?;
     if pins.is_none() {
         warn!(
             pin_dir = %dir.display(),

@@ -54,7 +54,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::{Config, LogFormat, OnStop, RunArgs},
     control::{Command as ControlCommand, Controller, SharedTop},
-    error::StateError,
+    error::{StateError, SysctlError},
     loader::Logger,
     lock::StateDir,
     metrics::Metrics,
@@ -129,7 +129,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
+            error!("{}", error::one_line(&e));
             // An unusable state directory, or a map size the kernel will not create, is a
             // configuration problem, found before the host is touched.
             let usage = e.chain().any(|c| {
@@ -190,9 +190,22 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     // is refused here, not when cookies first turn on.
     let mut sysctls =
         tokio::task::block_in_place(|| Sysctls::prepare(&cfg.file.sysctl_dir, dir, sysctl::STATE_FILE))
-            .context(
-                "opening the sysctls and the state directory (writing /proc/sys/net needs CAP_NET_ADMIN)",
-            )?;
+            .map_err(|e| {
+                // The capability hint only where the kernel refused for want of permission
+                // (a read-only /proc/sys is another cause, and says so itself).
+                let denied = match &e {
+                    StateError::Io { source, .. }
+                    | StateError::Recover { source: SysctlError::Io(_, source), .. } => {
+                        source.kind() == std::io::ErrorKind::PermissionDenied
+                    }
+                    _ => false,
+                };
+                anyhow::Error::new(e).context(if denied {
+                    "opening the sysctls and the state directory (writing /proc/sys/net needs CAP_NET_ADMIN)"
+                } else {
+                    "opening the sysctls and the state directory"
+                })
+            })?;
 
     // Bind before loading: a busy port must fail while the host is still untouched.
     let metrics_addr = cfg.file.metrics_addr;

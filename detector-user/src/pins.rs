@@ -34,7 +34,9 @@ const LAYOUT_ENV: &str = "SYNDETECTOR_TEST_LAYOUT_VERSION";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
-    #[error("pin directory: {0}")]
+    /// The state error names the pin directory and its key itself (kept as the source, so
+    /// an unusable directory still exits as a configuration error).
+    #[error("{0}")]
     Dir(#[from] StateError),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },

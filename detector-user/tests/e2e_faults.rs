@@ -126,6 +126,7 @@ fn read_only_places_are_clear_errors_that_change_nothing() {
         assert!(code.is_some_and(|c| c != 0 && c != 124), "{what}: the agent must refuse and exit: {code:?}");
         assert!(stderr.contains(named), "{what}: the error names {named}:\n{stderr}");
         assert!(stderr.to_lowercase().contains("read-only"), "{what}: the error says why:\n{stderr}");
+        assert!(!stderr.contains("CAP_NET_ADMIN"), "{what}: no capability is missing here:\n{stderr}");
         assert_eq!(lab.sysctl_get(&lab.server_ns, SYNCOOKIES).unwrap(), "0", "{what}: sysctl unchanged");
         assert!(!xdp_attached(&lab), "{what}: nothing attached");
     }
