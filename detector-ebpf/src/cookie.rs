@@ -33,6 +33,7 @@ use detector_common::{
 
 use crate::{
     fastpath,
+    packet::{store, swap_macs},
     syncookie::{gen_cookie, read_options, Cookie},
 };
 
@@ -226,7 +227,7 @@ fn write_reply(
     // SAFETY: every write below is inside data..end, checked above (an IPv4 reply is
     // l3 + 44 bytes or more, so 40 bytes from iph are inside it for both versions).
     unsafe {
-        crate::packet::swap_macs(data);
+        swap_macs(data);
         match seg.version {
             IpVersion::V4 => {
                 core::ptr::write_unaligned(iph as *mut [u8; 20], build_ipv4_reply(seg, tcp_len));
@@ -239,14 +240,13 @@ fn write_reply(
             if th + usize::from(SYNACK_LEN_WITH_TS) > end {
                 return None;
             }
-            core::ptr::write_unaligned(th as *mut [u8; SYNACK_LEN_WITH_TS as usize], *tcp);
+            store(th, tcp);
         } else {
             if th + usize::from(SYNACK_LEN_MSS_ONLY) > end {
                 return None;
             }
-            let mut short = [0u8; SYNACK_LEN_MSS_ONLY as usize];
-            short.copy_from_slice(&tcp[..SYNACK_LEN_MSS_ONLY as usize]);
-            core::ptr::write_unaligned(th as *mut [u8; SYNACK_LEN_MSS_ONLY as usize], short);
+            let short = tcp.first_chunk::<{ SYNACK_LEN_MSS_ONLY as usize }>()?;
+            store(th, short);
         }
     }
     Some(())
