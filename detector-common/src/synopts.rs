@@ -156,7 +156,8 @@ mod tests {
         let found = SynOptions { wscale: Some(9), sack_permitted: true, tsval: Some(77) };
         for flags in [0, FLAG_COOKIE_ECN] {
             cfg.flags = flags;
-            let reply = |opts: &SynOptions| build_synack(&syn, opts, 0xdead_beef, 1460, 5_000, &settings(&cfg));
+            let reply =
+                |opts: &SynOptions| build_synack(&syn, opts, 0xdead_beef, 1460, 5_000, &settings(&cfg));
             assert_eq!(reply(&found), reply(&SynOptions::default()), "flags {flags:#x}");
         }
         // With timestamps the options do change the reply: the check above could fail.

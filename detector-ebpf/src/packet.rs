@@ -183,7 +183,9 @@ pub unsafe fn store<const N: usize>(at: usize, bytes: &[u8; N]) {
     }
     if i + 4 <= N {
         // SAFETY: as above.
-        unsafe { store_u32(at + i, u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]])) };
+        unsafe {
+            store_u32(at + i, u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]))
+        };
         i += 4;
     }
     if i + 2 <= N {

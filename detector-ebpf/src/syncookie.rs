@@ -61,7 +61,12 @@ pub struct Cookie {
 /// verifier verifies a call once per distinct state of its callers, so here the walk is
 /// verified once rather than once for IPv4 and once for IPv6 (docs/verifier.md).
 #[inline(never)]
-pub fn read_options(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, out: &mut SynOptions) -> Result<(), Counter> {
+pub fn read_options(
+    ctx: &XdpContext,
+    seg: &TcpSegment,
+    cfg: &Config,
+    out: &mut SynOptions,
+) -> Result<(), Counter> {
     // Bounded on the length itself, through black_box (docs/verifier.md, lesson 2).
     let opt_len = black_box(usize::from(seg.tcp_header_len).wrapping_sub(20));
     if opt_len > MAX_OPTIONS_LEN {
