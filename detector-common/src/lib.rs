@@ -30,6 +30,7 @@ pub mod sample;
 pub mod sketch;
 pub mod state;
 pub mod synack;
+pub mod synopts;
 pub mod track;
 
 #[cfg(any(test, feature = "user"))]

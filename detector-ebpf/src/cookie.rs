@@ -33,6 +33,7 @@ use detector_common::{
 
 use crate::{
     fastpath,
+    packet::{store, swap_macs},
     syncookie::{gen_cookie, read_options, Cookie},
 };
 
@@ -80,17 +81,15 @@ pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) ->
     if unsafe { sent.read_volatile() } >= u64::from(cfg.cookie_budget_per_second) {
         return Counter::DropCookieBudget;
     }
-    let original_len = frame_len(ctx);
+    // A failure leaves the frame at the SYN's length: only `send_reply` resizes it, and
+    // puts it back itself if the reply cannot be written.
     match respond(ctx, seg, cfg, now) {
         Ok(answered) => {
             // SAFETY: as above.
             unsafe { atomic_add(sent, 1) };
             answered
         }
-        Err(reason) => {
-            restore_len(ctx, original_len);
-            reason
-        }
+        Err(reason) => reason,
     }
 }
 
@@ -117,21 +116,13 @@ fn frame_len(ctx: &XdpContext) -> usize {
     }
 }
 
-/// Puts the frame back to `len` bytes after a failed attempt, so the kernel gets the SYN
-/// at its length. The frame is resized only once the helper has answered, and after a
-/// successful resize the reply is always written, so in practice this is a no-op kept
-/// for safety; a SYN with data (TCP Fast Open) that had been cut would reach the kernel
-/// without its data and be retransmitted by the client.
+/// Resizes the frame by `delta` bytes; false if the kernel refused (only growth can fail).
+/// Not called at all when the reply is the SYN's length (a Linux SYN with timestamps
+/// answered with them, or one with MSS only answered without): a helper call saved.
 #[inline(always)]
-fn restore_len(ctx: &XdpContext, len: usize) {
-    let now_len = frame_len(ctx);
-    if now_len != len {
-        #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "frame lengths")]
-        // SAFETY: a helper call on our own context.
-        unsafe {
-            bpf_xdp_adjust_tail(ctx.ctx, len as i32 - now_len as i32)
-        };
-    }
+fn adjust_tail(ctx: &XdpContext, delta: i32) -> bool {
+    // SAFETY: a helper call on our own context.
+    unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) == 0 }
 }
 
 /// `Ok(TxCookie or TxCookieFast)`: which path answered.
@@ -139,7 +130,7 @@ fn restore_len(ctx: &XdpContext, len: usize) {
 fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result<Counter, Counter> {
     let mut cookie = Cookie::default();
     // First, before anything below forks on the IP version (see `read_options`).
-    read_options(ctx, seg, &mut cookie.opts)?;
+    read_options(ctx, seg, cfg, &mut cookie.opts)?;
     let l3 = usize::from(seg.l3_offset);
     let l4 = usize::from(seg.l4_offset);
     let ip_len = match seg.version {
@@ -192,13 +183,22 @@ fn send_reply(
     let cur = frame_len(ctx);
     let target = l4 + usize::from(tcp.len);
     #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "frame lengths")]
-    // SAFETY: a helper call on our own context.
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, target as i32 - cur as i32) } != 0 {
-        // Only growth can fail: a SYN shorter than its reply, in a buffer without
-        // tailroom. The kernel answers it instead.
+    let delta = target as i32 - cur as i32;
+    // Only growth can fail: a SYN shorter than its reply, in a buffer without tailroom.
+    // The kernel answers it instead.
+    if delta != 0 && !adjust_tail(ctx, delta) {
         return Err(Counter::PassCookieNoRoom);
     }
-    write_reply(ctx, seg, l3, l4, &tcp.bytes, tcp.len).ok_or(Counter::PassCookieHelperError)
+    if write_reply(ctx, seg, l3, l4, &tcp.bytes, tcp.len).is_none() {
+        // Cannot happen (the kernel set the length just checked); if it did, the kernel
+        // gets the SYN back at its length: a SYN with data (TCP Fast Open) cut short would
+        // reach it without its data and be retransmitted by the client.
+        if delta != 0 {
+            adjust_tail(ctx, -delta);
+        }
+        return Err(Counter::PassCookieHelperError);
+    }
+    Ok(())
 }
 
 /// Writes the reply over the SYN: MACs swapped, new IP and TCP headers. VLAN tags between
@@ -227,7 +227,7 @@ fn write_reply(
     // SAFETY: every write below is inside data..end, checked above (an IPv4 reply is
     // l3 + 44 bytes or more, so 40 bytes from iph are inside it for both versions).
     unsafe {
-        crate::packet::swap_macs(data);
+        swap_macs(data);
         match seg.version {
             IpVersion::V4 => {
                 core::ptr::write_unaligned(iph as *mut [u8; 20], build_ipv4_reply(seg, tcp_len));
@@ -240,14 +240,13 @@ fn write_reply(
             if th + usize::from(SYNACK_LEN_WITH_TS) > end {
                 return None;
             }
-            core::ptr::write_unaligned(th as *mut [u8; SYNACK_LEN_WITH_TS as usize], *tcp);
+            store(th, tcp);
         } else {
             if th + usize::from(SYNACK_LEN_MSS_ONLY) > end {
                 return None;
             }
-            let mut short = [0u8; SYNACK_LEN_MSS_ONLY as usize];
-            short.copy_from_slice(&tcp[..SYNACK_LEN_MSS_ONLY as usize]);
-            core::ptr::write_unaligned(th as *mut [u8; SYNACK_LEN_MSS_ONLY as usize], short);
+            let short = tcp.first_chunk::<{ SYNACK_LEN_MSS_ONLY as usize }>()?;
+            store(th, short);
         }
     }
     Some(())

@@ -31,11 +31,11 @@ const MAX_LINEAR_LEN: usize = 0x3fff;
 pub unsafe fn swap_macs(data: usize) {
     // SAFETY: upheld by the caller.
     unsafe {
-        let macs = core::ptr::read_unaligned(data as *const [u8; 12]);
+        let macs = load::<12>(data);
         let mut swapped = [0u8; 12];
         swapped[..6].copy_from_slice(&macs[6..]);
         swapped[6..].copy_from_slice(&macs[..6]);
-        core::ptr::write_unaligned(data as *mut [u8; 12], swapped);
+        store(data, &swapped);
     }
 }
 
@@ -155,3 +155,63 @@ macro_rules! packet_load {
 packet_load!(load_u64, u64, "{0} = *(u64 *)({1} + 0)");
 packet_load!(load_u32, u32, "{0} = *(u32 *)({1} + 0)");
 packet_load!(load_u16, u16, "{0} = *(u16 *)({1} + 0)");
+
+/// Writes `bytes` at `at`, 8, 4, 2 and 1 bytes at a time: the stores' counterpart of
+/// `load` (same reason: LLVM splits a store it cannot prove aligned into single bytes,
+/// 118 of them for a SYN-ACK; docs/hotpaths.md).
+///
+/// # Safety
+/// `at .. at + N` must be inside the frame, checked so that the verifier sees it.
+#[inline(always)]
+pub unsafe fn store<const N: usize>(at: usize, bytes: &[u8; N]) {
+    let mut i = 0;
+    // N is a constant: these loops unroll into straight-line stores.
+    while i + 8 <= N {
+        let word = u64::from_ne_bytes([
+            bytes[i],
+            bytes[i + 1],
+            bytes[i + 2],
+            bytes[i + 3],
+            bytes[i + 4],
+            bytes[i + 5],
+            bytes[i + 6],
+            bytes[i + 7],
+        ]);
+        // SAFETY: inside the frame (the caller's check).
+        unsafe { store_u64(at + i, word) };
+        i += 8;
+    }
+    if i + 4 <= N {
+        // SAFETY: as above.
+        unsafe {
+            store_u32(at + i, u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]))
+        };
+        i += 4;
+    }
+    if i + 2 <= N {
+        // SAFETY: as above.
+        unsafe { store_u16(at + i, u16::from_ne_bytes([bytes[i], bytes[i + 1]])) };
+        i += 2;
+    }
+    if i < N {
+        // SAFETY: as above; a single byte has no alignment to speak of.
+        unsafe { *((at + i) as *mut u8) = bytes[i] };
+    }
+}
+
+// Not `nomem`: LLVM must neither drop these stores nor move them across the bounds check.
+macro_rules! packet_store {
+    ($name:ident, $ty:ty, $insn:literal) => {
+        /// # Safety
+        /// The bytes written must be inside the frame (see `store`).
+        #[inline(always)]
+        unsafe fn $name(at: usize, value: $ty) {
+            // SAFETY: upheld by the caller.
+            unsafe { asm!($insn, in(reg) at, in(reg) u64::from(value), options(nostack, preserves_flags)) };
+        }
+    };
+}
+
+packet_store!(store_u64, u64, "*(u64 *)({0} + 0) = {1}");
+packet_store!(store_u32, u32, "*(u32 *)({0} + 0) = {1}");
+packet_store!(store_u16, u16, "*(u16 *)({0} + 0) = {1}");

@@ -14,9 +14,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use detector_common::{
+    config::Config,
     counters::Counter,
     parse::{IpVersion, TcpSegment},
     synack::{parse_syn_options_with, OptionScratch, SynOptions, MAX_OPTIONS_LEN},
+    synopts::{linux_layout, reply_reads_options},
 };
 
 use crate::cookie::{MAX_L3, MAX_L4};
@@ -53,20 +55,26 @@ pub struct Cookie {
     pub opts: SynOptions,
 }
 
-/// Reads the client's options into `out`.
+/// Reads the client's options into `out`, if the reply for `cfg` uses them.
 ///
 /// A BPF-to-BPF call of its own, made before anything forks on the IP version: the
 /// verifier verifies a call once per distinct state of its callers, so here the walk is
 /// verified once rather than once for IPv4 and once for IPv6 (docs/verifier.md).
 #[inline(never)]
-pub fn read_options(ctx: &XdpContext, seg: &TcpSegment, out: &mut SynOptions) -> Result<(), Counter> {
+pub fn read_options(
+    ctx: &XdpContext,
+    seg: &TcpSegment,
+    cfg: &Config,
+    out: &mut SynOptions,
+) -> Result<(), Counter> {
     // Bounded on the length itself, through black_box (docs/verifier.md, lesson 2).
     let opt_len = black_box(usize::from(seg.tcp_header_len).wrapping_sub(20));
     if opt_len > MAX_OPTIONS_LEN {
         return Err(Counter::PassCookieHelperError);
     }
-    if opt_len == 0 {
-        // Nothing to find: `out` stays as it is (no options).
+    // Nothing to find, or nothing the reply uses (it has no timestamps): `out` stays as
+    // it is (no options), and the copy and the walk are saved.
+    if opt_len == 0 || !reply_reads_options(cfg) {
         return Ok(());
     }
     let Some(scratch) = OPTION_WALK.get_ptr_mut(0) else {
@@ -92,8 +100,14 @@ pub fn read_options(ctx: &XdpContext, seg: &TcpSegment, out: &mut SynOptions) ->
         return Err(Counter::PassCookieHelperError);
     }
     // Past `opt_len` the scratch still holds an earlier SYN's bytes; the walk's result
-    // depends on `bytes[..opt_len]` only (a host test checks it).
-    *out = walk_options(scratch, opt_len);
+    // depends on `bytes[..opt_len]` only (a host test checks it). Linux's layout is read
+    // in a few compares; any other goes through the walk (docs/hotpaths.md).
+    // SAFETY: a per-CPU map value only this CPU touches while the program runs.
+    let bytes = unsafe { &*(&raw const (*scratch).bytes) };
+    *out = match linux_layout(bytes, opt_len) {
+        Some(found) => found,
+        None => walk_options(scratch, opt_len),
+    };
     Ok(())
 }
 

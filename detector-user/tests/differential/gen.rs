@@ -137,6 +137,12 @@ pub fn tcp_options() -> impl Strategy<Value = Vec<u8>> {
     ];
     prop_oneof![
         6 => vec(element, 0..8).prop_map(|e| e.concat()),
+        // Linux's SYN layout, which the program reads without the walk (synopts.rs).
+        2 => (any::<u16>(), any::<u32>(), any::<u32>(), any::<u8>()).prop_map(|(m, v, e, s)| {
+            [&m.to_be_bytes()[..], &[4, 2, 8, 10], &v.to_be_bytes(), &e.to_be_bytes(), &[1, 3, 3, s]]
+                .iter()
+                .fold(vec![2, 4], |mut out, part| { out.extend_from_slice(part); out })
+        }),
         1 => vec(any::<u8>(), 0..=40),
     ]
 }

@@ -1,0 +1,169 @@
+//! Shortcuts around the SYN option walk (`synack::parse_syn_options_with`) for the cookie
+//! path: when the reply needs none of the client's options, and the one layout most SYNs
+//! carry (Linux's), recognised in a few compares instead of a step per option.
+//!
+//! The walk costs a map round trip per option (it keeps the verifier's state count flat),
+//! about a tenth of the cookie path on a Linux SYN (docs/hotpaths.md); these shortcuts
+//! give the same `SynOptions` as the walk wherever they answer.
+
+use crate::{
+    config::{Config, FLAG_COOKIE_TIMESTAMPS},
+    synack::{SynOptions, MAX_OPTIONS_LEN},
+};
+
+/// Whether the SYN-ACK depends on the client's options at all: only a reply with
+/// timestamps echoes them (`build_synack` reads window scale, SACK and the timestamp only
+/// on that branch; the MSS is the cookie helper's business). Without, the walk is skipped.
+#[inline(always)]
+#[must_use]
+pub fn reply_reads_options(cfg: &Config) -> bool {
+    cfg.has(FLAG_COOKIE_TIMESTAMPS)
+}
+
+/// The options area of a Linux SYN with timestamps on (the default): MSS, SACK-permitted,
+/// timestamp, NOP, window scale, 20 bytes in this order (`tcp_options_write`). The values
+/// sit at: MSS bytes 2-3, tsval 8-11, tsecr 12-15, window scale 19.
+const LINUX_LEN: usize = 20;
+
+/// The options `buf[..len]` carry if they are laid out as Linux lays out a SYN's
+/// (`LINUX_LEN`), `None` for any other layout (then the walk decides). Equal to
+/// `parse_syn_options(buf, len)` whenever it answers (a host test checks both).
+#[inline(always)]
+#[must_use]
+pub fn linux_layout(buf: &[u8; MAX_OPTIONS_LEN], len: usize) -> Option<SynOptions> {
+    let is_linux = len == LINUX_LEN
+        && buf[0] == 2
+        && buf[1] == 4
+        && buf[4] == 4
+        && buf[5] == 2
+        && buf[6] == 8
+        && buf[7] == 10
+        && buf[16] == 1
+        && buf[17] == 3
+        && buf[18] == 3;
+    is_linux.then(|| SynOptions {
+        // The walk clamps a window scale to 14 (RFC 7323), so does this.
+        wscale: Some(buf[19].min(14)),
+        sack_permitted: true,
+        tsval: Some(u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]])),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::FLAG_COOKIE_ECN,
+        parse::{IpVersion, TcpSegment},
+        synack::{build_synack, parse_syn_options, ReplySettings},
+    };
+
+    fn linux_syn(tsval: u32, wscale: u8) -> [u8; MAX_OPTIONS_LEN] {
+        let mut buf = [0u8; MAX_OPTIONS_LEN];
+        let ts = tsval.to_be_bytes();
+        buf[..LINUX_LEN].copy_from_slice(&[
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, ts[0], ts[1], ts[2], ts[3], 0, 0, 0, 0, 1, 3, 3, wscale,
+        ]);
+        // Bytes past the options are an earlier SYN's leftovers in the program's scratch.
+        buf[LINUX_LEN..].fill(0xa5);
+        buf
+    }
+
+    #[test]
+    fn a_linux_syn_reads_as_the_walk_reads_it() {
+        for (tsval, wscale) in [(0, 0), (12_345, 7), (u32::MAX, 14), (1, 15), (0x0102_0304, 255)] {
+            let buf = linux_syn(tsval, wscale);
+            let fast = linux_layout(&buf, LINUX_LEN);
+            assert_eq!(fast, Some(parse_syn_options(&buf, LINUX_LEN)), "tsval {tsval} wscale {wscale}");
+            assert_eq!(fast.and_then(|o| o.wscale), Some(wscale.min(14)));
+            assert_eq!(fast.and_then(|o| o.tsval), Some(tsval));
+        }
+    }
+
+    #[test]
+    fn other_layouts_are_left_to_the_walk() {
+        let buf = linux_syn(1, 7);
+        // The same bytes at another length: the walk must judge them.
+        for len in [0, 4, 12, 19, 21, 40] {
+            assert_eq!(linux_layout(&buf, len), None, "len {len}");
+        }
+        // Any one marker byte changed: another layout.
+        for i in [0, 1, 4, 5, 6, 7, 16, 17, 18] {
+            let mut other = buf;
+            other[i] ^= 0x40;
+            assert_eq!(linux_layout(&other, LINUX_LEN), None, "byte {i}");
+        }
+        // Windows' SYN: MSS, NOP, window scale, NOP, NOP, SACK-permitted.
+        let mut windows = [0u8; MAX_OPTIONS_LEN];
+        windows[..12].copy_from_slice(&[2, 4, 5, 0xb4, 1, 3, 3, 8, 1, 1, 4, 2]);
+        assert_eq!(linux_layout(&windows, 12), None);
+    }
+
+    #[test]
+    fn whenever_it_answers_it_agrees_with_the_walk() {
+        // Pseudo-random areas with the markers forced in half of them: the other bytes
+        // (MSS, tsecr, values) must not matter, and nothing else may match.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut answered = 0;
+        for n in 0..20_000 {
+            let mut buf = [0u8; MAX_OPTIONS_LEN];
+            for b in &mut buf {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed.to_le_bytes()[3];
+            }
+            if n % 2 == 0 {
+                for (i, v) in [(0, 2), (1, 4), (4, 4), (5, 2), (6, 8), (7, 10), (16, 1), (17, 3), (18, 3)] {
+                    buf[i] = v;
+                }
+            }
+            #[allow(clippy::cast_possible_truncation, reason = "below 41")]
+            let len = if n % 2 == 0 { LINUX_LEN } else { (seed % 41) as usize };
+            if let Some(fast) = linux_layout(&buf, len) {
+                answered += 1;
+                assert_eq!(fast, parse_syn_options(&buf, len), "{buf:?} len {len}");
+            }
+        }
+        assert_eq!(answered, 10_000);
+    }
+
+    #[test]
+    fn without_timestamps_the_reply_ignores_the_clients_options() {
+        let mut cfg = Config::new(0, 0, 1, 3);
+        assert!(!reply_reads_options(&cfg));
+        let syn = TcpSegment {
+            version: IpVersion::V4,
+            vlan_tags: 0,
+            l3_offset: 14,
+            l4_offset: 34,
+            tcp_header_len: 40,
+            // SYN with ECE and CWR: asks for ECN, which only a reply with timestamps grants.
+            flags: 0xc2,
+            src: [9; 16],
+            dst: [7; 16],
+            src_port: 40_000,
+            dst_port: 80,
+            seq: 1000,
+            ack_seq: 0,
+        };
+        let settings = |cfg: &Config| ReplySettings {
+            timestamps: cfg.has(FLAG_COOKIE_TIMESTAMPS),
+            ecn: cfg.has(FLAG_COOKIE_ECN),
+            wscale: 7,
+            window: 64_240,
+        };
+        let found = SynOptions { wscale: Some(9), sack_permitted: true, tsval: Some(77) };
+        for flags in [0, FLAG_COOKIE_ECN] {
+            cfg.flags = flags;
+            let reply =
+                |opts: &SynOptions| build_synack(&syn, opts, 0xdead_beef, 1460, 5_000, &settings(&cfg));
+            assert_eq!(reply(&found), reply(&SynOptions::default()), "flags {flags:#x}");
+        }
+        // With timestamps the options do change the reply: the check above could fail.
+        cfg.flags = FLAG_COOKIE_TIMESTAMPS;
+        assert!(reply_reads_options(&cfg));
+        let reply = |opts: &SynOptions| build_synack(&syn, opts, 0xdead_beef, 1460, 5_000, &settings(&cfg));
+        assert_ne!(reply(&found), reply(&SynOptions::default()));
+    }
+}
