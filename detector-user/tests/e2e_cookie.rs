@@ -311,6 +311,15 @@ fn cookie_connections_keep_window_scaling_and_sack_with_timestamps() {
         )
         .unwrap();
     thread::sleep(Duration::from_secs(2));
+    // tshark writes the capture file's header once it captures: on a busy machine its start
+    // can take longer than the wait above.
+    for _ in 0..100 {
+        if std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(200));
     // (`ss -ti` from iproute2 6.1 does not print ts/sack on this kernel even for plain
     // connections; it is printed below for people.)
     let addr = SocketAddr::new(IpAddr::V4(xtask::lab::SERVER_V4), INFO_PORT);
@@ -403,15 +412,20 @@ fn tcp_info(stream: &std::net::TcpStream) -> TcpInfo {
 }
 
 fn wait_for_tshark(pid: u32, pcap: &Path) -> String {
-    for _ in 0..50 {
-        if !Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::metadata(pcap).is_ok_and(|m| m.len() > 100)
-        {
+    // tshark exits once it wrote its one packet (a zombie until the lab reaps it). The
+    // file's header alone is no sign: tshark writes it when the capture starts.
+    let exited = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    };
+    for _ in 0..100 {
+        if exited() {
             break;
         }
         thread::sleep(Duration::from_millis(100));
     }
-    thread::sleep(Duration::from_millis(300));
+    assert!(exited(), "tshark captured no SYN-ACK within 10 s ({})", pcap.display());
     let out = Command::new("tshark")
         .args(["-r"])
         .arg(pcap)
