@@ -116,10 +116,19 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
         .map_err(|source| LoadError::Program { what: "the program is not XDP".into(), source })
 }
 
+/// The map `name`, taken out of the loaded object as the type its user wants (each part of
+/// the agent owns the maps it reads and writes).
+pub fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(LoadError::Missing(name))?;
+    T::try_from(map).map_err(|source| LoadError::Map { map: name, source })
+}
+
 /// The program's config slot, taken out of the object so the control loop can own it.
 pub fn config_map(ebpf: &mut Ebpf) -> Result<Array<MapData, KernelConfig>, LoadError> {
-    let map = ebpf.take_map(names::MAP_CONFIG).ok_or(LoadError::Missing("CONFIG map"))?;
-    Array::try_from(map).map_err(|source| LoadError::Map { map: names::MAP_CONFIG, source })
+    take_map(ebpf, names::MAP_CONFIG)
 }
 
 /// Attaches to `iface`, pinning the link at `pin` if given. A link already pinned there (a

@@ -243,11 +243,10 @@ async fn run(cfg: Config, args: RunArgs) -> Result<()> {
             .context("watching the host's addresses and NAT rules (rtnetlink, nftables)")?;
     let policy_step = policy::feed::PolicyStep::new(policy_maps, desired_policy.clone());
     // Per-port limits and protected ports: written before attaching, reloaded on SIGHUP.
-    let port_step = control::ports::PortStep::take(&mut ebpf, &cfg).map_err(anyhow::Error::msg)?;
+    let port_step = control::ports::PortStep::take(&mut ebpf, &cfg)?;
     // Seeds the closed-connection filter once every interface runs this program.
     let attached = Arc::new(AtomicBool::new(false));
-    let time_wait_step =
-        control::time_wait::TimeWaitStep::take(&mut ebpf, attached.clone()).map_err(anyhow::Error::msg)?;
+    let time_wait_step = control::time_wait::TimeWaitStep::take(&mut ebpf, attached.clone())?;
 
     let metrics = Arc::new(Metrics::new());
     let list_step = ctl.list_step(&mut ebpf, metrics.clone())?;

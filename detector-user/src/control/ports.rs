@@ -17,13 +17,10 @@ pub struct PortStep {
 
 impl PortStep {
     /// Takes the map from the loaded object.
-    pub fn take(ebpf: &mut aya::Ebpf, cfg: &Config) -> Result<Self, String> {
-        let map = ebpf
-            .take_map(names::MAP_PORT_LIMITS)
-            .ok_or_else(|| format!("no {} map", names::MAP_PORT_LIMITS))?;
-        let map = HashMap::try_from(map).map_err(|e| format!("{}: {e}", names::MAP_PORT_LIMITS))?;
+    pub fn take(ebpf: &mut aya::Ebpf, cfg: &Config) -> anyhow::Result<Self> {
+        let map = crate::loader::take_map(ebpf, names::MAP_PORT_LIMITS)?;
         let mut step = Self { map, desired: BTreeMap::new(), flags: 0 };
-        step.reload(cfg)?;
+        step.reload(cfg).map_err(anyhow::Error::msg)?;
         Ok(step)
     }
 

@@ -26,6 +26,7 @@ use tracing::info;
 
 use super::reconcile::{Reconciler, WHAT_CLOSED_FILTER};
 use crate::{
+    error::LoadError,
     maps::monotonic_ns,
     policy::sock_diag::{dump_tcp, DiagSocket, TCP_FIN_WAIT2, TCP_TIME_WAIT},
 };
@@ -40,12 +41,8 @@ pub struct TimeWaitStep {
 
 impl TimeWaitStep {
     /// Takes the map from the loaded object.
-    pub fn take(ebpf: &mut aya::Ebpf, attached: Arc<AtomicBool>) -> Result<Self, String> {
-        let map = ebpf
-            .take_map(names::MAP_CLOSED_FILTER)
-            .ok_or_else(|| format!("no {} map", names::MAP_CLOSED_FILTER))?;
-        let map = Array::try_from(map).map_err(|e| format!("{}: {e}", names::MAP_CLOSED_FILTER))?;
-        Ok(Self { map, attached, seeded: false })
+    pub fn take(ebpf: &mut aya::Ebpf, attached: Arc<AtomicBool>) -> Result<Self, LoadError> {
+        Ok(Self { map: crate::loader::take_map(ebpf, names::MAP_CLOSED_FILTER)?, attached, seeded: false })
     }
 }
 

@@ -55,11 +55,7 @@ pub struct ListStep {
 
 /// Takes `ALLOW` and `DENY` out of the loaded object.
 pub fn take_tries(ebpf: &mut Ebpf) -> anyhow::Result<(Trie, Trie)> {
-    let mut take = |name: &'static str| -> anyhow::Result<Trie> {
-        let map = ebpf.take_map(name).ok_or_else(|| anyhow::anyhow!("the object has no map {name}"))?;
-        Ok(Trie::try_from(map)?)
-    };
-    Ok((take(names::MAP_ALLOW)?, take(names::MAP_DENY)?))
+    Ok((crate::loader::take_map(ebpf, names::MAP_ALLOW)?, crate::loader::take_map(ebpf, names::MAP_DENY)?))
 }
 
 impl ListStep {

@@ -59,11 +59,8 @@ impl Reader {
 
 /// Takes the sample maps out of `ebpf` and starts the thread.
 pub fn spawn(ebpf: &mut Ebpf, s: &Samples, dir: Option<StateDir>, metrics: Arc<Metrics>) -> Result<Reader> {
-    let take = |ebpf: &mut Ebpf, name: &'static str| {
-        ebpf.take_map(name).with_context(|| format!("the XDP object has no {name} map"))
-    };
-    let ring = RingBuf::try_from(take(ebpf, names::MAP_SAMPLES)?).context("SAMPLES map")?;
-    let lost = PerCpuArray::try_from(take(ebpf, names::MAP_SAMPLES_LOST)?).context("SAMPLES_LOST map")?;
+    let ring: RingBuf<_> = crate::loader::take_map(ebpf, names::MAP_SAMPLES)?;
+    let lost: PerCpuArray<_, u64> = crate::loader::take_map(ebpf, names::MAP_SAMPLES_LOST)?;
     let limits = Limits {
         max_file_bytes: s.max_file_bytes,
         max_files: usize::try_from(s.max_files).unwrap_or(usize::MAX),
