@@ -82,6 +82,13 @@ pub const FLAG_PROTECTED_PORTS_ONLY: u32 = 1 << 10;
 /// adopted a pinned one the program kept current. Only then may the raw cookie helper
 /// answer; without it every cookie takes the socket lookup.
 pub const FLAG_RAW_COOKIES: u32 = 1 << 11;
+/// The agent knows `KERNEL_DESTS` is empty (nothing desired, nothing left in the map):
+/// the cookie policy skips its trie walk. Negative on purpose: a config without the bit
+/// (an older agent, a zeroed slot) makes the program look, which is the safe side.
+pub const FLAG_NO_KERNEL_DESTS: u32 = 1 << 12;
+/// The agent knows no `IFACES` entry carries a flag: the cookie policy skips the lookup.
+/// Negative for the same reason as `FLAG_NO_KERNEL_DESTS`.
+pub const FLAG_NO_IFACE_POLICY: u32 = 1 << 13;
 
 impl Config {
     /// A config with the derived fields filled in. `handshake_timeout_ns` must be at least

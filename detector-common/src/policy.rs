@@ -5,7 +5,7 @@
 //! have accepted that SYN itself, on this host, without netfilter rewriting it first.
 
 use crate::{
-    config::{Config, FLAG_LISTED_PORTS_ONLY},
+    config::{Config, FLAG_LISTED_PORTS_ONLY, FLAG_NO_IFACE_POLICY, FLAG_NO_KERNEL_DESTS},
     counters::Counter,
 };
 
@@ -50,7 +50,10 @@ unsafe impl aya::Pod for IfacePolicy {}
 /// parser found. The other two lookups are closures so that the program makes only those
 /// the decision reaches (`KERNEL_DESTS` is an LPM trie walk): `in_kernel_dests` says
 /// whether the destination matches a `KERNEL_DESTS` prefix, `iface_flags` gives the
-/// ingress interface's `IfacePolicy::flags` (0 without an entry).
+/// ingress interface's `IfacePolicy::flags` (0 without an entry). Neither is made when
+/// the config says its map holds nothing that could matter (`FLAG_NO_KERNEL_DESTS`,
+/// `FLAG_NO_IFACE_POLICY`): on a host without such policy, an answered SYN pays for
+/// neither a trie walk nor a hash lookup.
 ///
 /// Order: the port's policy, then its listener bit, then the destination (both say "the kernel's, whatever the packet"),
 /// then the interface (only untagged SYNs can have lost a tag).
@@ -69,12 +72,12 @@ pub fn cookie_policy(
     if port_slot & PORT_NO_LISTENER != 0 {
         return Some(Counter::PassCookieNoListener);
     }
-    if in_kernel_dests() {
+    if !cfg.has(FLAG_NO_KERNEL_DESTS) && in_kernel_dests() {
         return Some(Counter::PassCookieKernelPolicy);
     }
     // A tagged SYN kept its tag, so the reply keeps it too: only untagged SYNs are in
     // doubt on an interface whose NIC strips tags.
-    if vlan_tags == 0 && iface_flags() & IFACE_VLAN_STRIPPED != 0 {
+    if vlan_tags == 0 && !cfg.has(FLAG_NO_IFACE_POLICY) && iface_flags() & IFACE_VLAN_STRIPPED != 0 {
         return Some(Counter::PassCookieVlanOffload);
     }
     None
@@ -166,5 +169,26 @@ mod tests {
             Some(Counter::PassCookieKernelPolicy)
         );
         assert_eq!(cookie_policy(&cfg(false), PORT_DEFAULT, 1, || false, never_iface), None);
+    }
+
+    #[test]
+    fn maps_the_agent_knows_hold_nothing_are_not_looked_up() {
+        let never_dest = || -> bool { panic!("KERNEL_DESTS looked up") };
+        let never_iface = || -> u32 { panic!("IFACES looked up") };
+        let mut c = cfg(false);
+        c.flags |= FLAG_NO_KERNEL_DESTS | FLAG_NO_IFACE_POLICY;
+        assert_eq!(cookie_policy(&c, PORT_DEFAULT, 0, never_dest, never_iface), None);
+        // Each bit skips its own lookup only.
+        c.flags &= !FLAG_NO_IFACE_POLICY;
+        assert_eq!(
+            cookie_policy(&c, PORT_DEFAULT, 0, never_dest, || IFACE_VLAN_STRIPPED),
+            Some(Counter::PassCookieVlanOffload)
+        );
+        c.flags = (c.flags & !FLAG_NO_KERNEL_DESTS) | FLAG_NO_IFACE_POLICY;
+        assert_eq!(
+            cookie_policy(&c, PORT_DEFAULT, 0, || true, never_iface),
+            Some(Counter::PassCookieKernelPolicy)
+        );
+        assert_eq!(cookie_policy(&c, PORT_DEFAULT, 0, || false, never_iface), None);
     }
 }

@@ -14,7 +14,8 @@ use std::{net::Ipv6Addr, net::TcpListener, thread, time::Duration};
 use common::{Detector, SERVER4, SERVER6, TEST_RUN_IFINDEX, XDP_DROP, XDP_PASS, XDP_TX};
 use detector_common::{
     config::{
-        Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_LISTED_PORTS_ONLY, FLAG_RAW_COOKIES,
+        Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_LISTED_PORTS_ONLY,
+        FLAG_NO_IFACE_POLICY, FLAG_NO_KERNEL_DESTS, FLAG_RAW_COOKIES,
     },
     counters::Counter,
     names,
@@ -490,6 +491,46 @@ fn untagged_syns_on_a_tag_stripping_nic_are_left_to_the_kernel() {
             &det,
             "cookie",
             &[Fixture::new("flag cleared", Syn::v4().sport(40_003).frame(), XDP_TX, Counter::TxCookie)],
+        );
+    });
+}
+
+/// The agent sets `FLAG_NO_KERNEL_DESTS` / `FLAG_NO_IFACE_POLICY` only while those maps
+/// hold nothing (`policy::feed::PolicyStep`); the program then skips the lookups. Proven
+/// here by breaking that promise: with the bits set, entries in the maps are not seen.
+#[test]
+fn maps_the_config_says_are_empty_are_not_looked_up() {
+    in_private_netns(|| {
+        let mut det = Detector::load(cookie_config(), &[]);
+        det.add_kernel_dest(Ipv6Addr::from(ipv4_mapped([198, 18, 0, 0])), 96 + 24);
+        det.set_iface_flags(TEST_RUN_IFINDEX, IFACE_VLAN_STRIPPED);
+        let flagged = |flags: u32| {
+            let mut c = cookie_config();
+            c.flags |= flags;
+            c
+        };
+        det.set_config(flagged(FLAG_NO_KERNEL_DESTS));
+        run_table(
+            &det,
+            "cookie, KERNEL_DESTS skipped",
+            &[Fixture::new("IPv4 in 198.18.0.0/24", Syn::v4().frame(), XDP_PASS, Counter::PassCookieVlanOffload)],
+        );
+        det.set_config(flagged(FLAG_NO_IFACE_POLICY));
+        run_table(
+            &det,
+            "cookie, IFACES skipped",
+            &[Fixture::new(
+                "IPv4 in 198.18.0.0/24",
+                Syn::v4().sport(40_001).frame(),
+                XDP_PASS,
+                Counter::PassCookieKernelPolicy,
+            )],
+        );
+        det.set_config(flagged(FLAG_NO_KERNEL_DESTS | FLAG_NO_IFACE_POLICY));
+        run_table(
+            &det,
+            "cookie, both skipped",
+            &[Fixture::new("IPv4 in 198.18.0.0/24", Syn::v4().sport(40_002).frame(), XDP_TX, Counter::TxCookie)],
         );
     });
 }

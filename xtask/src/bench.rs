@@ -23,7 +23,8 @@ use aya::{
 };
 use detector_common::{
     config::{
-        Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_RAW_COOKIES, FLAG_SKETCH_ADMISSION,
+        Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_NO_IFACE_POLICY, FLAG_NO_KERNEL_DESTS,
+        FLAG_RAW_COOKIES, FLAG_SKETCH_ADMISSION,
     },
     counters::Counter,
     names,
@@ -157,10 +158,16 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
 
     // A SYN-rate limit, or the cookie path skips the sketch altogether. No source can
     // reach it: no case sends more SYNs than this, and a sketch estimate never exceeds
-    // the SYNs counted.
+    // the SYNs counted. No kernel destinations and no tag-stripping NIC here, which the
+    // agent tells the program as it would on such a host (`FLAG_NO_*`).
     let cookie = {
         let mut c = detector_config(packets.max(many));
-        c.flags = FLAG_ENFORCE | FLAG_COOKIES | FLAG_COOKIE_TIMESTAMPS | FLAG_RAW_COOKIES;
+        c.flags = FLAG_ENFORCE
+            | FLAG_COOKIES
+            | FLAG_COOKIE_TIMESTAMPS
+            | FLAG_RAW_COOKIES
+            | FLAG_NO_KERNEL_DESTS
+            | FLAG_NO_IFACE_POLICY;
         c
     };
     // The agent's default limits, and sketch admission: a source gets exact state only
@@ -171,7 +178,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         c.flags |= FLAG_SKETCH_ADMISSION;
         c
     };
-    let cookie_mss = Config { flags: FLAG_ENFORCE | FLAG_COOKIES | FLAG_RAW_COOKIES, ..cookie };
+    let cookie_mss = Config { flags: cookie.flags & !FLAG_COOKIE_TIMESTAMPS, ..cookie };
     // The table of cases: add a row to time another path (ratios below refer to names).
     #[rustfmt::skip]
     let cases = [

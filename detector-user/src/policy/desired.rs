@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use detector_common::{
-    config::FLAG_LISTED_PORTS_ONLY,
+    config::{FLAG_LISTED_PORTS_ONLY, FLAG_NO_IFACE_POLICY, FLAG_NO_KERNEL_DESTS},
     names,
     policy::{IfacePolicy, PORT_ACTION_MASK, PORT_ANSWER, PORT_DEFAULT, PORT_KERNEL, PORT_NO_LISTENER},
 };
@@ -165,6 +165,21 @@ impl DesiredPolicy {
         } else {
             0
         }
+    }
+
+    /// The `FLAG_NO_*` bits this policy allows: maps it leaves without anything the
+    /// program's cookie policy could find. Only true of the maps once they hold this
+    /// policy, so `feed::PolicyStep` sets a bit only when the policy it last applied
+    /// allows it too.
+    pub fn empty_map_flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.kernel_dests.is_empty() {
+            flags |= FLAG_NO_KERNEL_DESTS;
+        }
+        if self.ifaces.values().all(|p| p.flags == 0) {
+            flags |= FLAG_NO_IFACE_POLICY;
+        }
+        flags
     }
 
     /// Logs the notes when they differ from the last logged ones (once per change).

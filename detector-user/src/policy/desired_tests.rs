@@ -31,6 +31,7 @@ fn config_nat_and_interfaces_combine() {
     assert_eq!(d.kernel_dests, prefixes(&["198.18.5.0/24", "2001:2::/48"]));
     assert!(d.listed_ports_only);
     assert_eq!(d.config_flags(), FLAG_LISTED_PORTS_ONLY);
+    assert_eq!(d.empty_map_flags(), 0, "a kernel destination and a flagged interface");
     assert!(d.notes.iter().any(|n| n.text().contains("port 443 is in policy.answer_ports")), "{:?}", d.notes);
     assert!(d.notes.iter().any(|n| n.text().contains("ifindex 3")), "{:?}", d.notes);
 }

@@ -88,11 +88,14 @@ pub async fn run(
 pub struct PolicyStep {
     maps: PolicyMaps,
     desired: SharedPolicy,
+    /// `DesiredPolicy::empty_map_flags` of the policy the last reconcile applied: what the
+    /// maps are known to hold nothing of. 0 until a reconcile succeeds, and after one fails.
+    applied_empty: u32,
 }
 
 impl PolicyStep {
     pub fn new(maps: PolicyMaps, desired: SharedPolicy) -> Self {
-        Self { maps, desired }
+        Self { maps, desired, applied_empty: 0 }
     }
 }
 
@@ -101,14 +104,22 @@ impl Reconciler for PolicyStep {
         WHAT_POLICY
     }
 
+    /// A `FLAG_NO_*` bit (skip a lookup) only when both the desired policy and the one the
+    /// maps hold allow it. The control loop writes the config before this step reconciles:
+    /// a kernel destination being added is looked up from that write on, and one being
+    /// removed stays looked up until the map is empty. (A policy published between the two
+    /// wakes the loop again at once.)
     fn program_flags(&self) -> u32 {
-        lock(&self.desired).config_flags()
+        let desired = lock(&self.desired);
+        desired.config_flags() | (desired.empty_map_flags() & self.applied_empty)
     }
 
     fn reconcile(&mut self) -> Result<(), String> {
         // A copy, so the feed task never waits on a map walk.
         let desired = lock(&self.desired).clone();
+        self.applied_empty = 0; // unknown until this pass succeeds
         let diff = self.maps.reconcile(&desired).map_err(|e| e.to_string())?;
+        self.applied_empty = desired.empty_map_flags();
         if !diff.is_empty() {
             info!(event = "policy_applied", ?diff, "policy maps brought to the desired policy");
         }

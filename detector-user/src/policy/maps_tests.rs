@@ -125,6 +125,42 @@ fn reconcile_applies_the_difference_once() {
 }
 
 #[test]
+fn lookups_are_skipped_only_while_the_maps_are_known_to_hold_nothing() {
+    use std::sync::{Arc, Mutex};
+
+    use detector_common::config::{FLAG_NO_IFACE_POLICY, FLAG_NO_KERNEL_DESTS};
+
+    use crate::{control::reconcile::Reconciler, policy::feed::PolicyStep};
+
+    let skip = FLAG_NO_KERNEL_DESTS | FLAG_NO_IFACE_POLICY;
+    let build = |dests: &[&str], ifaces: BTreeMap<u32, IfacePolicy>| {
+        DesiredPolicy::build(&cfg(&[], &[], dests), &keys(&["198.18.0.1"]), &NatFindings::default(), ifaces)
+    };
+    let plain = build(&[], BTreeMap::from([(3, IfacePolicy::default())]));
+    assert_eq!(plain.empty_map_flags(), skip);
+    let shared = Arc::new(Mutex::new(plain.clone()));
+    let mut step = PolicyStep::new(real_maps(), shared.clone());
+    assert_eq!(step.program_flags() & skip, 0, "nothing is known of the maps before a reconcile");
+    step.reconcile().unwrap();
+    assert_eq!(step.program_flags() & skip, skip);
+
+    // A destination and a stripping NIC appear: looked up from the very next config write,
+    // before the maps are filled, and afterwards.
+    let policy = build(&["198.18.5.0/24"], BTreeMap::from([(3, IfacePolicy { flags: IFACE_VLAN_STRIPPED })]));
+    assert_eq!(policy.empty_map_flags(), 0);
+    *shared.lock().unwrap() = policy;
+    assert_eq!(step.program_flags() & skip, 0);
+    step.reconcile().unwrap();
+    assert_eq!(step.program_flags() & skip, 0);
+
+    // They go again: still looked up until the maps no longer hold them.
+    *shared.lock().unwrap() = plain;
+    assert_eq!(step.program_flags() & skip, 0, "the maps still hold the old policy");
+    step.reconcile().unwrap();
+    assert_eq!(step.program_flags() & skip, skip);
+}
+
+#[test]
 fn the_object_without_policy_maps_is_refused_by_name() {
     crate::test_netns::assert_root();
     let path = concat!(
