@@ -11,6 +11,7 @@
 #![allow(clippy::pub_underscore_fields, reason = "explicit padding fields")]
 
 pub mod ackshield;
+pub mod block_filter;
 pub mod blocked;
 pub mod checksum;
 pub mod config;

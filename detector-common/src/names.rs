@@ -17,6 +17,12 @@ pub const MAP_PENDING: &str = "PENDING";
 pub const MAP_PENDING_FILTER: &str = "PENDING_FILTER";
 /// Buckets in `PENDING_FILTER` (a power of two).
 pub const PENDING_FILTER_BUCKETS: u32 = 1 << 16;
+/// `Array<u32>`: per source-hash bucket, the end (a `block_filter::stamp`) of the latest
+/// block of a source that hashes there. A SYN in cookie mode looks its source up in
+/// `SOURCES` only when its bucket holds a block still running.
+pub const MAP_BLOCK_FILTER: &str = "BLOCK_FILTER";
+/// Buckets in `BLOCK_FILTER` (a power of two).
+pub const BLOCK_FILTER_BUCKETS: u32 = 1 << 16;
 /// `Array<u64>` of `sketch::SKETCH_ROWS × Config::sketch_width` cells; size from config.
 pub const MAP_SKETCH: &str = "SKETCH";
 /// `HashMap<[u8; 16], u32>`: the host's own addresses in the agent's network namespace
@@ -87,12 +93,12 @@ pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 /// it: the agent compares them itself and loads fresh maps when they differ.
 /// 5: `COUNTERS` gained `cookie_fast` and `ack_shield` (slots 36 and 37).
 /// 6: `CLOSED_FILTER` pinned; `Config` flag `FLAG_RAW_COOKIES`.
-/// 7: `Config` flags `FLAG_NO_KERNEL_DESTS`, `FLAG_NO_IFACE_POLICY`.
+/// 7: `Config` flags `FLAG_NO_KERNEL_DESTS`, `FLAG_NO_IFACE_POLICY`; `BLOCK_FILTER` pinned.
 pub const LAYOUT_VERSION: u32 = 7;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 15] = [
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_SOURCES,
@@ -107,4 +113,5 @@ pub const PINNED_MAPS: [&str; 14] = [
     MAP_ALLOW,
     MAP_DENY,
     MAP_CLOSED_FILTER,
+    MAP_BLOCK_FILTER,
 ];

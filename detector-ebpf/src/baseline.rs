@@ -1,8 +1,9 @@
 //! Baseline programs for `cargo xtask bench`, which reports our paths as ratios to these:
 //! a trivial XDP_PASS (the cost of a test run itself), a trivial XDP_TX that swaps MACs,
 //! the "helper floor": listener lookup plus cookie helper and nothing else, the least
-//! any socket-bound cookie responder must spend, and the "raw floor": the raw cookie
-//! helper alone, the least the fast path must spend. The agent never attaches them.
+//! any socket-bound cookie responder must spend, the "raw floor": the raw cookie
+//! helper alone, and the "minimal responder": the raw helper and a SYN-ACK built in place,
+//! the least any program that answers a SYN must spend. The agent never attaches them.
 
 use core::ffi::c_void;
 
@@ -10,6 +11,7 @@ use aya_ebpf::{
     bindings::{iphdr, tcphdr, xdp_action, BPF_F_CURRENT_NETNS},
     helpers::generated::{
         bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_tcp_raw_gen_syncookie_ipv4,
+        bpf_xdp_adjust_tail,
     },
     macros::xdp,
     programs::XdpContext,
@@ -98,6 +100,95 @@ pub fn baseline_raw_floor(ctx: XdpContext) -> u32 {
     // SAFETY: the helper reads the IP header and th_len (at most 60) bytes of TCP header,
     // inside the range `floor_headers` checked; it checks th_len against the header's doff.
     floor_verdict(unsafe { bpf_tcp_raw_gen_syncookie_ipv4(iph as *mut iphdr, th as *mut tcphdr, th_len) })
+}
+
+/// The "minimal responder": the raw helper's cookie answered with a SYN-ACK built in
+/// place (MACs, addresses and ports swapped, an MSS option only, both checksums summed
+/// from registers), the frame trimmed to the reply, XDP_TX. No policy, no tracking, no
+/// options read: what any program that answers a SYN with a raw cookie must do, written
+/// as cheaply as we know how. Not a valid reply for every SYN (no timestamps, a fixed
+/// window); the bench only times it.
+#[xdp]
+pub fn baseline_min_responder(ctx: XdpContext) -> u32 {
+    /// Ethernet + IPv4 without options + TCP with the 4-byte MSS option.
+    const REPLY_LEN: usize = 14 + 20 + 24;
+    let Some((iph, th, th_len)) = floor_headers(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: as in `baseline_raw_floor`.
+    let ret = unsafe { bpf_tcp_raw_gen_syncookie_ipv4(iph as *mut iphdr, th as *mut tcphdr, th_len) };
+    if ret < 0 {
+        return xdp_action::XDP_PASS;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "cookie | mss << 32")]
+    let (cookie, mss) = (ret as u32, (ret >> 32) as u16);
+    // SAFETY: `floor_headers` checked th + 60 against the frame's end, and iph + 20 = th.
+    let (ip, tcp) = unsafe { (crate::packet::load::<20>(iph), crate::packet::load::<8>(th)) };
+
+    let mut ip_out = ip;
+    ip_out[2..4].copy_from_slice(&(REPLY_LEN as u16 - 14).to_be_bytes());
+    ip_out[8] = 64;
+    ip_out[10..12].copy_from_slice(&[0, 0]);
+    ip_out[12..16].copy_from_slice(&ip[16..20]);
+    ip_out[16..20].copy_from_slice(&ip[12..16]);
+    let ip_sum = !fold(sum_words(&ip_out));
+    ip_out[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+
+    let client_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let mut t = [0u8; 24];
+    t[0..2].copy_from_slice(&tcp[2..4]);
+    t[2..4].copy_from_slice(&tcp[0..2]);
+    t[4..8].copy_from_slice(&cookie.to_be_bytes());
+    t[8..12].copy_from_slice(&client_seq.wrapping_add(1).to_be_bytes());
+    t[12] = 6 << 4;
+    t[13] = 0x12; // SYN | ACK
+    t[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+    t[20..24].copy_from_slice(&[2, 4, (mss >> 8) as u8, mss as u8]);
+    // The pseudo-header: both addresses (their sum does not care which is which), the
+    // protocol and the TCP length.
+    let pseudo = sum_words(&[ip[12], ip[13], ip[14], ip[15], ip[16], ip[17], ip[18], ip[19]]) + 6 + 24;
+    let tcp_sum = !fold(pseudo + sum_words(&t));
+    t[16..18].copy_from_slice(&tcp_sum.to_be_bytes());
+
+    // SAFETY: the MACs, iph..iph + 20 and th..th + 24 are inside the checked range.
+    unsafe {
+        // From the checked pointer: a fresh `ctx.data()` would be unchecked for the verifier.
+        crate::packet::swap_macs(iph - 14);
+        crate::packet::store(iph, &ip_out);
+        crate::packet::store(th, &t);
+    }
+    let len = ctx.data_end() - ctx.data();
+    if len != REPLY_LEN {
+        #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "a frame's length")]
+        let delta = REPLY_LEN as i32 - len as i32;
+        // SAFETY: shrinks the frame to the reply, which lies inside it.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+            return xdp_action::XDP_PASS;
+        }
+    }
+    xdp_action::XDP_TX
+}
+
+/// The one's-complement sum of big-endian 16-bit words, not yet folded.
+#[inline(always)]
+fn sum_words<const N: usize>(bytes: &[u8; N]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum
+}
+
+/// Folds a 32-bit sum into 16 bits, carries included.
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    #[allow(clippy::cast_possible_truncation, reason = "folded to 16 bits")]
+    let folded = sum as u16;
+    folded
 }
 
 /// The floor of any drop path: the bench compares the blocked-source drop with it.

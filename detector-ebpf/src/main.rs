@@ -30,7 +30,7 @@ mod syncookie;
 mod track;
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::map, macros::xdp, maps::Array,
+    bindings::xdp_action, helpers::{bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns}, macros::map, macros::xdp, maps::Array,
     programs::XdpContext,
 };
 use detector_common::{
@@ -133,23 +133,30 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
         Ok(cfg) => cfg,
         Err(not_judged) => return not_judged,
     };
-    // Blocked sources first, in every mode (they are dropped whatever their destination):
-    // a flood's SYNs mostly end here, on the coarse clock and without another call.
-    let mut found = track::state_of(seg);
-    let blocked = found.as_deref_mut().and_then(|state| track::drop_if_blocked(state, cfg));
-    let counter = blocked.unwrap_or_else(|| {
-        // SAFETY: a helper without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
-        if cfg.has(FLAG_COOKIES) {
-            // Blocked sources (near the end of their block), then what policy leaves to the
-            // kernel, and only then the budget and the helper.
-            track::screen_for_cookie(ctx, seg, cfg, now, found)
-                .or_else(|| policy::leave_to_kernel(ctx, seg, cfg))
-                .unwrap_or_else(|| cookie::answer_syn(ctx, seg, cfg, now))
-        } else {
+    let counter = if cfg.has(FLAG_COOKIES) {
+        // Cookie mode runs on the coarse clock (docs/hotpaths.md): it keeps no handshake
+        // state, and every time it reads (the budget's second, the renewal's second, the
+        // closed filter's minute, sketch epochs, block ends) tolerates a tick's lag.
+        // SAFETY: a helper without arguments (kernel >= 5.11).
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        // A spoofed flood's sources have no state: look one up only when its filter bucket
+        // holds a running block. Blocked sources first, then what policy leaves to the
+        // kernel, and only then the budget and the helper.
+        let found = if track::may_be_blocked(seg, now) { track::state_of(seg) } else { None };
+        track::screen_for_cookie(ctx, seg, cfg, now, found)
+            .or_else(|| policy::leave_to_kernel(ctx, seg, cfg))
+            .unwrap_or_else(|| cookie::answer_syn(ctx, seg, cfg, now))
+    } else {
+        // Blocked sources first (they are dropped whatever their destination): a flood's
+        // SYNs mostly end here, on the coarse clock and without another call.
+        let mut found = track::state_of(seg);
+        let blocked = found.as_deref_mut().and_then(|state| track::drop_if_blocked(state, cfg));
+        blocked.unwrap_or_else(|| {
+            // SAFETY: a helper without arguments.
+            let now = unsafe { bpf_ktime_get_ns() };
             track::on_syn(ctx, seg, cfg, now, found)
-        }
-    });
+        })
+    };
     if cfg.has(FLAG_ENFORCE) {
         counter
     } else {

@@ -109,7 +109,7 @@ fn opaque(mut value: usize) -> usize {
 /// # Safety
 /// `at .. at + N` must be inside the frame, checked so that the verifier sees it.
 #[inline(always)]
-unsafe fn load<const N: usize>(at: usize) -> [u8; N] {
+pub unsafe fn load<const N: usize>(at: usize) -> [u8; N] {
     let mut out = [0u8; N];
     let mut i = 0;
     // N is a constant: these loops unroll into straight-line loads.

@@ -9,11 +9,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use detector_common::{
-    blocked,
+    block_filter, blocked,
     config::{Config, FLAG_COOKIES},
     counters::Counter,
     filter,
-    names::PENDING_FILTER_BUCKETS,
+    names::{BLOCK_FILTER_BUCKETS, PENDING_FILTER_BUCKETS},
     parse::TcpSegment,
     sketch,
     state::{FlowKey, PendingFlow, SourceKey, SourceState},
@@ -38,6 +38,30 @@ static SKETCH: Array<u64> = Array::with_max_entries(sketch::SKETCH_ROWS * 16_384
 
 #[map(name = "PENDING_FILTER")]
 static PENDING_FILTER: Array<u32> = Array::with_max_entries(PENDING_FILTER_BUCKETS, 0);
+
+/// Per source-hash bucket, the end of the latest block there (`block_filter`). Pinned with
+/// `SOURCES`, whose blocks it summarises.
+#[map(name = "BLOCK_FILTER")]
+static BLOCK_FILTER: Array<u32> = Array::with_max_entries(BLOCK_FILTER_BUCKETS, 0);
+
+/// Records a block of `key`'s source until `until_ns` in its filter bucket. Another CPU
+/// writing the same bucket at the same moment may win with an earlier end; the blocked
+/// source's SYNs then skip the lookup once that end has passed, are answered until the
+/// sketch catches them again, and the new block stamps the bucket again.
+#[inline(always)]
+fn note_block(key: &SourceKey, until_ns: u64) {
+    if let Some(slot) = BLOCK_FILTER.get_ptr_mut(block_filter::bucket(&key.addr)) {
+        // SAFETY: a live array value.
+        unsafe { *slot = block_filter::later(*slot, block_filter::stamp(until_ns)) };
+    }
+}
+
+/// Whether the SYN's source may be blocked at `now` (cookie mode asks before looking it
+/// up). A missing bucket cannot happen (an array); if it did, the lookup decides.
+#[inline(always)]
+pub fn may_be_blocked(seg: &TcpSegment, now: u64) -> bool {
+    BLOCK_FILTER.get(block_filter::bucket(&seg.src)).is_none_or(|&s| block_filter::may_be_blocked(s, now))
+}
 
 #[inline(always)]
 fn flow_of(seg: &TcpSegment) -> FlowKey {
@@ -152,6 +176,7 @@ pub fn on_syn(
             if new_flow {
                 let _ = PENDING.remove(&flow);
             }
+            note_block(&key, state.blocked_until_ns);
             count(match reason {
                 BlockReason::SynRate => Counter::BlockedSynRate,
                 BlockReason::HalfOpen => Counter::BlockedHalfOpen,
@@ -197,6 +222,7 @@ pub fn screen_for_cookie(
         return Some(Counter::PassMapError);
     };
     track::block_heavy_hitter(state, now, cfg);
+    note_block(&key, state.blocked_until_ns);
     count(Counter::BlockedSynRate);
     events::source_blocked(ctx, &key, BlockReason::SynRate, now);
     Some(Counter::DropOverLimit)

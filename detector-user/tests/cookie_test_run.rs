@@ -11,10 +11,11 @@ use std::{net::TcpListener, thread};
 
 use common::{Detector, XDP_DROP, XDP_PASS, XDP_TX};
 use detector_common::{
+    block_filter,
     config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_RAW_COOKIES},
     counters::Counter,
     names,
-    state::SourceKey,
+    state::{SourceKey, SourceState},
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpHeader, TcpOptionElement, TransportSlice};
 
@@ -413,6 +414,47 @@ fn a_single_source_flooding_in_cookie_mode_is_found_by_the_sketch_and_blocked() 
         assert!(state.blocked_until_ns > 0);
         // Someone else is still answered.
         assert_eq!(det.run(names::PROGRAM, &Syn { src_last: 7, ..Syn::v4() }.frame(&[])).0, XDP_TX);
+    });
+}
+
+/// Cookie mode looks a source up only when its `BLOCK_FILTER` bucket holds a running block
+/// (`detector_common::block_filter`), so every block must stamp it: here one made in
+/// tracking mode, before an auto-mode switch to cookies. And the gate is real: a block
+/// written into `SOURCES` behind the program's back (no stamp) is not seen.
+#[test]
+fn blocks_from_tracking_mode_hold_in_cookie_mode_through_the_block_filter() {
+    in_private_netns("2", || {
+        let mut tracking = Config::new(3, 0, 60 * SEC, 3 * SEC);
+        tracking.sketch_width = 16_384;
+        let mut det = Detector::load(tracking, &[]);
+        let flood = |i: u16| Syn { sport: 43_000 + i, src_last: 77, ..Syn::v4() };
+        let verdicts: Vec<u32> = (0..5).map(|i| det.run(names::PROGRAM, &flood(i).frame(&[])).0).collect();
+        assert_eq!(verdicts, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP], "blocked in tracking mode");
+
+        det.set_config(Config { syn_rate_limit: 3, ..cookie_config(true) });
+        assert_eq!(det.run(names::PROGRAM, &flood(5).frame(&[])).0, XDP_DROP, "still blocked with cookies");
+        assert_eq!(det.counter(Counter::DropBlocked), 2);
+        assert_eq!(det.run(names::PROGRAM, &Syn { src_last: 78, ..Syn::v4() }.frame(&[])).0, XDP_TX);
+
+        // A block the filter was not told about: the program does not look, and answers.
+        let mut key = SourceKey { addr: [0; 16] };
+        key.addr[10..12].copy_from_slice(&[0xff, 0xff]);
+        key.addr[12..].copy_from_slice(&[198, 18, 0, 79]);
+        let mut sources: aya::maps::HashMap<_, SourceKey, SourceState> =
+            aya::maps::HashMap::try_from(det.ebpf.map_mut(names::MAP_SOURCES).unwrap()).unwrap();
+        let blocked = SourceState { blocked_until_ns: u64::MAX, ..SourceState::new(0, &tracking) };
+        sources.insert(key, blocked, 0).unwrap();
+        assert_eq!(det.run(names::PROGRAM, &Syn { src_last: 79, ..Syn::v4() }.frame(&[])).0, XDP_TX);
+        // Stamped as the program stamps a block: dropped.
+        let mut filter: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(det.ebpf.map_mut(names::MAP_BLOCK_FILTER).unwrap()).unwrap();
+        // Stamps wrap (a block lasts at most a day: the config's limit), so an hour from now.
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid timespec to write into.
+        assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) }, 0);
+        let in_an_hour = (u64::try_from(ts.tv_sec).unwrap() + 3600) * SEC;
+        filter.set(block_filter::bucket(&key.addr), block_filter::stamp(in_an_hour), 0).unwrap();
+        assert_eq!(det.run(names::PROGRAM, &Syn { src_last: 79, ..Syn::v4() }.frame(&[])).0, XDP_DROP);
     });
 }
 

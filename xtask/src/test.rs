@@ -77,6 +77,7 @@ const BENCH_ROWS: &[&str] = &[
     "| verifier | baseline_helper_floor: instructions processed |",
     "| per path | trivial XDP_PASS (subtracted from all), absolute |",
     "| per path | helper floor (lookup + cookie helper) |",
+    "| per path | minimal responder (raw helper + SYN-ACK) |",
     "| per path | cookie path, IPv4, TS options |",
     "| per path | cookie path IPv4 / helper floor |",
 ];

@@ -1,0 +1,129 @@
+//! The blocked-source filter: lets a SYN in cookie mode skip the per-source lookup unless a
+//! source that hashes to the same bucket is blocked.
+//!
+//! In cookie mode `SOURCES` holds an entry only for a source the sketch caught (and those
+//! left from tracking mode): a spoofed flood's SYNs come from sources it has never seen,
+//! and each one's hash lookup (a helper call, about 25 ns, more with cold caches) finds
+//! nothing. Every block writes its end time into its source's bucket here; a SYN whose
+//! bucket holds no block that is still running cannot come from a blocked source, and one
+//! array read (inlined by the verifier) says so. A false positive (another source in the
+//! bucket is blocked) only costs the lookup. Not keyed: a flood that targets a blocked
+//! source's bucket only makes its own SYNs take the lookup, as without a filter.
+
+use crate::names::BLOCK_FILTER_BUCKETS;
+
+/// Stamps count in units of 2^24 ns (about 16.8 ms), as in `filter`; compared with
+/// wrapping arithmetic, so a block may run up to 2^31 units (about a year).
+const STAMP_SHIFT: u32 = 24;
+
+/// The bucket of a source address (IPv4-mapped for IPv4).
+#[inline(always)]
+#[must_use]
+pub fn bucket(addr: &[u8; 16]) -> u32 {
+    // Two words, big-endian so that an IPv4 address (the last four bytes) sits in the low
+    // bits, which every bit of a product depends on; the bucket comes from high bits.
+    let high = u64::from_be_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
+    let low = u64::from_be_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
+    let h = (high.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ low).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    #[allow(clippy::cast_possible_truncation, reason = "masked to the bucket count")]
+    let bucket = (h >> 40) as u32;
+    bucket & (BLOCK_FILTER_BUCKETS - 1)
+}
+
+/// The stamp of a block that ends at `until_ns`: rounded up, never 0 (a zeroed bucket saw
+/// no block).
+#[inline(always)]
+#[must_use]
+#[allow(clippy::cast_possible_truncation, reason = "stamps wrap by design")]
+pub fn stamp(until_ns: u64) -> u32 {
+    ((until_ns >> STAMP_SHIFT) as u32).wrapping_add(1).max(1)
+}
+
+/// What a bucket holding `old` holds after a block stamped `new`: the later of the two, so
+/// one source's short block never hides another's longer one in the same bucket.
+#[inline(always)]
+#[must_use]
+pub fn later(old: u32, new: u32) -> u32 {
+    if old == 0 || runs_past(new, old) {
+        new
+    } else {
+        old
+    }
+}
+
+/// Whether a SYN at `now_ns` whose bucket holds `stamp_value` may come from a blocked
+/// source. `false` is certain: no source in the bucket is blocked at `now_ns`.
+#[inline(always)]
+#[must_use]
+#[allow(clippy::cast_possible_truncation, reason = "stamps wrap by design")]
+pub fn may_be_blocked(stamp_value: u32, now_ns: u64) -> bool {
+    stamp_value != 0 && !runs_past((now_ns >> STAMP_SHIFT) as u32, stamp_value)
+}
+
+/// Whether stamp `a` is after stamp `b`, with wrapping.
+#[inline(always)]
+#[allow(clippy::cast_possible_wrap, reason = "wrapping comparison")]
+fn runs_past(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::ipv4_mapped;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_block_is_seen_until_it_ends_and_not_after() {
+        let until = 100 * SEC;
+        let s = stamp(until);
+        assert!(may_be_blocked(s, 1));
+        assert!(may_be_blocked(s, until - 1));
+        assert!(may_be_blocked(s, until), "rounded up: never too early");
+        assert!(!may_be_blocked(s, until + SEC / 10), "within one stamp unit after the end");
+        assert!(!may_be_blocked(0, until), "a bucket no block stamped");
+    }
+
+    #[test]
+    fn the_later_block_wins_a_shared_bucket() {
+        let (short, long) = (stamp(10 * SEC), stamp(60 * SEC));
+        assert_eq!(later(0, short), short);
+        assert_eq!(later(short, long), long);
+        assert_eq!(later(long, short), long);
+        // Across the wrap of the u32 stamp.
+        let (before, after) = (u32::MAX - 2, 5);
+        assert_eq!(later(before, after), after);
+        assert!(may_be_blocked(after, u64::from(u32::MAX) << STAMP_SHIFT));
+    }
+
+    #[test]
+    fn addresses_spread_over_the_buckets() {
+        let mut hits = std::vec![0u32; BLOCK_FILTER_BUCKETS as usize];
+        let n = 1u32 << 20;
+        // Sequential IPv4 addresses, and IPv6 ones differing in the interface id's low bytes.
+        for i in 0..n / 2 {
+            hits[bucket(&ipv4_mapped((0x0a00_0000 + i).to_be_bytes())) as usize] += 1;
+            let mut v6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            v6[12..].copy_from_slice(&i.to_be_bytes());
+            hits[bucket(&v6) as usize] += 1;
+        }
+        let mean = f64::from(n) / f64::from(BLOCK_FILTER_BUCKETS);
+        let max = f64::from(*hits.iter().max().unwrap());
+        let empty = hits.iter().filter(|&&h| h == 0).count();
+        assert!(max < mean * 3.0, "fullest bucket {max} against a mean of {mean}");
+        assert!(empty < BLOCK_FILTER_BUCKETS as usize / 100, "{empty} empty buckets");
+    }
+
+    #[test]
+    fn neighbouring_addresses_rarely_share_a_bucket() {
+        let collisions = (0u32..10_000)
+            .filter(|&i| {
+                let a = ipv4_mapped((0xc612_0000 + 2 * i).to_be_bytes());
+                let b = ipv4_mapped((0xc612_0000 + 2 * i + 1).to_be_bytes());
+                bucket(&a) == bucket(&b)
+            })
+            .count();
+        assert!(collisions < 10, "{collisions} of 10000 neighbours collide");
+    }
+}

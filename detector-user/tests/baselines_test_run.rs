@@ -1,0 +1,66 @@
+//! The bench's baselines (the test object's programs) are what the bench says they are. The
+//! minimal responder is the floor `cargo xtask bench` compares the cookie path with, so it
+//! must really answer: a SYN-ACK a client would take, not a cheaper imitation. Needs root.
+
+mod common;
+
+use common::{Detector, SERVER4, XDP_TX};
+use detector_common::config::Config;
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
+
+const SEC: u64 = 1_000_000_000;
+const CLIENT4: [u8; 4] = [198, 18, 0, 2];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+/// A Linux client's SYN with 20 bytes of padding after it, as the bench sends (the
+/// baselines read at fixed offsets and want 60 bytes of TCP header room).
+fn padded_syn() -> Vec<u8> {
+    let options = [
+        TcpOptionElement::MaximumSegmentSize(1460),
+        TcpOptionElement::SelectiveAcknowledgementPermitted,
+        TcpOptionElement::Timestamp(7, 0),
+        TcpOptionElement::Noop,
+        TcpOptionElement::WindowScale(7),
+    ];
+    let tcp = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
+        .ipv4(CLIENT4, SERVER4, 64)
+        .tcp(40_000, 8080, 1000, 64240)
+        .syn()
+        .options(&options)
+        .unwrap();
+    let mut frame = Vec::new();
+    tcp.write(&mut frame, &[]).unwrap();
+    frame.extend_from_slice(&[0; 20]);
+    frame
+}
+
+#[test]
+fn the_minimal_responder_answers_with_a_syn_ack_a_client_takes() {
+    // The raw helper needs neither a listener nor the detector's config; the config is
+    // only there because loading writes one.
+    let det = Detector::load(Config::new(0, 0, SEC, 3 * SEC), &["baseline_min_responder"]);
+    let (verdict, reply) = det.run("baseline_min_responder", &padded_syn());
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(reply.len(), 14 + 20 + 24, "trimmed to the reply: no padding, no SYN options left");
+    assert_eq!((&reply[..6], &reply[6..12]), (&CLIENT_MAC[..], &SERVER_MAC[..]), "MACs swapped");
+
+    let sliced = SlicedPacket::from_ethernet(&reply).expect("etherparse decodes the SYN-ACK");
+    let Some(NetSlice::Ipv4(ip)) = &sliced.net else { panic!("no IPv4 in the reply") };
+    let ip4 = ip.header().to_header();
+    assert_eq!((ip4.source, ip4.destination), (SERVER4, CLIENT4));
+    assert_eq!(ip4.header_checksum, ip4.calc_header_checksum(), "IPv4 header checksum");
+    let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else { panic!("no TCP in the reply") };
+    let header = tcp.to_header();
+    assert_eq!(header.checksum, header.calc_checksum_ipv4(&ip4, tcp.payload()).unwrap(), "TCP checksum");
+    assert_eq!((header.source_port, header.destination_port), (8080, 40_000));
+    assert_eq!(header.acknowledgment_number, 1001, "acks the client's ISN + 1");
+    assert!(header.syn && header.ack && !header.rst && !header.fin && !header.psh);
+    let options: Vec<_> = header.options_iterator().collect::<Result<_, _>>().unwrap();
+    let [TcpOptionElement::MaximumSegmentSize(mss)] = options[..] else {
+        panic!("one MSS option, got {options:?}")
+    };
+    // The helper's MSS table (`msstab`) for a 1460-byte client MSS.
+    assert_eq!(mss, 1460);
+    assert!(tcp.payload().is_empty(), "a SYN-ACK carries no data");
+}
