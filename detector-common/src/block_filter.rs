@@ -12,9 +12,15 @@
 
 use crate::names::BLOCK_FILTER_BUCKETS;
 
-/// Stamps count in units of 2^24 ns (about 16.8 ms), as in `filter`; compared with
-/// wrapping arithmetic, so a block may run up to 2^31 units (about a year).
+/// Stamps count in units of 2^24 ns (about 16.8 ms), as in `filter`, and are compared
+/// with wrapping arithmetic: two stamps compare right while they are less than 2^31 units
+/// (about a year) apart.
 const STAMP_SHIFT: u32 = 24;
+
+/// The longest block a stamp says: about 208 days, well inside the wrap. The agent's
+/// blocks last at most a day (`thresholds.block_ttl_secs`); a longer one written by hand
+/// (tests set 110 years) is stamped as this long.
+pub const MAX_STAMPED_BLOCK_NS: u64 = 1 << (STAMP_SHIFT + 30);
 
 /// The bucket of a source address (IPv4-mapped for IPv4).
 #[inline(always)]
@@ -23,20 +29,22 @@ pub fn bucket(addr: &[u8; 16]) -> u32 {
     // Two words, big-endian so that an IPv4 address (the last four bytes) sits in the low
     // bits, which every bit of a product depends on; the bucket comes from high bits.
     let high = u64::from_be_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
-    let low = u64::from_be_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
+    let low =
+        u64::from_be_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
     let h = (high.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ low).wrapping_mul(0xff51_afd7_ed55_8ccd);
     #[allow(clippy::cast_possible_truncation, reason = "masked to the bucket count")]
     let bucket = (h >> 40) as u32;
     bucket & (BLOCK_FILTER_BUCKETS - 1)
 }
 
-/// The stamp of a block that ends at `until_ns`: rounded up, never 0 (a zeroed bucket saw
-/// no block).
+/// The stamp of a block, made at `now_ns`, that ends at `until_ns` (at most
+/// `MAX_STAMPED_BLOCK_NS` later): rounded up, never 0 (a zeroed bucket saw no block).
 #[inline(always)]
 #[must_use]
 #[allow(clippy::cast_possible_truncation, reason = "stamps wrap by design")]
-pub fn stamp(until_ns: u64) -> u32 {
-    ((until_ns >> STAMP_SHIFT) as u32).wrapping_add(1).max(1)
+pub fn stamp(until_ns: u64, now_ns: u64) -> u32 {
+    let until = until_ns.min(now_ns.saturating_add(MAX_STAMPED_BLOCK_NS));
+    ((until >> STAMP_SHIFT) as u32).wrapping_add(1).max(1)
 }
 
 /// What a bucket holding `old` holds after a block stamped `new`: the later of the two, so
@@ -77,7 +85,7 @@ mod tests {
     #[test]
     fn a_block_is_seen_until_it_ends_and_not_after() {
         let until = 100 * SEC;
-        let s = stamp(until);
+        let s = stamp(until, 1);
         assert!(may_be_blocked(s, 1));
         assert!(may_be_blocked(s, until - 1));
         assert!(may_be_blocked(s, until), "rounded up: never too early");
@@ -87,7 +95,7 @@ mod tests {
 
     #[test]
     fn the_later_block_wins_a_shared_bucket() {
-        let (short, long) = (stamp(10 * SEC), stamp(60 * SEC));
+        let (short, long) = (stamp(10 * SEC, 0), stamp(60 * SEC, 0));
         assert_eq!(later(0, short), short);
         assert_eq!(later(short, long), long);
         assert_eq!(later(long, short), long);
@@ -95,6 +103,15 @@ mod tests {
         let (before, after) = (u32::MAX - 2, 5);
         assert_eq!(later(before, after), after);
         assert!(may_be_blocked(after, u64::from(u32::MAX) << STAMP_SHIFT));
+    }
+
+    #[test]
+    fn a_block_longer_than_the_stamps_reach_is_stamped_as_long_as_they_reach() {
+        let now = 1_000 * SEC;
+        let s = stamp(u64::MAX, now);
+        assert!(may_be_blocked(s, now + 200 * 86_400 * SEC), "still blocked 200 days on");
+        assert!(!may_be_blocked(s, now + 210 * 86_400 * SEC));
+        assert_eq!(stamp(now + 86_400 * SEC, now), stamp(now + 86_400 * SEC, 0), "a day is not clamped");
     }
 
     #[test]

@@ -30,7 +30,11 @@ mod syncookie;
 mod track;
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::{bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns}, macros::map, macros::xdp, maps::Array,
+    bindings::xdp_action,
+    helpers::{bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
+    macros::map,
+    macros::xdp,
+    maps::Array,
     programs::XdpContext,
 };
 use detector_common::{

@@ -49,10 +49,10 @@ static BLOCK_FILTER: Array<u32> = Array::with_max_entries(BLOCK_FILTER_BUCKETS, 
 /// source's SYNs then skip the lookup once that end has passed, are answered until the
 /// sketch catches them again, and the new block stamps the bucket again.
 #[inline(always)]
-fn note_block(key: &SourceKey, until_ns: u64) {
+fn note_block(key: &SourceKey, until_ns: u64, now: u64) {
     if let Some(slot) = BLOCK_FILTER.get_ptr_mut(block_filter::bucket(&key.addr)) {
         // SAFETY: a live array value.
-        unsafe { *slot = block_filter::later(*slot, block_filter::stamp(until_ns)) };
+        unsafe { *slot = block_filter::later(*slot, block_filter::stamp(until_ns, now)) };
     }
 }
 
@@ -176,7 +176,7 @@ pub fn on_syn(
             if new_flow {
                 let _ = PENDING.remove(&flow);
             }
-            note_block(&key, state.blocked_until_ns);
+            note_block(&key, state.blocked_until_ns, now);
             count(match reason {
                 BlockReason::SynRate => Counter::BlockedSynRate,
                 BlockReason::HalfOpen => Counter::BlockedHalfOpen,
@@ -222,7 +222,7 @@ pub fn screen_for_cookie(
         return Some(Counter::PassMapError);
     };
     track::block_heavy_hitter(state, now, cfg);
-    note_block(&key, state.blocked_until_ns);
+    note_block(&key, state.blocked_until_ns, now);
     count(Counter::BlockedSynRate);
     events::source_blocked(ctx, &key, BlockReason::SynRate, now);
     Some(Counter::DropOverLimit)

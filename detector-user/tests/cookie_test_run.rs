@@ -453,7 +453,7 @@ fn blocks_from_tracking_mode_hold_in_cookie_mode_through_the_block_filter() {
         // SAFETY: a valid timespec to write into.
         assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) }, 0);
         let in_an_hour = (u64::try_from(ts.tv_sec).unwrap() + 3600) * SEC;
-        filter.set(block_filter::bucket(&key.addr), block_filter::stamp(in_an_hour), 0).unwrap();
+        filter.set(block_filter::bucket(&key.addr), block_filter::stamp(in_an_hour, 0), 0).unwrap();
         assert_eq!(det.run(names::PROGRAM, &Syn { src_last: 79, ..Syn::v4() }.frame(&[])).0, XDP_DROP);
     });
 }

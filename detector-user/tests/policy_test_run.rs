@@ -513,7 +513,12 @@ fn maps_the_config_says_are_empty_are_not_looked_up() {
         run_table(
             &det,
             "cookie, KERNEL_DESTS skipped",
-            &[Fixture::new("IPv4 in 198.18.0.0/24", Syn::v4().frame(), XDP_PASS, Counter::PassCookieVlanOffload)],
+            &[Fixture::new(
+                "IPv4 in 198.18.0.0/24",
+                Syn::v4().frame(),
+                XDP_PASS,
+                Counter::PassCookieVlanOffload,
+            )],
         );
         det.set_config(flagged(FLAG_NO_IFACE_POLICY));
         run_table(
@@ -530,7 +535,12 @@ fn maps_the_config_says_are_empty_are_not_looked_up() {
         run_table(
             &det,
             "cookie, both skipped",
-            &[Fixture::new("IPv4 in 198.18.0.0/24", Syn::v4().sport(40_002).frame(), XDP_TX, Counter::TxCookie)],
+            &[Fixture::new(
+                "IPv4 in 198.18.0.0/24",
+                Syn::v4().sport(40_002).frame(),
+                XDP_TX,
+                Counter::TxCookie,
+            )],
         );
     });
 }

@@ -29,7 +29,7 @@ use detector_common::{
     ackshield::{self, Owner},
     config::{
         Config, FLAG_COOKIES, FLAG_COOKIE_ECN, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_LISTED_PORTS_ONLY,
-        FLAG_RAW_COOKIES,
+        FLAG_NO_IFACE_POLICY, FLAG_NO_KERNEL_DESTS, FLAG_RAW_COOKIES,
     },
     counters::{Counter, COUNTER_SLOTS},
     fastpath::{closed_stamp, cookie_path, may_be_time_wait, CookiePath, ListenerKey},
@@ -66,7 +66,10 @@ pub fn config(mode: Mode) -> Config {
                 | if timestamps { FLAG_COOKIE_TIMESTAMPS } else { 0 }
                 | if ecn { FLAG_COOKIE_ECN } else { 0 }
                 | if policy.listed_only { FLAG_LISTED_PORTS_ONLY } else { 0 }
-                | if policy.filter_unseeded { 0 } else { FLAG_RAW_COOKIES },
+                | if policy.filter_unseeded { 0 } else { FLAG_RAW_COOKIES }
+                // As the agent says it: a map that holds nothing is not looked up.
+                | if policy.kernel_dest6 { 0 } else { FLAG_NO_KERNEL_DESTS }
+                | if policy.vlan_stripped { 0 } else { FLAG_NO_IFACE_POLICY },
         ),
     };
     let mut c = Config::new(syn_rate, half_open, FOREVER_NS, FOREVER_NS);
