@@ -178,7 +178,9 @@ fn the_local_table_follows_the_addresses() {
         assert_eq!(*bucket, placed.get(&i).copied().unwrap_or_default(), "bucket {i}");
     }
     assert!(first.iter().all(|a| is_local(&maps, *a)));
+    let started = std::time::Instant::now();
     assert!(maps.reconcile(&with_addrs(&first)).unwrap().is_empty(), "nothing to do again");
+    eprintln!("a reconcile with nothing to do (LOCAL_TABLE read back): {:?}", started.elapsed());
 
     // One goes, one comes: its old bucket is empty again, no mark left behind.
     let second = keys(&["198.18.0.1", "2001:2::1", "2001:2::2"]);
@@ -239,4 +241,22 @@ fn a_table_changed_behind_the_agents_back_is_repaired() {
     assert!(addrs.iter().all(|a| is_local(&maps, *a)));
     assert_eq!(maps.table.map.get(&7, 0).unwrap(), LocalBucket::default());
     assert!(maps.reconcile(&with_addrs(&addrs)).unwrap().is_empty());
+}
+
+#[test]
+fn the_batch_read_of_the_table_matches_bucket_by_bucket_reads() {
+    let mut maps = real_maps();
+    maps.reconcile(&with_addrs(&keys(&["198.18.0.1", "198.18.0.2", "2001:2::1"]))).unwrap();
+    maps.table
+        .map
+        .set(LOCAL_TABLE_BUCKETS - 1, LocalBucket { overflow: 1, ..LocalBucket::default() }, 0)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let batch = maps.table.read().unwrap();
+    let batch_time = started.elapsed();
+    let started = std::time::Instant::now();
+    let one_by_one = table(&maps);
+    eprintln!("LOCAL_TABLE read: batch {batch_time:?}, bucket by bucket {:?}", started.elapsed());
+    assert_eq!(batch, one_by_one);
+    assert_eq!(batch.iter().filter(|b| **b != LocalBucket::default()).count(), 4);
 }
