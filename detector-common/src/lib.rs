@@ -20,6 +20,7 @@ pub mod expiry;
 pub mod fastpath;
 pub mod filter;
 pub mod lists;
+pub mod local_table;
 pub mod names;
 pub mod packet;
 pub mod parse;

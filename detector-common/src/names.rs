@@ -32,6 +32,10 @@ pub const MAP_SKETCH: &str = "SKETCH";
 pub const MAP_LOCAL_ADDRS: &str = "LOCAL_ADDRS";
 /// Capacity of `LOCAL_ADDRS`.
 pub const LOCAL_ADDRS_CAPACITY: u32 = 4_096;
+/// `Array<local_table::LocalBucket>` of `local_table::LOCAL_TABLE_BUCKETS`: the same
+/// addresses as `LOCAL_ADDRS`, placed by `local_table::place`, so the program checks them
+/// without a hash lookup; a bucket that overflowed sends the check to `LOCAL_ADDRS`.
+pub const MAP_LOCAL_TABLE: &str = "LOCAL_TABLE";
 /// `Array<u32>`, one slot per TCP port (host order index): a `policy::PORT_*` value.
 /// `PORT_KERNEL` for ports published by DNAT/redirect rules or listed by the operator.
 pub const MAP_PORT_POLICY: &str = "PORT_POLICY";
@@ -93,12 +97,13 @@ pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 /// it: the agent compares them itself and loads fresh maps when they differ.
 /// 5: `COUNTERS` gained `cookie_fast` and `ack_shield` (slots 36 and 37).
 /// 6: `CLOSED_FILTER` pinned; `Config` flag `FLAG_RAW_COOKIES`.
-/// 7: `Config` flags `FLAG_NO_KERNEL_DESTS`, `FLAG_NO_IFACE_POLICY`; `BLOCK_FILTER` pinned.
+/// 7: `Config` flags `FLAG_NO_KERNEL_DESTS`, `FLAG_NO_IFACE_POLICY`; `BLOCK_FILTER` and
+///    `LOCAL_TABLE` pinned (an older program would not read them; a newer one needs them filled).
 pub const LAYOUT_VERSION: u32 = 7;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.
-pub const PINNED_MAPS: [&str; 15] = [
+pub const PINNED_MAPS: [&str; 16] = [
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_SOURCES,
@@ -106,6 +111,7 @@ pub const PINNED_MAPS: [&str; 15] = [
     MAP_PENDING_FILTER,
     MAP_SKETCH,
     MAP_LOCAL_ADDRS,
+    MAP_LOCAL_TABLE,
     MAP_PORT_POLICY,
     MAP_KERNEL_DESTS,
     MAP_IFACES,

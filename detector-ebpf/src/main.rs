@@ -123,7 +123,7 @@ fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
 }
 
 /// A connection request. A BPF-to-BPF call, to keep the entry point's frame small: the
-/// cookie chain (entry point, this, `answer_syn`, `send_reply`) is at 488 of the
+/// cookie chain (entry point, this, `answer_syn`, `send_reply`) is at 480 of the
 /// verifier's 512 bytes (docs/verifier.md).
 #[inline(never)]
 fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {

@@ -9,6 +9,7 @@ use aya_ebpf::{
 use detector_common::{
     config::Config,
     counters::Counter,
+    local_table::{self, LocalBucket, Probe, LOCAL_TABLE_BUCKETS},
     names::{KERNEL_DESTS_CAPACITY, LOCAL_ADDRS_CAPACITY},
     parse::TcpSegment,
     policy::{self, IfacePolicy},
@@ -22,6 +23,10 @@ const PORT_SLOTS: u32 = 1 << 16;
 /// The host's own addresses (IPv4-mapped, network order); see `names::MAP_LOCAL_ADDRS`.
 #[map(name = "LOCAL_ADDRS")]
 static LOCAL_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(LOCAL_ADDRS_CAPACITY, 0);
+
+/// The same addresses in buckets the verifier inlines; see `names::MAP_LOCAL_TABLE`.
+#[map(name = "LOCAL_TABLE")]
+static LOCAL_TABLE: Array<LocalBucket> = Array::with_max_entries(LOCAL_TABLE_BUCKETS, 0);
 
 /// A `policy::PORT_*` value per destination port (host order index); zeroed = default.
 #[map(name = "PORT_POLICY")]
@@ -39,9 +44,20 @@ static IFACES: HashMap<u32, IfacePolicy> = HashMap::with_max_entries(IFACES_CAPA
 /// a SYN the host forwards matches a wildcard listener too, but its handshake belongs to
 /// another machine. (Before the agent has filled the map, nothing is local: every SYN
 /// passes untouched, which is failing open.)
+///
+/// `LOCAL_TABLE` first: an array read the verifier turns into a few instructions and a
+/// handful of compares, where the hash map costs a helper call and a jhash (~25 ns,
+/// docs/hotpaths.md). `LOCAL_ADDRS` only for a bucket that says it overflowed.
 #[inline(always)]
 pub fn is_local(seg: &TcpSegment) -> bool {
-    LOCAL_ADDRS.get_ptr(&seg.dst).is_some()
+    let w = local_table::words(&seg.dst);
+    // The bucket index is masked to the table's size, so a miss cannot happen; if it
+    // did, ask the map.
+    match LOCAL_TABLE.get(local_table::bucket_of(w)).map_or(Probe::AskMap, |b| local_table::probe(b, w)) {
+        Probe::Local => true,
+        Probe::NotLocal => false,
+        Probe::AskMap => LOCAL_ADDRS.get_ptr(&seg.dst).is_some(),
+    }
 }
 
 /// Cookie mode: `Some(reason)` when the SYN must be left to the kernel (port or

@@ -313,6 +313,21 @@ pub fn describe_maps(dir: &Path) -> Vec<String> {
             Err(e) => format!("{what}: {e}"),
         });
     }
+    // The program's inlined copy of them: overflowed buckets send their SYNs to the
+    // hash lookup, which an operator comparing bench figures may want to know.
+    let table = open(names::MAP_LOCAL_TABLE).and_then(|m| {
+        Array::<_, detector_common::local_table::LocalBucket>::try_from(Map::Array(m))
+            .map_err(|e| e.to_string())?
+            .iter()
+            .try_fold((0, 0), |(used, over), b| {
+                b.map(|b| (used + usize::from(b.valid != 0), over + usize::from(b.overflow != 0)))
+            })
+            .map_err(|e| e.to_string())
+    });
+    lines.push(match table {
+        Ok((used, over)) => format!("local table: {used} buckets in use, {over} overflowed"),
+        Err(e) => format!("local table: {e}"),
+    });
     lines
 }
 

@@ -18,6 +18,7 @@ use detector_common::{
         FLAG_NO_IFACE_POLICY, FLAG_NO_KERNEL_DESTS, FLAG_RAW_COOKIES,
     },
     counters::Counter,
+    local_table::{self, LocalBucket},
     names,
     parse::ipv4_mapped,
     policy::{IFACE_VLAN_STRIPPED, PORT_ANSWER, PORT_DEFAULT, PORT_KERNEL},
@@ -307,6 +308,83 @@ fn syns_for_other_machines_are_not_answered_even_with_a_wildcard_listener() {
             &[Fixture::new("now local", Syn::v4().to_elsewhere().frame(), XDP_TX, Counter::TxCookie)],
         );
     });
+}
+
+/// `n` addresses of 198.18.0.0/15 that share one `LOCAL_TABLE` bucket, ascending.
+fn colliding_v4(n: usize) -> Vec<[u8; 4]> {
+    let key = |a: [u8; 4]| local_table::bucket_of(local_table::words(&ipv4_mapped(a)));
+    let target = key([198, 18, 1, 0]);
+    (0..=u16::MAX)
+        .map(|n| {
+            let [hi, lo] = n.to_be_bytes();
+            [198, 18, hi, lo]
+        })
+        .filter(|&a| key(a) == target)
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn addresses_beyond_a_full_bucket_are_found_in_local_addrs() {
+    in_private_netns(|| {
+        let mut det = Detector::load(cookie_config(), &[]);
+        let addrs = colliding_v4(local_table::WAYS + 2);
+        let (inside, beyond, stranger) =
+            (&addrs[..local_table::WAYS], addrs[local_table::WAYS], addrs[local_table::WAYS + 1]);
+        for a in inside.iter().chain([&beyond]) {
+            det.set_local(ipv4_mapped(*a), true);
+        }
+        // The bucket is full and says so; `beyond` is in no way of it.
+        let w = local_table::words(&ipv4_mapped(beyond));
+        let table: aya::maps::Array<_, LocalBucket> =
+            aya::maps::Array::try_from(det.ebpf.map(names::MAP_LOCAL_TABLE).unwrap()).unwrap();
+        let bucket = table.get(&local_table::bucket_of(w), 0).unwrap();
+        assert_eq!((bucket.valid, bucket.overflow), (0b1111, 1), "{bucket:?}");
+        assert_eq!(local_table::probe(&bucket, w), local_table::Probe::AskMap);
+        let syn = |dst4| Syn { dst4, ..Syn::v4() };
+        run_table(
+            &det,
+            "cookie",
+            &[
+                Fixture::new("local, in a way", syn(inside[0]).frame(), XDP_TX, Counter::TxCookie),
+                Fixture::new("local, beyond the ways", syn(beyond).frame(), XDP_TX, Counter::TxCookie),
+                Fixture::new(
+                    "not local, same bucket",
+                    syn(stranger).frame(),
+                    XDP_PASS,
+                    Counter::PassNotLocal,
+                ),
+            ],
+        );
+        // Without the overflow mark, `beyond` is not found: the program did ask the map.
+        det.set_local_bucket(local_table::bucket_of(w), LocalBucket { overflow: 0, ..bucket });
+        run_table(
+            &det,
+            "cookie",
+            &[Fixture::new(
+                "beyond, mark cleared",
+                syn(beyond).sport(40_001).frame(),
+                XDP_PASS,
+                Counter::PassNotLocal,
+            )],
+        );
+    });
+}
+
+#[test]
+fn a_bucket_holds_only_the_addresses_whose_bits_are_set() {
+    let mut det = Detector::load(tracking_config(), &[]);
+    // ELSEWHERE4's bytes in every way of its bucket, no bit set: still not local.
+    let w = local_table::words(&ipv4_mapped(ELSEWHERE4));
+    let stale = LocalBucket { addrs: [w; local_table::WAYS], ..LocalBucket::default() };
+    det.set_local_bucket(local_table::bucket_of(w), stale);
+    run_table(&det, "drop", &not_local_table()[..1]);
+    det.set_local_bucket(local_table::bucket_of(w), LocalBucket { valid: 0b1000, ..stale });
+    run_table(
+        &det,
+        "drop",
+        &[Fixture::new("bit set", Syn::v4().to_elsewhere().frame(), XDP_PASS, Counter::PassSyn)],
+    );
 }
 
 #[test]

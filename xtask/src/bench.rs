@@ -27,6 +27,7 @@ use detector_common::{
         FLAG_NO_KERNEL_DESTS, FLAG_RAW_COOKIES, FLAG_SKETCH_ADMISSION,
     },
     counters::Counter,
+    local_table::{self, LocalBucket},
     names,
     sketch::{self, SKETCH_ROWS},
     state::{SourceKey, SourceState},
@@ -369,14 +370,13 @@ fn run_case(object: &[u8], case: &Case, packets: u32) -> Result<f64> {
         map.set(0, cfg, 0)?;
         // The bench SYNs' destinations are "ours", as the agent would record them; any
         // other destination passes as not_local before the paths measured here.
-        let mut local: aya::maps::HashMap<_, [u8; 16], u32> =
-            aya::maps::HashMap::try_from(ebpf.map_mut(names::MAP_LOCAL_ADDRS).context("LOCAL_ADDRS")?)?;
-        for server in [
-            detector_common::parse::ipv4_mapped([198, 18, 0, 1]),
-            [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-        ] {
-            local.insert(server, 1, 0)?;
-        }
+        make_local(
+            &mut ebpf,
+            &[
+                detector_common::parse::ipv4_mapped([198, 18, 0, 1]),
+                [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            ],
+        )?;
     }
     if case.path == Some(Counter::DropBlocked) {
         let mut sources: aya::maps::HashMap<_, SourceKey, SourceState> =
@@ -450,6 +450,24 @@ fn run_case(object: &[u8], case: &Case, packets: u32) -> Result<f64> {
 /// they occupy (the sketch ran, once per source and row); when tracking, a `SOURCES` entry
 /// for the sources the sketch promoted (every one that sent at least the promotion
 /// threshold, up to the map's capacity). Printed, and checked against `sent`.
+/// Makes `addrs` local as the agent would: in `LOCAL_ADDRS`, and in `LOCAL_TABLE` placed
+/// by `local_table::place`. An object from before `LOCAL_TABLE` (`--object` with an older
+/// build) gets the hash map alone, which is all it reads.
+pub fn make_local(ebpf: &mut Ebpf, addrs: &[[u8; 16]]) -> Result<()> {
+    let mut local: aya::maps::HashMap<_, [u8; 16], u32> =
+        aya::maps::HashMap::try_from(ebpf.map_mut(names::MAP_LOCAL_ADDRS).context("LOCAL_ADDRS")?)?;
+    for addr in addrs {
+        local.insert(addr, 1, 0)?;
+    }
+    if let Some(table) = ebpf.map_mut(names::MAP_LOCAL_TABLE) {
+        let mut table: Array<_, LocalBucket> = Array::try_from(table)?;
+        for (index, bucket) in local_table::place(addrs) {
+            table.set(index, bucket, 0)?;
+        }
+    }
+    Ok(())
+}
+
 fn check_state(
     ebpf: &Ebpf,
     case: &Case,

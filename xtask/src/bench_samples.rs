@@ -20,7 +20,7 @@ use detector_common::{
     state::{SourceKey, SourceState},
 };
 
-use crate::bench::{detector_config, set_source, syn_frame, Family};
+use crate::bench::{detector_config, make_local, set_source, syn_frame, Family};
 
 const SETTINGS: [(u32, &str); 3] = [(0, "off"), (1_000, "1 in 1000"), (1, "1 in 1")];
 const ROUNDS: u32 = 20;
@@ -70,9 +70,7 @@ fn run_path(
         .context("loading the object")?;
     let prog: &mut Xdp = ebpf.program_mut(names::PROGRAM).context("program")?.try_into()?;
     prog.load().context("verifying the program")?;
-    let mut local: HashMap<_, [u8; 16], u32> =
-        HashMap::try_from(ebpf.map_mut(names::MAP_LOCAL_ADDRS).context("LOCAL_ADDRS")?)?;
-    local.insert(detector_common::parse::ipv4_mapped([198, 18, 0, 1]), 1, 0)?;
+    make_local(&mut ebpf, &[detector_common::parse::ipv4_mapped([198, 18, 0, 1])])?;
     if path == Counter::DropBlocked {
         // Every bench source blocked for good before the first packet.
         let mut sources: HashMap<_, SourceKey, SourceState> =

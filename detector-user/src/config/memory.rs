@@ -162,6 +162,13 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
         shape("OPTION_WALK", Kind::PerCpuArray, 4, size_of::<OptionScratch>(), 1),
         shape("EVENT_BUDGET", Kind::PerCpuArray, 4, 16, 1),
         shape(names::MAP_LOCAL_ADDRS, Kind::Hash, 16, 4, names::LOCAL_ADDRS_CAPACITY),
+        shape(
+            names::MAP_LOCAL_TABLE,
+            Kind::Array,
+            4,
+            size_of::<detector_common::local_table::LocalBucket>(),
+            detector_common::local_table::LOCAL_TABLE_BUCKETS,
+        ),
         shape(names::MAP_PORT_POLICY, Kind::Array, 4, 4, PORT_SLOTS),
         shape(
             names::MAP_PORT_LIMITS,

@@ -1,5 +1,5 @@
-//! The four cookie policy maps (`LOCAL_ADDRS`, `PORT_POLICY`, `KERNEL_DESTS`, `IFACES`)
-//! taken from the loaded object, and `reconcile`, which brings them to a
+//! The cookie policy maps (`LOCAL_ADDRS` and its inlined copy `LOCAL_TABLE`,
+//! `PORT_POLICY`, `KERNEL_DESTS`, `IFACES`) taken from the loaded object, and `reconcile`, which brings them to a
 //! `policy::DesiredPolicy` by applying only the difference (level-triggered).
 
 use std::{
@@ -18,7 +18,10 @@ use detector_common::{
 
 use crate::{
     error::PolicyError,
-    policy::desired::{port_diff, set_diff, DesiredPolicy, PORT_SLOTS},
+    policy::{
+        desired::{port_diff, set_diff, DesiredPolicy, PORT_SLOTS},
+        local_table::LocalTable,
+    },
     prefix::Prefix,
 };
 
@@ -33,6 +36,8 @@ pub struct PolicyDiff {
     pub addrs_removed: usize,
     /// Present with a value other than 1, rewritten.
     pub addrs_fixed: usize,
+    /// `LOCAL_TABLE` buckets rewritten (added, removed or repaired addresses).
+    pub buckets_rewritten: usize,
     pub ports_changed: usize,
     pub dests_added: usize,
     pub dests_removed: usize,
@@ -48,9 +53,10 @@ impl PolicyDiff {
     }
 }
 
-/// The four policy maps, taken from the loaded object.
+/// The policy maps, taken from the loaded object.
 pub struct PolicyMaps {
     local: HashMap<MapData, [u8; 16], u32>,
+    table: LocalTable,
     ports: Array<MapData, u32>,
     dests: LpmTrie<MapData, [u8; 16], u32>,
     ifaces: HashMap<MapData, u32, IfacePolicy>,
@@ -68,14 +74,20 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> PolicyError {
 impl PolicyMaps {
     /// Takes the maps out of `ebpf`; fails (taking nothing) when any is missing.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, PolicyError> {
-        let wanted =
-            [names::MAP_LOCAL_ADDRS, names::MAP_PORT_POLICY, names::MAP_KERNEL_DESTS, names::MAP_IFACES];
+        let wanted = [
+            names::MAP_LOCAL_ADDRS,
+            names::MAP_LOCAL_TABLE,
+            names::MAP_PORT_POLICY,
+            names::MAP_KERNEL_DESTS,
+            names::MAP_IFACES,
+        ];
         if let Some(missing) = wanted.into_iter().find(|n| ebpf.map(n).is_none()) {
             return Err(PolicyError::MissingMap(missing));
         }
         let mut take = |name| ebpf.take_map(name).ok_or(PolicyError::MissingMap(name));
         Self::from_maps(
             take(names::MAP_LOCAL_ADDRS)?,
+            take(names::MAP_LOCAL_TABLE)?,
             take(names::MAP_PORT_POLICY)?,
             take(names::MAP_KERNEL_DESTS)?,
             take(names::MAP_IFACES)?,
@@ -83,7 +95,13 @@ impl PolicyMaps {
     }
 
     /// From maps made elsewhere (tests create them standalone); checks types and sizes.
-    pub fn from_maps(local: Map, ports: Map, dests: Map, ifaces: Map) -> Result<Self, PolicyError> {
+    pub fn from_maps(
+        local: Map,
+        table: Map,
+        ports: Map,
+        dests: Map,
+        ifaces: Map,
+    ) -> Result<Self, PolicyError> {
         let Map::Array(ports_data) = &ports else {
             return Err(PolicyError::WrongType { map: names::MAP_PORT_POLICY, wanted: "an array" });
         };
@@ -99,6 +117,7 @@ impl PolicyMaps {
         }
         Ok(Self {
             local: local.try_into().map_err(map_err(names::MAP_LOCAL_ADDRS))?,
+            table: LocalTable::new(table)?,
             ports,
             dests: dests.try_into().map_err(map_err(names::MAP_KERNEL_DESTS))?,
             ifaces: ifaces.try_into().map_err(map_err(names::MAP_IFACES))?,
@@ -134,12 +153,18 @@ impl PolicyMaps {
     /// removed, slots to PORT_KERNEL or off PORT_ANSWER, destinations and flags added), then the
     /// ones that let XDP answer more. The program reads the maps meanwhile and never sees
     /// a state more permissive than both the old and the new policy.
+    ///
+    /// `LOCAL_TABLE` brackets `LOCAL_ADDRS`: its buckets are marked and their leaving
+    /// ways cleared before the map loses addresses, and refilled only after the map has
+    /// gained them, so a bucket that sends the program to the map finds it complete
+    /// (`detector_common::local_table::transition` says why each step is safe).
     fn apply(&mut self, desired: &DesiredPolicy) -> Result<PolicyDiff, PolicyError> {
         let mut diff = PolicyDiff::default();
 
         let e_local = map_err(names::MAP_LOCAL_ADDRS);
         let local: BTreeMap<[u8; 16], u32> = self.local.iter().collect::<Result<_, _>>().map_err(&e_local)?;
         let (local_add, local_remove) = set_diff(&local.keys().copied().collect(), &desired.local_addrs);
+        let table = self.table.plan(&desired.local_addrs)?;
         let rescan = self.ports_seen.is_none() || self.reconciles.is_multiple_of(PORT_RESCAN_EVERY);
         if rescan {
             self.ports_seen = Some(self.read_ports()?);
@@ -163,6 +188,7 @@ impl PolicyMaps {
             self.ifaces.iter().collect::<Result<_, _>>().map_err(&e_ifaces)?;
 
         // Pass 1: more to the kernel.
+        self.table.write(&table.before)?;
         for key in &local_remove {
             self.local.remove(key).map_err(&e_local)?;
         }
@@ -185,6 +211,7 @@ impl PolicyMaps {
         for key in desired.local_addrs.iter().filter(|k| local.get(*k) != Some(&1)) {
             self.local.insert(key, 1, 0).map_err(&e_local)?;
         }
+        self.table.write(&table.after)?;
         self.set_ports(&relaxed)?;
         for p in &dests_remove {
             self.dests.remove(&Key::new(u32::from(p.mapped_len()), p.addr())).map_err(&e_dests)?;
@@ -200,6 +227,7 @@ impl PolicyMaps {
         diff.addrs_fixed =
             desired.local_addrs.iter().filter(|k| local.get(*k).is_some_and(|&v| v != 1)).count();
         (diff.addrs_added, diff.addrs_removed) = (local_add.len(), local_remove.len());
+        diff.buckets_rewritten = table.buckets;
         diff.ports_changed = to_kernel.len() + relaxed.len();
         (diff.dests_added, diff.dests_removed) = (dests_add.len(), dests_remove.len());
         (diff.ifaces_set, diff.ifaces_removed) = (gaining.len() + losing.len(), gone.len());

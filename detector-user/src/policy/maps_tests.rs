@@ -1,7 +1,10 @@
 //! Tests of `policy::maps`: reconciling real BPF maps created standalone with the policy
 //! maps' shapes (needs root), and the object without them.
 
-use detector_common::policy::{IFACE_VLAN_STRIPPED, PORT_ANSWER, PORT_KERNEL};
+use detector_common::{
+    local_table::{self, LocalBucket, Probe, LOCAL_TABLE_BUCKETS, WAYS},
+    policy::{IFACE_VLAN_STRIPPED, PORT_ANSWER, PORT_KERNEL},
+};
 
 use super::*;
 use crate::policy::{
@@ -27,6 +30,7 @@ fn real_maps() -> PolicyMaps {
     crate::test_netns::assert_root();
     PolicyMaps::from_maps(
         create("sd_local", HASH, 16, 4, names::LOCAL_ADDRS_CAPACITY, 0),
+        create("sd_table", ARRAY, 4, size_of::<LocalBucket>(), LOCAL_TABLE_BUCKETS, 0),
         create("sd_ports", ARRAY, 4, 4, u32::try_from(PORT_SLOTS).unwrap(), 0),
         create("sd_dests", LPM_TRIE, 20, 4, names::KERNEL_DESTS_CAPACITY, BPF_F_NO_PREALLOC),
         create("sd_ifaces", HASH, 4, 4, 64, 0),
@@ -39,6 +43,7 @@ fn a_port_map_of_the_wrong_shape_is_refused() {
     crate::test_netns::assert_root();
     let e = PolicyMaps::from_maps(
         create("sd_local", HASH, 16, 4, 16, 0),
+        create("sd_table", ARRAY, 4, size_of::<LocalBucket>(), LOCAL_TABLE_BUCKETS, 0),
         create("sd_ports", ARRAY, 4, 4, 1024, 0),
         create("sd_dests", LPM_TRIE, 20, 4, 16, BPF_F_NO_PREALLOC),
         create("sd_ifaces", HASH, 4, 4, 16, 0),
@@ -174,4 +179,120 @@ fn the_object_without_policy_maps_is_refused_by_name() {
         Err(e) => panic!("unexpected error: {e}"),
         Ok(_) => eprintln!("this object already has the policy maps; nothing to check"),
     }
+}
+
+/// Every bucket of the table, as the program would read it.
+fn table(maps: &PolicyMaps) -> Vec<LocalBucket> {
+    maps.table.map.iter().collect::<Result<_, _>>().unwrap()
+}
+
+/// What the program concludes for `addr` from the maps as they are.
+fn is_local(maps: &PolicyMaps, addr: [u8; 16]) -> bool {
+    let w = local_table::words(&addr);
+    let bucket = maps.table.map.get(&local_table::bucket_of(w), 0).unwrap();
+    match local_table::probe(&bucket, w) {
+        Probe::Local => true,
+        Probe::NotLocal => false,
+        Probe::AskMap => maps.local.get(&addr, 0).is_ok(),
+    }
+}
+
+fn with_addrs(addrs: &BTreeSet<[u8; 16]>) -> DesiredPolicy {
+    DesiredPolicy::build(&cfg(&[], &[], &[]), addrs, &NatFindings::default(), BTreeMap::new())
+}
+
+#[test]
+fn the_local_table_follows_the_addresses() {
+    let mut maps = real_maps();
+    let first = keys(&["198.18.0.1", "198.18.0.2", "2001:2::1"]);
+    let diff = maps.reconcile(&with_addrs(&first)).unwrap();
+    assert_eq!((diff.addrs_added, diff.buckets_rewritten), (3, 3), "{diff:?}");
+    let placed = local_table::place(&first);
+    let held = table(&maps);
+    for (i, bucket) in held.iter().enumerate() {
+        let i = u32::try_from(i).unwrap();
+        assert_eq!(*bucket, placed.get(&i).copied().unwrap_or_default(), "bucket {i}");
+    }
+    assert!(first.iter().all(|a| is_local(&maps, *a)));
+    let started = std::time::Instant::now();
+    assert!(maps.reconcile(&with_addrs(&first)).unwrap().is_empty(), "nothing to do again");
+    eprintln!("a reconcile with nothing to do (LOCAL_TABLE read back): {:?}", started.elapsed());
+
+    // One goes, one comes: its old bucket is empty again, no mark left behind.
+    let second = keys(&["198.18.0.1", "2001:2::1", "2001:2::2"]);
+    let diff = maps.reconcile(&with_addrs(&second)).unwrap();
+    assert_eq!((diff.addrs_added, diff.addrs_removed, diff.buckets_rewritten), (1, 1, 2), "{diff:?}");
+    assert!(!is_local(&maps, key("198.18.0.2")));
+    assert!(second.iter().all(|a| is_local(&maps, *a)));
+    let used = table(&maps).iter().filter(|b| **b != LocalBucket::default()).count();
+    assert_eq!(used, 3, "one bucket per address, the removed one zeroed");
+    assert!(table(&maps).iter().all(|b| b.overflow == 0), "no overflow mark left");
+}
+
+#[test]
+fn a_full_bucket_overflows_to_local_addrs_and_recovers() {
+    let mut maps = real_maps();
+    let target = local_table::bucket_of(local_table::words(&key("198.18.1.0")));
+    let colliding: Vec<[u8; 16]> = (0..=u16::MAX)
+        .map(|n| key(&std::net::Ipv4Addr::from(0xc612_0000 | u32::from(n)).to_string()))
+        .filter(|a| local_table::bucket_of(local_table::words(a)) == target)
+        .take(WAYS + 1)
+        .collect();
+    let all: BTreeSet<_> = colliding.iter().copied().collect();
+    maps.reconcile(&with_addrs(&all)).unwrap();
+    let bucket = maps.table.map.get(&target, 0).unwrap();
+    assert_eq!((bucket.valid, bucket.overflow), (0b1111, 1), "{bucket:?}");
+    let last = colliding[WAYS];
+    assert_eq!(local_table::probe(&bucket, local_table::words(&last)), Probe::AskMap);
+    assert!(all.iter().all(|a| is_local(&maps, *a)), "the fifth is found in LOCAL_ADDRS");
+
+    // Down to WAYS: the mark goes, every address sits in a way.
+    let fewer: BTreeSet<_> = colliding[1..].iter().copied().collect();
+    let diff = maps.reconcile(&with_addrs(&fewer)).unwrap();
+    assert_eq!((diff.addrs_removed, diff.buckets_rewritten), (1, 1), "{diff:?}");
+    let bucket = maps.table.map.get(&target, 0).unwrap();
+    assert_eq!((bucket.valid, bucket.overflow), (0b1111, 0), "{bucket:?}");
+    assert!(fewer.iter().all(|a| is_local(&maps, *a)));
+    assert!(!is_local(&maps, colliding[0]));
+}
+
+#[test]
+fn a_table_changed_behind_the_agents_back_is_repaired() {
+    let mut maps = real_maps();
+    let addrs = keys(&["198.18.0.1", "2001:2::1"]);
+    maps.reconcile(&with_addrs(&addrs)).unwrap();
+    // A stranger made local, a real address dropped, an overflow mark set.
+    let stranger = key("198.18.9.9");
+    let sw = local_table::words(&stranger);
+    let forged = LocalBucket { valid: 1, addrs: [sw; WAYS], ..LocalBucket::default() };
+    maps.table.map.set(local_table::bucket_of(sw), forged, 0).unwrap();
+    let own = local_table::bucket_of(local_table::words(&key("198.18.0.1")));
+    maps.table.map.set(own, LocalBucket::default(), 0).unwrap();
+    maps.table.map.set(7, LocalBucket { overflow: 1, ..LocalBucket::default() }, 0).unwrap();
+    assert!(is_local(&maps, stranger));
+
+    let diff = maps.reconcile(&with_addrs(&addrs)).unwrap();
+    assert_eq!((diff.buckets_rewritten, diff.addrs_added), (3, 0), "{diff:?}");
+    assert!(!is_local(&maps, stranger));
+    assert!(addrs.iter().all(|a| is_local(&maps, *a)));
+    assert_eq!(maps.table.map.get(&7, 0).unwrap(), LocalBucket::default());
+    assert!(maps.reconcile(&with_addrs(&addrs)).unwrap().is_empty());
+}
+
+#[test]
+fn the_batch_read_of_the_table_matches_bucket_by_bucket_reads() {
+    let mut maps = real_maps();
+    maps.reconcile(&with_addrs(&keys(&["198.18.0.1", "198.18.0.2", "2001:2::1"]))).unwrap();
+    maps.table
+        .map
+        .set(LOCAL_TABLE_BUCKETS - 1, LocalBucket { overflow: 1, ..LocalBucket::default() }, 0)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let batch = maps.table.read().unwrap();
+    let batch_time = started.elapsed();
+    let started = std::time::Instant::now();
+    let one_by_one = table(&maps);
+    eprintln!("LOCAL_TABLE read: batch {batch_time:?}, bucket by bucket {:?}", started.elapsed());
+    assert_eq!(batch, one_by_one);
+    assert_eq!(batch.iter().filter(|b| **b != LocalBucket::default()).count(), 4);
 }

@@ -9,6 +9,7 @@
 //!   `sock_diag`: the kernel's socket dump it uses (also for TIME_WAIT tuples).
 //! - `desired`: what the maps should hold, from all of the above and `[policy]`.
 //! - `inputs`: the watchers together; `maps`: the maps and their level-triggered diff;
+//!   `local_table`: the inlined copy of the local addresses, rewritten in a safe order;
 //!   `feed`: the task that keeps the desired policy current and the control loop's step.
 
 pub mod addresses;
@@ -16,6 +17,7 @@ pub mod desired;
 pub mod feed;
 pub mod inputs;
 pub mod listeners;
+pub mod local_table;
 pub mod maps;
 pub mod nat;
 pub mod nat_watch;

@@ -11,6 +11,7 @@ use aya::{
 use detector_common::{
     config::Config,
     counters::Counter,
+    local_table::{self, LocalBucket},
     names,
     parse::ipv4_mapped,
     policy::IfacePolicy,
@@ -22,7 +23,7 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 
 /// The fixtures' server addresses (198.18.0.1 and 2001:2::1), local in every loaded
-/// instance: `Detector::load` puts them in `LOCAL_ADDRS`.
+/// instance: `Detector::load` puts them in `LOCAL_ADDRS` and `LOCAL_TABLE`.
 pub const SERVER4: [u8; 4] = [198, 18, 0, 1];
 pub const SERVER6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
@@ -77,7 +78,10 @@ impl Detector {
         map.set(0, cfg, 0).unwrap();
     }
 
-    /// Adds an address (IPv4-mapped for IPv4) to `LOCAL_ADDRS`, or removes it.
+    /// Adds an address (IPv4-mapped for IPv4) to `LOCAL_ADDRS`, or removes it, and
+    /// rewrites its `LOCAL_TABLE` bucket as the agent places it (`local_table::place`
+    /// over every address in `LOCAL_ADDRS`). Nothing runs the program meanwhile, so the
+    /// bucket is written at once, not in the agent's careful steps.
     pub fn set_local(&mut self, addr: [u8; 16], local: bool) {
         let mut map: HashMap<_, [u8; 16], u32> =
             HashMap::try_from(self.ebpf.map_mut(names::MAP_LOCAL_ADDRS).unwrap()).unwrap();
@@ -86,6 +90,17 @@ impl Detector {
         } else {
             map.remove(&addr).unwrap();
         }
+        let all: Vec<[u8; 16]> = map.keys().map(Result::unwrap).collect();
+        let bucket = local_table::bucket_of(local_table::words(&addr));
+        let placed = local_table::place(&all).get(&bucket).copied().unwrap_or_default();
+        self.set_local_bucket(bucket, placed);
+    }
+
+    /// Writes one `LOCAL_TABLE` bucket as given (tests of what the program makes of it).
+    pub fn set_local_bucket(&mut self, index: u32, bucket: LocalBucket) {
+        let mut table: Array<_, LocalBucket> =
+            Array::try_from(self.ebpf.map_mut(names::MAP_LOCAL_TABLE).unwrap()).unwrap();
+        table.set(index, bucket, 0).unwrap();
     }
 
     /// Sets a port's `PORT_POLICY` slot (a `policy::PORT_*` value).

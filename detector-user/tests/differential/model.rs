@@ -411,7 +411,8 @@ impl Model {
     }
 }
 
-/// detector-ebpf/src/policy.rs `is_local`: `LOCAL_ADDRS` holds the two server addresses.
+/// detector-ebpf/src/policy.rs `is_local`: `LOCAL_TABLE` (and `LOCAL_ADDRS`) hold the two
+/// server addresses.
 fn is_local(seg: &TcpSegment) -> bool {
     seg.dst == detector_common::parse::ipv4_mapped(SERVER4) || seg.dst == SERVER6
 }
