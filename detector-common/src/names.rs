@@ -87,7 +87,9 @@ pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 /// it: the agent compares them itself and loads fresh maps when they differ.
 /// 5: `COUNTERS` gained `cookie_fast` and `ack_shield` (slots 36 and 37).
 /// 6: `CLOSED_FILTER` pinned; `Config` flag `FLAG_RAW_COOKIES`.
-pub const LAYOUT_VERSION: u32 = 6;
+/// 7: `filter::bucket` is word-wise (`words::hash`): `PENDING_FILTER` and `CLOSED_FILTER`
+///    buckets mean other flows.
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.
