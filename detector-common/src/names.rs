@@ -65,8 +65,9 @@ pub const PORT_LIMITS_CAPACITY: u32 = 1_024;
 /// being judged (a copy off the stack). Not pinned.
 pub const MAP_PORT_CONFIG: &str = "PORT_CONFIG";
 
-/// `LruHashMap<fastpath::ListenerKey, u64>`: per listener, when the socket-bound cookie
-/// helper last answered for it (renewing its overflow stamp); the raw helper answers for
+/// `PerCpuArray<fastpath::RenewalSlot>` of `fastpath::RENEWAL_SLOTS`, direct-mapped by
+/// `fastpath::renewal_index`: per slot, the listener the socket-bound cookie helper last
+/// answered for there (renewing its overflow stamp) and when; the raw helper answers for
 /// it within a second of that. Written by the program only; not pinned (it refills itself).
 pub const MAP_COOKIE_RENEWALS: &str = "COOKIE_RENEWALS";
 /// `Array<u32>` of `fastpath::CLOSED_FILTER_BUCKETS`: per flow-hash bucket, when a client
