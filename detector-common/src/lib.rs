@@ -34,6 +34,7 @@ pub mod state;
 pub mod synack;
 pub mod synopts;
 pub mod track;
+pub mod words;
 
 #[cfg(any(test, feature = "user"))]
 extern crate std;

@@ -75,8 +75,9 @@ pub const PORT_LIMITS_CAPACITY: u32 = 1_024;
 /// being judged (a copy off the stack). Not pinned.
 pub const MAP_PORT_CONFIG: &str = "PORT_CONFIG";
 
-/// `LruHashMap<fastpath::ListenerKey, u64>`: per listener, when the socket-bound cookie
-/// helper last answered for it (renewing its overflow stamp); the raw helper answers for
+/// `PerCpuArray<fastpath::RenewalSlot>` of `fastpath::RENEWAL_SLOTS`, direct-mapped by
+/// `fastpath::renewal_index`: per slot, the listener the socket-bound cookie helper last
+/// answered for there (renewing its overflow stamp) and when; the raw helper answers for
 /// it within a second of that. Written by the program only; not pinned (it refills itself).
 pub const MAP_COOKIE_RENEWALS: &str = "COOKIE_RENEWALS";
 /// `Array<u32>` of `fastpath::CLOSED_FILTER_BUCKETS`: per flow-hash bucket, when a client
@@ -98,7 +99,9 @@ pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 /// 5: `COUNTERS` gained `cookie_fast` and `ack_shield` (slots 36 and 37).
 /// 6: `CLOSED_FILTER` pinned; `Config` flag `FLAG_RAW_COOKIES`.
 /// 7: `Config` flags `FLAG_NO_KERNEL_DESTS`, `FLAG_NO_IFACE_POLICY`; `BLOCK_FILTER` and
-///    `LOCAL_TABLE` pinned (an older program would not read them; a newer one needs them filled).
+///    `LOCAL_TABLE` pinned (an older program would not read them; a newer one needs them filled);
+///    `filter::bucket` is word-wise (`words::hash`): `PENDING_FILTER` and `CLOSED_FILTER`
+///    buckets mean other flows.
 pub const LAYOUT_VERSION: u32 = 7;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.

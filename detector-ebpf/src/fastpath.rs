@@ -10,15 +10,15 @@ use aya_ebpf::{
         generated::{bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6},
     },
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use detector_common::{
     config::{Config, FLAG_RAW_COOKIES},
     counters::Counter,
     fastpath::{
-        closed_stamp, cookie_path, may_be_time_wait, CookiePath, ListenerKey, CLOSED_FILTER_BUCKETS,
-        RENEWALS_CAPACITY,
+        closed_stamp, cookie_path, may_be_time_wait, renewal_index, CookiePath, RenewalSlot,
+        CLOSED_FILTER_BUCKETS, RENEWAL_SLOTS,
     },
     filter,
     parse::{tcp_flags, IpVersion, TcpSegment},
@@ -29,9 +29,15 @@ use crate::syncookie::{header_pointers, options_len, Cookie};
 
 const EINVAL: i64 = 22;
 
-/// Per listener (address, port): `bpf_ktime_get_ns` of its last socket-bound cookie.
+/// Per slot (`fastpath::renewal_index` of a listener's address and port): the listener last
+/// renewed there and when. A direct-mapped array, not a hash map: the verifier inlines an
+/// array lookup into a few instructions (kernel >= 6.11 for per-CPU arrays, x86-64 and
+/// arm64 JITs), where a hash map costs a helper call and a jhash. Per CPU on purpose: XDP
+/// runs to completion on one CPU, so no other writer can tear a slot between its key and
+/// its stamp; each CPU renews a listener once a second for itself, and any renewal
+/// refreshes the kernel listener's stamp for every CPU.
 #[map(name = "COOKIE_RENEWALS")]
-static COOKIE_RENEWALS: LruHashMap<ListenerKey, u64> = LruHashMap::with_max_entries(RENEWALS_CAPACITY, 0);
+static COOKIE_RENEWALS: PerCpuArray<RenewalSlot> = PerCpuArray::with_max_entries(RENEWAL_SLOTS, 0);
 
 /// Per flow-hash bucket, `closed_stamp` of the last FIN a client sent: tuples that may be
 /// in `TIME_WAIT` here, which the raw path must not answer (`fastpath::may_be_time_wait`).
@@ -64,11 +70,6 @@ fn saw_fin(seg: &TcpSegment) {
     let _ = CLOSED_FILTER.set(bucket(seg), closed_stamp(now), 0);
 }
 
-#[inline(always)]
-fn key(seg: &TcpSegment) -> ListenerKey {
-    ListenerKey { addr: seg.dst, port: seg.dst_port, _pad: 0 }
-}
-
 /// Which helper answers this SYN. Until the agent says the closed filter is complete
 /// (`FLAG_RAW_COOKIES`), always the socket-bound one, without looking anything up.
 #[inline(always)]
@@ -78,15 +79,36 @@ pub fn path(seg: &TcpSegment, cfg: &Config, now: u64) -> CookiePath {
     }
     // A missing slot cannot happen (an array); if it did, the lookup path is the safe one.
     let time_wait = CLOSED_FILTER.get(bucket(seg)).is_none_or(|&stamp| may_be_time_wait(stamp, now));
-    // SAFETY: a copy of the value is taken at once.
-    cookie_path(unsafe { COOKIE_RENEWALS.get(&key(seg)) }.copied(), time_wait, now)
+    // A missing slot cannot happen either (the index is masked to the array); if it did,
+    // no renewal is the safe answer.
+    let slot = COOKIE_RENEWALS.get(renewal_index(&seg.dst, seg.dst_port));
+    // The address is read again for the comparison: kept in registers across the lookup,
+    // its four words were spilled, and `answer_syn`'s frame grew past the stack limit.
+    let again = reread(seg);
+    let last = slot.and_then(|slot| slot.renewal_of(&again.dst, again.dst_port));
+    cookie_path(last, time_wait, now)
 }
 
-/// The socket-bound helper answered for this SYN's listener at `now`. A failed insert
-/// (cannot happen in an LRU map) only means the next SYN renews again.
+/// The same segment, through a pointer LLVM cannot trace to `seg`: it then loads the
+/// fields again where they are used instead of keeping values loaded earlier.
+#[inline(always)]
+fn reread(seg: &TcpSegment) -> &TcpSegment {
+    let mut at = core::ptr::from_ref(seg) as usize;
+    // SAFETY: a register move onto itself; the asm only claims to change the register.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) at, options(pure, nomem, nostack, preserves_flags)) };
+    // SAFETY: `at` is still the address of `seg`, borrowed for as long as `seg`.
+    unsafe { &*(at as *const TcpSegment) }
+}
+
+/// The socket-bound helper answered for this SYN's listener at `now`: its slot now holds
+/// it, whichever listener it held before.
 #[inline(always)]
 pub fn renewed(seg: &TcpSegment, now: u64) {
-    let _ = COOKIE_RENEWALS.insert(&key(seg), &now, 0);
+    if let Some(slot) = COOKIE_RENEWALS.get_ptr_mut(renewal_index(&seg.dst, seg.dst_port)) {
+        // SAFETY: a slot of this CPU's copy of the array, which nothing else writes while
+        // the program runs here.
+        unsafe { *slot = RenewalSlot::renewed(&seg.dst, seg.dst_port, now) };
+    }
 }
 
 /// The raw helper's cookie and MSS for the SYN. Inlined into `answer_syn` (8 bytes of

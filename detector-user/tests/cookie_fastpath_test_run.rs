@@ -10,12 +10,12 @@ mod common;
 
 use std::{net::TcpListener, thread, time::Duration};
 
-use aya::maps::HashMap;
+use aya::maps::{PerCpuArray, PerCpuValues};
 use common::{Detector, SERVER4, SERVER6, XDP_DROP, XDP_PASS, XDP_TX};
 use detector_common::{
     config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_RAW_COOKIES},
     counters::Counter,
-    fastpath::ListenerKey,
+    fastpath::{renewal_index, RenewalSlot},
     names,
     parse::ipv4_mapped,
     policy::{PORT_DEFAULT, PORT_NO_LISTENER},
@@ -32,6 +32,14 @@ fn in_private_netns(test: impl FnOnce() + Send + 'static) {
     thread::spawn(move || {
         // SAFETY: affects only this thread, which nothing else uses.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+        // One CPU for the whole test: `COOKIE_RENEWALS` is per CPU, so a renewal made by
+        // one test run is seen by the next only on the same CPU.
+        // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set), 0);
+        }
         std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2").unwrap();
         let _listener = TcpListener::bind(("::", PORT)).expect("listener in the private netns");
         test();
@@ -108,8 +116,9 @@ fn kernel_accepts(det: &Detector, v6: bool, sport: u16, cookie: u32) -> bool {
     }
 }
 
-fn listener_key(v6: bool) -> ListenerKey {
-    ListenerKey { addr: if v6 { SERVER6 } else { ipv4_mapped(SERVER4) }, port: PORT, _pad: 0 }
+/// The fixture listener's address and port, as the program keys its renewal.
+fn listener(v6: bool) -> ([u8; 16], u16) {
+    (if v6 { SERVER6 } else { ipv4_mapped(SERVER4) }, PORT)
 }
 
 /// `CLOCK_MONOTONIC_COARSE` in ns: the clock of `bpf_ktime_get_coarse_ns`, which cookie
@@ -121,8 +130,13 @@ fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap() * SEC + u64::try_from(ts.tv_nsec).unwrap()
 }
 
-fn renewals(det: &mut Detector) -> HashMap<&mut aya::maps::MapData, ListenerKey, u64> {
-    HashMap::try_from(det.ebpf.map_mut(names::MAP_COOKIE_RENEWALS).unwrap()).unwrap()
+/// Sets the listener's `COOKIE_RENEWALS` slot on every CPU.
+fn set_renewal(det: &mut Detector, v6: bool, slot: RenewalSlot) {
+    let mut renewals: PerCpuArray<_, RenewalSlot> =
+        PerCpuArray::try_from(det.ebpf.map_mut(names::MAP_COOKIE_RENEWALS).unwrap()).unwrap();
+    let cpus = aya::util::nr_cpus().unwrap();
+    let (addr, port) = listener(v6);
+    renewals.set(renewal_index(&addr, port), PerCpuValues::try_from(vec![slot; cpus]).unwrap(), 0).unwrap();
 }
 
 #[test]
@@ -199,13 +213,14 @@ fn the_kernel_refuses_a_raw_cookie_until_a_socket_bound_call_renews_the_listener
     in_private_netns(|| {
         let mut det = Detector::load(cookie_config(), &["probe_check_cookie"]);
         // Pretend a renewal happened, so the very first SYN takes the raw path.
-        renewals(&mut det).insert(listener_key(false), monotonic_ns(), 0).unwrap();
+        let (addr, port) = listener(false);
+        set_renewal(&mut det, false, RenewalSlot::renewed(&addr, port, monotonic_ns()));
         let raw = answer(&det, false, 41_000);
         assert_eq!(det.counter(Counter::TxCookieFast), 1);
         assert_eq!(det.counter(Counter::TxCookie), 0);
         assert!(!kernel_accepts(&det, false, 41_000, raw), "no overflow stamp yet: refused");
 
-        renewals(&mut det).remove(&listener_key(false)).unwrap();
+        set_renewal(&mut det, false, RenewalSlot::default());
         answer(&det, false, 41_001);
         assert_eq!(det.counter(Counter::TxCookie), 1, "the socket-bound path renewed");
         assert!(kernel_accepts(&det, false, 41_000, raw), "the same raw cookie, now accepted");

@@ -5,11 +5,11 @@
 use std::{cell::RefCell, collections::HashSet};
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuValues},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use detector_common::{
-    fastpath::ListenerKey,
+    fastpath::{RenewalSlot, RENEWAL_SLOTS},
     filter, names,
     parse::{parse_tcp, tcp_flags, IpVersion},
     policy::{IFACE_VLAN_STRIPPED, PORT_NO_LISTENER},
@@ -65,11 +65,12 @@ impl Kernel {
         self.det.set_port_policy(LISTEN_PORT, policy.listen_port_slot);
         self.det.set_port_policy(CLOSED_PORT, if policy.closed_no_listener { PORT_NO_LISTENER } else { 0 });
         // The fast path's state: no listener renewed, no FIN seen.
-        let mut renewals: HashMap<_, ListenerKey, u64> =
-            HashMap::try_from(self.det.ebpf.map_mut(names::MAP_COOKIE_RENEWALS).unwrap()).unwrap();
-        let keys: Vec<ListenerKey> = renewals.keys().map(Result::unwrap).collect();
-        for k in keys {
-            renewals.remove(&k).unwrap();
+        let mut renewals: PerCpuArray<_, RenewalSlot> =
+            PerCpuArray::try_from(self.det.ebpf.map_mut(names::MAP_COOKIE_RENEWALS).unwrap()).unwrap();
+        let cpus = aya::util::nr_cpus().unwrap();
+        for slot in 0..RENEWAL_SLOTS {
+            let empty = PerCpuValues::try_from(vec![RenewalSlot::default(); cpus]).unwrap();
+            renewals.set(slot, empty, 0).unwrap();
         }
         let mut closed: Array<_, u32> =
             Array::try_from(self.det.ebpf.map_mut(names::MAP_CLOSED_FILTER).unwrap()).unwrap();

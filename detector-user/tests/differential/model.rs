@@ -32,7 +32,7 @@ use detector_common::{
         FLAG_NO_IFACE_POLICY, FLAG_NO_KERNEL_DESTS, FLAG_RAW_COOKIES,
     },
     counters::{Counter, COUNTER_SLOTS},
-    fastpath::{closed_stamp, cookie_path, may_be_time_wait, CookiePath, ListenerKey},
+    fastpath::{closed_stamp, cookie_path, may_be_time_wait, renewal_index, CookiePath, RenewalSlot},
     filter,
     parse::{parse_tcp, tcp_flags, IpVersion, TcpSegment, ETH_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN},
     policy::{cookie_policy, IFACE_VLAN_STRIPPED, PORT_DEFAULT, PORT_NO_LISTENER},
@@ -132,8 +132,9 @@ pub struct Model {
     /// stamp is recent; a bucket the kernel kept from an earlier sequence only leads to a
     /// `PENDING` lookup that misses (the map is emptied between sequences), as here.
     filter: HashSet<u32>,
-    /// `COOKIE_RENEWALS`: per listener, the time of its last socket-bound cookie.
-    renewals: HashMap<ListenerKey, u64>,
+    /// `COOKIE_RENEWALS` of the one CPU the test runs on: per slot, the listener last
+    /// renewed there and when (an absent slot is a zeroed one).
+    renewals: HashMap<u32, RenewalSlot>,
     /// `CLOSED_FILTER`: per flow-hash bucket, the `closed_stamp` of the last client FIN.
     closed: HashMap<u32, u32>,
     /// Cookies the kernel answered SYNs with in this sequence: per tuple, (client ISN,
@@ -343,13 +344,14 @@ impl Model {
         if l4 != l3 + ip_len || l3 > MAX_L3 {
             return Counter::PassCookieUnsupported;
         }
-        let listener = ListenerKey { addr: seg.dst, port: seg.dst_port, _pad: 0 };
+        let slot = renewal_index(&seg.dst, seg.dst_port);
+        let last_renewal = self.renewals.get(&slot).and_then(|s| s.renewal_of(&seg.dst, seg.dst_port));
         let time_wait = self
             .closed
             .get(&filter::bucket(&flow_of(seg)))
             .is_some_and(|&stamp| may_be_time_wait(stamp, now));
         let path = if self.cfg.has(FLAG_RAW_COOKIES) {
-            cookie_path(self.renewals.get(&listener).copied(), time_wait, now)
+            cookie_path(last_renewal, time_wait, now)
         } else {
             CookiePath::SocketBound
         };
@@ -358,14 +360,14 @@ impl Model {
             CookiePath::SocketBound => {
                 if time_wait
                     && self.cfg.has(FLAG_RAW_COOKIES)
-                    && cookie_path(self.renewals.get(&listener).copied(), false, now) == CookiePath::Raw
+                    && cookie_path(last_renewal, false, now) == CookiePath::Raw
                 {
                     self.reached.fin_filtered_syns += 1;
                 }
                 if seg.dst_port != LISTEN_PORT {
                     return Counter::PassCookieNoListener;
                 }
-                self.renewals.insert(listener, now);
+                self.renewals.insert(slot, RenewalSlot::renewed(&seg.dst, seg.dst_port, now));
                 Counter::TxCookie
             }
         };
