@@ -10,7 +10,7 @@
 //! bucket is blocked) only costs the lookup. Not keyed: a flood that targets a blocked
 //! source's bucket only makes its own SYNs take the lookup, as without a filter.
 
-use crate::names::BLOCK_FILTER_BUCKETS;
+use crate::{names::BLOCK_FILTER_BUCKETS, words};
 
 /// Stamps count in units of 2^24 ns (about 16.8 ms), as in `filter`, and are compared
 /// with wrapping arithmetic: two stamps compare right while they are less than 2^31 units
@@ -22,19 +22,12 @@ const STAMP_SHIFT: u32 = 24;
 /// (tests set 110 years) is stamped as this long.
 pub const MAX_STAMPED_BLOCK_NS: u64 = 1 << (STAMP_SHIFT + 30);
 
-/// The bucket of a source address (IPv4-mapped for IPv4).
+/// The bucket of a source address (IPv4-mapped for IPv4): `words::hash`, as the flow
+/// filters use.
 #[inline(always)]
 #[must_use]
 pub fn bucket(addr: &[u8; 16]) -> u32 {
-    // Two words, big-endian so that an IPv4 address (the last four bytes) sits in the low
-    // bits, which every bit of a product depends on; the bucket comes from high bits.
-    let high = u64::from_be_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
-    let low =
-        u64::from_be_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
-    let h = (high.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ low).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    #[allow(clippy::cast_possible_truncation, reason = "masked to the bucket count")]
-    let bucket = (h >> 40) as u32;
-    bucket & (BLOCK_FILTER_BUCKETS - 1)
+    words::hash(words::address_words(addr), 0, BLOCK_FILTER_BUCKETS.trailing_zeros())
 }
 
 /// The stamp of a block, made at `now_ns`, that ends at `until_ns` (at most
