@@ -3,17 +3,25 @@
 //! the "helper floor": listener lookup plus cookie helper and nothing else, the least
 //! any socket-bound cookie responder must spend, the "raw floor": the raw cookie
 //! helper alone, and the "minimal responder": the raw helper and a SYN-ACK built in place,
-//! the least any program that answers a SYN must spend. The agent never attaches them.
+//! the least any program that answers a SYN must spend; and the "drop floor": one source
+//! lookup and the coarse clock, the least a drop that accounts the SYN to its blocked
+//! source must spend. The agent never attaches them.
 
 use core::ffi::c_void;
+
+use detector_common::{
+    parse::ipv4_mapped,
+    state::{SourceKey, SourceState},
+};
 
 use aya_ebpf::{
     bindings::{iphdr, tcphdr, xdp_action, BPF_F_CURRENT_NETNS},
     helpers::generated::{
         bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_tcp_raw_gen_syncookie_ipv4,
-        bpf_xdp_adjust_tail,
+        bpf_ktime_get_coarse_ns, bpf_xdp_adjust_tail,
     },
-    macros::xdp,
+    macros::{map, xdp},
+    maps::LruHashMap,
     programs::XdpContext,
 };
 
@@ -189,6 +197,36 @@ fn fold(mut sum: u32) -> u16 {
     #[allow(clippy::cast_possible_truncation, reason = "folded to 16 bits")]
     let folded = sum as u16;
     folded
+}
+
+/// The drop floor's sources: the bench fills it with the same blocked sources, key and value
+/// types, map kind and size as the real program's `SOURCES`.
+#[map(name = "FLOOR_SOURCES")]
+static FLOOR_SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_entries(65_536, 0);
+
+/// The "drop floor": what a drop that keeps today's accounting cannot do without. The
+/// source read at a fixed offset (untagged IPv4), looked up as `SOURCES` is, its block
+/// checked on the coarse clock, the SYN counted to it, XDP_DROP. No parser, no
+/// local-address check, no config, no counters.
+#[xdp]
+pub fn baseline_drop_floor(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    if data + 34 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bytes 26..30 (the IPv4 source) are inside the range checked above.
+    let src = unsafe { crate::packet::load::<4>(data + 26) };
+    let Some(state) = FLOOR_SOURCES.get_ptr_mut(&SourceKey { addr: ipv4_mapped(src) }) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: a live map value; a helper without arguments.
+    let (state, now) = unsafe { (&mut *state, bpf_ktime_get_coarse_ns()) };
+    if now >= state.blocked_until_ns {
+        return xdp_action::XDP_PASS;
+    }
+    state.last_seen_ns = now;
+    state.syns_total = state.syns_total.saturating_add(1);
+    xdp_action::XDP_DROP
 }
 
 /// The floor of any drop path: the bench compares the blocked-source drop with it.

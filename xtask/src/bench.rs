@@ -195,6 +195,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         Case { name: TRACKED_MANY, program: names::PROGRAM, config: Some(tracked), family: Family::V6, sources: many, verdict: 2, path: Some(Counter::PassSyn) },
         Case { name: COOKIE_MSS, program: names::PROGRAM, config: Some(cookie_mss), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast) },
         Case { name: DROP, program: "baseline_drop", config: None, family: Family::V4, sources: few, verdict: 1, path: None },
+        Case { name: DROP_FLOOR, program: "baseline_drop_floor", config: None, family: Family::V4, sources: few, verdict: 1, path: None },
         Case { name: DROP_BLOCKED, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropBlocked) },
         Case { name: ACK_CALM, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp) },
         Case { name: ACK_COOKIES, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp) },
@@ -292,8 +293,12 @@ fn ratios(report: &mut Report, results: &[(&str, f64)], many: u32, few: u32) {
     // read none of it), so the test run's own cost is in both.
     // The shield's row has no target: while cookies are on, every ACK to an answered port
     // pays a socket lookup (docs/cookies.md, the ACK shield); the ≤ 2 is for a calm server.
-    let raw: [(&str, &str, &str, Option<&'static str>); 3] = [
+    let raw: [(&str, &str, &str, Option<&'static str>); 5] = [
         (DROP_BLOCKED, DROP, "drop path (blocked source) / trivial XDP_DROP, raw", Some("≤ 2")),
+        // The least a drop that accounts the SYN to its blocked source costs, and what the
+        // rest of our path (parser, local-address check, config) adds to it.
+        (DROP_FLOOR, DROP, "drop floor (source lookup + coarse clock) / trivial XDP_DROP, raw", None),
+        (DROP_BLOCKED, DROP_FLOOR, "drop path (blocked source) / drop floor, raw", None),
         (ACK_CALM, PASS, "ACK, calm / trivial XDP_PASS, raw", Some("≤ 2")),
         (ACK_COOKIES, PASS, "ACK, cookies on (shield lookup) / trivial XDP_PASS, raw", None),
     ];
@@ -322,6 +327,7 @@ const TRACKED_MANY: &str = "tracked SYN, IPv6, many sources";
 const COOKIE_MSS: &str = "cookie path, IPv4, MSS only";
 const DROP: &str = "trivial XDP_DROP";
 const DROP_BLOCKED: &str = "drop path, blocked source";
+const DROP_FLOOR: &str = "drop floor (source lookup + coarse clock)";
 const ACK_CALM: &str = "ACK, calm (no cookies)";
 const ACK_COOKIES: &str = "ACK, cookies on, no owner (shield lookup)";
 
@@ -378,10 +384,17 @@ fn run_case(object: &[u8], case: &Case, packets: u32) -> Result<f64> {
             ],
         )?;
     }
-    if case.path == Some(Counter::DropBlocked) {
+    // Every source of the case blocked for good before the first packet: in the real
+    // program's SOURCES, or in the drop floor's copy of it.
+    let blocked_map = match (case.path, case.program) {
+        (Some(Counter::DropBlocked), _) => Some(names::MAP_SOURCES),
+        (_, "baseline_drop_floor") => Some("FLOOR_SOURCES"),
+        _ => None,
+    };
+    if let Some(map) = blocked_map {
         let mut sources: aya::maps::HashMap<_, SourceKey, SourceState> =
-            aya::maps::HashMap::try_from(ebpf.map_mut(names::MAP_SOURCES).context("SOURCES")?)?;
-        let (mut frame, cfg) = (syn_frame(case.family), case.config.context("config")?);
+            aya::maps::HashMap::try_from(ebpf.map_mut(map).context("the blocked sources' map")?)?;
+        let (mut frame, cfg) = (syn_frame(case.family), case.config.unwrap_or_else(|| detector_config(1)));
         for n in 0..case.sources {
             set_source(&mut frame, case.family, n);
             sources.insert(
