@@ -9,14 +9,22 @@
 //! therefore not added to the metric (it would count the kernel-aged ones twice). A source
 //! evicted from the LRU map between two polls takes its unreported failures with it.
 //!
-//! Memory: one 32-byte record per entry of the map (bounded by `maps.sources`), in a
-//! table sized at start for the map's capacity, at most half full (`records`: 64 MiB for
-//! `maps.sources = 1000000`), a buffer of tags for
-//! one batch, and a heap of K top sources. Nothing else grows with the map.
+//! Parts: the kernel's side of the walk (a cache miss or two per entry) is most of a
+//! poll's time, so the map is walked in parts at once, one thread each
+//! (`Maps::source_parts`: up to 4, by CPUs), each a range of the kernel's hash buckets. A
+//! source always lives in the same bucket, so each part keeps its own records and needs
+//! no lock; the parts' counts, top lists and events are merged at the end.
+//!
+//! Memory: one 32-byte record per entry of the map (bounded by `maps.sources`), in one
+//! table per part sized at start for its share of the map's capacity, at most half full
+//! (`records`: 64 MiB in all for `maps.sources = 1000000`), per part a buffer of tags and
+//! one of entries for one batch, and a heap of K top sources. Nothing else grows with
+//! the map.
 
 use std::{
     cmp::{Ordering, Reverse},
     collections::BinaryHeap,
+    sync::Mutex,
 };
 
 use detector_common::{
@@ -52,13 +60,45 @@ pub struct SourceSummary {
     pub top: Vec<TopSource>,
 }
 
-#[derive(Default)]
 pub struct SourceTracker {
-    records: Records,
-    /// Tags of the batch being walked (reused).
-    tags: Vec<u64>,
+    /// One per part of the map (`Maps::source_parts`), walked on threads of their own.
+    /// (The locks are never contended: each part is walked by one thread at a time.)
+    parts: Vec<Mutex<Part>>,
     /// The `SEEN` value of this walk.
     parity: bool,
+}
+
+impl Default for SourceTracker {
+    fn default() -> Self {
+        Self::with_capacity(0, 1)
+    }
+}
+
+/// The records of the sources in one part of the map (a source is always in the same
+/// part), and the tags of the batch being walked (reused).
+#[derive(Default)]
+struct Part {
+    records: Records,
+    tags: Vec<u64>,
+}
+
+/// What one part's walk found; `SourceTracker::poll` merges them.
+#[derive(Default)]
+struct PartScan {
+    summary: SourceSummary,
+    top: Vec<Candidate>,
+    events: Events,
+}
+
+/// What every part's walk needs to know of the poll.
+struct PollInputs<'a> {
+    now_ns: u64,
+    cfg: &'a KernelConfig,
+    dt: f64,
+    /// The weight of this poll's rate in the smoothed one.
+    alpha: f64,
+    k: usize,
+    seen: u8,
 }
 
 struct Candidate {
@@ -102,6 +142,17 @@ impl Events {
         }
     }
 
+    /// Adds another part's events (still at most `EVENTS_PER_POLL` named of each kind).
+    fn merge(&mut self, other: Events) {
+        self.more += other.more;
+        for key in other.blocked {
+            Self::push(&mut self.blocked, &mut self.more, key);
+        }
+        for key in other.freed {
+            Self::push(&mut self.freed, &mut self.more, key);
+        }
+    }
+
     fn log(&self) {
         for key in &self.blocked {
             info!(event = "source_blocked", source = %source_ip(key), "source blocked");
@@ -115,30 +166,126 @@ impl Events {
     }
 }
 
+/// Calls its argument with batches of (keys, entries) of one walk.
+pub type BatchWalk<'a> = dyn Fn(&mut dyn FnMut(&[SourceKey], &[SourceState])) + 'a;
+
+/// Walks one part of the map: `walk(part, f)` calls `f` with batches of that part's
+/// entries. `Sync`: the parts are walked on threads of their own at once.
+pub type PartWalk<'a> = dyn Fn(u32, &mut dyn FnMut(&[SourceKey], &[SourceState])) + Sync + 'a;
+
 impl SourceTracker {
-    /// A tracker with room for `sources` records (the per-source map's capacity).
-    pub fn with_capacity(sources: usize) -> Self {
-        Self { records: Records::with_capacity(sources), ..Self::default() }
+    /// A tracker for a map of `sources` entries (its capacity) walked in `parts` parts,
+    /// each with room for its share of records.
+    pub fn with_capacity(sources: usize, parts: u32) -> Self {
+        let parts = parts.max(1);
+        let share = sources / parts as usize;
+        Self {
+            parts: (0..parts)
+                .map(|_| Mutex::new(Part { records: Records::with_capacity(share), tags: Vec::new() }))
+                .collect(),
+            parity: false,
+        }
     }
 
-    /// Walks the map through `walk` (which calls its argument with batches of entries),
+    /// Walks the map through `walk`, every part at once (part 0 on this thread),
     /// `dt` seconds after the previous walk; keeps the `k` highest rates.
     pub fn poll(
         &mut self,
-        walk: impl FnOnce(&mut dyn FnMut(&[SourceKey], &[SourceState])),
+        walk: &PartWalk<'_>,
         now_ns: u64,
         cfg: &KernelConfig,
         dt: f64,
         k: usize,
     ) -> SourceSummary {
         self.parity = !self.parity;
-        let seen = if self.parity { SEEN } else { 0 };
         // An exponential average over about TOP_WINDOW_SECS: a burst shorter than a poll
         // stays on the list (and in a Prometheus scraping every few seconds) for a while.
-        let alpha = 1.0 - (-dt / TOP_WINDOW_SECS).exp();
-        let mut summary = SourceSummary::default();
+        let inputs = PollInputs {
+            now_ns,
+            cfg,
+            dt,
+            alpha: 1.0 - (-dt / TOP_WINDOW_SECS).exp(),
+            k,
+            seen: if self.parity { SEEN } else { 0 },
+        };
+        let inputs = &inputs;
+        let parts = &self.parts;
+        let walk_part = move |i: u32| {
+            let part = &mut *parts[i as usize].lock().expect("a source walk thread panicked");
+            part.walk(&|f| walk(i, f), inputs)
+        };
+        let scans: Vec<PartScan> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (1..u32::try_from(parts.len()).unwrap_or(1))
+                .map(|i| {
+                    let thread = std::thread::Builder::new()
+                        .name(format!("walk-{i}"))
+                        .spawn_scoped(scope, move || walk_part(i));
+                    (i, thread)
+                })
+                .collect();
+            let mut scans = vec![walk_part(0)];
+            for (i, thread) in threads {
+                scans.push(match thread {
+                    Ok(thread) => thread.join().expect("a source walk thread panicked"),
+                    // Walked here instead: slower, but nothing is missed.
+                    Err(e) => {
+                        warn!(error = %e, part = i, "could not start a thread to walk part of the source map");
+                        walk_part(i)
+                    }
+                });
+            }
+            scans
+        });
+        merge(scans, k)
+    }
+
+    /// Sources remembered (the records this module's memory note is about).
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.parts.iter().map(|p| p.lock().expect("part lock").records.len()).sum()
+    }
+}
+
+/// One summary of every part's: counts added, the top `k` of all, events together.
+fn merge(scans: Vec<PartScan>, k: usize) -> SourceSummary {
+    let mut summary = SourceSummary::default();
+    let mut top = Vec::new();
+    let mut events = Events::default();
+    for scan in scans {
+        let s = scan.summary;
+        summary.tracked += s.tracked;
+        summary.live += s.live;
+        summary.blocked += s.blocked;
+        summary.half_open += s.half_open;
+        summary.failed += s.failed;
+        top.extend(scan.top);
+        events.merge(scan.events);
+    }
+    events.log();
+    top.sort_unstable_by(|a, b| b.cmp(a));
+    top.truncate(k);
+    summary.top = top
+        .into_iter()
+        .map(|c| TopSource {
+            source: source_ip(&c.key),
+            syns_per_second: f64::from(c.rate),
+            blocked: c.blocked,
+            half_open: c.half_open,
+            #[allow(clippy::cast_precision_loss, reason = "seconds for display")]
+            block_left_seconds: c.block_left_ns as f64 / 1e9,
+        })
+        .collect();
+    summary
+}
+
+impl Part {
+    /// Walks this part: counts, failures, rates, events, and its `k` highest rates.
+    fn walk(&mut self, walk: &BatchWalk<'_>, p: &PollInputs<'_>) -> PartScan {
+        let (now_ns, cfg, dt, alpha, k, seen) = (p.now_ns, p.cfg, p.dt, p.alpha, p.k, p.seen);
+        let mut scan = PartScan::default();
+        let summary = &mut scan.summary;
+        let events = &mut scan.events;
         let mut top: BinaryHeap<Reverse<Candidate>> = BinaryHeap::with_capacity(k + 1);
-        let mut events = Events::default();
         let (records, tags) = (&mut self.records, &mut self.tags);
         walk(&mut |keys, states| {
             records.reserve(records.len() + keys.len());
@@ -211,27 +358,9 @@ impl SourceTracker {
             gone_blocked += usize::from(!keep && r.flags & BLOCKED != 0);
             keep
         });
-        events.more += gone_blocked;
-        events.log();
-        summary.top = top
-            .into_sorted_vec()
-            .into_iter()
-            .map(|Reverse(c)| TopSource {
-                source: source_ip(&c.key),
-                syns_per_second: f64::from(c.rate),
-                blocked: c.blocked,
-                half_open: c.half_open,
-                #[allow(clippy::cast_precision_loss, reason = "seconds for display")]
-                block_left_seconds: c.block_left_ns as f64 / 1e9,
-            })
-            .collect();
-        summary
-    }
-
-    /// Sources remembered (the records this module's memory note is about).
-    #[cfg(test)]
-    fn remembered(&self) -> usize {
-        self.records.len()
+        scan.events.more += gone_blocked;
+        scan.top = top.into_iter().map(|Reverse(c)| c).collect();
+        scan
     }
 }
 
@@ -256,7 +385,7 @@ mod tests {
 
     fn poll(t: &mut SourceTracker, entries: &[(SourceKey, SourceState)], now: u64) -> SourceSummary {
         t.poll(
-            |f| {
+            &|_, f| {
                 let (keys, states): (Vec<_>, Vec<_>) = entries.iter().copied().unzip();
                 f(&keys, &states);
             },
@@ -318,5 +447,71 @@ mod tests {
         assert_eq!(t.remembered(), 10);
         poll(&mut t, &entries[..2], 2 * SEC);
         assert_eq!(t.remembered(), 2);
+    }
+
+    type Digest = (u64, u64, u64, u64, u64, Vec<(String, u64, bool, u32)>);
+
+    /// What a summary says, comparable.
+    fn digest(s: &SourceSummary) -> Digest {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "test rates")]
+        let top = s
+            .top
+            .iter()
+            .map(|t| (t.source.to_string(), (t.syns_per_second * 1000.0) as u64, t.blocked, t.half_open))
+            .collect();
+        (s.tracked, s.live, s.blocked, s.half_open, s.failed, top)
+    }
+
+    #[test]
+    fn a_map_walked_in_parts_gives_the_summary_of_one_walk() {
+        let c = cfg();
+        let mut entries: Vec<_> = (1..=250u8)
+            .map(|n| {
+                let mut s = SourceState::new(0, &c);
+                s.pending = [u32::from(n % 4), 0, 0, 0];
+                if n % 50 == 0 {
+                    s.blocked_until_ns = 100 * SEC;
+                }
+                (key(n), s)
+            })
+            .collect();
+        let mut one = SourceTracker::default();
+        let mut four = SourceTracker::with_capacity(250, 4);
+        for round in 1..=4u64 {
+            for (i, (_, s)) in (0u64..).zip(entries.iter_mut()) {
+                // Rates that cross each other from round to round.
+                s.syns_total += (i * 7919 + round * 104_729) % 1000;
+            }
+            let now = round * 2 * SEC;
+            let whole = one.poll(
+                &|_, f| {
+                    let (keys, states): (Vec<_>, Vec<_>) = entries.iter().copied().unzip();
+                    f(&keys, &states);
+                },
+                now,
+                &c,
+                2.0,
+                10,
+            );
+            // Each source always in the same part (as the kernel's hash keeps it in one
+            // bucket), in small batches.
+            let parted = four.poll(
+                &|part, f| {
+                    let mine: Vec<_> =
+                        entries.iter().copied().filter(|(k, _)| u32::from(k.addr[15] % 4) == part).collect();
+                    for chunk in mine.chunks(7) {
+                        let (keys, states): (Vec<_>, Vec<_>) = chunk.iter().copied().unzip();
+                        f(&keys, &states);
+                    }
+                },
+                now,
+                &c,
+                2.0,
+                10,
+            );
+            assert_eq!(digest(&whole), digest(&parted), "round {round}");
+            assert_eq!(whole.top.len(), 10);
+        }
+        assert_eq!(four.remembered(), 250);
     }
 }
