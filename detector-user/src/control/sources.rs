@@ -44,6 +44,9 @@ const TOP_WINDOW_SECS: f64 = 5.0;
 /// Block/unblock events logged per poll; the rest are summed up in one line.
 const EVENTS_PER_POLL: usize = 20;
 
+/// How far ahead of the entry at hand its record slot is fetched.
+const PREFETCH_AHEAD: usize = 16;
+
 const SEEN: u8 = 1;
 const BLOCKED: u8 = 2;
 
@@ -289,14 +292,17 @@ impl Part {
         let (records, tags) = (&mut self.records, &mut self.tags);
         walk(&mut |keys, states| {
             records.reserve(records.len() + keys.len());
-            // First the tags, fetching their slots meanwhile; then the work, from cache.
+            // First the tags; then the work, each slot fetched a few entries ahead (a
+            // whole batch ahead, the first ones fall out of the cache again).
             tags.clear();
-            for key in keys {
-                let tag = records.tag(key);
+            tags.extend(keys.iter().map(|key| records.tag(key)));
+            for &tag in tags.iter().take(PREFETCH_AHEAD) {
                 records.prefetch(tag);
-                tags.push(tag);
             }
-            for ((key, state), tag) in keys.iter().zip(states).zip(tags.iter()) {
+            for (i, ((key, state), tag)) in keys.iter().zip(states).zip(tags.iter()).enumerate() {
+                if let Some(&ahead) = tags.get(i + PREFETCH_AHEAD) {
+                    records.prefetch(ahead);
+                }
                 summary.tracked += 1;
                 summary.live += u64::from(expiry::source_is_live(state, now_ns, cfg));
                 let blocked = state.is_blocked(now_ns);
