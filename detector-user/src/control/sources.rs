@@ -190,8 +190,7 @@ impl SourceTracker {
         }
     }
 
-    /// Walks the map through `walk`, every part at once on threads of their own (one part:
-    /// on this thread),
+    /// Walks the map through `walk`, every part at once (part 0 on this thread),
     /// `dt` seconds after the previous walk; keeps the `k` highest rates.
     pub fn poll(
         &mut self,
@@ -218,23 +217,16 @@ impl SourceTracker {
             let part = &mut *parts[i as usize].lock().expect("a source walk thread panicked");
             part.walk(&|f| walk(i, f), inputs)
         };
-        if parts.len() == 1 {
-            return merge(vec![walk_part(0)], k);
-        }
         let scans: Vec<PartScan> = std::thread::scope(|scope| {
-            let threads: Vec<_> = (0..u32::try_from(parts.len()).unwrap_or(1))
+            let threads: Vec<_> = (1..u32::try_from(parts.len()).unwrap_or(1))
                 .map(|i| {
-                    let thread = std::thread::Builder::new().name(format!("walk-{i}")).spawn_scoped(
-                        scope,
-                        move || {
-                            lower_priority();
-                            walk_part(i)
-                        },
-                    );
+                    let thread = std::thread::Builder::new()
+                        .name(format!("walk-{i}"))
+                        .spawn_scoped(scope, move || walk_part(i));
                     (i, thread)
                 })
                 .collect();
-            let mut scans = Vec::with_capacity(threads.len());
+            let mut scans = vec![walk_part(0)];
             for (i, thread) in threads {
                 scans.push(match thread {
                     Ok(thread) => thread.join().expect("a source walk thread panicked"),
@@ -254,21 +246,6 @@ impl SourceTracker {
     #[cfg(test)]
     fn remembered(&self) -> usize {
         self.parts.iter().map(|p| p.lock().expect("part lock").records.len()).sum()
-    }
-}
-
-/// Walker threads run at this nice value: they keep every CPU busy for a moment each
-/// poll, and the HTTP server (a `/metrics` scrape) must not wait behind them.
-const WALK_NICE: i32 = 10;
-
-/// Lowers the calling thread's priority to `WALK_NICE` (only this thread: Linux nice
-/// values are per thread). Refused, the walk runs as it is.
-fn lower_priority() {
-    // SAFETY: plain syscalls on the calling thread.
-    unsafe {
-        let tid = libc::gettid();
-        #[allow(clippy::cast_sign_loss, reason = "a thread id is positive")]
-        let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, WALK_NICE);
     }
 }
 
