@@ -20,7 +20,8 @@ use detector_common::{
 
 use crate::error::LoadError;
 
-/// Entries asked for per batch syscall: 4096 × (16 + 72) bytes ≈ 360 KiB of buffers.
+/// Entries asked for per batch syscall: 4096 × (16 + 72) bytes ≈ 360 KiB of buffers per
+/// walker.
 const BATCH: u32 = 4096;
 
 pub struct Maps {
