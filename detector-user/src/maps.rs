@@ -20,7 +20,8 @@ use detector_common::{
 
 use crate::error::LoadError;
 
-/// Entries asked for per batch syscall: 4096 × (16 + 72) bytes ≈ 360 KiB of buffers.
+/// Entries asked for per batch syscall: 4096 × (16 + 72) bytes ≈ 360 KiB of buffers per
+/// walker.
 const BATCH: u32 = 4096;
 
 pub struct Maps {
@@ -29,7 +30,15 @@ pub struct Maps {
     sources_fd: OwnedFd,
     pending: HashMap<MapData, FlowKey, PendingFlow>,
     pending_fd: OwnedFd,
+    /// The per-source map's hash buckets (a power of two), split among walkers.
+    source_buckets: u32,
+    /// Walkers for the per-source map: 1 where the kernel refuses batch reads.
+    source_parts: u32,
 }
+
+/// Walkers of the per-source map at most: the walk is the kernel's work (a cache miss or
+/// two per entry), which spreads over CPUs; more threads than this buy little.
+const MAX_PARTS: u32 = 4;
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<(T, OwnedFd), LoadError>
 where
@@ -59,7 +68,18 @@ impl Maps {
         let (counters, _) = take(ebpf, names::MAP_COUNTERS)?;
         let (sources, sources_fd) = take(ebpf, names::MAP_SOURCES)?;
         let (pending, pending_fd) = take(ebpf, names::MAP_PENDING)?;
-        Ok(Self { counters, sources, sources_fd, pending, pending_fd })
+        // The kernel gives a hash map the next power of two of buckets (kernel/bpf/
+        // hashtab.c, htab_map_alloc). Were it otherwise, the parts would only be uneven:
+        // the last one reaches past any bucket.
+        let source_buckets = aya::maps::IterableMap::map(&sources)
+            .info()
+            .map_or(1, |info| info.max_entries().max(1).checked_next_power_of_two().unwrap_or(1 << 31));
+        let source_parts = if crate::bpf_batch::supported::<SourceKey, SourceState>(sources_fd.as_fd()) {
+            walkers()
+        } else {
+            1
+        };
+        Ok(Self { counters, sources, sources_fd, pending, pending_fd, source_buckets, source_parts })
     }
 
     /// Every counter slot summed over CPUs, indexed by `Counter as usize`.
@@ -80,6 +100,25 @@ impl Maps {
                 f(&[key], &[state]);
             }
         }
+    }
+
+    /// Parts the per-source map is walked in (`for_each_source_in_part`).
+    pub fn source_parts(&self) -> u32 {
+        self.source_parts
+    }
+
+    /// Like `for_each_source_batch`, for part `part` of `source_parts()`: walkers of all
+    /// parts, each on a thread of its own, see every entry once between them (an entry
+    /// lives in one hash bucket; each part is a range of buckets), and a source is always
+    /// in the same part. Without batch reads there is one part, read key by key.
+    pub fn for_each_source_in_part(&self, part: u32, f: &mut dyn FnMut(&[SourceKey], &[SourceState])) {
+        if self.source_parts == 1 {
+            self.for_each_source_batch(f);
+            return;
+        }
+        let (start, end) = part_buckets(self.source_buckets, part, self.source_parts);
+        // A refusal now (it did batch reads at start) ends this part's walk: nothing seen.
+        let _ = crate::bpf_batch::walk_buckets(self.sources_fd.as_fd(), start..end, BATCH, f);
     }
 
     /// Adds a per-source entry (the benchmark fills the map this way; the agent never
@@ -114,6 +153,23 @@ impl Maps {
         }
         n
     }
+}
+
+/// Walkers: the CPUs this process may use, at most `MAX_PARTS`, rounded down to a power
+/// of two (each part's record table is then as large as one table for all would be).
+fn walkers() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1));
+    let n = cpus.clamp(1, MAX_PARTS);
+    1 << n.ilog2()
+}
+
+/// The buckets `[start, end)` of part `part` of `parts` of a map with `buckets` buckets;
+/// the last part runs to the end of any map.
+pub fn part_buckets(buckets: u32, part: u32, parts: u32) -> (u32, u32) {
+    let parts = parts.max(1);
+    let bound =
+        |p: u32| u32::try_from(u64::from(buckets) * u64::from(p) / u64::from(parts)).unwrap_or(u32::MAX);
+    (bound(part), if part + 1 >= parts { u32::MAX } else { bound(part + 1) })
 }
 
 /// `bpf_ktime_get_ns` in user space: CLOCK_MONOTONIC.

@@ -53,7 +53,7 @@ pub fn main(sources: u32, report: &mut Report) -> Result<()> {
     report.row("agent", format!("peak RSS, {label}"), max_rss_kib as f64 / 1024.0, "MiB");
     for (prefix, what, target) in [
         ("poll (wall clock)", "poll, wall clock", Some("< 500 ms (half the 1 s interval)")),
-        ("poll (CPU time", "poll, CPU time of the polling thread", None),
+        ("poll (CPU time", "poll, CPU time of the agent (all threads)", None),
         ("scrape /metrics", "/metrics scrape during polls", Some("< 5 ms")),
     ] {
         let line =

@@ -117,6 +117,7 @@ impl Controller {
         others: Vec<Box<dyn Reconciler>>,
     ) -> Self {
         let capacity = usize::try_from(cfg.file.maps.sources).unwrap_or(usize::MAX);
+        let parts = maps.source_parts();
         let mut this = Self {
             detector: Detector::new(cfg.detection()),
             cfg,
@@ -127,7 +128,7 @@ impl Controller {
             metrics,
             top,
             reconcile: Reconcile::new(others),
-            sources: SourceTracker::with_capacity(capacity),
+            sources: SourceTracker::with_capacity(capacity, parts),
             counters: CounterState::default(),
             cookies_active: false,
             last_poll: Instant::now(),
@@ -264,7 +265,7 @@ impl Controller {
 
         let maps = &self.maps;
         let scan = self.sources.poll(
-            |f| maps.for_each_source_batch(f),
+            &|part, f| maps.for_each_source_in_part(part, f),
             now_ns,
             &self.kernel_cfg,
             dt,

@@ -9,14 +9,22 @@
 //! therefore not added to the metric (it would count the kernel-aged ones twice). A source
 //! evicted from the LRU map between two polls takes its unreported failures with it.
 //!
-//! Memory: one 32-byte record per entry of the map (bounded by `maps.sources`), in a
-//! table sized at start for the map's capacity, at most half full (`records`: 64 MiB for
-//! `maps.sources = 1000000`), a buffer of tags for
-//! one batch, and a heap of K top sources. Nothing else grows with the map.
+//! Parts: the kernel's side of the walk (a cache miss or two per entry) is most of a
+//! poll's time, so the map is walked in parts at once, one thread each
+//! (`Maps::source_parts`: up to 4, by CPUs), each a range of the kernel's hash buckets. A
+//! source always lives in the same bucket, so each part keeps its own records and needs
+//! no lock; the parts' counts, top lists and events are merged at the end.
+//!
+//! Memory: one 32-byte record per entry of the map (bounded by `maps.sources`), in one
+//! table per part sized at start for its share of the map's capacity, at most half full
+//! (`records`: 64 MiB in all for `maps.sources = 1000000`), per part a buffer of tags and
+//! one of entries for one batch, and a heap of K top sources. Nothing else grows with
+//! the map.
 
 use std::{
     cmp::{Ordering, Reverse},
     collections::BinaryHeap,
+    sync::{Mutex, PoisonError},
 };
 
 use detector_common::{
@@ -36,6 +44,9 @@ const TOP_WINDOW_SECS: f64 = 5.0;
 /// Block/unblock events logged per poll; the rest are summed up in one line.
 const EVENTS_PER_POLL: usize = 20;
 
+/// How far ahead of the entry at hand its record slot is fetched.
+const PREFETCH_AHEAD: usize = 16;
+
 const SEEN: u8 = 1;
 const BLOCKED: u8 = 2;
 
@@ -52,13 +63,45 @@ pub struct SourceSummary {
     pub top: Vec<TopSource>,
 }
 
-#[derive(Default)]
 pub struct SourceTracker {
-    records: Records,
-    /// Tags of the batch being walked (reused).
-    tags: Vec<u64>,
+    /// One per part of the map (`Maps::source_parts`), walked on threads of their own.
+    /// (The locks are never contended: each part is walked by one thread at a time.)
+    parts: Vec<Mutex<Part>>,
     /// The `SEEN` value of this walk.
     parity: bool,
+}
+
+impl Default for SourceTracker {
+    fn default() -> Self {
+        Self::with_capacity(0, 1)
+    }
+}
+
+/// The records of the sources in one part of the map (a source is always in the same
+/// part), and the tags of the batch being walked (reused).
+#[derive(Default)]
+struct Part {
+    records: Records,
+    tags: Vec<u64>,
+}
+
+/// What one part's walk found; `SourceTracker::poll` merges them.
+#[derive(Default)]
+struct PartScan {
+    summary: SourceSummary,
+    top: Vec<Candidate>,
+    events: Events,
+}
+
+/// What every part's walk needs to know of the poll.
+struct PollInputs<'a> {
+    now_ns: u64,
+    cfg: &'a KernelConfig,
+    dt: f64,
+    /// The weight of this poll's rate in the smoothed one.
+    alpha: f64,
+    k: usize,
+    seen: u8,
 }
 
 struct Candidate {
@@ -102,6 +145,17 @@ impl Events {
         }
     }
 
+    /// Adds another part's events (still at most `EVENTS_PER_POLL` named of each kind).
+    fn merge(&mut self, other: Events) {
+        self.more += other.more;
+        for key in other.blocked {
+            Self::push(&mut self.blocked, &mut self.more, key);
+        }
+        for key in other.freed {
+            Self::push(&mut self.freed, &mut self.more, key);
+        }
+    }
+
     fn log(&self) {
         for key in &self.blocked {
             info!(event = "source_blocked", source = %source_ip(key), "source blocked");
@@ -115,41 +169,142 @@ impl Events {
     }
 }
 
+/// Calls its argument with batches of (keys, entries) of one walk.
+pub type BatchWalk<'a> = dyn Fn(&mut dyn FnMut(&[SourceKey], &[SourceState])) + 'a;
+
+/// Walks one part of the map: `walk(part, f)` calls `f` with batches of that part's
+/// entries. `Sync`: the parts are walked on threads of their own at once.
+pub type PartWalk<'a> = dyn Fn(u32, &mut dyn FnMut(&[SourceKey], &[SourceState])) + Sync + 'a;
+
 impl SourceTracker {
-    /// A tracker with room for `sources` records (the per-source map's capacity).
-    pub fn with_capacity(sources: usize) -> Self {
-        Self { records: Records::with_capacity(sources), ..Self::default() }
+    /// A tracker for a map of `sources` entries (its capacity) walked in `parts` parts,
+    /// each with room for its share of records.
+    pub fn with_capacity(sources: usize, parts: u32) -> Self {
+        let parts = parts.max(1);
+        let share = sources / parts as usize;
+        Self {
+            parts: (0..parts)
+                .map(|_| Mutex::new(Part { records: Records::with_capacity(share), tags: Vec::new() }))
+                .collect(),
+            parity: false,
+        }
     }
 
-    /// Walks the map through `walk` (which calls its argument with batches of entries),
+    /// Walks the map through `walk`, every part at once (part 0 on this thread, the
+    /// others on threads of their own),
     /// `dt` seconds after the previous walk; keeps the `k` highest rates.
     pub fn poll(
         &mut self,
-        walk: impl FnOnce(&mut dyn FnMut(&[SourceKey], &[SourceState])),
+        walk: &PartWalk<'_>,
         now_ns: u64,
         cfg: &KernelConfig,
         dt: f64,
         k: usize,
     ) -> SourceSummary {
         self.parity = !self.parity;
-        let seen = if self.parity { SEEN } else { 0 };
         // An exponential average over about TOP_WINDOW_SECS: a burst shorter than a poll
         // stays on the list (and in a Prometheus scraping every few seconds) for a while.
-        let alpha = 1.0 - (-dt / TOP_WINDOW_SECS).exp();
-        let mut summary = SourceSummary::default();
+        let inputs = PollInputs {
+            now_ns,
+            cfg,
+            dt,
+            alpha: 1.0 - (-dt / TOP_WINDOW_SECS).exp(),
+            k,
+            seen: if self.parity { SEEN } else { 0 },
+        };
+        let inputs = &inputs;
+        let parts = &self.parts;
+        let walk_part = move |i: u32| {
+            // A walk that panicked (and was reported as such) leaves its records usable.
+            let part = &mut *parts[i as usize].lock().unwrap_or_else(PoisonError::into_inner);
+            part.walk(&|f| walk(i, f), inputs)
+        };
+        let scans: Vec<PartScan> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (1..u32::try_from(parts.len()).unwrap_or(1))
+                .map(|i| {
+                    let thread = std::thread::Builder::new()
+                        .name(format!("walk-{i}"))
+                        .spawn_scoped(scope, move || walk_part(i));
+                    (i, thread)
+                })
+                .collect();
+            let mut scans = vec![walk_part(0)];
+            for (i, thread) in threads {
+                scans.push(match thread {
+                    Ok(thread) => thread.join().expect("a source walk thread panicked"),
+                    // Walked here instead: slower, but nothing is missed.
+                    Err(e) => {
+                        warn!(error = %e, part = i, "could not start a thread to walk part of the source map");
+                        walk_part(i)
+                    }
+                });
+            }
+            scans
+        });
+        merge(scans, k)
+    }
+
+    /// Sources remembered (the records this module's memory note is about).
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.parts.iter().map(|p| p.lock().expect("part lock").records.len()).sum()
+    }
+}
+
+/// One summary of every part's: counts added, the top `k` of all, events together.
+fn merge(scans: Vec<PartScan>, k: usize) -> SourceSummary {
+    let mut summary = SourceSummary::default();
+    let mut top = Vec::new();
+    let mut events = Events::default();
+    for scan in scans {
+        let s = scan.summary;
+        summary.tracked += s.tracked;
+        summary.live += s.live;
+        summary.blocked += s.blocked;
+        summary.half_open += s.half_open;
+        summary.failed += s.failed;
+        top.extend(scan.top);
+        events.merge(scan.events);
+    }
+    events.log();
+    top.sort_unstable_by(|a, b| b.cmp(a));
+    top.truncate(k);
+    summary.top = top
+        .into_iter()
+        .map(|c| TopSource {
+            source: source_ip(&c.key),
+            syns_per_second: f64::from(c.rate),
+            blocked: c.blocked,
+            half_open: c.half_open,
+            #[allow(clippy::cast_precision_loss, reason = "seconds for display")]
+            block_left_seconds: c.block_left_ns as f64 / 1e9,
+        })
+        .collect();
+    summary
+}
+
+impl Part {
+    /// Walks this part: counts, failures, rates, events, and its `k` highest rates.
+    fn walk(&mut self, walk: &BatchWalk<'_>, p: &PollInputs<'_>) -> PartScan {
+        let (now_ns, cfg, dt, alpha, k, seen) = (p.now_ns, p.cfg, p.dt, p.alpha, p.k, p.seen);
+        let mut scan = PartScan::default();
+        let summary = &mut scan.summary;
+        let events = &mut scan.events;
         let mut top: BinaryHeap<Reverse<Candidate>> = BinaryHeap::with_capacity(k + 1);
-        let mut events = Events::default();
         let (records, tags) = (&mut self.records, &mut self.tags);
         walk(&mut |keys, states| {
             records.reserve(records.len() + keys.len());
-            // First the tags, fetching their slots meanwhile; then the work, from cache.
+            // First the tags; then the work, each slot fetched a few entries ahead (a
+            // whole batch ahead, the first ones fall out of the cache again).
             tags.clear();
-            for key in keys {
-                let tag = records.tag(key);
+            tags.extend(keys.iter().map(|key| records.tag(key)));
+            for &tag in tags.iter().take(PREFETCH_AHEAD) {
                 records.prefetch(tag);
-                tags.push(tag);
             }
-            for ((key, state), tag) in keys.iter().zip(states).zip(tags.iter()) {
+            for (i, ((key, state), tag)) in keys.iter().zip(states).zip(tags.iter()).enumerate() {
+                if let Some(&ahead) = tags.get(i + PREFETCH_AHEAD) {
+                    records.prefetch(ahead);
+                }
                 summary.tracked += 1;
                 summary.live += u64::from(expiry::source_is_live(state, now_ns, cfg));
                 let blocked = state.is_blocked(now_ns);
@@ -211,112 +366,12 @@ impl SourceTracker {
             gone_blocked += usize::from(!keep && r.flags & BLOCKED != 0);
             keep
         });
-        events.more += gone_blocked;
-        events.log();
-        summary.top = top
-            .into_sorted_vec()
-            .into_iter()
-            .map(|Reverse(c)| TopSource {
-                source: source_ip(&c.key),
-                syns_per_second: f64::from(c.rate),
-                blocked: c.blocked,
-                half_open: c.half_open,
-                #[allow(clippy::cast_precision_loss, reason = "seconds for display")]
-                block_left_seconds: c.block_left_ns as f64 / 1e9,
-            })
-            .collect();
-        summary
-    }
-
-    /// Sources remembered (the records this module's memory note is about).
-    #[cfg(test)]
-    fn remembered(&self) -> usize {
-        self.records.len()
+        scan.events.more += gone_blocked;
+        scan.top = top.into_iter().map(|Reverse(c)| c).collect();
+        scan
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SEC: u64 = 1_000_000_000;
-
-    fn cfg() -> KernelConfig {
-        KernelConfig::new(0, 0, 60 * SEC, 3 * SEC)
-    }
-
-    fn key(n: u8) -> SourceKey {
-        let mut addr = [0u8; 16];
-        addr[10] = 0xff;
-        addr[11] = 0xff;
-        addr[12] = 198;
-        addr[15] = n;
-        SourceKey { addr }
-    }
-
-    fn poll(t: &mut SourceTracker, entries: &[(SourceKey, SourceState)], now: u64) -> SourceSummary {
-        t.poll(
-            |f| {
-                let (keys, states): (Vec<_>, Vec<_>) = entries.iter().copied().unzip();
-                f(&keys, &states);
-            },
-            now,
-            &cfg(),
-            1.0,
-            3,
-        )
-    }
-
-    #[test]
-    fn a_kernel_blocked_entry_is_never_modified_by_a_poll() {
-        let c = cfg();
-        let mut s = SourceState::new(0, &c);
-        s.pending = [5, 0, 0, 0];
-        s.blocked_until_ns = 100 * SEC;
-        s.syns_total = 500;
-        let entries = [(key(1), s)];
-        let before = entries;
-        let mut t = SourceTracker::default();
-        let summary = poll(&mut t, &entries, 10 * SEC);
-        assert_eq!(entries, before, "the walk sees entries by shared reference only");
-        assert_eq!((summary.blocked, summary.failed, summary.half_open), (1, 5, 0));
-        assert!(summary.top[0].blocked);
-        assert_eq!(summary.top[0].half_open, 0, "expired in the copy");
-        assert!((summary.top[0].block_left_seconds - 90.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn failures_are_counted_once_whether_the_agent_or_the_kernel_aged_them() {
-        let c = cfg();
-        let mut s = SourceState::new(0, &c);
-        s.pending = [3, 0, 0, 0];
-        let mut t = SourceTracker::default();
-        assert_eq!(poll(&mut t, &[(key(1), s)], SEC).failed, 0, "not expired yet");
-        assert_eq!(poll(&mut t, &[(key(1), s)], 5 * SEC).failed, 3, "expired in the copy");
-        assert_eq!(poll(&mut t, &[(key(1), s)], 6 * SEC).failed, 0, "the same ones again");
-        // The kernel now ages the source itself (it sent again) and two more fail later.
-        s.age(7 * SEC, &c);
-        assert_eq!(poll(&mut t, &[(key(1), s)], 7 * SEC).failed, 0, "kernel-aged: already reported");
-        s.failed += 2;
-        assert_eq!(poll(&mut t, &[(key(1), s)], 8 * SEC).failed, 2);
-    }
-
-    #[test]
-    fn top_k_keeps_the_highest_rates_in_order_and_forgets_gone_sources() {
-        let c = cfg();
-        let mut t = SourceTracker::default();
-        let entries: Vec<_> = (1..=10u8)
-            .map(|n| {
-                let mut s = SourceState::new(0, &c);
-                s.syns_total = u64::from(n) * 100;
-                (key(n), s)
-            })
-            .collect();
-        let summary = poll(&mut t, &entries, SEC);
-        let top: Vec<String> = summary.top.iter().map(|s| s.source.to_string()).collect();
-        assert_eq!(top, ["198.0.0.10", "198.0.0.9", "198.0.0.8"]);
-        assert_eq!(t.remembered(), 10);
-        poll(&mut t, &entries[..2], 2 * SEC);
-        assert_eq!(t.remembered(), 2);
-    }
-}
+#[path = "sources_tests.rs"]
+mod tests;
