@@ -1,11 +1,15 @@
 //! The bench's baselines (the test object's programs) are what the bench says they are. The
 //! minimal responder is the floor `cargo xtask bench` compares the cookie path with, so it
-//! must really answer: a SYN-ACK a client would take, not a cheaper imitation. Needs root.
+//! must really answer: a SYN-ACK a client would take, not a cheaper imitation; the drop
+//! floor must really drop and account, and only blocked sources. Needs root.
 
 mod common;
 
-use common::{Detector, SERVER4, XDP_TX};
-use detector_common::config::Config;
+use common::{Detector, SERVER4, XDP_DROP, XDP_PASS, XDP_TX};
+use detector_common::{
+    config::Config,
+    state::{SourceKey, SourceState},
+};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 
 const SEC: u64 = 1_000_000_000;
@@ -63,4 +67,22 @@ fn the_minimal_responder_answers_with_a_syn_ack_a_client_takes() {
     // The helper's MSS table (`msstab`) for a 1460-byte client MSS.
     assert_eq!(mss, 1460);
     assert!(tcp.payload().is_empty(), "a SYN-ACK carries no data");
+}
+
+#[test]
+fn the_drop_floor_drops_and_accounts_only_blocked_sources() {
+    let mut det = Detector::load(Config::new(0, 0, SEC, 3 * SEC), &["baseline_drop_floor"]);
+    let blocked = SourceKey { addr: detector_common::parse::ipv4_mapped(CLIENT4) };
+    let mut sources: aya::maps::HashMap<_, SourceKey, SourceState> =
+        aya::maps::HashMap::try_from(det.ebpf.map_mut("FLOOR_SOURCES").unwrap()).unwrap();
+    let state =
+        SourceState { blocked_until_ns: u64::MAX, ..SourceState::new(0, &Config::new(1, 0, SEC, 3 * SEC)) };
+    sources.insert(blocked, state, 0).unwrap();
+    assert_eq!(det.run("baseline_drop_floor", &padded_syn()).0, XDP_DROP);
+    let sources: aya::maps::HashMap<_, SourceKey, SourceState> =
+        aya::maps::HashMap::try_from(det.ebpf.map("FLOOR_SOURCES").unwrap()).unwrap();
+    assert_eq!(sources.get(&blocked, 0).unwrap().syns_total, 1, "the dropped SYN is accounted");
+    let mut stranger = padded_syn();
+    stranger[29] = 3; // the IPv4 source's last byte
+    assert_eq!(det.run("baseline_drop_floor", &stranger).0, XDP_PASS);
 }
