@@ -480,7 +480,7 @@ fn check_state(
         let cells: Vec<u64> = sketch.iter().collect::<Result<_, _>>()?;
         let mut summary = Vec::new();
         for row in 0..SKETCH_ROWS {
-            let expected: HashSet<u32> = sent.iter().map(|key| sketch::cell_index(key, row, cfg)).collect();
+            let expected: HashSet<u32> = sent.iter().map(|key| sketch::cells(key, cfg)[row as usize]).collect();
             let used: HashSet<u32> = (row * cfg.sketch_width..(row + 1) * cfg.sketch_width)
                 .filter(|&i| cells[i as usize] != 0)
                 .collect();
