@@ -61,7 +61,8 @@ impl Rows {
     #[must_use]
     #[allow(clippy::cast_possible_truncation, reason = "the top half of the hash")]
     pub fn new(key: &SourceKey, cfg: &Config) -> Self {
-        let h = (words::keyed_hash(words::address_words(&key.addr), &words::keys(cfg.sketch_seed)) >> 32) as u32;
+        let h =
+            (words::keyed_hash(words::address_words(&key.addr), &words::keys(cfg.sketch_seed)) >> 32) as u32;
         Self { at: h, step: h.rotate_right(16) | 1, base: 0, width: cfg.sketch_width }
     }
 
@@ -226,7 +227,8 @@ mod tests {
         let pairs = n * (n - 1) / 2;
         let (all, one) = collisions(&c, n);
         #[allow(clippy::cast_precision_loss, reason = "ratios of counts")]
-        let (one_ratio, all_ratio) = (one as f64 / (pairs as f64 / 1024.0), all as f64 / (pairs as f64 * 2.0 / (1024.0 * 1024.0)));
+        let (one_ratio, all_ratio) =
+            (one as f64 / (pairs as f64 / 1024.0), all as f64 / (pairs as f64 * 2.0 / (1024.0 * 1024.0)));
         assert!((0.95..1.05).contains(&one_ratio), "row 0: {one} pairs, {one_ratio:.3} of 1/width");
         assert!((0.9..1.1).contains(&all_ratio), "all rows: {all} pairs, {all_ratio:.3} of 2/width²");
     }
@@ -256,6 +258,10 @@ mod tests {
         let (a, b) = (shared(&c), shared(&other));
         assert!(a.len() > 1_000 && b.len() > 1_000, "2,000 sources in 1,024 columns collide often");
         let kept = a.intersection(&b).count();
-        assert!(kept * 50 < a.len(), "{kept} of {} colliding pairs collide under the other seed too", a.len());
+        assert!(
+            kept * 50 < a.len(),
+            "{kept} of {} colliding pairs collide under the other seed too",
+            a.len()
+        );
     }
 }
