@@ -101,7 +101,8 @@ pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 /// 7: `Config` flags `FLAG_NO_KERNEL_DESTS`, `FLAG_NO_IFACE_POLICY`; `BLOCK_FILTER` and
 ///    `LOCAL_TABLE` pinned (an older program would not read them; a newer one needs them filled);
 ///    `filter::bucket` is word-wise (`words::hash`): `PENDING_FILTER` and `CLOSED_FILTER`
-///    buckets mean other flows.
+///    buckets mean other flows; sketch rows from one keyed hash (`sketch::Rows`): a source's
+///    `SKETCH` cells are other cells.
 pub const LAYOUT_VERSION: u32 = 7;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.

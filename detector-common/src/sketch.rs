@@ -10,7 +10,7 @@
 //! sweep the array. The estimate for a source is the minimum over its cells: never below
 //! the true count, above it only by collisions.
 
-use crate::{config::Config, state::SourceKey};
+use crate::{config::Config, state::SourceKey, words};
 
 pub const SKETCH_ROWS: u32 = 4;
 
@@ -24,27 +24,76 @@ pub fn epoch(now_ns: u64) -> u32 {
     (now_ns >> EPOCH_SHIFT) as u32
 }
 
-/// The flat array index of `key`'s cell in `row`.
-#[inline(always)]
-#[must_use]
-pub fn cell_index(key: &SourceKey, row: u32, cfg: &Config) -> u32 {
-    let mut h = cfg.sketch_seed ^ row.wrapping_mul(0x9e37_79b9);
-    for word in key.addr.chunks_exact(4) {
-        h = (h ^ u32::from_ne_bytes([word[0], word[1], word[2], word[3]])).wrapping_mul(0x85eb_ca6b);
-        h ^= h >> 13;
-    }
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^= h >> 16;
-    row * cfg.sketch_width + (h & (cfg.sketch_width - 1))
+/// A source's cells, one per row, from one keyed hash of its address (double hashing):
+/// row `r` uses column `(h1 + r·h2) mod width`, with `h2` odd.
+///
+/// Why this keeps count-min's guarantees up to constants: the error bound of a row needs
+/// only that two different sources share that row's cell with probability about
+/// 1/width, and `h1 + r·h2` is a uniform column for each `r` when `h1` is. Independence
+/// across rows is what the bound's "in every row at once" step uses, and double hashing
+/// weakens it by a constant only: with a power-of-two width and `h2` odd, two sources that
+/// differ in `h1` or `h2` share at most two of the four rows (a shared row pins `h1`'s
+/// difference to `r` times `h2`'s, and an even `h2` difference allows one more row only
+/// when it is `width/2`), so all four rows collide only when both `h1` and `h2` do:
+/// probability 2/width² per pair instead of 1/width⁴, which for the default width (16384)
+/// is still one pair in 2^27. Kirsch and Mitzenmacher ("Less hashing, same performance",
+/// 2006) show the same for Bloom filters: two hash functions driving k probes keep the
+/// false-positive rate of k independent ones asymptotically.
+///
+/// What the seed buys: `words::keyed_hash` is strongly universal over its keys, so which
+/// sources share cells is a property of the seed, not of the addresses. A flood cannot be
+/// built offline to land on a given source's four cells; without the seed an attacker
+/// only learns collisions by probing the detector, one block decision at a time.
+///
+/// `h1` is the low bits of the hash's top half and `h2` the bits 16 above them (rotated),
+/// so up to a width of 2^16 the two come from disjoint bits; wider, they share bits and
+/// all four rows collide only when the whole top half does (2^-32 per pair).
+#[derive(Clone, Copy)]
+pub struct Rows {
+    at: u32,
+    step: u32,
+    base: u32,
+    width: u32,
 }
 
-/// Counts one SYN in `cell` for `epoch`; returns the cell's count after it.
+impl Rows {
+    #[inline(always)]
+    #[must_use]
+    #[allow(clippy::cast_possible_truncation, reason = "the top half of the hash")]
+    pub fn new(key: &SourceKey, cfg: &Config) -> Self {
+        let h =
+            (words::keyed_hash(words::address_words(&key.addr), &words::keys(cfg.sketch_seed)) >> 32) as u32;
+        Self { at: h, step: h.rotate_right(16) | 1, base: 0, width: cfg.sketch_width }
+    }
+
+    /// The flat array index of the current row's cell; moves on to the next row.
+    #[inline(always)]
+    pub fn next_cell(&mut self) -> u32 {
+        let cell = self.base + (self.at & (self.width - 1));
+        self.at = self.at.wrapping_add(self.step);
+        self.base += self.width;
+        cell
+    }
+}
+
+/// All of `key`'s cells, row by row: for code that is not on the packet path (the agent's
+/// offline model, tests), where walking `Rows` by hand buys nothing.
+#[must_use]
+pub fn cells(key: &SourceKey, cfg: &Config) -> [u32; SKETCH_ROWS as usize] {
+    let mut rows = Rows::new(key, cfg);
+    [0; SKETCH_ROWS as usize].map(|_| rows.next_cell())
+}
+
+/// Counts one SYN in `cell` for `epoch`; returns the cell's count after it. Not saturating:
+/// the count would carry into the epoch only after 2^32 SYNs in one cell within one epoch
+/// (about a second), four billion packets a second.
 #[inline(always)]
 #[allow(clippy::cast_possible_truncation, reason = "the low half is the count")]
 pub fn bump(cell: &mut u64, epoch: u32) -> u32 {
-    let count = if (*cell >> 32) as u32 == epoch { (*cell as u32).saturating_add(1) } else { 1 };
-    *cell = u64::from(epoch) << 32 | u64::from(count);
-    count
+    let fresh = u64::from(epoch) << 32;
+    let next = if *cell & !0xffff_ffff == fresh { *cell + 1 } else { fresh | 1 };
+    *cell = next;
+    next as u32
 }
 
 #[cfg(test)]
@@ -74,8 +123,9 @@ mod tests {
         for (i, (k, n)) in syns.iter().enumerate() {
             for _ in 0..*n {
                 let mut est = u32::MAX;
-                for row in 0..SKETCH_ROWS {
-                    est = est.min(bump(&mut cells[cell_index(k, row, c) as usize], 7));
+                let mut rows = Rows::new(k, c);
+                for _ in 0..SKETCH_ROWS {
+                    est = est.min(bump(&mut cells[rows.next_cell() as usize], 7));
                 }
                 last[i] = est;
             }
@@ -102,17 +152,116 @@ mod tests {
         assert_eq!(bump(&mut cell, 2), 1);
     }
 
+    /// A random-looking address (splitmix64 over `i`), IPv6 so all four words vary.
+    fn random_key(i: u64) -> SourceKey {
+        let mix = |mut z: u64| {
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let mut addr = [0u8; 16];
+        addr[..8].copy_from_slice(&mix(2 * i + 1).to_le_bytes());
+        addr[8..].copy_from_slice(&mix(2 * i + 2).to_le_bytes());
+        SourceKey { addr }
+    }
+
     #[test]
-    fn rows_hash_differently_and_stay_in_bounds() {
+    fn rows_stay_in_bounds_and_differ() {
         let c = cfg();
-        let k = key(1);
-        let idx: std::vec::Vec<_> = (0..SKETCH_ROWS).map(|r| cell_index(&k, r, &c)).collect();
-        for (r, i) in idx.iter().enumerate() {
-            let r = u32::try_from(r).unwrap();
-            assert!((r * c.sketch_width..(r + 1) * c.sketch_width).contains(i));
+        for i in 0..10_000 {
+            let cells = cells(&key(i), &c);
+            for (r, cell) in (0..SKETCH_ROWS).zip(cells) {
+                assert!((r * c.sketch_width..(r + 1) * c.sketch_width).contains(&cell), "row {r}: {cell}");
+            }
         }
+    }
+
+    #[test]
+    fn the_estimate_never_undercounts() {
+        // A narrow sketch, so collisions are frequent, and uneven counts per source.
+        let mut c = cfg();
+        c.sketch_width = 256;
+        let syns: std::vec::Vec<_> = (0..3_000u32).map(|i| (random_key(u64::from(i)), 1 + i % 7)).collect();
+        let est = estimates(&c, &syns);
+        let mut over = 0;
+        for ((_, n), e) in syns.iter().zip(&est) {
+            assert!(e >= n, "estimate {e} under the true count {n}");
+            over += usize::from(e > n);
+        }
+        assert!(over > 0, "3000 sources in 256 columns must collide somewhere");
+    }
+
+    /// How many pairs of equal elements `v` holds.
+    fn equal_pairs<T: Ord>(v: &mut [T]) -> u64 {
+        v.sort_unstable();
+        let mut total = 0u64;
+        let mut run = 1u64;
+        for i in 1..=v.len() {
+            if i < v.len() && v[i] == v[i - 1] {
+                run += 1;
+            } else {
+                total += run * (run - 1) / 2;
+                run = 1;
+            }
+        }
+        total
+    }
+
+    /// Pairs of sources that share their cell in all four rows, and in row 0 alone, among
+    /// `n` random addresses: sorting the cell tuples finds them without n² comparisons.
+    fn collisions(c: &Config, n: u64) -> (u64, u64) {
+        let mut all: std::vec::Vec<_> = (0..n).map(|i| cells(&random_key(i), c)).collect();
+        let mut first: std::vec::Vec<_> = all.iter().map(|cells| cells[0]).collect();
+        (equal_pairs(&mut all), equal_pairs(&mut first))
+    }
+
+    #[test]
+    fn rows_collide_together_as_rarely_as_double_hashing_predicts() {
+        // Width 1024 and 200,000 sources: about 2·10^10 pairs. One row alone collides with
+        // probability 1/1024 (1.95·10^7 pairs expected); all four rows with 2/1024² (double
+        // hashing: h1 and h2 both equal), 3.8·10^4 pairs. Independent rows would give
+        // 1/1024⁴ (none); a scheme whose rows moved together would give as many as row 0.
+        let mut c = cfg();
+        c.sketch_width = 1024;
+        let n = 200_000u64;
+        let pairs = n * (n - 1) / 2;
+        let (all, one) = collisions(&c, n);
+        #[allow(clippy::cast_precision_loss, reason = "ratios of counts")]
+        let (one_ratio, all_ratio) =
+            (one as f64 / (pairs as f64 / 1024.0), all as f64 / (pairs as f64 * 2.0 / (1024.0 * 1024.0)));
+        assert!((0.95..1.05).contains(&one_ratio), "row 0: {one} pairs, {one_ratio:.3} of 1/width");
+        assert!((0.9..1.1).contains(&all_ratio), "all rows: {all} pairs, {all_ratio:.3} of 2/width²");
+    }
+
+    #[test]
+    fn another_seed_gives_other_cells() {
+        let c = cfg();
         let mut other = c;
         other.sketch_seed ^= 1;
-        assert_ne!(cell_index(&k, 0, &c), cell_index(&k, 0, &other), "the seed keys the hash");
+        let moved = (0..10_000).filter(|&i| cells(&key(i), &c)[0] != cells(&key(i), &other)[0]).count();
+        // A cell stays by chance with probability 1/1024.
+        assert!(moved > 9_950, "only {moved} of 10,000 sources moved to another cell");
+        // Which sources share a cell changes too, not just where the cells are: a seed
+        // that only shifted every column would keep every collision.
+        let shared = |c: &Config| {
+            let cells: std::vec::Vec<_> = (0..2_000).map(|i| cells(&key(i), c)[0]).collect();
+            let mut pairs = std::collections::BTreeSet::new();
+            for i in 0..cells.len() {
+                for j in i + 1..cells.len() {
+                    if cells[i] == cells[j] {
+                        pairs.insert((i, j));
+                    }
+                }
+            }
+            pairs
+        };
+        let (a, b) = (shared(&c), shared(&other));
+        assert!(a.len() > 1_000 && b.len() > 1_000, "2,000 sources in 1,024 columns collide often");
+        let kept = a.intersection(&b).count();
+        assert!(
+            kept * 50 < a.len(),
+            "{kept} of {} colliding pairs collide under the other seed too",
+            a.len()
+        );
     }
 }

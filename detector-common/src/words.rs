@@ -61,6 +61,41 @@ pub const fn hash(addr: [u64; 4], last: u64, bits: u32) -> u32 {
     (h >> (64 - bits)) as u32
 }
 
+/// Multipliers and an offset for `keyed_hash`, drawn from a 32-bit seed. Each is the seed
+/// XORed into one constant and multiplied by another: distinct seeds give distinct keys
+/// (an odd multiply is a bijection), and the five products are independent of one another
+/// and of the packet, so the CPU overlaps them.
+#[inline(always)]
+#[must_use]
+pub const fn keys(seed: u32) -> [u64; 5] {
+    let s = seed as u64;
+    [
+        (s ^ K[0]).wrapping_mul(K[1]),
+        (s ^ K[1]).wrapping_mul(K[2]),
+        (s ^ K[2]).wrapping_mul(K[3]),
+        (s ^ K[3]).wrapping_mul(K[4]),
+        (s ^ K[4]).wrapping_mul(K[0]),
+    ]
+}
+
+/// A keyed hash of an address: Thorup's vector multiply-shift, `(Σ a_i·x_i + b) mod 2^64`
+/// over 32-bit words `x_i`. With `a_i` and `b` uniform and independent, its top 32 bits
+/// are strongly universal: for two different addresses, the pair of results is uniform,
+/// so any bits of the top half collide with probability 2^-bits whatever the addresses.
+/// Unlike `hash` (products folded by XOR, where a key XORed in would cancel out of every
+/// collision), the keys sit inside the products, so which addresses collide depends on
+/// them. Callers use the top 32 bits only: the low bits see only the words' low bits.
+#[inline(always)]
+#[must_use]
+pub const fn keyed_hash(addr: [u64; 4], keys: &[u64; 5]) -> u64 {
+    addr[0]
+        .wrapping_mul(keys[0])
+        .wrapping_add(addr[1].wrapping_mul(keys[1]))
+        .wrapping_add(addr[2].wrapping_mul(keys[2]))
+        .wrapping_add(addr[3].wrapping_mul(keys[3]))
+        .wrapping_add(keys[4])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

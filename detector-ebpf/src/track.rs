@@ -234,9 +234,10 @@ pub fn screen_for_cookie(
 fn sketch_estimate(key: &SourceKey, cfg: &Config, now: u64) -> Option<u32> {
     let epoch = sketch::epoch(now);
     let mut estimate = u32::MAX;
-    for row in 0..sketch::SKETCH_ROWS {
+    let mut rows = sketch::Rows::new(key, cfg);
+    for _ in 0..sketch::SKETCH_ROWS {
         // Out of range only if the config's width disagrees with the map.
-        let cell = SKETCH.get_ptr_mut(sketch::cell_index(key, row, cfg))?;
+        let cell = SKETCH.get_ptr_mut(rows.next_cell())?;
         // SAFETY: a live array value; concurrent CPUs may lose an increment (an estimate).
         estimate = estimate.min(sketch::bump(unsafe { &mut *cell }, epoch));
     }

@@ -34,8 +34,9 @@ const SEC: u64 = 1_000_000_000;
 fn sketch_estimate(cells: &mut [u64], addr: [u8; 16], now: u64, cfg: &KernelConfig) -> u32 {
     let key = SourceKey { addr };
     let epoch = sketch::epoch(now);
-    (0..sketch::SKETCH_ROWS)
-        .map(|row| sketch::bump(&mut cells[sketch::cell_index(&key, row, cfg) as usize], epoch))
+    sketch::cells(&key, cfg)
+        .into_iter()
+        .map(|cell| sketch::bump(&mut cells[cell as usize], epoch))
         .min()
         .unwrap_or(1)
 }
