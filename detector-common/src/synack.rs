@@ -201,14 +201,8 @@ impl SynAckHeader {
 pub fn words_to_bytes<const W: usize, const B: usize>(words: &[u32; W]) -> [u8; B] {
     const { assert!(W * 4 == B) };
     let mut out = [0u8; B];
-    let mut i = 0;
-    while i < W {
-        let [a, b, c, d] = words[i].to_be_bytes();
-        out[i * 4] = a;
-        out[i * 4 + 1] = b;
-        out[i * 4 + 2] = c;
-        out[i * 4 + 3] = d;
-        i += 1;
+    for (chunk, word) in out.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_be_bytes());
     }
     out
 }
@@ -308,7 +302,7 @@ pub fn build_synack_into(
         } else {
             u32::from(OPT_NOP) << 8 | u32::from(OPT_NOP)
         };
-        emit(6, sack << 16 | u32::from(OPT_TIMESTAMP) << 8 | 10);
+        emit(6, sack << 16 | u32::from(OPT_TIMESTAMP) << 8 | 0x0a);
         emit(7, encode_timestamp(now_ms, opts, ecn));
         emit(8, tsecr);
         emit(

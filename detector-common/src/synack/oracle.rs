@@ -11,6 +11,7 @@ use crate::{
     parse::{tcp_flags, IpVersion, TcpSegment},
 };
 
+#[allow(clippy::trivially_copy_pass_by_ref, reason = "the old builder's signature, kept as it was")]
 fn old_synack(
     syn: &TcpSegment,
     opts: &SynOptions,
