@@ -3,7 +3,7 @@
 //! over the SYN in place.
 
 use crate::{
-    checksum::{add_bytes, finish},
+    checksum::{add_word, finish_wide},
     parse::{tcp_flags, IpVersion, TcpSegment},
 };
 
@@ -173,11 +173,38 @@ pub struct ReplySettings {
     pub window: u16,
 }
 
-/// A built SYN-ACK TCP header: `bytes[..len]` with the checksum filled in.
+/// A built SYN-ACK TCP header, checksum included: `words[..len / 4]`, each the
+/// big-endian value of four header bytes. Words rather than bytes so that the XDP program
+/// builds, sums and stores the header in registers, four bytes per instruction
+/// (docs/hotpaths.md, "The cookie path").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SynAckHeader {
-    pub bytes: [u8; SYNACK_LEN_WITH_TS as usize],
+    pub words: [u32; SYNACK_WORDS_WITH_TS],
     pub len: u8,
+}
+
+/// Words in a SYN-ACK header with MSS only, and with timestamps.
+pub const SYNACK_WORDS_MSS_ONLY: usize = SYNACK_LEN_MSS_ONLY as usize / 4;
+pub const SYNACK_WORDS_WITH_TS: usize = SYNACK_LEN_WITH_TS as usize / 4;
+
+impl SynAckHeader {
+    /// The header as bytes (`[..len]` of them are the header), for tests and models.
+    #[must_use]
+    pub fn bytes(&self) -> [u8; SYNACK_LEN_WITH_TS as usize] {
+        words_to_bytes(&self.words)
+    }
+}
+
+/// Big-endian words back to the bytes they stand for.
+#[inline(always)]
+#[must_use]
+pub fn words_to_bytes<const W: usize, const B: usize>(words: &[u32; W]) -> [u8; B] {
+    const { assert!(W * 4 == B) };
+    let mut out = [0u8; B];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
 }
 
 /// The timestamp value that encodes the negotiated options in its low bits, as
@@ -204,8 +231,21 @@ pub fn encode_timestamp(now_ms: u32, opts: &SynOptions, ecn: bool) -> u32 {
     ts
 }
 
+/// Whether the reply carries timestamps, hence its TCP header length: known before the
+/// header is built, so that the frame can be resized first and the header written
+/// straight into it (`build_synack_into`).
+#[inline(always)]
+#[must_use]
+pub fn synack_len(opts: &SynOptions, settings: &ReplySettings) -> u8 {
+    if opts.tsval.is_some() && settings.timestamps {
+        SYNACK_LEN_WITH_TS
+    } else {
+        SYNACK_LEN_MSS_ONLY
+    }
+}
+
 /// Builds the SYN-ACK's TCP header (checksum included) for a SYN `syn` answered with
-/// `cookie` and the MSS the cookie helper chose.
+/// `cookie` and the MSS the cookie helper chose, into a fresh array of words.
 #[inline(always)]
 #[must_use]
 pub fn build_synack(
@@ -216,97 +256,148 @@ pub fn build_synack(
     now_ms: u32,
     settings: &ReplySettings,
 ) -> SynAckHeader {
-    let mut h = [0u8; SYNACK_LEN_WITH_TS as usize];
-    h[0..2].copy_from_slice(&syn.dst_port.to_be_bytes());
-    h[2..4].copy_from_slice(&syn.src_port.to_be_bytes());
-    h[4..8].copy_from_slice(&cookie.to_be_bytes());
-    h[8..12].copy_from_slice(&syn.seq.wrapping_add(1).to_be_bytes());
-    h[14..16].copy_from_slice(&settings.window.to_be_bytes());
-    let [mss_hi, mss_lo] = mss.to_be_bytes();
-    h[20..24].copy_from_slice(&[OPT_MSS, 4, mss_hi, mss_lo]);
+    let mut words = [0u32; SYNACK_WORDS_WITH_TS];
+    let len = build_synack_into(syn, opts, cookie, mss, now_ms, settings, |i, w| words[i] = w);
+    SynAckHeader { words, len }
+}
+
+/// Builds the SYN-ACK's TCP header word by word: `put(i, w)` receives word `i` (its
+/// big-endian value) as soon as it is known, the checksum word (4) last, every index
+/// below `synack_len / 4` exactly once. Returns `synack_len`.
+///
+/// Why a sink rather than an array: the XDP program stores each word into the packet as
+/// it is made, so no word stays live until the checksum is done. Ten live words are more
+/// than the BPF registers, and their spills cost stack the SYN cookie chain does not have
+/// (docs/hotpaths.md, "The cookie path").
+#[inline(always)]
+pub fn build_synack_into(
+    syn: &TcpSegment,
+    opts: &SynOptions,
+    cookie: u32,
+    mss: u16,
+    now_ms: u32,
+    settings: &ReplySettings,
+    mut put: impl FnMut(usize, u32),
+) -> u8 {
+    let len = synack_len(opts, settings);
+    let mut sum = pseudo_header_sum(syn.version, &syn.src, &syn.dst, len);
+    let mut emit = |i: usize, w: u32| {
+        put(i, w);
+        sum = add_word(sum, w);
+    };
+    emit(0, u32::from(syn.dst_port) << 16 | u32::from(syn.src_port));
+    emit(1, cookie);
+    emit(2, syn.seq.wrapping_add(1));
+    emit(5, u32::from(OPT_MSS) << 24 | 4 << 16 | u32::from(mss));
     let mut flags = tcp_flags::SYN | tcp_flags::ACK;
-    let len = match opts.tsval {
-        Some(tsecr) if settings.timestamps => {
-            // ECN setup is a SYN with ECE and CWR (RFC 3168).
-            let ecn = settings.ecn
-                && syn.flags & (tcp_flags::ECE | tcp_flags::CWR) == tcp_flags::ECE | tcp_flags::CWR;
-            if ecn {
-                flags |= tcp_flags::ECE;
-            }
-            h[24..26].copy_from_slice(&if opts.sack_permitted {
-                [OPT_SACK_PERM, 2]
-            } else {
-                [OPT_NOP, OPT_NOP]
-            });
-            h[26..28].copy_from_slice(&[OPT_TIMESTAMP, 10]);
-            h[28..32].copy_from_slice(&encode_timestamp(now_ms, opts, ecn).to_be_bytes());
-            h[32..36].copy_from_slice(&tsecr.to_be_bytes());
-            h[36..40].copy_from_slice(&match opts.wscale {
-                Some(_) => [OPT_NOP, OPT_WSCALE, 3, settings.wscale.min(MAX_WSCALE)],
-                None => [OPT_NOP; 4],
-            });
-            SYNACK_LEN_WITH_TS
+    if let (Some(tsecr), SYNACK_LEN_WITH_TS) = (opts.tsval, len) {
+        // ECN setup is a SYN with ECE and CWR (RFC 3168).
+        let ecn =
+            settings.ecn && syn.flags & (tcp_flags::ECE | tcp_flags::CWR) == tcp_flags::ECE | tcp_flags::CWR;
+        if ecn {
+            flags |= tcp_flags::ECE;
         }
-        _ => SYNACK_LEN_MSS_ONLY,
-    };
-    h[12] = (len / 4) << 4;
-    h[13] = flags;
-    let mut sum = pseudo_header_sum(syn.version, &syn.dst, &syn.src, len);
-    sum = if len == SYNACK_LEN_WITH_TS {
-        add_bytes(sum, &h)
-    } else {
-        let mut short = [0u8; SYNACK_LEN_MSS_ONLY as usize];
-        short.copy_from_slice(&h[..SYNACK_LEN_MSS_ONLY as usize]);
-        add_bytes(sum, &short)
-    };
-    h[16..18].copy_from_slice(&finish(sum).to_be_bytes());
-    SynAckHeader { bytes: h, len }
+        let sack = if opts.sack_permitted {
+            u32::from(OPT_SACK_PERM) << 8 | 2
+        } else {
+            u32::from(OPT_NOP) << 8 | u32::from(OPT_NOP)
+        };
+        emit(6, sack << 16 | u32::from(OPT_TIMESTAMP) << 8 | 0x0a);
+        emit(7, encode_timestamp(now_ms, opts, ecn));
+        emit(8, tsecr);
+        emit(
+            9,
+            match opts.wscale {
+                Some(_) => {
+                    u32::from(OPT_NOP) << 24
+                        | u32::from(OPT_WSCALE) << 16
+                        | 3 << 8
+                        | u32::from(settings.wscale.min(MAX_WSCALE))
+                }
+                None => u32::from_be_bytes([OPT_NOP; 4]),
+            },
+        );
+    }
+    // Data offset, flags, window: the flags wait for the ECN decision above.
+    emit(3, u32::from(len / 4) << 28 | u32::from(flags) << 16 | u32::from(settings.window));
+    // The checksum, over everything emitted (the checksum field itself counts as zero),
+    // and a zero urgent pointer.
+    put(4, u32::from(finish_wide(sum)) << 16);
+    len
 }
 
-/// The TCP pseudo-header's contribution to the checksum.
+/// The TCP pseudo-header's contribution to the checksum. `src` and `dst` are the SYN's;
+/// the sum does not depend on their order.
 #[inline(always)]
-fn pseudo_header_sum(version: IpVersion, src: &[u8; 16], dst: &[u8; 16], tcp_len: u8) -> u32 {
-    const IPPROTO_TCP: u32 = 6;
+fn pseudo_header_sum(version: IpVersion, src: &[u8; 16], dst: &[u8; 16], tcp_len: u8) -> u64 {
+    const IPPROTO_TCP: u64 = 6;
     let addrs = match version {
-        IpVersion::V4 => {
-            let mut v4 = [0u8; 8];
-            v4[..4].copy_from_slice(&src[12..]);
-            v4[4..].copy_from_slice(&dst[12..]);
-            add_bytes(0, &v4)
+        IpVersion::V4 => add_word(add_word(0, addr_word(src, 3)), addr_word(dst, 3)),
+        IpVersion::V6 => {
+            let mut sum = 0;
+            let mut i = 0;
+            while i < 4 {
+                sum = add_word(add_word(sum, addr_word(src, i)), addr_word(dst, i));
+                i += 1;
+            }
+            sum
         }
-        IpVersion::V6 => add_bytes(add_bytes(0, src), dst),
     };
-    addrs + IPPROTO_TCP + u32::from(tcp_len)
+    addrs + IPPROTO_TCP + u64::from(tcp_len)
 }
 
-/// The reply's IPv4 header (no options), checksum included.
+/// Word `i` (big-endian value) of a 16-byte address.
 #[inline(always)]
+fn addr_word(addr: &[u8; 16], i: usize) -> u32 {
+    u32::from_be_bytes([addr[i * 4], addr[i * 4 + 1], addr[i * 4 + 2], addr[i * 4 + 3]])
+}
+
+/// The reply's IPv4 header (no options) as five big-endian words, checksum included.
+/// Identification 0 and don't-fragment, as Linux sets on its own SYN-ACKs; TTL 64.
+#[inline(always)]
+#[must_use]
+pub fn ipv4_reply_words(syn: &TcpSegment, tcp_len: u8) -> [u32; 5] {
+    let mut h = [
+        0x4500_0000 | (20 + u32::from(tcp_len)),
+        0x0000_4000,
+        64 << 24 | 6 << 16,
+        addr_word(&syn.dst, 3),
+        addr_word(&syn.src, 3),
+    ];
+    let sum = add_word(add_word(add_word(add_word(add_word(0, h[0]), h[1]), h[2]), h[3]), h[4]);
+    h[2] |= u32::from(finish_wide(sum));
+    h
+}
+
+/// The reply's IPv6 header (no extension headers) as ten big-endian words.
+#[inline(always)]
+#[must_use]
+pub fn ipv6_reply_words(syn: &TcpSegment, tcp_len: u8) -> [u32; 10] {
+    [
+        0x6000_0000,
+        u32::from(tcp_len) << 16 | 6 << 8 | 64,
+        addr_word(&syn.dst, 0),
+        addr_word(&syn.dst, 1),
+        addr_word(&syn.dst, 2),
+        addr_word(&syn.dst, 3),
+        addr_word(&syn.src, 0),
+        addr_word(&syn.src, 1),
+        addr_word(&syn.src, 2),
+        addr_word(&syn.src, 3),
+    ]
+}
+
+/// `ipv4_reply_words` as bytes, for tests and models.
 #[must_use]
 pub fn build_ipv4_reply(syn: &TcpSegment, tcp_len: u8) -> [u8; 20] {
-    let mut h = [0u8; 20];
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&(20 + u16::from(tcp_len)).to_be_bytes());
-    // Don't fragment, as Linux sets on its own SYN-ACKs.
-    h[6] = 0x40;
-    h[8] = 64;
-    h[9] = 6;
-    h[12..16].copy_from_slice(&syn.dst[12..]);
-    h[16..20].copy_from_slice(&syn.src[12..]);
-    let sum = finish(add_bytes(0, &h));
-    h[10..12].copy_from_slice(&sum.to_be_bytes());
-    h
+    words_to_bytes(&ipv4_reply_words(syn, tcp_len))
 }
 
-/// The reply's IPv6 header (no extension headers).
-#[inline(always)]
+/// `ipv6_reply_words` as bytes, for tests and models.
 #[must_use]
 pub fn build_ipv6_reply(syn: &TcpSegment, tcp_len: u8) -> [u8; 40] {
-    let mut h = [0u8; 40];
-    h[0] = 0x60;
-    h[4..6].copy_from_slice(&u16::from(tcp_len).to_be_bytes());
-    h[6] = 6;
-    h[7] = 64;
-    h[8..24].copy_from_slice(&syn.dst);
-    h[24..40].copy_from_slice(&syn.src);
-    h
+    words_to_bytes(&ipv6_reply_words(syn, tcp_len))
 }
+
+#[cfg(test)]
+mod oracle;

@@ -56,7 +56,7 @@ fn reply_for(frame: &[u8], settings: ReplySettings) -> Vec<u8> {
         IpVersion::V4 => out.extend_from_slice(&build_ipv4_reply(&seg, tcp.len)),
         IpVersion::V6 => out.extend_from_slice(&build_ipv6_reply(&seg, tcp.len)),
     }
-    out.extend_from_slice(&tcp.bytes[..tcp.len.into()]);
+    out.extend_from_slice(&tcp.bytes()[..tcp.len.into()]);
     out
 }
 

@@ -26,14 +26,14 @@ use detector_common::{
     fastpath::CookiePath,
     parse::{IpVersion, TcpSegment, ETH_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN},
     synack::{
-        build_ipv4_reply, build_ipv6_reply, build_synack, ReplySettings, SYNACK_LEN_MSS_ONLY,
-        SYNACK_LEN_WITH_TS,
+        build_synack_into, ipv4_reply_words, ipv6_reply_words, synack_len, ReplySettings,
+        SYNACK_LEN_MSS_ONLY, SYNACK_LEN_WITH_TS, SYNACK_WORDS_MSS_ONLY,
     },
 };
 
 use crate::{
     fastpath,
-    packet::{store, swap_macs},
+    packet::{store_word, store_words, swap_macs},
     syncookie::{gen_cookie, read_options, Cookie},
 };
 
@@ -159,7 +159,7 @@ fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result
     Ok(answered)
 }
 
-/// Builds the SYN-ACK over the SYN and cuts the frame to its length.
+/// Cuts the frame to the SYN-ACK's length and builds the SYN-ACK over the SYN.
 /// A BPF-to-BPF call (at most five arguments), beside `gen_cookie` on the stack.
 #[inline(never)]
 fn send_reply(
@@ -175,13 +175,12 @@ fn send_reply(
         wscale: cfg.synack_wscale,
         window: cfg.synack_window,
     };
-    #[allow(clippy::cast_possible_truncation, reason = "the TCP millisecond clock wraps")]
-    let tcp = build_synack(seg, &cookie.opts, cookie.cookie, cookie.mss, (now / NS_PER_MS) as u32, &settings);
-    let l3 = usize::from(seg.l3_offset);
+    let tcp_len = synack_len(&cookie.opts, &settings);
     let l4 = usize::from(seg.l4_offset);
-    // Cut the frame to the reply's length (drops the grown tail and any SYN payload).
+    // Resized first, so that the headers are written straight into the frame as they
+    // are built (drops the grown tail and any SYN payload).
     let cur = frame_len(ctx);
-    let target = l4 + usize::from(tcp.len);
+    let target = l4 + usize::from(tcp_len);
     #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "frame lengths")]
     let delta = target as i32 - cur as i32;
     // Only growth can fail: a SYN shorter than its reply, in a buffer without tailroom.
@@ -189,7 +188,9 @@ fn send_reply(
     if delta != 0 && !adjust_tail(ctx, delta) {
         return Err(Counter::PassCookieNoRoom);
     }
-    if write_reply(ctx, seg, l3, l4, &tcp.bytes, tcp.len).is_none() {
+    #[allow(clippy::cast_possible_truncation, reason = "the TCP millisecond clock wraps")]
+    let now_ms = (now / NS_PER_MS) as u32;
+    if write_reply(ctx, seg, cookie, &settings, now_ms, tcp_len).is_none() {
         // Cannot happen (the kernel set the length just checked); if it did, the kernel
         // gets the SYN back at its length: a SYN with data (TCP Fast Open) cut short would
         // reach it without its data and be retransmitted by the client.
@@ -201,18 +202,21 @@ fn send_reply(
     Ok(())
 }
 
-/// Writes the reply over the SYN: MACs swapped, new IP and TCP headers. VLAN tags between
-/// the MACs and the IP header stay as they are. `None` only if the frame is not the length
-/// just set, which the kernel guarantees it is.
+/// Writes the reply over the SYN: MACs swapped, new IP and TCP headers, each TCP word
+/// stored as `build_synack_into` makes it. VLAN tags between the MACs and the IP header stay as they
+/// are. `None` only if the frame is not the length just set, which the kernel guarantees
+/// it is.
 #[inline(always)]
 fn write_reply(
     ctx: &XdpContext,
     seg: &TcpSegment,
-    l3: usize,
-    l4: usize,
-    tcp: &[u8; SYNACK_LEN_WITH_TS as usize],
+    cookie: &Cookie,
+    settings: &ReplySettings,
+    now_ms: u32,
     tcp_len: u8,
 ) -> Option<()> {
+    let l3 = usize::from(seg.l3_offset);
+    let l4 = usize::from(seg.l4_offset);
     let data = ctx.data();
     let end = ctx.data_end();
     if l3 > MAX_L3 || l4 > MAX_L4 {
@@ -221,33 +225,36 @@ fn write_reply(
     // Every pointer written through is range-checked itself (see gen_cookie).
     let iph = black_box(data + l3);
     let th = black_box(data + l4);
-    if data + ETH_HEADER_LEN > end || iph + 40 > end || th + usize::from(tcp_len) > end {
+    if data + ETH_HEADER_LEN > end
+        || iph + 40 > end
+        || th + usize::from(SYNACK_LEN_MSS_ONLY) > end
+        || th + usize::from(tcp_len) > end
+    {
         return None;
     }
     // SAFETY: every write below is inside data..end, checked above (an IPv4 reply is
     // l3 + 44 bytes or more, so 40 bytes from iph are inside it for both versions).
+    // Headers go out as words from registers (docs/hotpaths.md, "The cookie path").
     unsafe {
         swap_macs(data);
         match seg.version {
-            IpVersion::V4 => {
-                core::ptr::write_unaligned(iph as *mut [u8; 20], build_ipv4_reply(seg, tcp_len));
-            }
-            IpVersion::V6 => {
-                core::ptr::write_unaligned(iph as *mut [u8; 40], build_ipv6_reply(seg, tcp_len));
-            }
-        }
-        if tcp_len == SYNACK_LEN_WITH_TS {
-            if th + usize::from(SYNACK_LEN_WITH_TS) > end {
-                return None;
-            }
-            store(th, tcp);
-        } else {
-            if th + usize::from(SYNACK_LEN_MSS_ONLY) > end {
-                return None;
-            }
-            let short = tcp.first_chunk::<{ SYNACK_LEN_MSS_ONLY as usize }>()?;
-            store(th, short);
+            IpVersion::V4 => store_words(iph, &ipv4_reply_words(seg, tcp_len)),
+            IpVersion::V6 => store_words(iph, &ipv6_reply_words(seg, tcp_len)),
         }
     }
-    Some(())
+    // The words past the MSS option only exist in the longer layout. The verifier cannot
+    // link the builder's choice of layout to the length checked above, so the first of
+    // them checks the end itself, once: one fork for the verifier, not one per word.
+    let mut tail_fits = None;
+    build_synack_into(seg, &cookie.opts, cookie.cookie, cookie.mss, now_ms, settings, |i, w| {
+        // `i` is a constant at each call: these branches fold away where they can.
+        if i >= SYNACK_WORDS_MSS_ONLY
+            && !*tail_fits.get_or_insert_with(|| th + usize::from(SYNACK_LEN_WITH_TS) <= end)
+        {
+            return;
+        }
+        // SAFETY: inside the frame: below th + 24 (checked above) or th + 40 (just checked).
+        unsafe { store_word(th + 4 * i, w) };
+    });
+    (tail_fits != Some(false)).then_some(())
 }

@@ -199,6 +199,31 @@ pub unsafe fn store<const N: usize>(at: usize, bytes: &[u8; N]) {
     }
 }
 
+/// Writes big-endian words (`detector_common::synack`'s headers) at `at`, 4 bytes per
+/// store, straight from registers: no byte array on the stack to assemble first.
+///
+/// # Safety
+/// `at .. at + 4 * N` must be inside the frame, checked so that the verifier sees it.
+#[inline(always)]
+pub unsafe fn store_words<const N: usize>(at: usize, words: &[u32; N]) {
+    let mut i = 0;
+    while i < N {
+        // SAFETY: inside the frame (the caller's check).
+        unsafe { store_u32(at + 4 * i, words[i].to_be()) };
+        i += 1;
+    }
+}
+
+/// Writes one big-endian word (see `store_words`) at `at`.
+///
+/// # Safety
+/// `at .. at + 4` must be inside the frame, checked so that the verifier sees it.
+#[inline(always)]
+pub unsafe fn store_word(at: usize, word: u32) {
+    // SAFETY: upheld by the caller.
+    unsafe { store_u32(at, word.to_be()) };
+}
+
 // Not `nomem`: LLVM must neither drop these stores nor move them across the bounds check.
 macro_rules! packet_store {
     ($name:ident, $ty:ty, $insn:literal) => {

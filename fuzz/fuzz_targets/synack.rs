@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
         IpVersion::V6 => build_ipv6_reply(&syn, tcp.len).to_vec(),
     };
     reply.extend_from_slice(&ip);
-    reply.extend_from_slice(&tcp.bytes[..tcp_len]);
+    reply.extend_from_slice(&tcp.bytes()[..tcp_len]);
     let back = parse_tcp(reply.as_slice()).expect("the reply parses");
     assert_eq!(back.flags & !tcp_flags::ECE, tcp_flags::SYN | tcp_flags::ACK);
     assert_eq!((back.src, back.dst), (syn.dst, syn.src));

@@ -117,7 +117,7 @@ impl ReplyPlan {
             IpVersion::V4 => out.extend_from_slice(&build_ipv4_reply(&self.seg, tcp.len)),
             IpVersion::V6 => out.extend_from_slice(&build_ipv6_reply(&self.seg, tcp.len)),
         }
-        out.extend_from_slice(&tcp.bytes[..usize::from(tcp.len)]);
+        out.extend_from_slice(&tcp.bytes()[..usize::from(tcp.len)]);
         out
     }
 }
