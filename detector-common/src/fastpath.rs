@@ -37,10 +37,16 @@ pub fn closed_stamp(now_ns: u64) -> u32 {
 /// A SYN that reuses such a tuple must go through the socket lookup, which hands it to the
 /// kernel (`cookie_existing_socket`): a raw cookie's ACK would meet the `TIME_WAIT` socket
 /// and the connection would stall. Hash collisions only cost that lookup.
+///
+/// A stamp ahead of `now_ns` is a FIN that has just passed: FINs are stamped on the fine
+/// clock (and the agent's seeding on `CLOCK_MONOTONIC`), cookie mode reads the coarse one,
+/// which lags by up to a tick and so may still show the previous second.
 #[inline(always)]
 #[must_use]
+#[allow(clippy::cast_possible_wrap, reason = "a signed age: stamps ahead of now are negative")]
 pub fn may_be_time_wait(stamp: u32, now_ns: u64) -> bool {
-    stamp != 0 && u64::from(closed_stamp(now_ns).wrapping_sub(stamp)) <= TIME_WAIT_NS / NS_PER_SEC
+    let age = closed_stamp(now_ns).wrapping_sub(stamp) as i32;
+    stamp != 0 && i64::from(age) <= (TIME_WAIT_NS / NS_PER_SEC) as i64
 }
 
 /// How long after a socket-bound answer the same listener may take the raw path. The
@@ -196,6 +202,10 @@ mod tests {
         assert!(!may_be_time_wait(fin, T + 3_600 * 1_000_000_000));
         // Early in boot (seconds 0): the +1 keeps a real stamp apart from "never".
         assert!(may_be_time_wait(closed_stamp(0), 5));
+        // Stamped on the fine clock just past a second boundary, read on the coarse clock
+        // a tick behind it: still recent.
+        let fine = 7 * 1_000_000_000 + 1_000;
+        assert!(may_be_time_wait(closed_stamp(fine), fine - 4_000_000));
     }
 
     fn listener(last: u8, port: u16) -> ([u8; 16], u16) {
