@@ -10,6 +10,7 @@
 use core::ffi::c_void;
 
 use detector_common::{
+    checksum,
     parse::ipv4_mapped,
     state::{SourceKey, SourceState},
 };
@@ -17,8 +18,8 @@ use detector_common::{
 use aya_ebpf::{
     bindings::{iphdr, tcphdr, xdp_action, BPF_F_CURRENT_NETNS},
     helpers::generated::{
-        bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_tcp_raw_gen_syncookie_ipv4,
-        bpf_ktime_get_coarse_ns, bpf_xdp_adjust_tail,
+        bpf_ktime_get_coarse_ns, bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie,
+        bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_tail,
     },
     macros::{map, xdp},
     maps::LruHashMap,
@@ -139,7 +140,7 @@ pub fn baseline_min_responder(ctx: XdpContext) -> u32 {
     ip_out[10..12].copy_from_slice(&[0, 0]);
     ip_out[12..16].copy_from_slice(&ip[16..20]);
     ip_out[16..20].copy_from_slice(&ip[12..16]);
-    let ip_sum = !fold(sum_words(&ip_out));
+    let ip_sum = checksum::finish(checksum::add_bytes(0, &ip_out));
     ip_out[10..12].copy_from_slice(&ip_sum.to_be_bytes());
 
     let client_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
@@ -154,8 +155,9 @@ pub fn baseline_min_responder(ctx: XdpContext) -> u32 {
     t[20..24].copy_from_slice(&[2, 4, (mss >> 8) as u8, mss as u8]);
     // The pseudo-header: both addresses (their sum does not care which is which), the
     // protocol and the TCP length.
-    let pseudo = sum_words(&[ip[12], ip[13], ip[14], ip[15], ip[16], ip[17], ip[18], ip[19]]) + 6 + 24;
-    let tcp_sum = !fold(pseudo + sum_words(&t));
+    let pseudo =
+        checksum::add_bytes(0, &[ip[12], ip[13], ip[14], ip[15], ip[16], ip[17], ip[18], ip[19]]) + 6 + 24;
+    let tcp_sum = checksum::finish(checksum::add_bytes(pseudo, &t));
     t[16..18].copy_from_slice(&tcp_sum.to_be_bytes());
 
     // SAFETY: the MACs, iph..iph + 20 and th..th + 24 are inside the checked range.
@@ -175,28 +177,6 @@ pub fn baseline_min_responder(ctx: XdpContext) -> u32 {
         }
     }
     xdp_action::XDP_TX
-}
-
-/// The one's-complement sum of big-endian 16-bit words, not yet folded.
-#[inline(always)]
-fn sum_words<const N: usize>(bytes: &[u8; N]) -> u32 {
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i + 1 < N {
-        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
-        i += 2;
-    }
-    sum
-}
-
-/// Folds a 32-bit sum into 16 bits, carries included.
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    #[allow(clippy::cast_possible_truncation, reason = "folded to 16 bits")]
-    let folded = sum as u16;
-    folded
 }
 
 /// The drop floor's sources: the bench fills it with the same blocked sources, key and value
