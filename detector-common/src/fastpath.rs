@@ -105,7 +105,7 @@ impl RenewalSlot {
     #[inline(always)]
     #[must_use]
     pub fn holds(&self, addr: &[u8; 16], port: u16) -> bool {
-        self.port == port && self.address_words() == words::address_words(addr)
+        self.port == port && words::same(self.address_words(), words::address_words(addr))
     }
 
     /// `words::address_words` of the slot's address, read as aligned words: in the XDP

@@ -3,7 +3,10 @@
 use crate::config::PENDING_SLOTS;
 
 /// Key of the per-source map: the source address, IPv4 mapped into IPv6, network order.
-#[repr(C)]
+/// Aligned to 8 (its size stays 16, so the map's layout does not change): the XDP program
+/// builds one on its stack from the parser's aligned address and hashes its words, which
+/// LLVM does a word at a time only where it can see the alignment (see `TcpSegment`).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SourceKey {
     pub addr: [u8; 16],
@@ -41,8 +44,9 @@ pub struct SourceState {
 
 const _: () = assert!(core::mem::size_of::<SourceState>() == 72);
 
-/// Key of the pending-handshake map: one TCP flow as the client sent it.
-#[repr(C)]
+/// Key of the pending-handshake map: one TCP flow as the client sent it. Aligned to 4
+/// (its size stays 36) for the same reason as `SourceKey`.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Client (source) and server (destination) address, IPv4-mapped, network order.

@@ -12,8 +12,10 @@
 //! any unkeyed filter.
 //!
 //! Addresses are read in 4-byte words, never 8: the BPF target has no unaligned loads,
-//! the parser's `TcpSegment` is only 4-byte aligned, and LLVM turns an 8-byte pattern over
-//! it into single-byte loads (and spills them), where each 4-byte word is one load.
+//! a `FlowKey` and a `RenewalSlot`'s address are only 4-byte aligned, and LLVM turns an
+//! 8-byte pattern over them into single-byte loads (and spills them), where each 4-byte
+//! word is one load. (The parser's `TcpSegment` is 8-byte aligned, but the hashes' values
+//! are shared with the agent and pinned maps: changing them would be a layout change.)
 
 /// Odd multipliers, one per word position, so that the same value in two positions gives
 /// unrelated products: the `murmur3` and `splitmix64` finalisers' constants and the 64-bit
@@ -45,6 +47,15 @@ pub fn be32(addr: &[u8; 16], at: usize) -> u32 {
 #[must_use]
 pub fn address_words(addr: &[u8; 16]) -> [u64; 4] {
     [be32(addr, 0), be32(addr, 4), be32(addr, 8), be32(addr, 12)].map(u64::from)
+}
+
+/// Whether two addresses' words are equal, as one OR of XORs: `==` on the arrays became a
+/// call to an out-of-line, byte-at-a-time `memcmp` in the XDP program (64 loads and 32
+/// branches for 32 bytes).
+#[inline(always)]
+#[must_use]
+pub const fn same(a: [u64; 4], b: [u64; 4]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
 }
 
 /// The top `bits` bits (1..=32) of the mixed words: an address's four words and one more
