@@ -90,7 +90,7 @@ impl Packet for XdpPacket {
 /// register: black_box goes through a stack slot, a store and a dependent load on each of
 /// the parser's dozen reads.
 #[inline(always)]
-fn opaque(mut value: usize) -> usize {
+pub fn opaque(mut value: usize) -> usize {
     // SAFETY: a register move onto itself; the asm only claims to change the register.
     unsafe { asm!("{0} = {0}", inout(reg) value, options(pure, nomem, nostack, preserves_flags)) };
     value

@@ -267,6 +267,37 @@ fn without_timestamps_or_client_options_the_reply_has_mss_only() {
     });
 }
 
+/// The reply is exactly its headers long, whatever followed the SYN's headers: a SYN the
+/// reply's length is answered in place (no resize: `send_reply` sees the length by pointer
+/// comparison), one padded to Ethernet's 60-byte minimum or carrying data is cut to the
+/// reply, one shorter grows to it.
+#[test]
+fn the_reply_is_exactly_its_headers_long() {
+    in_private_netns("2", || {
+        let det = Detector::load(cookie_config(false), &["probe_check_cookie"]);
+        let mss = [TcpOptionElement::MaximumSegmentSize(1460)];
+        for syn in [Syn::v4(), Syn::v6()] {
+            let exact = syn.frame(&mss);
+            let mut padded = exact.clone();
+            padded.extend_from_slice(&[0; 6]);
+            for (what, frame) in
+                [("same length", &exact), ("padded", &padded), ("no options", &syn.frame(&[]))]
+            {
+                let (verdict, reply) = det.run(names::PROGRAM, frame);
+                assert_eq!(verdict, XDP_TX, "{what}");
+                let h = check_synack(&reply, syn);
+                assert_eq!(h.header_len(), 24, "{what}");
+                assert_eq!(
+                    reply.len(),
+                    exact.len(),
+                    "{what}: the MSS-only SYN-ACK's length, nothing after it"
+                );
+                assert!(kernel_accepts(&det, syn, h.sequence_number), "{what}");
+            }
+        }
+    });
+}
+
 /// The options of a SYN whose TCP header is `20 + len` bytes: MSS, NOPs, and from 16
 /// bytes on a timestamp last, so the option walk must find it at every offset.
 fn options_of_len(len: usize) -> Vec<TcpOptionElement> {
