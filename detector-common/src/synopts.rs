@@ -23,7 +23,7 @@ pub fn reply_reads_options(cfg: &Config) -> bool {
 /// The options area of a Linux SYN with timestamps on (the default): MSS, SACK-permitted,
 /// timestamp, NOP, window scale, 20 bytes in this order (`tcp_options_write`). The values
 /// sit at: MSS bytes 2-3, tsval 8-11, tsecr 12-15, window scale 19.
-const LINUX_LEN: usize = 20;
+pub const LINUX_LEN: usize = 20;
 
 /// The options `buf[..len]` carry if they are laid out as Linux lays out a SYN's
 /// (`LINUX_LEN`), `None` for any other layout (then the walk decides). Equal to
@@ -31,8 +31,20 @@ const LINUX_LEN: usize = 20;
 #[inline(always)]
 #[must_use]
 pub fn linux_layout(buf: &[u8; MAX_OPTIONS_LEN], len: usize) -> Option<SynOptions> {
-    let is_linux = len == LINUX_LEN
-        && buf[0] == 2
+    if len != LINUX_LEN {
+        return None;
+    }
+    let mut area = [0u8; LINUX_LEN];
+    area.copy_from_slice(&buf[..LINUX_LEN]);
+    linux_options(&area)
+}
+
+/// `linux_layout` of an options area exactly `LINUX_LEN` long, as the XDP program reads it
+/// straight from the frame (no copy into the walk's scratch, no helper call).
+#[inline(always)]
+#[must_use]
+pub fn linux_options(buf: &[u8; LINUX_LEN]) -> Option<SynOptions> {
+    let is_linux = buf[0] == 2
         && buf[1] == 4
         && buf[4] == 4
         && buf[5] == 2
