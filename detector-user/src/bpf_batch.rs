@@ -1,5 +1,5 @@
-//! BPF_MAP_LOOKUP_BATCH (aya 0.14 has no batch operations): walks a map a few thousand
-//! entries per syscall instead of one lookup per key (kernel 5.6+).
+//! BPF_MAP_LOOKUP_BATCH (aya 0.14 has no batch operations): walks a map many entries per
+//! syscall instead of one lookup per key (kernel 5.6+).
 
 use std::{
     io,
