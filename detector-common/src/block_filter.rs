@@ -10,12 +10,10 @@
 //! bucket is blocked) only costs the lookup. Not keyed: a flood that targets a blocked
 //! source's bucket only makes its own SYNs take the lookup, as without a filter.
 
-use crate::{names::BLOCK_FILTER_BUCKETS, words};
-
-/// Stamps count in units of 2^24 ns (about 16.8 ms), as in `filter`, and are compared
-/// with wrapping arithmetic: two stamps compare right while they are less than 2^31 units
-/// (about a year) apart.
-const STAMP_SHIFT: u32 = 24;
+// Stamps count in `filter`'s unit (2^24 ns, about 16.8 ms), rounded up here, and are
+// compared with wrapping arithmetic: two stamps compare right while they are less than
+// 2^31 units (about a year) apart.
+use crate::{filter::STAMP_SHIFT, names::BLOCK_FILTER_BUCKETS, words};
 
 /// The longest block a stamp says: about 208 days, well inside the wrap. The agent's
 /// blocks last at most a day (`thresholds.block_ttl_secs`); a longer one written by hand

@@ -9,8 +9,8 @@
 use crate::{config::Config, config::PENDING_SLOTS, names::PENDING_FILTER_BUCKETS, state::FlowKey, words};
 
 /// Stamps count in units of 2^24 ns (about 16.8 ms); a u32 of them wraps after 2.2 years,
-/// and comparisons use wrapping arithmetic anyway.
-const STAMP_SHIFT: u32 = 24;
+/// and comparisons use wrapping arithmetic anyway. `block_filter` stamps in the same unit.
+pub(crate) const STAMP_SHIFT: u32 = 24;
 
 /// log2 of `PENDING_FILTER_BUCKETS`: the bits of `words::hash` a bucket takes.
 const BUCKET_BITS: u32 = PENDING_FILTER_BUCKETS.trailing_zeros();

@@ -40,22 +40,7 @@ fn map_err(source: aya::maps::MapError) -> PolicyError {
 impl LocalTable {
     /// Checks the map's type and size.
     pub fn new(map: Map) -> Result<Self, PolicyError> {
-        let Map::Array(data) = &map else {
-            return Err(PolicyError::WrongType { map: names::MAP_LOCAL_TABLE, wanted: "an array" });
-        };
-        let fd = data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| PolicyError::Io { map: names::MAP_LOCAL_TABLE, source })?;
-        let map: Array<MapData, LocalBucket> = map.try_into().map_err(map_err)?;
-        if map.len() != LOCAL_TABLE_BUCKETS {
-            return Err(PolicyError::WrongSize {
-                map: names::MAP_LOCAL_TABLE,
-                len: map.len(),
-                needed: LOCAL_TABLE_BUCKETS,
-            });
-        }
+        let (map, fd) = super::maps::sized_array(map, names::MAP_LOCAL_TABLE, LOCAL_TABLE_BUCKETS)?;
         Ok(Self { map, fd })
     }
 

@@ -71,6 +71,25 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> PolicyError {
     move |source| PolicyError::Map { map, source }
 }
 
+/// `map` as an array of `T` with exactly `len` slots, and a clone of its fd for batch
+/// reads (`bpf_batch`); a map of another type or size is refused, naming `name`.
+pub(super) fn sized_array<T: aya::Pod>(
+    map: Map,
+    name: &'static str,
+    len: u32,
+) -> Result<(Array<MapData, T>, OwnedFd), PolicyError> {
+    let Map::Array(data) = &map else {
+        return Err(PolicyError::WrongType { map: name, wanted: "an array" });
+    };
+    let fd =
+        data.fd().as_fd().try_clone_to_owned().map_err(|source| PolicyError::Io { map: name, source })?;
+    let array: Array<MapData, T> = map.try_into().map_err(map_err(name))?;
+    if array.len() != len {
+        return Err(PolicyError::WrongSize { map: name, len: array.len(), needed: len });
+    }
+    Ok((array, fd))
+}
+
 impl PolicyMaps {
     /// Takes the maps out of `ebpf`; fails (taking nothing) when any is missing.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, PolicyError> {
@@ -102,19 +121,8 @@ impl PolicyMaps {
         dests: Map,
         ifaces: Map,
     ) -> Result<Self, PolicyError> {
-        let Map::Array(ports_data) = &ports else {
-            return Err(PolicyError::WrongType { map: names::MAP_PORT_POLICY, wanted: "an array" });
-        };
-        let ports_fd = ports_data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| PolicyError::Io { map: names::MAP_PORT_POLICY, source })?;
-        let ports: Array<MapData, u32> = ports.try_into().map_err(map_err(names::MAP_PORT_POLICY))?;
-        let needed = u32::try_from(PORT_SLOTS).unwrap_or(u32::MAX);
-        if ports.len() != needed {
-            return Err(PolicyError::WrongSize { map: names::MAP_PORT_POLICY, len: ports.len(), needed });
-        }
+        let (ports, ports_fd) =
+            sized_array(ports, names::MAP_PORT_POLICY, u32::try_from(PORT_SLOTS).unwrap_or(u32::MAX))?;
         Ok(Self {
             local: local.try_into().map_err(map_err(names::MAP_LOCAL_ADDRS))?,
             table: LocalTable::new(table)?,
