@@ -77,6 +77,11 @@ pub struct BenchArgs {
     /// Write the report here instead of target/bench-results/<UTC timestamp>.
     #[arg(long)]
     pub results: Option<std::path::PathBuf>,
+    /// Time the detector's cases on these objects (comma-separated) at once, interleaved
+    /// packet by packet, and print them side by side (bench_compare.rs); nothing else runs
+    /// and no report is written.
+    #[arg(long, value_delimiter = ',')]
+    pub compare: Vec<std::path::PathBuf>,
 }
 
 impl BenchArgs {
@@ -91,16 +96,16 @@ impl BenchArgs {
 }
 
 /// One timed case: which program, what config, which packets, what it must have done.
-struct Case {
-    name: &'static str,
-    program: &'static str,
-    config: Option<Config>,
-    family: Family,
-    sources: u32,
+pub(crate) struct Case {
+    pub(crate) name: &'static str,
+    pub(crate) program: &'static str,
+    pub(crate) config: Option<Config>,
+    pub(crate) family: Family,
+    pub(crate) sources: u32,
     /// The verdict every packet must get (XDP_PASS = 2, XDP_TX = 3).
-    verdict: u32,
+    pub(crate) verdict: u32,
     /// For the detector: the counter that must have counted every packet.
-    path: Option<Counter>,
+    pub(crate) path: Option<Counter>,
 }
 
 #[derive(Clone, Copy)]
@@ -148,6 +153,11 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         .chain(std::env::args().skip(2))
         .collect::<Vec<_>>()
         .join(" ");
+    if !args.compare.is_empty() {
+        enter_private_netns()?;
+        let _listener = TcpListener::bind(("::", BENCH_PORT)).context("bench listener")?;
+        return crate::bench_compare::main(&args.compare, &test_bytes, &cases(packets, many, few), packets);
+    }
     let mut report = Report::new(Machine::probe(command));
     verifier_rows(&mut report, object, &test_object, loads)?;
     if args.verifier_only {
@@ -157,6 +167,52 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
     // Dual-stack (bindv6only is 0 in a fresh namespace): one listener serves both families.
     let _listener = TcpListener::bind(("::", BENCH_PORT)).context("bench listener")?;
 
+    let cases = cases(packets, many, few);
+    println!(
+        "{packets} fresh packets per case (at least one per source), one BPF_PROG_TEST_RUN each, kernel-measured time"
+    );
+    let mut results = Vec::new();
+    for case in &cases {
+        let from = if case.program == names::PROGRAM { &bytes } else { &test_bytes };
+        let ns = run_case(from, case, packets, args.object.is_none())?;
+        results.push((case.name, ns));
+    }
+    let base = results[0].1;
+    println!("\n{:<44} {:>12} {:>14}", "path", "ns/packet", "minus PASS");
+    for (name, ns) in &results {
+        println!("{name:<44} {ns:>12.1} {:>14.1}", ns - base);
+    }
+    report.row("per path", format!("{PASS}, absolute"), base, "ns/packet").ratio =
+        Some("subtracted from all".into());
+    for (name, ns) in results.iter().skip(1) {
+        report.row("per path", *name, ns - base, "ns/packet");
+    }
+    ratios(&mut report, &results, many, few);
+    crate::bench_samples::main(&bytes, packets)?;
+    let ours = net(&results, COOKIE_V4).unwrap_or(0.0);
+    crate::bench_selftest::report(
+        &mut report,
+        &mut (0..packets).map(|i| peer_frame(i % few)),
+        BENCH_PORT,
+        base,
+        ours,
+        net(&results, RAW_FLOOR),
+    );
+    if no_agent {
+        report.note("agent part skipped (--quick or --no-agent)");
+    } else {
+        crate::bench_agent::main(many, &mut report)?;
+    }
+    if args.flood && !args.quick {
+        let agent = crate::bench_agent::build()?;
+        crate::bench_flood::main(&test_object, &agent, &mut report)?;
+    }
+    finish(args, &report)
+}
+
+/// The table of timed cases: the baselines first (the trivial XDP_PASS first of all, which
+/// every other case is net of), then the detector's paths, each with its config.
+fn cases(packets: u32, many: u32, few: u32) -> [Case; 18] {
     // A SYN-rate limit, or the cookie path skips the sketch altogether. No source can
     // reach it: no case sends more SYNs than this, and a sketch estimate never exceeds
     // the SYNs counted. No kernel destinations and no tag-stripping NIC here, which the
@@ -203,46 +259,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         Case { name: "forged cookie ACK, IPv6 (shield drop)", program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 1, path: Some(Counter::DropAckShield) },
     ];
 
-    println!(
-        "{packets} fresh packets per case (at least one per source), one BPF_PROG_TEST_RUN each, kernel-measured time"
-    );
-    let mut results = Vec::new();
-    for case in &cases {
-        let from = if case.program == names::PROGRAM { &bytes } else { &test_bytes };
-        let ns = run_case(from, case, packets, args.object.is_none())?;
-        results.push((case.name, ns));
-    }
-    let base = results[0].1;
-    println!("\n{:<44} {:>12} {:>14}", "path", "ns/packet", "minus PASS");
-    for (name, ns) in &results {
-        println!("{name:<44} {ns:>12.1} {:>14.1}", ns - base);
-    }
-    report.row("per path", format!("{PASS}, absolute"), base, "ns/packet").ratio =
-        Some("subtracted from all".into());
-    for (name, ns) in results.iter().skip(1) {
-        report.row("per path", *name, ns - base, "ns/packet");
-    }
-    ratios(&mut report, &results, many, few);
-    crate::bench_samples::main(&bytes, packets)?;
-    let ours = net(&results, COOKIE_V4).unwrap_or(0.0);
-    crate::bench_selftest::report(
-        &mut report,
-        &mut (0..packets).map(|i| peer_frame(i % few)),
-        BENCH_PORT,
-        base,
-        ours,
-        net(&results, RAW_FLOOR),
-    );
-    if no_agent {
-        report.note("agent part skipped (--quick or --no-agent)");
-    } else {
-        crate::bench_agent::main(many, &mut report)?;
-    }
-    if args.flood && !args.quick {
-        let agent = crate::bench_agent::build()?;
-        crate::bench_flood::main(&test_object, &agent, &mut report)?;
-    }
-    finish(args, &report)
+    cases
 }
 
 /// A case's time minus the trivial XDP_PASS; `None` if the table has no such case.
@@ -365,6 +382,53 @@ fn run_case(object: &[u8], case: &Case, packets: u32, own_hashing: bool) -> Resu
     // Every source of the population at least once: a case claiming a million sources
     // sends a million packets even if fewer were asked for.
     let packets = packets.max(case.sources);
+    let ebpf = load_case(object, case)?;
+    let prog: &Xdp = ebpf.program(case.program).context("program")?.try_into()?;
+    let mut template = case_template(case);
+    let mut out = vec![0u8; 256];
+    let mut total = Duration::ZERO;
+    let mut sent_sources = HashSet::new();
+    for i in 0..packets {
+        set_source(&mut template, case.family, i % case.sources);
+        sent_sources.insert(source_of(&template, case.family));
+        let result = prog.test_run(TestRunOptions {
+            data_in: Some(&template),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })?;
+        if result.return_value != case.verdict {
+            bail!("{}: packet {i} got verdict {}, expected {}", case.name, result.return_value, case.verdict);
+        }
+        total += result.duration;
+    }
+    if let Some(path) = case.path {
+        // The fast path renews each listener with a socket-bound answer once a second.
+        let renewals = if path == Counter::TxCookieFast { counter(&ebpf, Counter::TxCookie)? } else { 0 };
+        let counted = counter(&ebpf, path)? + renewals;
+        ensure!(
+            counted == u64::from(packets),
+            "{}: counter {path:?} saw {counted} of {packets} packets: another path ran",
+            case.name
+        );
+    }
+    ensure!(
+        sent_sources.len() == case.sources as usize,
+        "{}: {} distinct sources sent, the case claims {}",
+        case.name,
+        sent_sources.len(),
+        case.sources
+    );
+    if let Some(cfg) = case.config.filter(|_| !is_ack(case)) {
+        check_state(&ebpf, case, &cfg, &sent_sources, packets, own_hashing)?;
+    }
+    #[allow(clippy::cast_precision_loss, reason = "a duration in ns, far below 2^52")]
+    Ok(total.as_nanos() as f64 / f64::from(packets))
+}
+
+/// A fresh instance of `object` (fresh maps) with `case.program` verified, the case's
+/// config written, the bench destinations made local and, for the blocked-drop cases,
+/// every source of the case blocked.
+pub(crate) fn load_case(object: &[u8], case: &Case) -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::MAP_SKETCH, SKETCH_ROWS * 16_384)
         .load(object)
@@ -407,12 +471,20 @@ fn run_case(object: &[u8], case: &Case, packets: u32, own_hashing: bool) -> Resu
             )?;
         }
     }
-    let prog: &Xdp = ebpf.program(case.program).context("program")?.try_into()?;
+    Ok(ebpf)
+}
+
+/// ACK cases (by their path) send ACKs, not SYNs.
+fn is_ack(case: &Case) -> bool {
+    matches!(case.path, Some(Counter::PassTcp | Counter::DropAckShield))
+}
+
+/// The case's frame, before `set_source` picks each packet's source: a SYN, or for the
+/// ACK cases an ACK (under cookies to a port nobody listens on, so the shield's socket
+/// lookup runs and finds no owner).
+pub(crate) fn case_template(case: &Case) -> Vec<u8> {
     let mut template = syn_frame(case.family);
-    // ACK cases (by their path): flags ACK; under cookies to a port nobody listens on, so
-    // the shield's socket lookup runs and finds no owner.
-    let ack = matches!(case.path, Some(Counter::PassTcp | Counter::DropAckShield));
-    if ack {
+    if is_ack(case) {
         let th = match case.family {
             Family::V4 => 34,
             Family::V6 => 54,
@@ -422,44 +494,7 @@ fn run_case(object: &[u8], case: &Case, packets: u32, own_hashing: bool) -> Resu
             template[th + 2..th + 4].copy_from_slice(&(BENCH_PORT + 1).to_be_bytes());
         }
     }
-    let mut out = vec![0u8; 256];
-    let mut total = Duration::ZERO;
-    let mut sent_sources = HashSet::new();
-    for i in 0..packets {
-        set_source(&mut template, case.family, i % case.sources);
-        sent_sources.insert(source_of(&template, case.family));
-        let result = prog.test_run(TestRunOptions {
-            data_in: Some(&template),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        })?;
-        if result.return_value != case.verdict {
-            bail!("{}: packet {i} got verdict {}, expected {}", case.name, result.return_value, case.verdict);
-        }
-        total += result.duration;
-    }
-    if let Some(path) = case.path {
-        // The fast path renews each listener with a socket-bound answer once a second.
-        let renewals = if path == Counter::TxCookieFast { counter(&ebpf, Counter::TxCookie)? } else { 0 };
-        let counted = counter(&ebpf, path)? + renewals;
-        ensure!(
-            counted == u64::from(packets),
-            "{}: counter {path:?} saw {counted} of {packets} packets: another path ran",
-            case.name
-        );
-    }
-    ensure!(
-        sent_sources.len() == case.sources as usize,
-        "{}: {} distinct sources sent, the case claims {}",
-        case.name,
-        sent_sources.len(),
-        case.sources
-    );
-    if let Some(cfg) = case.config.filter(|_| !ack) {
-        check_state(&ebpf, case, &cfg, &sent_sources, packets, own_hashing)?;
-    }
-    #[allow(clippy::cast_precision_loss, reason = "a duration in ns, far below 2^52")]
-    Ok(total.as_nanos() as f64 / f64::from(packets))
+    template
 }
 
 /// What the program's maps say about the sources it saw: in cookie mode, the sketch cells

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_compare;
 mod bench_flood;
 mod bench_report;
 mod bench_samples;

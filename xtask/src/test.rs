@@ -102,7 +102,50 @@ fn bench_smoke() -> Result<()> {
     if !png.starts_with(b"\x89PNG\r\n\x1a\n") || png.len() < 1000 {
         bail!("bench.png is not a PNG image ({} bytes)", png.len());
     }
+    compare_smoke()?;
     println!("test: bench_quick ... ok (report in {})", dir.display());
+    Ok(())
+}
+
+/// `bench --compare` with the shipped object twice, few packets: every detector case gets
+/// its row with both objects' figures and the ratio. Never a timing either.
+fn compare_smoke() -> Result<()> {
+    let object = xtask::objects::shipped(true);
+    let both = format!("{},{}", object.display(), object.display());
+    let out = Command::new(std::env::current_exe()?)
+        .args([
+            "bench",
+            "--compare",
+            &both,
+            "--packets",
+            "300",
+            "--many-sources",
+            "300",
+            "--few-sources",
+            "100",
+        ])
+        .output()
+        .context("running bench --compare")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("bench --compare failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    for case in [
+        "cookie path, IPv4, TS options",
+        "cookie path, IPv4, MSS only",
+        "drop path, blocked source",
+        "ACK, calm (no cookies)",
+    ] {
+        // The name, then PASS, both objects and the ratio: four figures.
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(case))
+            .with_context(|| format!("no row for {case}:\n{stdout}"))?;
+        let figures = row[case.len()..].split_whitespace().filter(|w| w.parse::<f64>().is_ok()).count();
+        if figures != 4 {
+            bail!("the row for {case} has {figures} figures, not 4: {row}");
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,101 @@
+//! `cargo xtask bench --compare A,B,...`: the detector's cases timed on several builds of
+//! the object at once, interleaved packet by packet. Every fresh packet goes through each
+//! object's program in turn and through the trivial XDP_PASS, so a load change on this
+//! shared machine moves them all alike; whole runs one after another (`--object`) moved the
+//! same baseline by up to 50 % between runs (docs/hotpaths.md). Each program evicts the
+//! others' maps from the cache, so the figures are higher than a single object's (closer to
+//! a flood from many sources than the plain bench); the differences between the objects
+//! are what it is for. Prints ns per packet minus PASS per object and against the first;
+//! writes no report.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, ensure, Context, Result};
+use aya::{
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use detector_common::names;
+
+use crate::bench::{case_template, load_case, set_source, Case};
+
+/// Times every detector case of `cases` on each of `objects` (the programs from the test
+/// object are the baselines and are skipped, except the trivial XDP_PASS, `cases[0]`).
+pub fn main(objects: &[PathBuf], test_object: &[u8], cases: &[Case], packets: u32) -> Result<()> {
+    let bytes = objects
+        .iter()
+        .map(|o| std::fs::read(o).with_context(|| format!("reading {}", o.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let pass_case = cases.first().context("no cases")?;
+    let mut pass = EbpfLoader::new().load(test_object).context("loading the test object")?;
+    let prog: &mut Xdp = pass.program_mut(pass_case.program).context("no trivial XDP_PASS")?.try_into()?;
+    prog.load()?;
+    println!("{packets} fresh packets per case, each through every object in turn and the trivial XDP_PASS");
+    println!("objects: {}", objects.iter().map(|o| o.display().to_string()).collect::<Vec<_>>().join(", "));
+    let label = |i: usize| format!("#{}", i + 1);
+    print!("\n{:<44} {:>9}", "path (ns/packet minus PASS)", "PASS");
+    for i in 0..objects.len() {
+        print!(" {:>9}", label(i));
+    }
+    for i in 1..objects.len() {
+        print!(" {:>9}", format!("{} / #1", label(i)));
+    }
+    println!();
+    for case in cases.iter().filter(|c| c.program == names::PROGRAM) {
+        let instances = bytes.iter().map(|b| load_case(b, case)).collect::<Result<Vec<Ebpf>>>()?;
+        let (ns, pass_ns) =
+            interleave(&instances, &pass, pass_case.program, case, packets.max(case.sources))?;
+        print!("{:<44} {pass_ns:>9.1}", case.name);
+        for x in &ns {
+            print!(" {:>9.1}", x - pass_ns);
+        }
+        for x in ns.iter().skip(1) {
+            print!(" {:>9.2}", (x - pass_ns) / (ns[0] - pass_ns).max(0.1));
+        }
+        println!();
+    }
+    Ok(())
+}
+
+/// Mean ns per packet of each instance's program, and of the trivial XDP_PASS, over the
+/// same `packets` fresh packets, one after another on each packet.
+fn interleave(
+    instances: &[Ebpf],
+    pass: &Ebpf,
+    pass_program: &str,
+    case: &Case,
+    packets: u32,
+) -> Result<(Vec<f64>, f64)> {
+    let progs = instances
+        .iter()
+        .map(|e| -> Result<&Xdp> { Ok(e.program(case.program).context("program")?.try_into()?) })
+        .collect::<Result<Vec<_>>>()?;
+    let pass: &Xdp = pass.program(pass_program).context("program")?.try_into()?;
+    let mut totals = vec![Duration::ZERO; progs.len() + 1];
+    let (mut template, mut out) = (case_template(case), vec![0u8; 256]);
+    for i in 0..packets {
+        set_source(&mut template, case.family, i % case.sources);
+        for (k, prog) in progs.iter().chain(std::iter::once(&pass)).enumerate() {
+            let result = prog.test_run(TestRunOptions {
+                data_in: Some(&template),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })?;
+            if k < progs.len() && result.return_value != case.verdict {
+                bail!(
+                    "{}: object #{} gave packet {i} verdict {}, expected {}",
+                    case.name,
+                    k + 1,
+                    result.return_value,
+                    case.verdict
+                );
+            }
+            totals[k] += result.duration;
+        }
+    }
+    ensure!(packets > 0, "no packets");
+    #[allow(clippy::cast_precision_loss, reason = "a duration in ns, far below 2^52")]
+    let ns: Vec<f64> = totals.iter().map(|t| t.as_nanos() as f64 / f64::from(packets)).collect();
+    let pass_ns = ns[progs.len()];
+    Ok((ns[..progs.len()].to_vec(), pass_ns))
+}
