@@ -92,7 +92,7 @@ pub fn report(
 fn measure(frames: &mut dyn Iterator<Item = Vec<u8>>, port: u16) -> Result<Peer> {
     let (object, compiler) = build()?;
     enter_private_mount_ns()?;
-    let fs = workspace_root().join("target/selftest-peer/bpffs");
+    let fs = pin_dir();
     std::fs::create_dir_all(&fs)?;
     crate::run(Command::new("mount").args(["-t", "bpf", "bench-peer"]).arg(&fs))
         .context("mounting a bpffs")?;
@@ -105,7 +105,18 @@ fn measure(frames: &mut dyn Iterator<Item = Vec<u8>>, port: u16) -> Result<Peer>
     // The mount is private to this process's mount namespace; unmount anyway, so the pins
     // (and the programs they hold) go now.
     let _ = Command::new("umount").arg(&fs).status();
+    let _ = std::fs::remove_dir(&fs);
     result
+}
+
+/// Where the bpffs for the pins is mounted: a path without a '.'. libbpf replaces every
+/// '.' of a map's pin path with '_' (meant for map names such as `.rodata`, applied to the
+/// whole path), so under a checkout like `/tmp/ci.XXXX` `pinmaps` tried to create
+/// `/tmp/ci_XXXX/...` and the peer was not measured.
+fn pin_dir() -> std::path::PathBuf {
+    let base = std::env::temp_dir();
+    let base = if base.to_string_lossy().contains('.') { std::path::PathBuf::from("/tmp") } else { base };
+    base.join(format!("sd-bench-peer-{}", std::process::id()))
 }
 
 fn load_and_time(
