@@ -149,8 +149,8 @@ pub fn parse_tcp<P: Packet + ?Sized>(pkt: &P) -> Result<TcpSegment, NotTcp> {
         l3_offset: l3 as u16,
         #[allow(clippy::cast_possible_truncation, reason = "bounded by MAX_L4_OFFSET")]
         l4_offset: ip.l4 as u16,
-        src: address_bytes(ip.src),
-        dst: address_bytes(ip.dst),
+        src: from_two_words(ip.src),
+        dst: from_two_words(ip.dst),
         ..tcp
     })
 }
@@ -184,7 +184,7 @@ struct L3 {
     l4: usize,
     /// Offset one past the datagram's last byte, as the IP length field declares it.
     end: usize,
-    /// Addresses as `address_words`.
+    /// Addresses as `two_words`.
     src: [u64; 2],
     dst: [u64; 2],
 }
@@ -194,15 +194,15 @@ struct L3 {
 /// separate bytes (spilled, then stored one by one: about 130 instructions for the two
 /// addresses); two words stay two registers and two stores.
 #[inline(always)]
-fn address_words(a: [u8; 16]) -> [u64; 2] {
+fn two_words(a: [u8; 16]) -> [u64; 2] {
     let (hi, lo) = a.split_at(8);
     let word = |b: &[u8]| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
     [word(hi), word(lo)]
 }
 
-/// `address_words` back to the address's bytes.
+/// `two_words` back to the address's bytes.
 #[inline(always)]
-fn address_bytes(w: [u64; 2]) -> [u8; 16] {
+fn from_two_words(w: [u64; 2]) -> [u8; 16] {
     let mut a = [0u8; 16];
     a[..8].copy_from_slice(&w[0].to_ne_bytes());
     a[8..].copy_from_slice(&w[1].to_ne_bytes());
@@ -241,8 +241,8 @@ fn parse_ipv4<P: Packet + ?Sized>(pkt: &P, l3: usize) -> Result<L3, NotTcp> {
         version: IpVersion::V4,
         l4: l3 + header_len,
         end: l3 + total_len,
-        src: address_words(ipv4_mapped(src)),
-        dst: address_words(ipv4_mapped(dst)),
+        src: two_words(ipv4_mapped(src)),
+        dst: two_words(ipv4_mapped(dst)),
     })
 }
 
@@ -281,8 +281,8 @@ fn parse_ipv6<P: Packet + ?Sized>(pkt: &P, l3: usize) -> Result<L3, NotTcp> {
             version: IpVersion::V6,
             l4: offset,
             end: l3 + 40 + payload_len,
-            src: address_words(src),
-            dst: address_words(dst),
+            src: two_words(src),
+            dst: two_words(dst),
         }),
         IPPROTO_FRAGMENT => Err(NotTcp::Fragment),
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => Err(NotTcp::TooDeep),

@@ -25,7 +25,10 @@ use detector_common::{
     state::FlowKey,
 };
 
-use crate::syncookie::{header_pointers, options_len, Cookie};
+use crate::{
+    packet::opaque,
+    syncookie::{header_pointers, options_len, Cookie},
+};
 
 const EINVAL: i64 = 22;
 
@@ -93,10 +96,8 @@ pub fn path(seg: &TcpSegment, cfg: &Config, now: u64) -> CookiePath {
 /// fields again where they are used instead of keeping values loaded earlier.
 #[inline(always)]
 fn reread(seg: &TcpSegment) -> &TcpSegment {
-    let mut at = core::ptr::from_ref(seg) as usize;
-    // SAFETY: a register move onto itself; the asm only claims to change the register.
-    unsafe { core::arch::asm!("{0} = {0}", inout(reg) at, options(pure, nomem, nostack, preserves_flags)) };
-    // The asm also hides the alignment, and without it the address words below were read
+    let at = opaque(core::ptr::from_ref(seg) as usize);
+    // `opaque` also hides the alignment, and without it the address words below were read
     // a byte at a time (see `TcpSegment`): say it again.
     // SAFETY: `at` is the address of a `TcpSegment`, aligned to 8.
     unsafe { core::hint::assert_unchecked(at % 8 == 0) };
