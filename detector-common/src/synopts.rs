@@ -8,7 +8,7 @@
 
 use crate::{
     config::{Config, FLAG_COOKIE_TIMESTAMPS},
-    synack::{SynOptions, MAX_OPTIONS_LEN},
+    synack::SynOptions,
 };
 
 /// Whether the SYN-ACK depends on the client's options at all: only a reply with
@@ -25,22 +25,11 @@ pub fn reply_reads_options(cfg: &Config) -> bool {
 /// sit at: MSS bytes 2-3, tsval 8-11, tsecr 12-15, window scale 19.
 pub const LINUX_LEN: usize = 20;
 
-/// The options `buf[..len]` carry if they are laid out as Linux lays out a SYN's
-/// (`LINUX_LEN`), `None` for any other layout (then the walk decides). Equal to
-/// `parse_syn_options(buf, len)` whenever it answers (a host test checks both).
-#[inline(always)]
-#[must_use]
-pub fn linux_layout(buf: &[u8; MAX_OPTIONS_LEN], len: usize) -> Option<SynOptions> {
-    if len != LINUX_LEN {
-        return None;
-    }
-    let mut area = [0u8; LINUX_LEN];
-    area.copy_from_slice(&buf[..LINUX_LEN]);
-    linux_options(&area)
-}
-
-/// `linux_layout` of an options area exactly `LINUX_LEN` long, as the XDP program reads it
-/// straight from the frame (no copy into the walk's scratch, no helper call).
+/// The options of an area exactly `LINUX_LEN` long if they are laid out as Linux lays out
+/// a SYN's, `None` for any other layout (then the walk decides). Equal to
+/// `parse_syn_options(area, LINUX_LEN)` whenever it answers (host tests check both). The
+/// XDP program reads the area straight from the frame (no copy into the walk's scratch,
+/// no helper call) when the SYN's options are `LINUX_LEN` long.
 #[inline(always)]
 #[must_use]
 pub fn linux_options(buf: &[u8; LINUX_LEN]) -> Option<SynOptions> {
@@ -67,8 +56,16 @@ mod tests {
     use crate::{
         config::FLAG_COOKIE_ECN,
         parse::{IpVersion, TcpSegment},
-        synack::{build_synack, parse_syn_options, ReplySettings},
+        synack::{build_synack, parse_syn_options, ReplySettings, MAX_OPTIONS_LEN},
     };
+
+    /// What `syncookie::read_options` in the XDP program makes of `buf[..len]` before
+    /// the walk: `linux_options` for an area `LINUX_LEN` long, nothing otherwise.
+    fn linux_layout(buf: &[u8; MAX_OPTIONS_LEN], len: usize) -> Option<SynOptions> {
+        let mut area = [0u8; LINUX_LEN];
+        area.copy_from_slice(&buf[..LINUX_LEN]);
+        (len == LINUX_LEN).then(|| linux_options(&area)).flatten()
+    }
 
     fn linux_syn(tsval: u32, wscale: u8) -> [u8; MAX_OPTIONS_LEN] {
         let mut buf = [0u8; MAX_OPTIONS_LEN];

@@ -19,7 +19,7 @@ use detector_common::{
     packet::Packet,
     parse::{IpVersion, TcpSegment},
     synack::{parse_syn_options_with, OptionScratch, SynOptions, MAX_OPTIONS_LEN},
-    synopts::{linux_layout, linux_options, reply_reads_options, LINUX_LEN},
+    synopts::{linux_options, reply_reads_options, LINUX_LEN},
 };
 
 use crate::{
@@ -117,14 +117,9 @@ pub fn read_options(
         return Err(Counter::PassCookieHelperError);
     }
     // Past `opt_len` the scratch still holds an earlier SYN's bytes; the walk's result
-    // depends on `bytes[..opt_len]` only (a host test checks it). Linux's layout is read
-    // in a few compares; any other goes through the walk (docs/hotpaths.md).
-    // SAFETY: a per-CPU map value only this CPU touches while the program runs.
-    let bytes = unsafe { &*(&raw const (*scratch).bytes) };
-    *out = match linux_layout(bytes, opt_len) {
-        Some(found) => found,
-        None => walk_options(scratch, opt_len),
-    };
+    // depends on `bytes[..opt_len]` only (a host test checks it). Linux's layout was tried
+    // above, on the frame itself.
+    *out = walk_options(scratch, opt_len);
     Ok(())
 }
 
