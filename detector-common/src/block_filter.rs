@@ -9,11 +9,29 @@
 //! array read (inlined by the verifier) says so. A false positive (another source in the
 //! bucket is blocked) only costs the lookup. Not keyed: a flood that targets a blocked
 //! source's bucket only makes its own SYNs take the lookup, as without a filter.
+//!
+//! One slot past the buckets (`LATEST_SLOT`) holds the latest end of all: every block
+//! stamps it too. While it says nothing is blocked, which is the usual case during a
+//! spoofed flood (the sketch catches no source that sends only a few SYNs), a SYN skips
+//! the address hash and its bucket: that bucket lies at a random place in 256 KiB, a cache
+//! miss per SYN under a many-source flood, where the latest slot is one line every SYN
+//! reads. It sits in the same map so that the two are pinned, kept and replaced together:
+//! a restarted agent can never pair kept buckets with a fresh slot saying "nothing".
 
 // Stamps count in `filter`'s unit (2^24 ns, about 16.8 ms), rounded up here, and are
 // compared with wrapping arithmetic: two stamps compare right while they are less than
 // 2^31 units (about a year) apart.
-use crate::{filter::STAMP_SHIFT, names::BLOCK_FILTER_BUCKETS, words};
+use crate::{
+    filter::STAMP_SHIFT,
+    names::{BLOCK_FILTER_BUCKETS, BLOCK_FILTER_SLOTS},
+    words,
+};
+
+/// The slot after the buckets: the latest end of any block stamped into any bucket, so
+/// never earlier than a bucket's (`later` of all of them), but for a race of two CPUs
+/// stamping at once (see the program's `note_block`).
+pub const LATEST_SLOT: u32 = BLOCK_FILTER_BUCKETS;
+const _: () = assert!(LATEST_SLOT + 1 == BLOCK_FILTER_SLOTS);
 
 /// The longest block a stamp says: about 208 days, well inside the wrap. The agent's
 /// blocks last at most a day (`thresholds.block_ttl_secs`); a longer one written by hand
@@ -26,6 +44,13 @@ pub const MAX_STAMPED_BLOCK_NS: u64 = 1 << (STAMP_SHIFT + 30);
 #[must_use]
 pub fn bucket(addr: &[u8; 16]) -> u32 {
     words::hash(words::address_words(addr), 0, BLOCK_FILTER_BUCKETS.trailing_zeros())
+}
+
+/// The slots a block of `addr` stamps: its bucket and `LATEST_SLOT`.
+#[inline(always)]
+#[must_use]
+pub fn slots(addr: &[u8; 16]) -> [u32; 2] {
+    [bucket(addr), LATEST_SLOT]
 }
 
 /// The stamp of a block, made at `now_ns`, that ends at `until_ns` (at most
@@ -94,6 +119,32 @@ mod tests {
         let (before, after) = (u32::MAX - 2, 5);
         assert_eq!(later(before, after), after);
         assert!(may_be_blocked(after, u64::from(u32::MAX) << STAMP_SHIFT));
+    }
+
+    /// The gate the program puts before the bucket: the latest slot says "maybe" whenever
+    /// any bucket does, through blocks of every length, shared buckets and the stamps' wrap.
+    #[test]
+    fn the_latest_slot_says_maybe_whenever_a_bucket_does() {
+        let mut filter = std::vec![0u32; BLOCK_FILTER_SLOTS as usize];
+        let mut blocked = std::vec::Vec::new();
+        let start = (u64::from(u32::MAX - 100) << STAMP_SHIFT) - 3 * SEC;
+        for i in 0..400u64 {
+            let now = start + i * SEC / 4;
+            let addr = ipv4_mapped([198, 18, (i % 3) as u8, (i % 7) as u8]);
+            let until = now + (1 + i % 11) * SEC;
+            for slot in slots(&addr) {
+                filter[slot as usize] = later(filter[slot as usize], stamp(until, now));
+            }
+            blocked.push(addr);
+            for probe in (0..20).map(|k| now + k * SEC) {
+                let latest = may_be_blocked(filter[LATEST_SLOT as usize], probe);
+                let any = blocked.iter().any(|a| may_be_blocked(filter[bucket(a) as usize], probe));
+                assert!(latest || !any, "a bucket says blocked at {probe} and the latest slot does not");
+            }
+        }
+        // And it is not always "maybe": a second past the last block's end it says no.
+        let last_end = start + 399 * SEC / 4 + 11 * SEC;
+        assert!(!may_be_blocked(filter[LATEST_SLOT as usize], last_end + SEC));
     }
 
     #[test]

@@ -18,11 +18,14 @@ pub const MAP_PENDING_FILTER: &str = "PENDING_FILTER";
 /// Buckets in `PENDING_FILTER` (a power of two).
 pub const PENDING_FILTER_BUCKETS: u32 = 1 << 16;
 /// `Array<u32>`: per source-hash bucket, the end (a `block_filter::stamp`) of the latest
-/// block of a source that hashes there. A SYN in cookie mode looks its source up in
-/// `SOURCES` only when its bucket holds a block still running.
+/// block of a source that hashes there, and past the buckets one slot with the latest end
+/// of all (`block_filter::LATEST_SLOT`). A SYN in cookie mode looks its source up in
+/// `SOURCES` only when both hold a block still running.
 pub const MAP_BLOCK_FILTER: &str = "BLOCK_FILTER";
 /// Buckets in `BLOCK_FILTER` (a power of two).
 pub const BLOCK_FILTER_BUCKETS: u32 = 1 << 16;
+/// Entries of `BLOCK_FILTER`: the buckets and the slot after them.
+pub const BLOCK_FILTER_SLOTS: u32 = BLOCK_FILTER_BUCKETS + 1;
 /// `Array<u64>` of `sketch::SKETCH_ROWS × Config::sketch_width` cells; size from config.
 pub const MAP_SKETCH: &str = "SKETCH";
 /// `HashMap<[u8; 16], u32>`: the host's own addresses in the agent's network namespace
@@ -103,7 +106,10 @@ pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 ///    `filter::bucket` is word-wise (`words::hash`): `PENDING_FILTER` and `CLOSED_FILTER`
 ///    buckets mean other flows; sketch rows from one keyed hash (`sketch::Rows`): a source's
 ///    `SKETCH` cells are other cells.
-pub const LAYOUT_VERSION: u32 = 7;
+/// 8: `BLOCK_FILTER` has a slot past its buckets, the latest block end of all
+///    (`block_filter::LATEST_SLOT`): an older filter has none, and a newer program would
+///    read its zero as "nothing blocked".
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.

@@ -13,7 +13,7 @@ use detector_common::{
     config::{Config, FLAG_COOKIES},
     counters::Counter,
     filter,
-    names::{BLOCK_FILTER_BUCKETS, PENDING_FILTER_BUCKETS},
+    names::{BLOCK_FILTER_SLOTS, PENDING_FILTER_BUCKETS},
     parse::TcpSegment,
     sketch,
     state::{FlowKey, PendingFlow, SourceKey, SourceState},
@@ -39,28 +39,36 @@ static SKETCH: Array<u64> = Array::with_max_entries(sketch::SKETCH_ROWS * 16_384
 #[map(name = "PENDING_FILTER")]
 static PENDING_FILTER: Array<u32> = Array::with_max_entries(PENDING_FILTER_BUCKETS, 0);
 
-/// Per source-hash bucket, the end of the latest block there (`block_filter`). Pinned with
-/// `SOURCES`, whose blocks it summarises.
+/// Per source-hash bucket, the end of the latest block there, and the latest end of all
+/// past the buckets (`block_filter`). Pinned with `SOURCES`, whose blocks it summarises.
 #[map(name = "BLOCK_FILTER")]
-static BLOCK_FILTER: Array<u32> = Array::with_max_entries(BLOCK_FILTER_BUCKETS, 0);
+static BLOCK_FILTER: Array<u32> = Array::with_max_entries(BLOCK_FILTER_SLOTS, 0);
 
-/// Records a block of `key`'s source until `until_ns` in its filter bucket. Another CPU
-/// writing the same bucket at the same moment may win with an earlier end; the blocked
-/// source's SYNs then skip the lookup once that end has passed, are answered until the
-/// sketch catches them again, and the new block stamps the bucket again.
+/// Records a block of `key`'s source until `until_ns` in its filter bucket and in the
+/// latest slot. Another CPU writing the same slot at the same moment may win with an
+/// earlier end; the blocked source's SYNs then skip the lookup once that end has passed,
+/// are answered until the sketch catches them again (its next SYN, if it still floods
+/// within the sketch's epoch), and the new block stamps both again.
 #[inline(always)]
 fn note_block(key: &SourceKey, until_ns: u64, now: u64) {
-    if let Some(slot) = BLOCK_FILTER.get_ptr_mut(block_filter::bucket(&key.addr)) {
-        // SAFETY: a live array value.
-        unsafe { *slot = block_filter::later(*slot, block_filter::stamp(until_ns, now)) };
+    let stamp = block_filter::stamp(until_ns, now);
+    for at in block_filter::slots(&key.addr) {
+        if let Some(slot) = BLOCK_FILTER.get_ptr_mut(at) {
+            // SAFETY: a live array value.
+            unsafe { *slot = block_filter::later(*slot, stamp) };
+        }
     }
 }
 
 /// Whether the SYN's source may be blocked at `now` (cookie mode asks before looking it
-/// up). A missing bucket cannot happen (an array); if it did, the lookup decides.
+/// up): only if a block runs anywhere (the latest slot, the same line for every SYN) and
+/// in its bucket. A missing slot cannot happen (an array); if it did, the lookup decides.
 #[inline(always)]
 pub fn may_be_blocked(seg: &TcpSegment, now: u64) -> bool {
-    BLOCK_FILTER.get(block_filter::bucket(&seg.src)).is_none_or(|&s| block_filter::may_be_blocked(s, now))
+    let running = |at| BLOCK_FILTER.get(at).is_none_or(|&s| block_filter::may_be_blocked(s, now));
+    // The key's alignment (8) lets the hash read the address as words; `seg.src` read
+    // through a plain `&[u8; 16]` came as 1- and 2-byte loads.
+    running(block_filter::LATEST_SLOT) && running(block_filter::bucket(&SourceKey { addr: seg.src }.addr))
 }
 
 #[inline(always)]

@@ -489,6 +489,41 @@ fn blocks_from_tracking_mode_hold_in_cookie_mode_through_the_block_filter() {
     });
 }
 
+/// The slot past the buckets (`block_filter::LATEST_SLOT`) gates them: while it holds no
+/// running block, a SYN reads no bucket and looks nothing up, whatever its bucket says;
+/// once it does, the bucket decides; once it has run out, the bucket is skipped again.
+#[test]
+fn the_latest_block_slot_gates_the_buckets() {
+    in_private_netns("2", || {
+        let cfg = Config { syn_rate_limit: 3, ..cookie_config(true) };
+        let mut det = Detector::load(cfg, &[]);
+        let mut key = SourceKey { addr: [0; 16] };
+        key.addr[10..12].copy_from_slice(&[0xff, 0xff]);
+        key.addr[12..].copy_from_slice(&[198, 18, 0, 79]);
+        let mut sources: aya::maps::HashMap<_, SourceKey, SourceState> =
+            aya::maps::HashMap::try_from(det.ebpf.map_mut(names::MAP_SOURCES).unwrap()).unwrap();
+        sources.insert(key, SourceState { blocked_until_ns: u64::MAX, ..SourceState::new(0, &cfg) }, 0).unwrap();
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid timespec to write into.
+        assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) }, 0);
+        let now = u64::try_from(ts.tv_sec).unwrap() * SEC;
+        let (in_an_hour, an_hour_ago) = (now + 3600 * SEC, now - 3600 * SEC);
+        let stamp = |det: &mut Detector, slot: u32, until: u64| {
+            let mut filter: aya::maps::Array<_, u32> =
+                aya::maps::Array::try_from(det.ebpf.map_mut(names::MAP_BLOCK_FILTER).unwrap()).unwrap();
+            filter.set(slot, block_filter::stamp(until, 0), 0).unwrap();
+        };
+        stamp(&mut det, block_filter::bucket(&key.addr), in_an_hour);
+        let syn = Syn { src_last: 79, ..Syn::v4() }.frame(&[]);
+        assert_eq!(det.run(names::PROGRAM, &syn).0, XDP_TX, "the bucket alone: not read");
+        stamp(&mut det, block_filter::LATEST_SLOT, in_an_hour);
+        assert_eq!(det.run(names::PROGRAM, &syn).0, XDP_DROP, "both: looked up, blocked");
+        stamp(&mut det, block_filter::LATEST_SLOT, an_hour_ago);
+        assert_eq!(det.run(names::PROGRAM, &syn).0, XDP_TX, "the latest block is over: not read");
+        assert_eq!(det.counter(Counter::DropBlocked), 1);
+    });
+}
+
 // ---- Pass reasons that need a particular kernel state -----------------------------------
 
 /// A SYN with extra flags (`tcp_flags` bits besides SYN), as `Syn::frame` builds it.

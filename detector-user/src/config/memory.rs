@@ -147,7 +147,7 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
         shape(names::MAP_PENDING, Kind::LruHash, size_of::<FlowKey>(), size_of::<PendingFlow>(), m.pending),
         shape(names::MAP_SKETCH, Kind::Array, 4, 8, cfg.sketch_cells()),
         shape(names::MAP_PENDING_FILTER, Kind::Array, 4, 4, names::PENDING_FILTER_BUCKETS),
-        shape(names::MAP_BLOCK_FILTER, Kind::Array, 4, 4, names::BLOCK_FILTER_BUCKETS),
+        shape(names::MAP_BLOCK_FILTER, Kind::Array, 4, 4, names::BLOCK_FILTER_SLOTS),
         shape(names::MAP_CONFIG, Kind::Array, 4, size_of::<KernelConfig>(), 1),
         shape(names::MAP_COUNTERS, Kind::PerCpuArray, 4, 8, COUNTER_SLOTS),
         shape(names::MAP_COOKIE_BUDGET, Kind::Array, 4, 16, 1),
