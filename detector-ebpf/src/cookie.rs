@@ -29,6 +29,7 @@ use detector_common::{
         build_synack_into, ipv4_reply_words, ipv6_reply_words, synack_len, ReplySettings,
         SYNACK_LEN_MSS_ONLY, SYNACK_LEN_WITH_TS, SYNACK_WORDS_MSS_ONLY,
     },
+    synopts::reply_reads_options,
 };
 
 use crate::{
@@ -147,8 +148,12 @@ fn adjust_tail(ctx: &XdpContext, delta: i32) -> bool {
 #[inline(always)]
 fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result<Counter, Counter> {
     let mut cookie = Cookie::default();
-    // First, before anything below forks on the IP version (see `read_options`).
-    read_options(ctx, seg, cfg, &mut cookie.opts)?;
+    // First, before anything below forks on the IP version (see `read_options`). Only
+    // for a reply that uses them: a reply without timestamps reads none, and the call
+    // (a return through the kernel's return thunk) is saved.
+    if reply_reads_options(cfg) {
+        read_options(ctx, seg, &mut cookie.opts)?;
+    }
     let l3 = usize::from(seg.l3_offset);
     let l4 = usize::from(seg.l4_offset);
     let ip_len = match seg.version {

@@ -14,12 +14,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use detector_common::{
-    config::Config,
     counters::Counter,
     packet::Packet,
     parse::{IpVersion, TcpSegment},
     synack::{parse_syn_options_with, OptionScratch, SynOptions, MAX_OPTIONS_LEN},
-    synopts::{linux_options, reply_reads_options, LINUX_LEN},
+    synopts::{linux_options, LINUX_LEN},
 };
 
 use crate::{
@@ -59,26 +58,21 @@ pub struct Cookie {
     pub opts: SynOptions,
 }
 
-/// Reads the client's options into `out`, if the reply for `cfg` uses them.
+/// Reads the client's options into `out`. Called only for a reply that uses them
+/// (`synopts::reply_reads_options`, checked by the caller).
 ///
 /// A BPF-to-BPF call of its own, made before anything forks on the IP version: the
 /// verifier verifies a call once per distinct state of its callers, so here the walk is
 /// verified once rather than once for IPv4 and once for IPv6 (docs/verifier.md).
 #[inline(never)]
-pub fn read_options(
-    ctx: &XdpContext,
-    seg: &TcpSegment,
-    cfg: &Config,
-    out: &mut SynOptions,
-) -> Result<(), Counter> {
+pub fn read_options(ctx: &XdpContext, seg: &TcpSegment, out: &mut SynOptions) -> Result<(), Counter> {
     // Bounded on the length itself, through black_box (docs/verifier.md, lesson 2).
     let opt_len = black_box(usize::from(seg.tcp_header_len).wrapping_sub(20));
     if opt_len > MAX_OPTIONS_LEN {
         return Err(Counter::PassCookieHelperError);
     }
-    // Nothing to find, or nothing the reply uses (it has no timestamps): `out` stays as
-    // it is (no options), and the copy and the walk are saved.
-    if opt_len == 0 || !reply_reads_options(cfg) {
+    // Nothing to find: `out` stays as it is (no options).
+    if opt_len == 0 {
         return Ok(());
     }
     // Linux's layout, read straight from the frame: 20 bytes in three loads, one bounds
