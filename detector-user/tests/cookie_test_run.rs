@@ -502,7 +502,9 @@ fn the_latest_block_slot_gates_the_buckets() {
         key.addr[12..].copy_from_slice(&[198, 18, 0, 79]);
         let mut sources: aya::maps::HashMap<_, SourceKey, SourceState> =
             aya::maps::HashMap::try_from(det.ebpf.map_mut(names::MAP_SOURCES).unwrap()).unwrap();
-        sources.insert(key, SourceState { blocked_until_ns: u64::MAX, ..SourceState::new(0, &cfg) }, 0).unwrap();
+        sources
+            .insert(key, SourceState { blocked_until_ns: u64::MAX, ..SourceState::new(0, &cfg) }, 0)
+            .unwrap();
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: a valid timespec to write into.
         assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) }, 0);

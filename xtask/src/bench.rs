@@ -18,7 +18,7 @@ use std::{collections::HashSet, net::TcpListener, path::Path, time::Duration};
 use anyhow::{bail, ensure, Context, Result};
 use aya::{
     maps::{Array, PerCpuArray},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{TestRun, TestRunOptions, TestRunResult, Xdp},
     Ebpf, EbpfLoader,
 };
 use detector_common::{
@@ -190,6 +190,8 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
     ratios(&mut report, &results, many, few);
     crate::bench_samples::main(&bytes, packets)?;
     let ours = net(&results, COOKIE_V4).unwrap_or(0.0);
+    let cookie_v4 = cases.iter().find(|c| c.name == COOKIE_V4).context("no IPv4 cookie case")?;
+    let (ours_beside, pass_beside) = (load_case(&bytes, cookie_v4)?, load_case(&test_bytes, &cases[0])?);
     crate::bench_selftest::report(
         &mut report,
         &mut (0..packets).map(|i| peer_frame(i % few)),
@@ -197,6 +199,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         base,
         ours,
         net(&results, RAW_FLOOR),
+        &mut beside_the_peer(&ours_beside, &pass_beside, cookie_v4, &cases[0]),
     );
     if no_agent {
         report.note("agent part skipped (--quick or --no-agent)");
@@ -356,6 +359,36 @@ fn finish(args: &BenchArgs, report: &Report) -> Result<()> {
         crate::bench_report::update_doc(report, &png)?;
     }
     Ok(())
+}
+
+/// Runs a packet the selftest peer just had through our IPv4 cookie case (`ours`, loaded
+/// for `case`) and the trivial XDP_PASS (`pass`, loaded for `pass_case`): their times,
+/// after checking that ours answered it.
+fn beside_the_peer<'a>(
+    ours: &'a Ebpf,
+    pass: &'a Ebpf,
+    case: &'a Case,
+    pass_case: &'a Case,
+) -> impl FnMut(&[u8]) -> Result<[Duration; 2]> + 'a {
+    let mut out = vec![0u8; 256];
+    move |frame| {
+        let mut time = |ebpf: &Ebpf, c: &Case| -> Result<TestRunResult> {
+            let prog: &Xdp = ebpf.program(c.program).context("program")?.try_into()?;
+            Ok(prog.test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })?)
+        };
+        let answered = time(ours, case)?;
+        ensure!(
+            answered.return_value == case.verdict,
+            "{}: verdict {} beside the selftest",
+            case.name,
+            answered.return_value
+        );
+        Ok([answered.duration, time(pass, pass_case)?.duration])
+    }
 }
 
 /// The IPv4 bench SYN from the `n`th source, as the peer gets it (it fills in checksums).
