@@ -4,7 +4,8 @@
 //!
 //! Method (docs/verifier.md for why): one BPF_PROG_TEST_RUN call per fresh packet
 //! (`repeat = 1`: XDP_TX rewrites the packet, so repeating would time another path), the
-//! kernel-measured duration averaged, minus a trivial XDP_PASS timed the same way; after
+//! kernel-measured duration averaged, minus a trivial XDP_PASS timed the same way on each
+//! packet right after it (so a change of load during a case moves both); after
 //! each case the program's path counters are read to prove which path ran. Everything
 //! runs in a private network namespace (listener sockets, `tcp_syncookies = 2`), which
 //! disappears with the process: the host is not touched. First, `bench_verifier` reports
@@ -169,23 +170,25 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
 
     let cases = cases(packets, many, few);
     println!(
-        "{packets} fresh packets per case (at least one per source), one BPF_PROG_TEST_RUN each, kernel-measured time"
+        "{packets} fresh packets per case (at least one per source), one BPF_PROG_TEST_RUN each, kernel-measured \
+         time, each packet also through the trivial XDP_PASS"
     );
+    let pass_ebpf = load_case(&test_bytes, &cases[0])?;
+    let pass: &Xdp = pass_ebpf.program(cases[0].program).context("program")?.try_into()?;
     let mut results = Vec::new();
     for case in &cases {
         let from = if case.program == names::PROGRAM { &bytes } else { &test_bytes };
-        let ns = run_case(from, case, packets, args.object.is_none())?;
-        results.push((case.name, ns));
+        results.push(run_case(from, case, packets, args.object.is_none(), pass)?);
     }
-    let base = results[0].1;
-    println!("\n{:<44} {:>12} {:>14}", "path", "ns/packet", "minus PASS");
-    for (name, ns) in &results {
-        println!("{name:<44} {ns:>12.1} {:>14.1}", ns - base);
+    let base = results[0].ns;
+    println!("\n{:<44} {:>12} {:>12} {:>14}", "path", "ns/packet", "its PASS", "minus PASS");
+    for t in &results {
+        println!("{:<44} {:>12.1} {:>12.1} {:>14.1}", t.name, t.ns, t.pass_ns, t.net());
     }
     report.row("per path", format!("{PASS}, absolute"), base, "ns/packet").ratio =
         Some("subtracted from all".into());
-    for (name, ns) in results.iter().skip(1) {
-        report.row("per path", *name, ns - base, "ns/packet");
+    for t in results.iter().skip(1) {
+        report.row("per path", t.name, t.net(), "ns/packet");
     }
     ratios(&mut report, &results, many, few);
     crate::bench_samples::main(&bytes, packets)?;
@@ -266,13 +269,28 @@ fn cases(packets: u32, many: u32, few: u32) -> [Case; 18] {
 }
 
 /// A case's time minus the trivial XDP_PASS; `None` if the table has no such case.
-fn net(results: &[(&str, f64)], name: &str) -> Option<f64> {
-    let base = results.first()?.1;
-    results.iter().find(|(n, _)| *n == name).map(|(_, ns)| (ns - base).max(0.1))
+/// One case's figures: ns per packet of its program, and of the trivial XDP_PASS run on
+/// the same packets, each right after it.
+struct Timing {
+    name: &'static str,
+    ns: f64,
+    pass_ns: f64,
+}
+
+impl Timing {
+    /// Net of the PASS timed beside it: a change of load on this shared machine during
+    /// one case moves both, where a PASS timed once, before every case, did not follow it.
+    fn net(&self) -> f64 {
+        self.ns - self.pass_ns
+    }
+}
+
+fn net(results: &[Timing], name: &str) -> Option<f64> {
+    results.iter().find(|t| t.name == name).map(|t| t.net().max(0.1))
 }
 
 /// The ratios between cases, printed and reported (a case missing from the table: no ratio).
-fn ratios(report: &mut Report, results: &[(&str, f64)], many: u32, few: u32) {
+fn ratios(report: &mut Report, results: &[Timing], many: u32, few: u32) {
     let ratios: [(&str, &str, &str, Option<&'static str>); 11] = [
         (COOKIE_V4, FLOOR, "cookie path IPv4 / helper floor", None),
         (COOKIE_MSS, FLOOR, "cookie path IPv4, MSS only / helper floor", Some("≤ 0.6")),
@@ -310,7 +328,9 @@ fn ratios(report: &mut Report, results: &[(&str, f64)], many: u32, few: u32) {
     }
     // Against the trivial programs themselves, not net of XDP_PASS: issue 11's ≤ 2×. Both
     // sides are timed the same way on frames of the same length (the trivial programs
-    // read none of it), so the test run's own cost is in both.
+    // read none of it), so the test run's own cost is in both. Each side is its net figure
+    // plus one and the same PASS (the PASS case's), so that the two cases' PASS figures,
+    // timed minutes apart, do not enter the ratio.
     // The shield's row has no target: while cookies are on, every ACK to an answered port
     // pays a socket lookup (docs/cookies.md, the ACK shield); the ≤ 2 is for a calm server.
     let raw: [(&str, &str, &str, Option<&'static str>); 5] = [
@@ -323,7 +343,8 @@ fn ratios(report: &mut Report, results: &[(&str, f64)], many: u32, few: u32) {
         (ACK_COOKIES, PASS, "ACK, cookies on (shield lookup) / trivial XDP_PASS, raw", None),
     ];
     println!("\nratios against the trivial programs, raw (nothing subtracted; issue 11: ≤ 2):");
-    let ns = |name: &str| results.iter().find(|(n, _)| *n == name).map(|(_, ns)| *ns);
+    let base = results.first().map_or(0.0, |t| t.ns);
+    let ns = |name: &str| results.iter().find(|t| t.name == name).map(|t| t.net() + base);
     for (a, b, what, target) in raw {
         if let (Some(x), Some(y)) = (ns(a), ns(b)) {
             println!("  {what:<76} {:>8.2}  ({x:.1} / {y:.1} ns)", x / y);
@@ -411,7 +432,7 @@ pub(crate) fn detector_config(rate_limit: u32) -> Config {
 /// `own_hashing`: the object was built from this tree, so its sketch cells can be checked
 /// against this build's `sketch::cells` (an older object given with `--object` may hash
 /// sources to other cells).
-fn run_case(object: &[u8], case: &Case, packets: u32, own_hashing: bool) -> Result<f64> {
+fn run_case(object: &[u8], case: &Case, packets: u32, own_hashing: bool, pass: &Xdp) -> Result<Timing> {
     // Every source of the population at least once: a case claiming a million sources
     // sends a million packets even if fewer were asked for.
     let packets = packets.max(case.sources);
@@ -419,20 +440,24 @@ fn run_case(object: &[u8], case: &Case, packets: u32, own_hashing: bool) -> Resu
     let prog: &Xdp = ebpf.program(case.program).context("program")?.try_into()?;
     let mut template = case_template(case);
     let mut out = vec![0u8; 256];
-    let mut total = Duration::ZERO;
+    let (mut total, mut pass_total) = (Duration::ZERO, Duration::ZERO);
     let mut sent_sources = HashSet::new();
     for i in 0..packets {
         set_source(&mut template, case.family, i % case.sources);
         sent_sources.insert(source_of(&template, case.family));
-        let result = prog.test_run(TestRunOptions {
-            data_in: Some(&template),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        })?;
+        let mut run = |prog: &Xdp| {
+            prog.test_run(TestRunOptions {
+                data_in: Some(&template),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+        };
+        let result = run(prog)?;
         if result.return_value != case.verdict {
             bail!("{}: packet {i} got verdict {}, expected {}", case.name, result.return_value, case.verdict);
         }
         total += result.duration;
+        pass_total += run(pass)?.duration;
     }
     if let Some(path) = case.path {
         // The fast path renews each listener with a socket-bound answer once a second.
@@ -455,7 +480,8 @@ fn run_case(object: &[u8], case: &Case, packets: u32, own_hashing: bool) -> Resu
         check_state(&ebpf, case, &cfg, &sent_sources, packets, own_hashing)?;
     }
     #[allow(clippy::cast_precision_loss, reason = "a duration in ns, far below 2^52")]
-    Ok(total.as_nanos() as f64 / f64::from(packets))
+    let per_packet = |d: Duration| d.as_nanos() as f64 / f64::from(packets);
+    Ok(Timing { name: case.name, ns: per_packet(total), pass_ns: per_packet(pass_total) })
 }
 
 /// A fresh instance of `object` (fresh maps) with `case.program` verified, the case's
