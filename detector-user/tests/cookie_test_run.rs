@@ -269,8 +269,10 @@ fn without_timestamps_or_client_options_the_reply_has_mss_only() {
 
 /// The reply is exactly its headers long, whatever followed the SYN's headers: a SYN the
 /// reply's length is answered in place (no resize: `send_reply` sees the length by pointer
-/// comparison), one padded to Ethernet's 60-byte minimum or carrying data is cut to the
-/// reply, one shorter grows to it.
+/// comparison), one with longer options is cut to the reply (its length also seen by
+/// pointer comparison, as the SYN's headers end the frame), one padded to Ethernet's
+/// 60-byte minimum or carrying data is cut to the reply (its length from the helper), one
+/// shorter grows to it.
 #[test]
 fn the_reply_is_exactly_its_headers_long() {
     in_private_netns("2", || {
@@ -280,9 +282,17 @@ fn the_reply_is_exactly_its_headers_long() {
             let exact = syn.frame(&mss);
             let mut padded = exact.clone();
             padded.extend_from_slice(&[0; 6]);
-            for (what, frame) in
-                [("same length", &exact), ("padded", &padded), ("no options", &syn.frame(&[]))]
-            {
+            let longer = syn.frame(&[
+                TcpOptionElement::MaximumSegmentSize(1460),
+                TcpOptionElement::Noop,
+                TcpOptionElement::WindowScale(7),
+            ]);
+            for (what, frame) in [
+                ("same length", &exact),
+                ("longer options", &longer),
+                ("padded", &padded),
+                ("no options", &syn.frame(&[])),
+            ] {
                 let (verdict, reply) = det.run(names::PROGRAM, frame);
                 assert_eq!(verdict, XDP_TX, "{what}");
                 let h = check_synack(&reply, syn);
