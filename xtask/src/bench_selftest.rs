@@ -29,7 +29,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 
-use crate::{bench_report::Report, workspace_root};
+use crate::{bench::ROUNDS, bench_report::Report, workspace_root};
 
 const TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 const TREE: &str = "linux-source-6.12/tools/testing/selftests/bpf";
@@ -62,7 +62,7 @@ pub type Beside<'a> = dyn FnMut(&[u8]) -> Result<[Duration; 2]> + 'a;
 /// runs minutes apart put the ratio anywhere between 0.48 and 0.97 on the same build
 /// (docs/hotpaths.md); the interleaved ratio is the one the target is read against. Each
 /// program evicts the other's maps from the cache there, so both absolute figures are
-/// higher than alone.
+/// higher than alone. Both are timed in `bench::ROUNDS` rounds, the median round reported.
 pub fn report(
     report: &mut Report,
     frames: &mut dyn Iterator<Item = Vec<u8>>,
@@ -194,16 +194,25 @@ fn load_and_time(
         ensure!(result.return_value == 3, "selftest: verdict {}, expected XDP_TX (3)", result.return_value);
         Ok(result.duration)
     };
-    let mut alone = Duration::ZERO;
-    for frame in &frames {
-        alone += selftest(frame)?;
-    }
-    let mut interleaved = [Duration::ZERO; 3];
-    for frame in &frames {
-        interleaved[0] += selftest(frame)?;
-        let [ours, pass] = beside(frame)?;
-        interleaved[1] += ours;
-        interleaved[2] += pass;
+    // In rounds, as the bench's cases (`bench::ROUNDS`): each round times its share of the
+    // frames alone, then interleaved; the figures are the median rounds.
+    let (mut alone, mut interleaved) = (Vec::new(), Vec::new());
+    for chunk in frames.chunks(frames.len().div_ceil(ROUNDS as usize).max(1)) {
+        #[allow(clippy::cast_precision_loss, reason = "a duration in ns, far below 2^52")]
+        let per_packet = |d: Duration| d.as_nanos() as f64 / chunk.len() as f64;
+        let mut sum = Duration::ZERO;
+        for frame in chunk {
+            sum += selftest(frame)?;
+        }
+        alone.push(per_packet(sum));
+        let mut sums = [Duration::ZERO; 3];
+        for frame in chunk {
+            sums[0] += selftest(frame)?;
+            let [ours, pass] = beside(frame)?;
+            sums[1] += ours;
+            sums[2] += pass;
+        }
+        interleaved.push(sums.map(per_packet));
     }
     let packets = frames.len() as u64;
     let synacks = values.get(&1, 0)?;
@@ -211,9 +220,14 @@ fn load_and_time(
         synacks == 2 * packets,
         "selftest: {synacks} SYN-ACKs counted for {packets} SYNs sent twice: another path ran"
     );
-    #[allow(clippy::cast_precision_loss, reason = "a duration in ns, far below 2^52")]
-    let per_packet = |d: Duration| d.as_nanos() as f64 / packets.max(1) as f64;
-    Ok((per_packet(alone), interleaved.map(per_packet), insns, load_ms))
+    alone.sort_by(f64::total_cmp);
+    // The interleaved rounds by their ratio, ours / selftest, both net of the PASS.
+    let ratio = |[peer, ours, pass]: &[f64; 3]| (ours - pass) / (peer - pass).max(0.1);
+    interleaved.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    let median = |n: usize| n / 2;
+    let alone = *alone.get(median(alone.len())).context("no frames")?;
+    let interleaved = *interleaved.get(median(interleaved.len())).context("no frames")?;
+    Ok((alone, interleaved, insns, load_ms))
 }
 
 /// `values[0]` as xdp_synproxy.c packs it: MSS4 | wscale << 16 | TTL << 24 | MSS6 << 32.
