@@ -459,6 +459,18 @@ pub(crate) fn detector_config(rate_limit: u32) -> Config {
 /// were unmoved) then lands in one round of several cases instead of all of one case.
 pub(crate) const ROUNDS: u32 = 5;
 
+/// The rounds a case's packets are split over: one for the sketch-admission cases, whose
+/// sources must reach the promotion threshold within one sketch epoch (about a second),
+/// which packets split over rounds seconds apart would not (`check_state` proves that every
+/// source got its entry).
+fn rounds_of(case: &Case) -> u32 {
+    if case.config.is_some_and(|c| c.has(FLAG_SKETCH_ADMISSION)) {
+        1
+    } else {
+        ROUNDS
+    }
+}
+
 /// A case being timed round by round: its own program instance (fresh maps, so cases do
 /// not see each other's state), the packets
 /// it sends in all and those sent so far, and each round's ns per packet [program, PASS].
@@ -486,7 +498,7 @@ impl<'c> Running<'c> {
         let prog: &Xdp = self.ebpf.program(case.program).context("program")?.try_into()?;
         let (mut template, mut out) = (case_template(case), vec![0u8; 256]);
         let (mut total, mut pass_total) = (Duration::ZERO, Duration::ZERO);
-        let (from, to) = (self.sent, self.packets.min(self.sent + self.packets.div_ceil(ROUNDS)));
+        let (from, to) = (self.sent, self.packets.min(self.sent + self.packets.div_ceil(rounds_of(case))));
         for i in from..to {
             set_source(&mut template, case.family, i % case.sources);
             self.sent_sources.insert(source_of(&template, case.family));
