@@ -3,16 +3,22 @@
 //! the "helper floor": listener lookup plus cookie helper and nothing else, the least
 //! any socket-bound cookie responder must spend, the "raw floor": the raw cookie
 //! helper alone, and the "minimal responder": the raw helper and a SYN-ACK built in place,
-//! the least any program that answers a SYN must spend; and the "drop floor": one source
-//! lookup and the coarse clock, the least a drop that accounts the SYN to its blocked
-//! source must spend. The agent never attaches them.
+//! the least any program that answers a SYN must spend; the "ruled responder": the minimal
+//! responder behind our rules' random reads (the sketch's four cells, the closed filter's
+//! bucket), the least a responder that keeps those rules must spend; and the "drop floor":
+//! one source lookup and the coarse clock, the least a drop that accounts the SYN to its
+//! blocked source must spend. The agent never attaches them.
 
 use core::ffi::c_void;
 
 use detector_common::{
     checksum,
+    config::Config,
+    fastpath::{may_be_time_wait, CLOSED_FILTER_BUCKETS},
+    filter,
     parse::ipv4_mapped,
-    state::{SourceKey, SourceState},
+    sketch::{self, SKETCH_ROWS},
+    state::{FlowKey, SourceKey, SourceState},
 };
 
 use aya_ebpf::{
@@ -22,7 +28,7 @@ use aya_ebpf::{
         bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_tail,
     },
     macros::{map, xdp},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::XdpContext,
 };
 
@@ -119,9 +125,75 @@ pub fn baseline_raw_floor(ctx: XdpContext) -> u32 {
 /// window); the bench only times it.
 #[xdp]
 pub fn baseline_min_responder(ctx: XdpContext) -> u32 {
+    answer_raw(&ctx)
+}
+
+/// The ruled responder's sketch width: the bench's for `SKETCH` (16,384 cells a row).
+const RULED_WIDTH: u32 = 16_384;
+
+/// The rules' settings the ruled responder uses: a sketch as wide as the bench's, a seed,
+/// and a SYN-rate limit no bench source reaches.
+const RULED: Config = {
+    let mut c = Config::new(u32::MAX, 0, 0, 0);
+    c.sketch_width = RULED_WIDTH;
+    c.sketch_seed = 0x5eed_1234;
+    c
+};
+
+#[map(name = "RULED_SKETCH")]
+static RULED_SKETCH: Array<u64> = Array::with_max_entries(SKETCH_ROWS * RULED_WIDTH, 0);
+
+#[map(name = "RULED_CLOSED")]
+static RULED_CLOSED: Array<u32> = Array::with_max_entries(CLOSED_FILTER_BUCKETS, 0);
+
+/// The "ruled responder": the minimal responder behind the two rules of ours whose reads
+/// land at random places, so that under a many-source flood each is a cache miss: the
+/// source's four sketch cells counted (`sketch::Rows`, `sketch::bump`, as
+/// `track::sketch_estimate`) and the flow's closed-filter bucket checked
+/// (`fastpath::may_be_time_wait`), on the coarse clock. A source over the limit is dropped
+/// and a flow that may be in TIME_WAIT passed, as ours does; neither happens in the bench.
+/// No parser, no local-address check, no per-port config, no counters, no budget.
+#[xdp]
+pub fn baseline_ruled_responder(ctx: XdpContext) -> u32 {
+    let Some((iph, th, _)) = floor_headers(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: `floor_headers` checked th + 60 against the frame's end, and iph + 20 = th.
+    let (ip, ports) = unsafe { (crate::packet::load::<20>(iph), crate::packet::load::<4>(th)) };
+    let src = ipv4_mapped([ip[12], ip[13], ip[14], ip[15]]);
+    let dst = ipv4_mapped([ip[16], ip[17], ip[18], ip[19]]);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let (epoch, mut rows, mut estimate) =
+        (sketch::epoch(now), sketch::Rows::new(&SourceKey { addr: src }, &RULED), u32::MAX);
+    for _ in 0..SKETCH_ROWS {
+        let Some(cell) = RULED_SKETCH.get_ptr_mut(rows.next_cell()) else {
+            return xdp_action::XDP_PASS;
+        };
+        // SAFETY: a live array value.
+        estimate = estimate.min(sketch::bump(unsafe { &mut *cell }, epoch));
+    }
+    if estimate > RULED.syn_rate_limit {
+        return xdp_action::XDP_DROP;
+    }
+    let flow = FlowKey {
+        src,
+        dst,
+        src_port: u16::from_be_bytes([ports[0], ports[1]]),
+        dst_port: u16::from_be_bytes([ports[2], ports[3]]),
+    };
+    if RULED_CLOSED.get(filter::bucket(&flow)).is_none_or(|&stamp| may_be_time_wait(stamp, now)) {
+        return xdp_action::XDP_PASS;
+    }
+    answer_raw(&ctx)
+}
+
+/// The minimal responder's answer (see `baseline_min_responder`).
+#[inline(always)]
+fn answer_raw(ctx: &XdpContext) -> u32 {
     /// Ethernet + IPv4 without options + TCP with the 4-byte MSS option.
     const REPLY_LEN: usize = 14 + 20 + 24;
-    let Some((iph, th, th_len)) = floor_headers(&ctx) else {
+    let Some((iph, th, th_len)) = floor_headers(ctx) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: as in `baseline_raw_floor`.

@@ -86,3 +86,43 @@ fn the_drop_floor_drops_and_accounts_only_blocked_sources() {
     stranger[29] = 3; // the IPv4 source's last byte
     assert_eq!(det.run("baseline_drop_floor", &stranger).0, XDP_PASS);
 }
+
+/// The ruled responder is the minimal responder behind our rules' random reads, so it must
+/// answer exactly as the minimal one does, count the SYN in its four sketch cells, and
+/// leave a flow its closed filter says may be in TIME_WAIT to the kernel.
+#[test]
+fn the_ruled_responder_counts_the_syn_checks_the_closed_filter_and_answers_as_the_minimal_one() {
+    let programs = ["baseline_min_responder", "baseline_ruled_responder"];
+    let mut det = Detector::load(Config::new(0, 0, SEC, 3 * SEC), &programs);
+    let (minimal, expected) = det.run("baseline_min_responder", &padded_syn());
+    assert_eq!(minimal, XDP_TX);
+    let (verdict, reply) = det.run("baseline_ruled_responder", &padded_syn());
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(reply, expected, "the minimal responder's SYN-ACK, byte for byte");
+
+    let sketch: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(det.ebpf.map("RULED_SKETCH").unwrap()).unwrap();
+    let counted: Vec<u64> = sketch.iter().filter_map(Result::ok).filter(|&c| c & 0xffff_ffff == 1).collect();
+    assert_eq!(counted.len(), 4, "one cell counted once in each of the four rows");
+
+    let flow = detector_common::state::FlowKey {
+        src: detector_common::parse::ipv4_mapped(CLIENT4),
+        dst: detector_common::parse::ipv4_mapped(SERVER4),
+        src_port: 40_000,
+        dst_port: 8080,
+    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to write into.
+    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) }, 0);
+    let now = u64::try_from(ts.tv_sec).unwrap() * SEC + u64::try_from(ts.tv_nsec).unwrap();
+    let mut closed: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(det.ebpf.map_mut("RULED_CLOSED").unwrap()).unwrap();
+    closed
+        .set(detector_common::filter::bucket(&flow), detector_common::fastpath::closed_stamp(now), 0)
+        .unwrap();
+    assert_eq!(
+        det.run("baseline_ruled_responder", &padded_syn()).0,
+        XDP_PASS,
+        "a flow that may be in TIME_WAIT"
+    );
+}

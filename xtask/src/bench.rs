@@ -236,7 +236,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
 
 /// The table of timed cases: the baselines first (the trivial XDP_PASS first of all, which
 /// every other case is net of), then the detector's paths, each with its config.
-fn cases(packets: u32, many: u32, few: u32) -> [Case; 19] {
+fn cases(packets: u32, many: u32, few: u32) -> [Case; 20] {
     // A SYN-rate limit, or the cookie path skips the sketch altogether. No source can
     // reach it: no case sends more SYNs than this, and a sketch estimate never exceeds
     // the SYNs counted. No kernel destinations and no tag-stripping NIC here, which the
@@ -268,6 +268,7 @@ fn cases(packets: u32, many: u32, few: u32) -> [Case; 19] {
         Case { name: FLOOR, program: "baseline_helper_floor", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true },
         Case { name: RAW_FLOOR, program: "baseline_raw_floor", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true },
         Case { name: MIN_RESPONDER, program: "baseline_min_responder", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true },
+        Case { name: RULED_RESPONDER, program: "baseline_ruled_responder", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true },
         Case { name: COOKIE_V4, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false },
         Case { name: COOKIE_V4_PADDED, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: true },
         Case { name: COOKIE_V6_FEW, program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false },
@@ -312,7 +313,7 @@ fn net(results: &[Timing], name: &str) -> Option<f64> {
 
 /// The ratios between cases, printed and reported (a case missing from the table: no ratio).
 fn ratios(report: &mut Report, results: &[Timing], many: u32, few: u32) {
-    let ratios: [(&str, &str, &str, Option<&'static str>); 12] = [
+    let ratios: [(&str, &str, &str, Option<&'static str>); 14] = [
         (COOKIE_V4, FLOOR, "cookie path IPv4 / helper floor", None),
         // A SYN longer than its headers (padding, TFO data): the reply's length cannot be
         // seen by pointer comparison, and the frame is measured and cut by two helpers.
@@ -327,6 +328,15 @@ fn ratios(report: &mut Report, results: &[Timing], many: u32, few: u32) {
         // and what our rules (docs/hotpaths.md) add on top of it.
         (MIN_RESPONDER, FLOOR, "minimal responder / helper floor (the least any responder costs)", None),
         (COOKIE_MSS, MIN_RESPONDER, "cookie path IPv4, MSS only / minimal responder", None),
+        // The least a responder that keeps our rules' random reads (the sketch, the closed
+        // filter) costs: against the ≤ 0.6, and what the rest of our path adds to it.
+        (
+            RULED_RESPONDER,
+            FLOOR,
+            "ruled responder / helper floor (the least a responder with our rules' reads costs)",
+            None,
+        ),
+        (COOKIE_MSS, RULED_RESPONDER, "cookie path IPv4, MSS only / ruled responder", None),
         (COOKIE_V6_FEW, FLOOR, "cookie path IPv6 / helper floor", None),
         (COOKIE_V4, TX, "cookie path IPv4 / trivial XDP_TX", None),
         (
@@ -384,6 +394,7 @@ const TX: &str = "trivial XDP_TX (MAC swap)";
 const FLOOR: &str = "helper floor (lookup + cookie helper)";
 const RAW_FLOOR: &str = "raw floor (raw cookie helper alone)";
 const MIN_RESPONDER: &str = "minimal responder (raw helper + SYN-ACK)";
+const RULED_RESPONDER: &str = "ruled responder (minimal + sketch cells + closed filter)";
 const COOKIE_V4: &str = "cookie path, IPv4, TS options";
 const COOKIE_V4_PADDED: &str = "cookie path, IPv4, TS options, SYN padded by 20 bytes";
 const COOKIE_V6_FEW: &str = "cookie path, IPv6, few sources";
