@@ -470,12 +470,13 @@ pub(crate) fn detector_config(rate_limit: u32) -> Config {
 /// were unmoved) then lands in one round of several cases instead of all of one case.
 pub(crate) const ROUNDS: u32 = 5;
 
-/// The rounds a case's packets are split over: one for the sketch-admission cases, whose
-/// sources must reach the promotion threshold within one sketch epoch (about a second),
-/// which packets split over rounds seconds apart would not (`check_state` proves that every
-/// source got its entry).
+/// The rounds a case's packets are split over: one for the tracked SYNs under sketch
+/// admission, whose sources must reach the promotion threshold within one sketch epoch
+/// (about a second), which packets split over rounds seconds apart would not (`check_state`
+/// proves that every source got its entry). The blocked drop and the ACKs run under the
+/// same config but never count in the sketch.
 fn rounds_of(case: &Case) -> u32 {
-    if case.config.is_some_and(|c| c.has(FLAG_SKETCH_ADMISSION)) {
+    if case.path == Some(Counter::PassSyn) && case.config.is_some_and(|c| c.has(FLAG_SKETCH_ADMISSION)) {
         1
     } else {
         ROUNDS
