@@ -4,8 +4,8 @@
 //!
 //! Method (docs/verifier.md for why): one BPF_PROG_TEST_RUN call per fresh packet
 //! (`repeat = 1`: XDP_TX rewrites the packet, so repeating would time another path), the
-//! kernel-measured duration averaged, minus a trivial XDP_PASS timed the same way on each
-//! packet right after it (so a change of load during a case moves both); after
+//! kernel-measured duration averaged, minus a trivial XDP_PASS timed the same way; the
+//! cases run in rounds, each reporting its median round (`ROUNDS`); after
 //! each case the program's path counters are read to prove which path ran. Everything
 //! runs in a private network namespace (listener sockets, `tcp_syncookies = 2`), which
 //! disappears with the process: the host is not touched. First, `bench_verifier` reports
@@ -175,11 +175,8 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
     let cases = cases(packets, many, few);
     println!(
         "{packets} fresh packets per case (at least one per source), one BPF_PROG_TEST_RUN each, kernel-measured \
-         time, each packet also through the trivial XDP_PASS; {ROUNDS} rounds through all cases, the median round \
-         per case"
+         time; {ROUNDS} rounds through all cases, the median round per case"
     );
-    let pass_ebpf = load_case(&test_bytes, &cases[0])?;
-    let pass: &Xdp = pass_ebpf.program(cases[0].program).context("program")?.try_into()?;
     let mut running = cases
         .iter()
         .map(|case| {
@@ -189,24 +186,21 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     for _ in 0..ROUNDS {
         for r in &mut running {
-            r.round(pass)?;
+            r.round()?;
         }
     }
     let results =
         running.into_iter().map(|r| r.finish(args.object.is_none())).collect::<Result<Vec<Timing>>>()?;
     let base = results[0].ns;
-    println!(
-        "\n{:<44} {:>12} {:>12} {:>14} {:>18}",
-        "path", "ns/packet", "its PASS", "minus PASS", "rounds (net)"
-    );
+    println!("\n{:<44} {:>12} {:>14} {:>18}", "path", "ns/packet", "minus PASS", "rounds");
     for t in &results {
         let [lo, hi] = t.spread;
-        println!("{:<44} {:>12.1} {:>12.1} {:>14.1} {lo:>8.0} - {hi:<7.0}", t.name, t.ns, t.pass_ns, t.net());
+        println!("{:<44} {:>12.1} {:>14.1} {lo:>8.0} - {hi:<7.0}", t.name, t.ns, t.ns - base);
     }
     report.row("per path", format!("{PASS}, absolute"), base, "ns/packet").ratio =
         Some("subtracted from all".into());
     for t in results.iter().skip(1) {
-        report.row("per path", t.name, t.net(), "ns/packet");
+        report.row("per path", t.name, t.ns - base, "ns/packet");
     }
     ratios(&mut report, &results, many, few);
     crate::bench_samples::main(&bytes, packets)?;
@@ -288,27 +282,18 @@ fn cases(packets: u32, many: u32, few: u32) -> [Case; 20] {
     cases
 }
 
-/// A case's time minus the trivial XDP_PASS; `None` if the table has no such case.
-/// One case's figures: ns per packet of its program, and of the trivial XDP_PASS run on
-/// the same packets, each right after it.
+/// One case's figures: ns per packet of its program in its median round.
 struct Timing {
     name: &'static str,
     ns: f64,
-    pass_ns: f64,
-    /// The lowest and highest round, net of their PASS: how much the machine moved.
+    /// The lowest and highest round: how much the machine moved.
     spread: [f64; 2],
 }
 
-impl Timing {
-    /// Net of the PASS timed beside it: a change of load on this shared machine during
-    /// one case moves both, where a PASS timed once, before every case, did not follow it.
-    fn net(&self) -> f64 {
-        self.ns - self.pass_ns
-    }
-}
-
+/// A case's time minus the trivial XDP_PASS; `None` if the table has no such case.
 fn net(results: &[Timing], name: &str) -> Option<f64> {
-    results.iter().find(|t| t.name == name).map(|t| t.net().max(0.1))
+    let base = results.first()?.ns;
+    results.iter().find(|t| t.name == name).map(|t| (t.ns - base).max(0.1))
 }
 
 /// The ratios between cases, printed and reported (a case missing from the table: no ratio).
@@ -362,9 +347,7 @@ fn ratios(report: &mut Report, results: &[Timing], many: u32, few: u32) {
     }
     // Against the trivial programs themselves, not net of XDP_PASS: issue 11's ≤ 2×. Both
     // sides are timed the same way on frames of the same length (the trivial programs
-    // read none of it), so the test run's own cost is in both. Each side is its net figure
-    // plus one and the same PASS (the PASS case's), so that the two cases' PASS figures,
-    // timed minutes apart, do not enter the ratio.
+    // read none of it), so the test run's own cost is in both.
     // The shield's row has no target: while cookies are on, every ACK to an answered port
     // pays a socket lookup (docs/cookies.md, the ACK shield); the ≤ 2 is for a calm server.
     let raw: [(&str, &str, &str, Option<&'static str>); 5] = [
@@ -377,8 +360,7 @@ fn ratios(report: &mut Report, results: &[Timing], many: u32, few: u32) {
         (ACK_COOKIES, PASS, "ACK, cookies on (shield lookup) / trivial XDP_PASS, raw", None),
     ];
     println!("\nratios against the trivial programs, raw (nothing subtracted; issue 11: ≤ 2):");
-    let base = results.first().map_or(0.0, |t| t.ns);
-    let ns = |name: &str| results.iter().find(|t| t.name == name).map(|t| t.net() + base);
+    let ns = |name: &str| results.iter().find(|t| t.name == name).map(|t| t.ns);
     for (a, b, what, target) in raw {
         if let (Some(x), Some(y)) = (ns(a), ns(b)) {
             println!("  {what:<76} {:>8.2}  ({x:.1} / {y:.1} ns)", x / y);
@@ -485,14 +467,14 @@ fn rounds_of(case: &Case) -> u32 {
 
 /// A case being timed round by round: its own program instance (fresh maps, so cases do
 /// not see each other's state), the packets
-/// it sends in all and those sent so far, and each round's ns per packet [program, PASS].
+/// it sends in all and those sent so far, and each round's ns per packet.
 struct Running<'c> {
     case: &'c Case,
     ebpf: Ebpf,
     packets: u32,
     sent: u32,
     sent_sources: HashSet<SourceKey>,
-    rounds: Vec<[f64; 2]>,
+    rounds: Vec<f64>,
 }
 
 impl<'c> Running<'c> {
@@ -504,24 +486,21 @@ impl<'c> Running<'c> {
         Ok(Self { case, ebpf, packets, sent: 0, sent_sources: HashSet::new(), rounds: Vec::new() })
     }
 
-    /// The next round's share of the packets, each also through `pass` right after.
-    fn round(&mut self, pass: &Xdp) -> Result<()> {
+    /// The next round's share of the packets.
+    fn round(&mut self) -> Result<()> {
         let case = self.case;
         let prog: &Xdp = self.ebpf.program(case.program).context("program")?.try_into()?;
         let (mut template, mut out) = (case_template(case), vec![0u8; 256]);
-        let (mut total, mut pass_total) = (Duration::ZERO, Duration::ZERO);
+        let mut total = Duration::ZERO;
         let (from, to) = (self.sent, self.packets.min(self.sent + self.packets.div_ceil(rounds_of(case))));
         for i in from..to {
             set_source(&mut template, case.family, i % case.sources);
             self.sent_sources.insert(source_of(&template, case.family));
-            let mut run = |prog: &Xdp| {
-                prog.test_run(TestRunOptions {
-                    data_in: Some(&template),
-                    data_out: Some(&mut out),
-                    ..TestRunOptions::default()
-                })
-            };
-            let result = run(prog)?;
+            let result = prog.test_run(TestRunOptions {
+                data_in: Some(&template),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })?;
             if result.return_value != case.verdict {
                 bail!(
                     "{}: packet {i} got verdict {}, expected {}",
@@ -531,13 +510,11 @@ impl<'c> Running<'c> {
                 );
             }
             total += result.duration;
-            pass_total += run(pass)?.duration;
         }
         self.sent = to;
         if to > from {
             #[allow(clippy::cast_precision_loss, reason = "a duration in ns, far below 2^52")]
-            let per_packet = |d: Duration| d.as_nanos() as f64 / f64::from(to - from);
-            self.rounds.push([per_packet(total), per_packet(pass_total)]);
+            self.rounds.push(total.as_nanos() as f64 / f64::from(to - from));
         }
         Ok(())
     }
@@ -550,11 +527,10 @@ impl<'c> Running<'c> {
         let (case, packets) = (self.case, self.packets);
         ensure!(self.sent == packets, "{}: {} of {packets} packets sent", case.name, self.sent);
         check_case(&self.ebpf, case, packets, &self.sent_sources, own_hashing)?;
-        self.rounds.sort_by(|a, b| (a[0] - a[1]).total_cmp(&(b[0] - b[1])));
-        let [ns, pass_ns] = *self.rounds.get(self.rounds.len() / 2).context("no rounds")?;
-        let net = |r: Option<&[f64; 2]>| r.map_or(0.0, |[ns, pass]| ns - pass);
-        let spread = [net(self.rounds.first()), net(self.rounds.last())];
-        Ok(Timing { name: case.name, ns, pass_ns, spread })
+        self.rounds.sort_by(f64::total_cmp);
+        let ns = *self.rounds.get(self.rounds.len() / 2).context("no rounds")?;
+        let spread = [self.rounds[0], self.rounds[self.rounds.len() - 1]];
+        Ok(Timing { name: case.name, ns, spread })
     }
 }
 

@@ -258,10 +258,11 @@ pub fn update_doc(report: &Report, png: &Path) -> Result<()> {
          - The machine is a 2-core VM shared with other builds and tests: figures move between\n  \
            runs (tens of percent for the agent's poll and the per-path times); the load average\n  \
            at the start is given. Targets are stated, never enforced.\n\
-         - Per path: ns per SYN minus a trivial XDP_PASS run on each packet right after it, one\n  \
-           BPF_PROG_TEST_RUN per fresh packet, the path proven by the program's counters. The\n  \
-           selftest peer is timed the same way on the same SYNs (with real checksums, which it\n  \
-           checks), alone and interleaved with our cookie path packet by packet.\n\
+         - Per path: ns per SYN minus a trivial XDP_PASS, one BPF_PROG_TEST_RUN per fresh packet,\n  \
+           five rounds through all cases and the median round of each, the path proven by the\n  \
+           program's counters. The selftest peer is timed the same way on the same SYNs (with\n  \
+           real checksums, which it checks), alone and interleaved with our cookie path packet\n  \
+           by packet.\n\
          - Floods (docs/lab.md): veth, so the receiver's work runs on the sender's CPU; a defence\n  \
            that costs more per SYN also lowers the rate the sender reaches, and the report says\n  \
            whether the sender or the defence was the limit. CPU per SYN is softirq time above a\n  \
