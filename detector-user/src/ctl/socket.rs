@@ -1,5 +1,6 @@
-//! The control socket: a Unix stream socket created 0600 (umask around `bind`, then
-//! checked), that only root and the agent's own uid may use (SO_PEERCRED), one request per
+//! The control socket: a Unix stream socket, private from its creation (a umask around
+//! `bind`) and then set to 0600, that only root and the agent's own uid may use
+//! (SO_PEERCRED), one request per
 //! connection with a size cap and a deadline, removed on exit.
 //!
 //! A path already there is handled without following symlinks: a symlink or a non-socket
@@ -89,10 +90,13 @@ pub fn bind(path: &Path) -> io::Result<(UnixListener, SocketFile)> {
             std::fs::remove_file(path).map_err(ctx("removing a stale socket"))?;
         }
     }
-    // umask is per process: any file another thread creates meanwhile is only made more
-    // private. Restored at once.
+    // umask is per process: any file or directory another thread creates meanwhile is only
+    // made more private. Restored at once. Not 0o177, which gives a socket 0600 at once but
+    // a directory made meanwhile 0600 too, which its owner cannot enter: two tests that
+    // create 0700 directories saw that in CI. The socket comes out 0700 and is set to
+    // 0600 just below.
     // SAFETY: umask cannot fail.
-    let old = unsafe { libc::umask(0o177) };
+    let old = unsafe { libc::umask(BIND_UMASK) };
     let bound = UnixListener::bind(path);
     // SAFETY: as above.
     unsafe { libc::umask(old) };
@@ -104,6 +108,9 @@ pub fn bind(path: &Path) -> io::Result<(UnixListener, SocketFile)> {
     }
     Ok((listener, file))
 }
+
+/// The umask held around `bind`: nothing for group or others.
+const BIND_UMASK: libc::mode_t = 0o077;
 
 /// Serves connections until the task is aborted.
 pub async fn serve(listener: UnixListener, handler: Arc<Handler>) {
@@ -202,6 +209,14 @@ async fn send(stream: &mut UnixStream, reply: &Reply) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory another thread makes (0700) while `bind` holds the umask stays 0700:
+    /// searchable by its owner. With the umask it had before (0o177) it came out 0600.
+    #[test]
+    fn a_directory_made_while_binding_stays_searchable() {
+        assert_eq!(0o700 & !BIND_UMASK, 0o700);
+        assert_eq!(0o666 & !BIND_UMASK, 0o600, "and a file stays private");
+    }
 
     #[test]
     fn only_root_and_the_agents_uid_are_permitted() {
