@@ -125,7 +125,7 @@ pub fn baseline_raw_floor(ctx: XdpContext) -> u32 {
 /// window); the bench only times it.
 #[xdp]
 pub fn baseline_min_responder(ctx: XdpContext) -> u32 {
-    answer_raw(&ctx)
+    floor_headers(&ctx).map_or(xdp_action::XDP_PASS, |headers| answer_raw(&ctx, headers))
 }
 
 /// The ruled responder's sketch width: the bench's for `SKETCH` (16,384 cells a row).
@@ -155,7 +155,7 @@ static RULED_CLOSED: Array<u32> = Array::with_max_entries(CLOSED_FILTER_BUCKETS,
 /// No parser, no local-address check, no per-port config, no counters, no budget.
 #[xdp]
 pub fn baseline_ruled_responder(ctx: XdpContext) -> u32 {
-    let Some((iph, th, _)) = floor_headers(&ctx) else {
+    let Some(headers @ (iph, th, _)) = floor_headers(&ctx) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: `floor_headers` checked th + 60 against the frame's end, and iph + 20 = th.
@@ -185,17 +185,15 @@ pub fn baseline_ruled_responder(ctx: XdpContext) -> u32 {
     if RULED_CLOSED.get(filter::bucket(&flow)).is_none_or(|&stamp| may_be_time_wait(stamp, now)) {
         return xdp_action::XDP_PASS;
     }
-    answer_raw(&ctx)
+    answer_raw(&ctx, headers)
 }
 
-/// The minimal responder's answer (see `baseline_min_responder`).
+/// The minimal responder's answer (see `baseline_min_responder`) to the SYN whose headers
+/// `floor_headers` found.
 #[inline(always)]
-fn answer_raw(ctx: &XdpContext) -> u32 {
+fn answer_raw(ctx: &XdpContext, (iph, th, th_len): (usize, usize, u32)) -> u32 {
     /// Ethernet + IPv4 without options + TCP with the 4-byte MSS option.
     const REPLY_LEN: usize = 14 + 20 + 24;
-    let Some((iph, th, th_len)) = floor_headers(ctx) else {
-        return xdp_action::XDP_PASS;
-    };
     // SAFETY: as in `baseline_raw_floor`.
     let ret = unsafe { bpf_tcp_raw_gen_syncookie_ipv4(iph as *mut iphdr, th as *mut tcphdr, th_len) };
     if ret < 0 {

@@ -1,7 +1,7 @@
 //! The control socket: a Unix stream socket, private from its creation (a umask around
 //! `bind`) and then set to 0600, that only root and the agent's own uid may use
-//! (SO_PEERCRED), one request per
-//! connection with a size cap and a deadline, removed on exit.
+//! (SO_PEERCRED), one request per connection with a size cap and a deadline, removed on
+//! exit.
 //!
 //! A path already there is handled without following symlinks: a symlink or a non-socket
 //! is refused (the operator must look at it), a socket some live agent answers on is
