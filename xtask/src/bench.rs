@@ -19,7 +19,7 @@ use std::{collections::HashSet, net::TcpListener, path::Path, time::Duration};
 use anyhow::{bail, ensure, Context, Result};
 use aya::{
     maps::{Array, PerCpuArray},
-    programs::{TestRun, TestRunOptions, TestRunResult, Xdp},
+    programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use detector_common::{
@@ -411,23 +411,31 @@ fn beside_the_peer<'a>(
 ) -> impl FnMut(&[u8]) -> Result<[Duration; 2]> + 'a {
     let mut out = vec![0u8; 256];
     move |frame| {
-        let mut time = |ebpf: &Ebpf, c: &Case| -> Result<TestRunResult> {
+        let mut time = |ebpf: &Ebpf, c: &Case| -> Result<Duration> {
             let prog: &Xdp = ebpf.program(c.program).context("program")?.try_into()?;
-            Ok(prog.test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })?)
+            timed_run(prog, frame, &mut out, c.verdict, &format_args!("{} beside the selftest", c.name))
         };
-        let answered = time(ours, case)?;
-        ensure!(
-            answered.return_value == case.verdict,
-            "{}: verdict {} beside the selftest",
-            case.name,
-            answered.return_value
-        );
-        Ok([answered.duration, time(pass, pass_case)?.duration])
+        Ok([time(ours, case)?, time(pass, pass_case)?])
     }
+}
+
+/// One BPF_PROG_TEST_RUN of `prog` on `frame` (the reply in `out`): its kernel-measured
+/// time, once it is checked that the program gave `verdict` (`what` names the run in the
+/// error, e.g. the case and the packet).
+pub(crate) fn timed_run(
+    prog: &Xdp,
+    frame: &[u8],
+    out: &mut [u8],
+    verdict: u32,
+    what: &dyn std::fmt::Display,
+) -> Result<Duration> {
+    let result = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(out),
+        ..TestRunOptions::default()
+    })?;
+    ensure!(result.return_value == verdict, "{what}: verdict {}, expected {verdict}", result.return_value);
+    Ok(result.duration)
 }
 
 /// The IPv4 bench SYN from the `n`th source, as the peer gets it (it fills in checksums).
@@ -496,20 +504,13 @@ impl<'c> Running<'c> {
         for i in from..to {
             set_source(&mut template, case.family, i % case.sources);
             self.sent_sources.insert(source_of(&template, case.family));
-            let result = prog.test_run(TestRunOptions {
-                data_in: Some(&template),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })?;
-            if result.return_value != case.verdict {
-                bail!(
-                    "{}: packet {i} got verdict {}, expected {}",
-                    case.name,
-                    result.return_value,
-                    case.verdict
-                );
-            }
-            total += result.duration;
+            total += timed_run(
+                prog,
+                &template,
+                &mut out,
+                case.verdict,
+                &format_args!("{}: packet {i}", case.name),
+            )?;
         }
         self.sent = to;
         if to > from {

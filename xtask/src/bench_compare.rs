@@ -10,14 +10,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{bail, ensure, Context, Result};
-use aya::{
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
-};
+use anyhow::{ensure, Context, Result};
+use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use detector_common::names;
 
-use crate::bench::{case_template, load_case, set_source, Case};
+use crate::bench::{case_template, load_case, set_source, timed_run, Case};
 
 /// Times every detector case of `cases` on each of `objects` (the programs from the test
 /// object are the baselines and are skipped, except the trivial XDP_PASS, `cases[0]`).
@@ -43,8 +40,7 @@ pub fn main(objects: &[PathBuf], test_object: &[u8], cases: &[Case], packets: u3
     println!();
     for case in cases.iter().filter(|c| c.program == names::PROGRAM) {
         let instances = bytes.iter().map(|b| load_case(b, case)).collect::<Result<Vec<Ebpf>>>()?;
-        let (ns, pass_ns) =
-            interleave(&instances, &pass, pass_case.program, case, packets.max(case.sources))?;
+        let (ns, pass_ns) = interleave(&instances, &pass, pass_case, case, packets.max(case.sources))?;
         print!("{:<44} {pass_ns:>9.1}", case.name);
         for x in &ns {
             print!(" {:>9.1}", x - pass_ns);
@@ -62,7 +58,7 @@ pub fn main(objects: &[PathBuf], test_object: &[u8], cases: &[Case], packets: u3
 fn interleave(
     instances: &[Ebpf],
     pass: &Ebpf,
-    pass_program: &str,
+    pass_case: &Case,
     case: &Case,
     packets: u32,
 ) -> Result<(Vec<f64>, f64)> {
@@ -70,28 +66,16 @@ fn interleave(
         .iter()
         .map(|e| -> Result<&Xdp> { Ok(e.program(case.program).context("program")?.try_into()?) })
         .collect::<Result<Vec<_>>>()?;
-    let pass: &Xdp = pass.program(pass_program).context("program")?.try_into()?;
+    let pass: &Xdp = pass.program(pass_case.program).context("program")?.try_into()?;
     let mut totals = vec![Duration::ZERO; progs.len() + 1];
     let (mut template, mut out) = (case_template(case), vec![0u8; 256]);
     for i in 0..packets {
         set_source(&mut template, case.family, i % case.sources);
-        for (k, prog) in progs.iter().chain(std::iter::once(&pass)).enumerate() {
-            let result = prog.test_run(TestRunOptions {
-                data_in: Some(&template),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })?;
-            if k < progs.len() && result.return_value != case.verdict {
-                bail!(
-                    "{}: object #{} gave packet {i} verdict {}, expected {}",
-                    case.name,
-                    k + 1,
-                    result.return_value,
-                    case.verdict
-                );
-            }
-            totals[k] += result.duration;
+        for (k, prog) in progs.iter().enumerate() {
+            let what = format_args!("{}: object #{} on packet {i}", case.name, k + 1);
+            totals[k] += timed_run(prog, &template, &mut out, case.verdict, &what)?;
         }
+        totals[progs.len()] += timed_run(pass, &template, &mut out, pass_case.verdict, &pass_case.name)?;
     }
     ensure!(packets > 0, "no packets");
     #[allow(clippy::cast_precision_loss, reason = "a duration in ns, far below 2^52")]

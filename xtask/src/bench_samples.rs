@@ -9,7 +9,7 @@ use std::{net::Ipv6Addr, time::Duration};
 use anyhow::{ensure, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::Xdp,
     EbpfLoader,
 };
 use detector_common::{
@@ -20,7 +20,7 @@ use detector_common::{
     state::{SourceKey, SourceState},
 };
 
-use crate::bench::{detector_config, make_local, set_source, syn_frame, Family};
+use crate::bench::{detector_config, make_local, set_source, syn_frame, timed_run, Family};
 
 const SETTINGS: [(u32, &str); 3] = [(0, "off"), (1_000, "1 in 1000"), (1, "1 in 1")];
 const ROUNDS: u32 = 20;
@@ -98,13 +98,7 @@ fn run_path(
             let prog: &Xdp = ebpf.program(names::PROGRAM).context("program")?.try_into()?;
             for p in 0..per_round {
                 set_source(&mut frame, Family::V4, (round * per_round + p) % SOURCES);
-                let r = prog.test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    data_out: Some(&mut out),
-                    ..TestRunOptions::default()
-                })?;
-                ensure!(r.return_value == verdict, "{name}: verdict {} instead of {verdict}", r.return_value);
-                totals[i] += r.duration;
+                totals[i] += timed_run(prog, &frame, &mut out, verdict, &name)?;
                 if *one_in != 0 && p % 64 == 0 {
                     sampled[i] += drain(&mut ring);
                 }

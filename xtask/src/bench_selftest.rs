@@ -26,10 +26,14 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use aya::{
     maps::{Array, Map, MapData},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::Xdp,
 };
 
-use crate::{bench::ROUNDS, bench_report::Report, workspace_root};
+use crate::{
+    bench::{timed_run, ROUNDS},
+    bench_report::Report,
+    workspace_root,
+};
 
 const TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 const TREE: &str = "linux-source-6.12/tools/testing/selftests/bpf";
@@ -185,15 +189,7 @@ fn load_and_time(
         })
         .collect();
     let mut out = vec![0u8; 256];
-    let mut selftest = |frame: &[u8]| -> Result<Duration> {
-        let result = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        })?;
-        ensure!(result.return_value == 3, "selftest: verdict {}, expected XDP_TX (3)", result.return_value);
-        Ok(result.duration)
-    };
+    let mut selftest = |frame: &[u8]| timed_run(&prog, frame, &mut out, 3, &"selftest (XDP_TX expected)");
     // In rounds, as the bench's cases (`bench::ROUNDS`): each round times its share of the
     // frames alone, then interleaved; the figures are the median rounds.
     let (mut alone, mut interleaved) = (Vec::new(), Vec::new());
