@@ -347,8 +347,19 @@ fn cookie_connections_keep_window_scaling_and_sack_with_timestamps() {
     thread::sleep(Duration::from_millis(500));
     let s = agent.scrape().unwrap();
     assert!(s.value("syndetector_cookies_sent_total").unwrap() >= 1.0, "the SYN was answered from XDP");
-    // tshark exits after its one packet.
-    let fields = wait_for_tshark(tshark, &pcap);
+    // tshark exits after its one packet. Neither the file's header nor a wait proves its
+    // filter was attached before that connection's SYN-ACK went by (CI saw it miss one on a
+    // busy machine), so until it exits, one more connection every 500 ms: each is answered
+    // from XDP with the same options, which is all the checks below read.
+    let again = || {
+        let c = in_netns(&lab.client_ns, move || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        })
+        .unwrap()
+        .expect("another connection through a cookie");
+        drop((c, listener.accept().unwrap()));
+    };
+    let fields = wait_for_tshark(tshark, &pcap, again);
     println!("tshark, SYN-ACK seen by the client: TSval, window scale shift, SACK permitted = {fields}");
     let fields: Vec<&str> = fields.trim().split('\t').collect();
     assert!(
@@ -411,7 +422,9 @@ fn tcp_info(stream: &std::net::TcpStream) -> TcpInfo {
     TcpInfo { options: buf[5], snd_wscale: buf[6] & 0x0f, rcv_wscale: buf[6] >> 4 }
 }
 
-fn wait_for_tshark(pid: u32, pcap: &Path) -> String {
+/// Waits up to 10 s for tshark to exit with its one packet, calling `again` every 500 ms
+/// meanwhile to send it another, then reads the packet's TSval, window scale and SACK.
+fn wait_for_tshark(pid: u32, pcap: &Path, again: impl Fn()) -> String {
     // tshark exits once it wrote its one packet (a zombie until the lab reaps it). The
     // file's header alone is no sign: tshark writes it when the capture starts.
     let exited = || {
@@ -419,13 +432,23 @@ fn wait_for_tshark(pid: u32, pcap: &Path) -> String {
             stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
     };
-    for _ in 0..100 {
+    let mut sent_again = 0;
+    for tick in 1..=100 {
         if exited() {
             break;
         }
+        if tick % 5 == 0 {
+            again();
+            sent_again += 1;
+        }
         thread::sleep(Duration::from_millis(100));
     }
-    assert!(exited(), "tshark captured no SYN-ACK within 10 s ({})", pcap.display());
+    assert!(
+        exited(),
+        "tshark captured no SYN-ACK within 10 s and {sent_again} more connections ({})",
+        pcap.display()
+    );
+    println!("tshark had its SYN-ACK after {sent_again} more connections");
     let out = Command::new("tshark")
         .args(["-r"])
         .arg(pcap)
