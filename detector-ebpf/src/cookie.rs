@@ -51,9 +51,8 @@ pub const MAX_L4: usize = MAX_L3 + 40;
 static COOKIE_BUDGET: Array<[u64; 2]> = Array::with_max_entries(1, 0);
 
 /// Answers a SYN with a cookie, or says why not. The caller has already screened the
-/// source (blocked, heavy hitter).
-// A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
-#[inline(never)]
+/// source (blocked, heavy hitter) and the policy; inlined into its call (`cookie_syn`).
+#[inline(always)]
 pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
     let Some(budget) = COOKIE_BUDGET.get_ptr_mut(0) else {
         return Counter::PassMapError;

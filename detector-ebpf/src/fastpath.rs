@@ -86,7 +86,7 @@ pub fn path(seg: &TcpSegment, cfg: &Config, now: u64) -> CookiePath {
     // no renewal is the safe answer.
     let slot = COOKIE_RENEWALS.get(renewal_index(&seg.dst, seg.dst_port));
     // The address is read again for the comparison: kept in registers across the lookup,
-    // its four words were spilled, and `answer_syn`'s frame grew past the stack limit.
+    // its four words were spilled, and the cookie answer's frame grew past the stack limit.
     let again = reread(seg);
     let last = slot.and_then(|slot| slot.renewal_of(&again.dst, again.dst_port));
     cookie_path(last, time_wait, now)
@@ -116,7 +116,7 @@ pub fn renewed(seg: &TcpSegment, now: u64) {
     }
 }
 
-/// The raw helper's cookie and MSS for the SYN. Inlined into `answer_syn` (8 bytes of
+/// The raw helper's cookie and MSS for the SYN. Inlined into the cookie answer (8 bytes of
 /// stack): a BPF-to-BPF call costs 4-12 ns here (docs/hotpaths.md).
 #[inline(always)]
 pub fn raw_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Result<(), Counter> {

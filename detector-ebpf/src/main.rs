@@ -125,7 +125,7 @@ fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
 /// A connection request. Inlined into the entry point: a BPF-to-BPF call here cost 8-10 ns
 /// on every SYN (the blocked drop 118 → 108 ns per run, `repeat` 1M), for 48 more bytes
 /// in the entry point's frame (160). The chains stay inside the verifier's 512 bytes:
-/// entry + `track::on_syn` 408, entry + `answer_syn` + `send_reply` 424 (docs/verifier.md).
+/// entry + `track::on_syn` 408, entry + `cookie_syn` + `send_reply` 432 (docs/verifier.md).
 #[inline(always)]
 fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
     // In every mode: a SYN for another machine (routed, forwarded) is neither tracked
@@ -148,9 +148,7 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
         // holds a running block. Blocked sources first, then what policy leaves to the
         // kernel, and only then the budget and the helper.
         let found = if track::may_be_blocked(seg, now) { track::state_of(seg) } else { None };
-        track::screen_for_cookie(ctx, seg, cfg, now, found)
-            .or_else(|| policy::leave_to_kernel(ctx, seg, cfg))
-            .unwrap_or_else(|| cookie::answer_syn(ctx, seg, cfg, now))
+        track::drop_if_blocked_now(found, cfg, now).unwrap_or_else(|| cookie_syn(ctx, seg, cfg, now))
     } else {
         // Blocked sources first (they are dropped whatever their destination): a flood's
         // SYNs mostly end here, on the coarse clock and without another call.
@@ -167,6 +165,18 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
     } else {
         counter.monitored()
     }
+}
+
+/// A SYN cookie mode may answer, its source not blocked: the sketch (a flooder found
+/// there is blocked), then what policy leaves to the kernel, and only then the budget and
+/// the helper. One BPF-to-BPF call for all of it: each call and its return cost 5-10 ns on
+/// a machine with return-thunk mitigations, and the sketch as a call of its own was one
+/// (docs/hotpaths.md). Its frame sits between the entry point's and `send_reply`'s.
+#[inline(never)]
+fn cookie_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
+    track::screen_for_cookie(ctx, seg, cfg, now)
+        .or_else(|| policy::leave_to_kernel(ctx, seg, cfg))
+        .unwrap_or_else(|| cookie::answer_syn(ctx, seg, cfg, now))
 }
 
 /// The parser as a BPF-to-BPF call: its temporaries live in its own stack frame, which

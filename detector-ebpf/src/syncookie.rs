@@ -63,7 +63,7 @@ pub struct Cookie {
 ///
 /// Read first, before anything forks on the IP version, so that the walk is verified once
 /// rather than once for IPv4 and once for IPv6 (docs/verifier.md, lesson 3). It was a
-/// BPF-to-BPF call of its own for that; inlined into `answer_syn`, it still comes before
+/// BPF-to-BPF call of its own for that; inlined into the cookie answer, it still comes before
 /// the fork, saves the call and its return on every reply with timestamps (2-4 %,
 /// `bench --compare`, docs/hotpaths.md) and costs the verifier 86,775 -> 98,694
 /// instructions.

@@ -195,45 +195,57 @@ pub fn on_syn(
     }
 }
 
-/// Screens a SYN that the responder is about to answer with a cookie. No per-flow or
-/// per-source entry is made for it: a spoofed flood must not fill the maps. Only a source
-/// the sketch estimates over the SYN-rate limit gets an entry, as a block. `found` is the
-/// source's state, if it has any. `None` means: go ahead and answer.
-// A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
-#[inline(never)]
-pub fn screen_for_cookie(
-    ctx: &XdpContext,
-    seg: &TcpSegment,
+/// A SYN from a source that has state and is blocked, in cookie mode: accounted and
+/// dropped. `found` is the source's state, if it has any; `None`: go on.
+#[inline(always)]
+pub fn drop_if_blocked_now(
+    found: Option<&'static mut SourceState>,
     cfg: &Config,
     now: u64,
-    found: Option<&'static mut SourceState>,
 ) -> Option<Counter> {
-    let key = SourceKey { addr: seg.src };
-    if let Some(state) = found {
-        if state.is_blocked(now) {
-            let _ = track::on_syn(state, now, cfg, false);
-            return Some(Counter::DropBlocked);
-        }
+    let state = found?;
+    if !state.is_blocked(now) {
+        return None;
     }
+    let _ = track::on_syn(state, now, cfg, false);
+    Some(Counter::DropBlocked)
+}
+
+/// Screens a SYN that the responder is about to answer with a cookie: counts it in the
+/// sketch. No per-flow or per-source entry is made for it: a spoofed flood must not fill
+/// the maps. Only a source the sketch estimates over the SYN-rate limit gets an entry, as
+/// a block. `None` means: go ahead and answer. Inlined into the cookie answer's call
+/// (`cookie_syn` in main.rs): the common case, an estimate under the limit, then costs no
+/// call of its own.
+#[inline(always)]
+pub fn screen_for_cookie(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Option<Counter> {
     if cfg.syn_rate_limit == 0 {
         return None;
     }
-    match sketch_estimate(&key, cfg, now) {
-        Some(estimate) if estimate <= cfg.syn_rate_limit => return None,
-        Some(_) => {}
+    match sketch_estimate(&SourceKey { addr: seg.src }, cfg, now) {
+        Some(estimate) if estimate <= cfg.syn_rate_limit => None,
+        Some(_) => Some(block_heavy_source(ctx, seg, cfg, now)),
         // A cell outside the map (the config's width disagrees with it): without the
         // estimate no flooder can be found, so say so rather than answer blind.
-        None => return Some(Counter::PassMapError),
+        None => Some(Counter::PassMapError),
     }
+}
+
+/// A source the sketch estimates over the SYN-rate limit, in cookie mode: an entry for it,
+/// as a block.
+// A BPF-to-BPF call: rare, and its map update and event stay out of the caller's frame.
+#[inline(never)]
+fn block_heavy_source(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
+    let key = SourceKey { addr: seg.src };
     let Some(state) = source_state(&key, &SourceState::new(now, cfg)) else {
         events::map_full(ctx);
-        return Some(Counter::PassMapError);
+        return Counter::PassMapError;
     };
     track::block_heavy_hitter(state, now, cfg);
     note_block(&key, state.blocked_until_ns, now);
     count(Counter::BlockedSynRate);
     events::source_blocked(ctx, &key, BlockReason::SynRate, now);
-    Some(Counter::DropOverLimit)
+    Counter::DropOverLimit
 }
 
 /// Counts the SYN in the sketch and returns the source's estimate for this epoch; `None`
