@@ -17,7 +17,7 @@ use detector_common::{
     fastpath::{may_be_time_wait, CLOSED_FILTER_BUCKETS},
     filter,
     parse::ipv4_mapped,
-    sketch::{self, SKETCH_ROWS},
+    sketch::SKETCH_ROWS,
     state::{FlowKey, SourceKey, SourceState},
 };
 
@@ -148,8 +148,8 @@ static RULED_CLOSED: Array<u32> = Array::with_max_entries(CLOSED_FILTER_BUCKETS,
 
 /// The "ruled responder": the minimal responder behind the two rules of ours whose reads
 /// land at random places, so that under a many-source flood each is a cache miss: the
-/// source's four sketch cells counted (`sketch::Rows`, `sketch::bump`, as
-/// `track::sketch_estimate`) and the flow's closed-filter bucket checked
+/// source's four sketch cells counted (by our own `track::sketch_estimate`, on a sketch of
+/// its own) and the flow's closed-filter bucket checked
 /// (`fastpath::may_be_time_wait`), on the coarse clock. A source over the limit is dropped
 /// and a flow that may be in TIME_WAIT passed, as ours does; neither happens in the bench.
 /// No parser, no local-address check, no per-port config, no counters, no budget.
@@ -164,15 +164,10 @@ pub fn baseline_ruled_responder(ctx: XdpContext) -> u32 {
     let dst = ipv4_mapped([ip[16], ip[17], ip[18], ip[19]]);
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let (epoch, mut rows, mut estimate) =
-        (sketch::epoch(now), sketch::Rows::new(&SourceKey { addr: src }, &RULED), u32::MAX);
-    for _ in 0..SKETCH_ROWS {
-        let Some(cell) = RULED_SKETCH.get_ptr_mut(rows.next_cell()) else {
-            return xdp_action::XDP_PASS;
-        };
-        // SAFETY: a live array value.
-        estimate = estimate.min(sketch::bump(unsafe { &mut *cell }, epoch));
-    }
+    let Some(estimate) = crate::track::sketch_estimate(&RULED_SKETCH, &SourceKey { addr: src }, &RULED, now)
+    else {
+        return xdp_action::XDP_PASS;
+    };
     if estimate > RULED.syn_rate_limit {
         return xdp_action::XDP_DROP;
     }

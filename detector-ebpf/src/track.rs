@@ -143,7 +143,7 @@ pub fn on_syn(
     } else {
         let threshold = track::promotion_threshold(cfg);
         let estimate = if threshold > 1 {
-            match sketch_estimate(&key, cfg, now) {
+            match sketch_estimate(&SKETCH, &key, cfg, now) {
                 Some(estimate) if estimate < threshold => return Counter::PassSyn,
                 Some(estimate) => estimate,
                 // A cell outside the map (the config's width disagrees with it): track
@@ -222,7 +222,7 @@ pub fn screen_for_cookie(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: 
     if cfg.syn_rate_limit == 0 {
         return None;
     }
-    match sketch_estimate(&SourceKey { addr: seg.src }, cfg, now) {
+    match sketch_estimate(&SKETCH, &SourceKey { addr: seg.src }, cfg, now) {
         Some(estimate) if estimate <= cfg.syn_rate_limit => None,
         Some(_) => Some(block_heavy_source(ctx, seg, cfg, now)),
         // A cell outside the map (the config's width disagrees with it): without the
@@ -248,16 +248,16 @@ fn block_heavy_source(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64
     Counter::DropOverLimit
 }
 
-/// Counts the SYN in the sketch and returns the source's estimate for this epoch; `None`
-/// when a cell is outside the map.
+/// Counts the SYN in `sketch` (`SKETCH`, or the ruled responder's own in the test object)
+/// and returns the source's estimate for this epoch; `None` when a cell is outside the map.
 #[inline(always)]
-fn sketch_estimate(key: &SourceKey, cfg: &Config, now: u64) -> Option<u32> {
+pub fn sketch_estimate(sketch: &Array<u64>, key: &SourceKey, cfg: &Config, now: u64) -> Option<u32> {
     let epoch = sketch::epoch(now);
     let mut estimate = u32::MAX;
     let mut rows = sketch::Rows::new(key, cfg);
     for _ in 0..sketch::SKETCH_ROWS {
         // Out of range only if the config's width disagrees with the map.
-        let cell = SKETCH.get_ptr_mut(rows.next_cell())?;
+        let cell = sketch.get_ptr_mut(rows.next_cell())?;
         // SAFETY: a live array value; concurrent CPUs may lose an increment (an estimate).
         estimate = estimate.min(sketch::bump(unsafe { &mut *cell }, epoch));
     }
