@@ -14,30 +14,24 @@
 //! (`bench_selftest`); then the agent's footprint (`bench_agent`). Every part adds rows to
 //! the report (`bench_report`: bench.md and bench.png under target/bench-results/).
 
-use std::{collections::HashSet, net::TcpListener, path::Path, time::Duration};
+use std::{net::TcpListener, path::Path, time::Duration};
 
 use anyhow::{bail, ensure, Context, Result};
-use aya::{
-    maps::{Array, PerCpuArray},
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
-};
+use aya::{programs::Xdp, Ebpf};
 use detector_common::{
     config::{
         Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_NO_IFACE_POLICY,
         FLAG_NO_KERNEL_DESTS, FLAG_RAW_COOKIES, FLAG_SKETCH_ADMISSION,
     },
     counters::Counter,
-    local_table::{self, LocalBucket},
     names,
-    sketch::{self, SKETCH_ROWS},
-    state::{SourceKey, SourceState},
 };
 
-use crate::bench_report::{Machine, Report};
-
-const BENCH_PORT: u16 = 8080;
-const SEC: u64 = 1_000_000_000;
+use crate::{
+    bench_cases::{detector_config, load_case, set_source, syn_frame, timed_run, Case, Family, BENCH_PORT},
+    bench_report::{Machine, Report},
+    bench_rounds::{Running, Timing, ROUNDS},
+};
 
 #[derive(Debug, clap::Args)]
 #[allow(clippy::struct_excessive_bools, reason = "command-line flags")]
@@ -94,29 +88,6 @@ impl BenchArgs {
             (self.packets, self.many_sources, self.few_sources, self.loads, self.no_agent)
         }
     }
-}
-
-/// One timed case: which program, what config, which packets, what it must have done.
-pub(crate) struct Case {
-    pub(crate) name: &'static str,
-    pub(crate) program: &'static str,
-    pub(crate) config: Option<Config>,
-    pub(crate) family: Family,
-    pub(crate) sources: u32,
-    /// The verdict every packet must get (XDP_PASS = 2, XDP_TX = 3).
-    pub(crate) verdict: u32,
-    /// For the detector: the counter that must have counted every packet.
-    pub(crate) path: Option<Counter>,
-    /// The SYN carries `FLOOR_PADDING` bytes after its headers: the floors need them (they
-    /// read 60 bytes of TCP header whatever its length), and one cookie case times what a
-    /// padded SYN costs the responder (the frame is cut to the reply by the helpers).
-    pub(crate) padded: bool,
-}
-
-#[derive(Clone, Copy)]
-pub(crate) enum Family {
-    V4,
-    V6,
 }
 
 /// The verifier's figures for each program of both objects: instructions processed, load time.
@@ -282,14 +253,6 @@ fn cases(packets: u32, many: u32, few: u32) -> [Case; 20] {
     cases
 }
 
-/// One case's figures: ns per packet of its program in its median round.
-struct Timing {
-    name: &'static str,
-    ns: f64,
-    /// The lowest and highest round: how much the machine moved.
-    spread: [f64; 2],
-}
-
 /// A case's time minus the trivial XDP_PASS; `None` if the table has no such case.
 fn net(results: &[Timing], name: &str) -> Option<f64> {
     let base = results.first()?.ns;
@@ -372,22 +335,39 @@ fn ratios(report: &mut Report, results: &[Timing], many: u32, few: u32) {
 }
 
 const PASS: &str = "trivial XDP_PASS (subtracted from all)";
+
 const TX: &str = "trivial XDP_TX (MAC swap)";
+
 const FLOOR: &str = "helper floor (lookup + cookie helper)";
+
 const RAW_FLOOR: &str = "raw floor (raw cookie helper alone)";
+
 const MIN_RESPONDER: &str = "minimal responder (raw helper + SYN-ACK)";
+
 const RULED_RESPONDER: &str = "ruled responder (minimal + sketch cells + closed filter)";
+
 const COOKIE_V4: &str = "cookie path, IPv4, TS options";
+
 const COOKIE_V4_PADDED: &str = "cookie path, IPv4, TS options, SYN padded by 20 bytes";
+
 const COOKIE_V6_FEW: &str = "cookie path, IPv6, few sources";
+
 const COOKIE_V6_MANY: &str = "cookie path, IPv6, many sources";
+
 const TRACKED_FEW: &str = "tracked SYN, IPv6, few sources";
+
 const TRACKED_MANY: &str = "tracked SYN, IPv6, many sources";
+
 const COOKIE_MSS: &str = "cookie path, IPv4, MSS only";
+
 const DROP: &str = "trivial XDP_DROP";
+
 const DROP_BLOCKED: &str = "drop path, blocked source";
+
 const DROP_FLOOR: &str = "drop floor (source lookup + coarse clock)";
+
 const ACK_CALM: &str = "ACK, calm (no cookies)";
+
 const ACK_COOKIES: &str = "ACK, cookies on, no owner (shield lookup)";
 
 /// Writes the report (and BENCHMARKS.md with `--update-doc`).
@@ -419,379 +399,11 @@ fn beside_the_peer<'a>(
     }
 }
 
-/// One BPF_PROG_TEST_RUN of `prog` on `frame` (the reply in `out`): its kernel-measured
-/// time, once it is checked that the program gave `verdict` (`what` names the run in the
-/// error, e.g. the case and the packet).
-pub(crate) fn timed_run(
-    prog: &Xdp,
-    frame: &[u8],
-    out: &mut [u8],
-    verdict: u32,
-    what: &dyn std::fmt::Display,
-) -> Result<Duration> {
-    let result = prog.test_run(TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(out),
-        ..TestRunOptions::default()
-    })?;
-    ensure!(result.return_value == verdict, "{what}: verdict {}, expected {verdict}", result.return_value);
-    Ok(result.duration)
-}
-
 /// The IPv4 bench SYN from the `n`th source, as the peer gets it (it fills in checksums).
 fn peer_frame(n: u32) -> Vec<u8> {
     let mut f = syn_frame(Family::V4);
     set_source(&mut f, Family::V4, n);
     f
-}
-
-pub(crate) fn detector_config(rate_limit: u32) -> Config {
-    let mut c = Config::new(rate_limit, 0, 60 * SEC, 3 * SEC);
-    c.sketch_width = 16_384;
-    c.sketch_seed = 0x5eed_1234;
-    c.cookie_budget_per_second = u32::MAX;
-    c.synack_wscale = 7;
-    c
-}
-
-/// Rounds through all the cases: each case's packets are split over them, and the case's
-/// figure is its median round. A burst of load from the machine's other tenants (they
-/// took single cases of one run from about 400 to 670 ns while the cases around them
-/// were unmoved) then lands in one round of several cases instead of all of one case.
-pub(crate) const ROUNDS: u32 = 5;
-
-/// The rounds a case's packets are split over: one for the tracked SYNs under sketch
-/// admission, whose sources must reach the promotion threshold within one sketch epoch
-/// (about a second), which packets split over rounds seconds apart would not (`check_state`
-/// proves that every source got its entry). The blocked drop and the ACKs run under the
-/// same config but never count in the sketch.
-fn rounds_of(case: &Case) -> u32 {
-    if case.path == Some(Counter::PassSyn) && case.config.is_some_and(|c| c.has(FLAG_SKETCH_ADMISSION)) {
-        1
-    } else {
-        ROUNDS
-    }
-}
-
-/// A case being timed round by round: its own program instance (fresh maps, so cases do
-/// not see each other's state), the packets
-/// it sends in all and those sent so far, and each round's ns per packet.
-struct Running<'c> {
-    case: &'c Case,
-    ebpf: Ebpf,
-    packets: u32,
-    sent: u32,
-    sent_sources: HashSet<SourceKey>,
-    rounds: Vec<f64>,
-}
-
-impl<'c> Running<'c> {
-    fn new(object: &[u8], case: &'c Case, packets: u32) -> Result<Self> {
-        // Every source of the population at least once: a case claiming a million sources
-        // sends a million packets even if fewer were asked for.
-        let packets = packets.max(case.sources);
-        let ebpf = load_case(object, case)?;
-        Ok(Self { case, ebpf, packets, sent: 0, sent_sources: HashSet::new(), rounds: Vec::new() })
-    }
-
-    /// The next round's share of the packets.
-    fn round(&mut self) -> Result<()> {
-        let case = self.case;
-        let prog: &Xdp = self.ebpf.program(case.program).context("program")?.try_into()?;
-        let (mut template, mut out) = (case_template(case), vec![0u8; 256]);
-        let mut total = Duration::ZERO;
-        let (from, to) = (self.sent, self.packets.min(self.sent + self.packets.div_ceil(rounds_of(case))));
-        for i in from..to {
-            set_source(&mut template, case.family, i % case.sources);
-            self.sent_sources.insert(source_of(&template, case.family));
-            total += timed_run(
-                prog,
-                &template,
-                &mut out,
-                case.verdict,
-                &format_args!("{}: packet {i}", case.name),
-            )?;
-        }
-        self.sent = to;
-        if to > from {
-            #[allow(clippy::cast_precision_loss, reason = "a duration in ns, far below 2^52")]
-            self.rounds.push(total.as_nanos() as f64 / f64::from(to - from));
-        }
-        Ok(())
-    }
-
-    /// Proves the path every packet took and the state it left; the median round.
-    /// `own_hashing`: the object was built from this tree, so its sketch cells can be
-    /// checked against this build's `sketch::cells` (an older object given with `--object`
-    /// may hash sources to other cells).
-    fn finish(mut self, own_hashing: bool) -> Result<Timing> {
-        let (case, packets) = (self.case, self.packets);
-        ensure!(self.sent == packets, "{}: {} of {packets} packets sent", case.name, self.sent);
-        check_case(&self.ebpf, case, packets, &self.sent_sources, own_hashing)?;
-        self.rounds.sort_by(f64::total_cmp);
-        let ns = *self.rounds.get(self.rounds.len() / 2).context("no rounds")?;
-        let spread = [self.rounds[0], self.rounds[self.rounds.len() - 1]];
-        Ok(Timing { name: case.name, ns, spread })
-    }
-}
-
-/// After all of a case's packets: its path counter saw each one, every source of its
-/// population was sent, and its maps hold what the path leaves (`check_state`).
-fn check_case(
-    ebpf: &Ebpf,
-    case: &Case,
-    packets: u32,
-    sent_sources: &HashSet<SourceKey>,
-    own_hashing: bool,
-) -> Result<()> {
-    if let Some(path) = case.path {
-        // The fast path renews each listener with a socket-bound answer once a second.
-        let renewals = if path == Counter::TxCookieFast { counter(ebpf, Counter::TxCookie)? } else { 0 };
-        let counted = counter(ebpf, path)? + renewals;
-        ensure!(
-            counted == u64::from(packets),
-            "{}: counter {path:?} saw {counted} of {packets} packets: another path ran",
-            case.name
-        );
-    }
-    ensure!(
-        sent_sources.len() == case.sources as usize,
-        "{}: {} distinct sources sent, the case claims {}",
-        case.name,
-        sent_sources.len(),
-        case.sources
-    );
-    if let Some(cfg) = case.config.filter(|_| !is_ack(case)) {
-        check_state(ebpf, case, &cfg, sent_sources, packets, own_hashing)?;
-    }
-    Ok(())
-}
-
-/// A fresh instance of `object` (fresh maps) with `case.program` verified, the case's
-/// config written, the bench destinations made local and, for the blocked-drop cases,
-/// every source of the case blocked.
-pub(crate) fn load_case(object: &[u8], case: &Case) -> Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(names::MAP_SKETCH, SKETCH_ROWS * 16_384)
-        .load(object)
-        .context("loading the object")?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(case.program)
-        .with_context(|| format!("no program {} in the object", case.program))?
-        .try_into()?;
-    prog.load().with_context(|| format!("verifying {}", case.program))?;
-    if let Some(cfg) = case.config {
-        let mut map: Array<_, Config> = Array::try_from(ebpf.map_mut(names::MAP_CONFIG).context("CONFIG")?)?;
-        map.set(0, cfg, 0)?;
-        // The bench SYNs' destinations are "ours", as the agent would record them; any
-        // other destination passes as not_local before the paths measured here.
-        make_local(
-            &mut ebpf,
-            &[
-                detector_common::parse::ipv4_mapped([198, 18, 0, 1]),
-                [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-            ],
-        )?;
-    }
-    // Every source of the case blocked for good before the first packet: in the real
-    // program's SOURCES, or in the drop floor's copy of it.
-    let blocked_map = match (case.path, case.program) {
-        (Some(Counter::DropBlocked), _) => Some(names::MAP_SOURCES),
-        (_, "baseline_drop_floor") => Some("FLOOR_SOURCES"),
-        _ => None,
-    };
-    if let Some(map) = blocked_map {
-        let mut sources: aya::maps::HashMap<_, SourceKey, SourceState> =
-            aya::maps::HashMap::try_from(ebpf.map_mut(map).context("the blocked sources' map")?)?;
-        let (mut frame, cfg) = (syn_frame(case.family), case.config.unwrap_or_else(|| detector_config(1)));
-        for n in 0..case.sources {
-            set_source(&mut frame, case.family, n);
-            sources.insert(
-                source_of(&frame, case.family),
-                SourceState { blocked_until_ns: u64::MAX, ..SourceState::new(0, &cfg) },
-                0,
-            )?;
-        }
-    }
-    Ok(ebpf)
-}
-
-/// ACK cases (by their path) send ACKs, not SYNs.
-fn is_ack(case: &Case) -> bool {
-    matches!(case.path, Some(Counter::PassTcp | Counter::DropAckShield))
-}
-
-/// The case's frame, before `set_source` picks each packet's source: a SYN, or for the
-/// ACK cases an ACK (under cookies to a port nobody listens on, so the shield's socket
-/// lookup runs and finds no owner).
-pub(crate) fn case_template(case: &Case) -> Vec<u8> {
-    let mut template = syn_frame(case.family);
-    if case.padded {
-        template.resize(template.len() + FLOOR_PADDING, 0);
-    }
-    if is_ack(case) {
-        let th = match case.family {
-            Family::V4 => 34,
-            Family::V6 => 54,
-        };
-        template[th + 13] = 0x10;
-        if case.path == Some(Counter::PassTcp) && case.config.is_some_and(|c| c.has(FLAG_COOKIES)) {
-            template[th + 2..th + 4].copy_from_slice(&(BENCH_PORT + 1).to_be_bytes());
-        }
-    }
-    template
-}
-
-/// What the program's maps say about the sources it saw: in cookie mode, the sketch cells
-/// they occupy (the sketch ran, once per source and row); when tracking, a `SOURCES` entry
-/// for the sources the sketch promoted (every one that sent at least the promotion
-/// threshold, up to the map's capacity). Printed, and checked against `sent`.
-/// Makes `addrs` local as the agent would: in `LOCAL_ADDRS`, and in `LOCAL_TABLE` placed
-/// by `local_table::place`. An object from before `LOCAL_TABLE` (`--object` with an older
-/// build) gets the hash map alone, which is all it reads.
-pub fn make_local(ebpf: &mut Ebpf, addrs: &[[u8; 16]]) -> Result<()> {
-    let mut local: aya::maps::HashMap<_, [u8; 16], u32> =
-        aya::maps::HashMap::try_from(ebpf.map_mut(names::MAP_LOCAL_ADDRS).context("LOCAL_ADDRS")?)?;
-    for addr in addrs {
-        local.insert(addr, 1, 0)?;
-    }
-    if let Some(table) = ebpf.map_mut(names::MAP_LOCAL_TABLE) {
-        let mut table: Array<_, LocalBucket> = Array::try_from(table)?;
-        for (index, bucket) in local_table::place(addrs) {
-            table.set(index, bucket, 0)?;
-        }
-    }
-    Ok(())
-}
-
-fn check_state(
-    ebpf: &Ebpf,
-    case: &Case,
-    cfg: &Config,
-    sent: &HashSet<SourceKey>,
-    packets: u32,
-    own_hashing: bool,
-) -> Result<()> {
-    if cfg.has(FLAG_COOKIES) {
-        let sketch: Array<_, u64> = Array::try_from(ebpf.map(names::MAP_SKETCH).context("SKETCH")?)?;
-        let cells: Vec<u64> = sketch.iter().collect::<Result<_, _>>()?;
-        let mut summary = Vec::new();
-        for row in 0..SKETCH_ROWS {
-            let expected: HashSet<u32> =
-                sent.iter().map(|key| sketch::cells(key, cfg)[row as usize]).collect();
-            let used: HashSet<u32> = (row * cfg.sketch_width..(row + 1) * cfg.sketch_width)
-                .filter(|&i| cells[i as usize] != 0)
-                .collect();
-            // Another build may place sources elsewhere: then only check that the row was
-            // counted in, at no more cells than there were sources.
-            let counted =
-                if own_hashing { used == expected } else { !used.is_empty() && used.len() <= sent.len() };
-            ensure!(
-                counted,
-                "{}: sketch row {row} has {} cells in use, the {} sources sent map to {}: the sketch did not \
-                 count every source",
-                case.name,
-                used.len(),
-                sent.len(),
-                expected.len()
-            );
-            summary.push(used.len().to_string());
-        }
-        println!(
-            "  {}: {} distinct sources; sketch cells in use per row: {} of {}",
-            case.name,
-            sent.len(),
-            summary.join("/"),
-            cfg.sketch_width
-        );
-    } else {
-        let map = ebpf.map(names::MAP_SOURCES).context("SOURCES")?;
-        let aya::maps::Map::LruHashMap(data) = map else {
-            bail!("SOURCES is not an LRU hash map");
-        };
-        let capacity = data.info()?.max_entries() as usize;
-        let sources: aya::maps::HashMap<_, SourceKey, SourceState> = aya::maps::HashMap::try_from(map)?;
-        let keys: HashSet<SourceKey> = sources.keys().collect::<Result<_, _>>()?;
-        let threshold = detector_common::track::promotion_threshold(cfg);
-        println!(
-            "  {}: {} distinct sources; SOURCES holds {} (capacity {capacity}; exact state from {threshold} SYNs \
-             per sketch epoch)",
-            case.name,
-            sent.len(),
-            keys.len()
-        );
-        ensure!(keys.is_subset(sent), "{}: SOURCES holds sources that were never sent", case.name);
-        let syns_each = packets / case.sources;
-        if syns_each >= threshold && sent.len() <= capacity {
-            ensure!(keys.len() == sent.len(), "{}: not every source got an entry", case.name);
-        }
-    }
-    Ok(())
-}
-
-/// The source address of a bench frame, as the program keys it.
-fn source_of(frame: &[u8], family: Family) -> SourceKey {
-    let mut addr = [0u8; 16];
-    match family {
-        Family::V4 => {
-            addr[10..12].copy_from_slice(&[0xff, 0xff]);
-            addr[12..].copy_from_slice(&frame[26..30]);
-        }
-        Family::V6 => addr.copy_from_slice(&frame[22..38]),
-    }
-    SourceKey { addr }
-}
-
-fn counter(ebpf: &Ebpf, counter: Counter) -> Result<u64> {
-    let map: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(names::MAP_COUNTERS).context("COUNTERS")?)?;
-    Ok(map.get(&(counter as u32), 0)?.iter().sum())
-}
-
-/// What the floors' SYNs carry after their headers, so that they can read 60 bytes of TCP
-/// header whatever its length (`baseline.rs`, `floor_headers`).
-const FLOOR_PADDING: usize = 20;
-
-/// An untagged SYN from a client to BENCH_PORT as Linux sends it: the options MSS,
-/// SACK-permitted, timestamp and window scale (a 40-byte TCP header), nothing after it,
-/// 74 bytes for IPv4. Checksums are not checked on this path, so they stay zero.
-pub(crate) fn syn_frame(family: Family) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
-    let tcp_len = 40u16;
-    match family {
-        Family::V4 => {
-            f.extend_from_slice(&[0x08, 0x00]);
-            f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0]);
-            f[16..18].copy_from_slice(&(20 + tcp_len).to_be_bytes());
-            f.extend_from_slice(&[198, 18, 0, 2, 198, 18, 0, 1]);
-        }
-        Family::V6 => {
-            f.extend_from_slice(&[0x86, 0xdd]);
-            f.extend_from_slice(&[0x60, 0, 0, 0]);
-            f.extend_from_slice(&tcp_len.to_be_bytes());
-            f.extend_from_slice(&[6, 64]);
-            f.extend_from_slice(&[0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
-            f.extend_from_slice(&[0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-        }
-    }
-    f.extend_from_slice(&40_000u16.to_be_bytes());
-    f.extend_from_slice(&BENCH_PORT.to_be_bytes());
-    f.extend_from_slice(&1000u32.to_be_bytes());
-    f.extend_from_slice(&0u32.to_be_bytes());
-    f.extend_from_slice(&[(10 << 4), 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
-    f.extend_from_slice(&[2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0, 1, 3, 3, 7]);
-    f
-}
-
-/// Makes the frame's source the `n`th address of the bench population: inside
-/// 198.18.0.0/15 for IPv4 (at most 2^17 sources), 2001:2::/48 for IPv6.
-pub(crate) fn set_source(frame: &mut [u8], family: Family, n: u32) {
-    match family {
-        Family::V4 => {
-            let addr = 0xc612_0000 | (n & 0x1_ffff);
-            frame[26..30].copy_from_slice(&addr.to_be_bytes());
-        }
-        Family::V6 => frame[34..38].copy_from_slice(&n.to_be_bytes()),
-    }
 }
 
 fn enter_private_netns() -> Result<()> {

@@ -14,7 +14,7 @@ use anyhow::{ensure, Context, Result};
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use detector_common::names;
 
-use crate::bench::{case_template, load_case, set_source, timed_run, Case};
+use crate::bench_cases::{case_template, load_case, set_source, timed_run, Case};
 
 /// Times every detector case of `cases` on each of `objects` (the programs from the test
 /// object are the baselines and are skipped, except the trivial XDP_PASS, `cases[0]`).

@@ -20,7 +20,7 @@ use detector_common::{
     state::{SourceKey, SourceState},
 };
 
-use crate::bench::{detector_config, make_local, set_source, syn_frame, timed_run, Family};
+use crate::bench_cases::{detector_config, make_local, set_source, syn_frame, timed_run, Family};
 
 const SETTINGS: [(u32, &str); 3] = [(0, "off"), (1_000, "1 in 1000"), (1, "1 in 1")];
 const ROUNDS: u32 = 20;

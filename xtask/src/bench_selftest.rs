@@ -29,11 +29,7 @@ use aya::{
     programs::Xdp,
 };
 
-use crate::{
-    bench::{timed_run, ROUNDS},
-    bench_report::Report,
-    workspace_root,
-};
+use crate::{bench_cases::timed_run, bench_report::Report, bench_rounds::ROUNDS, workspace_root};
 
 const TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 const TREE: &str = "linux-source-6.12/tools/testing/selftests/bpf";
@@ -66,7 +62,7 @@ pub type Beside<'a> = dyn FnMut(&[u8]) -> Result<[Duration; 2]> + 'a;
 /// runs minutes apart put the ratio anywhere between 0.48 and 0.97 on the same build
 /// (docs/hotpaths.md); the interleaved ratio is the one the target is read against. Each
 /// program evicts the other's maps from the cache there, so both absolute figures are
-/// higher than alone. Both are timed in `bench::ROUNDS` rounds, the median round reported.
+/// higher than alone. Both are timed in `bench_rounds::ROUNDS` rounds, the median round reported.
 pub fn report(
     report: &mut Report,
     frames: &mut dyn Iterator<Item = Vec<u8>>,
@@ -190,7 +186,7 @@ fn load_and_time(
         .collect();
     let mut out = vec![0u8; 256];
     let mut selftest = |frame: &[u8]| timed_run(&prog, frame, &mut out, 3, &"selftest (XDP_TX expected)");
-    // In rounds, as the bench's cases (`bench::ROUNDS`): each round times its share of the
+    // In rounds, as the bench's cases (`bench_rounds::ROUNDS`): each round times its share of the
     // frames alone, then interleaved; the figures are the median rounds.
     let (mut alone, mut interleaved) = (Vec::new(), Vec::new());
     for chunk in frames.chunks(frames.len().div_ceil(ROUNDS as usize).max(1)) {

@@ -2,9 +2,11 @@
 
 mod bench;
 mod bench_agent;
+mod bench_cases;
 mod bench_compare;
 mod bench_flood;
 mod bench_report;
+mod bench_rounds;
 mod bench_samples;
 mod bench_selftest;
 mod bench_verifier;
