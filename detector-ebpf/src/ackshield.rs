@@ -17,7 +17,7 @@ use detector_common::{
 };
 
 use crate::{
-    cookie::MAX_L3,
+    packet::MAX_L3,
     policy,
     syncookie::{header_pointers, lookup_socket},
 };

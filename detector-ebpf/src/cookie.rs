@@ -24,7 +24,7 @@ use detector_common::{
     config::{Config, FLAG_COOKIE_ECN, FLAG_COOKIE_TIMESTAMPS},
     counters::Counter,
     fastpath::CookiePath,
-    parse::{IpVersion, TcpSegment, ETH_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN},
+    parse::{IpVersion, TcpSegment, ETH_HEADER_LEN},
     synack::{
         build_synack_into, ipv4_reply_words, ipv6_reply_words, synack_len, ReplySettings,
         SYNACK_LEN_MSS_ONLY, SYNACK_LEN_WITH_TS, SYNACK_WORDS_MSS_ONLY,
@@ -34,16 +34,12 @@ use detector_common::{
 
 use crate::{
     fastpath,
-    packet::{opaque, store_word, store_words, swap_macs},
+    packet::{opaque, store_word, store_words, swap_macs, MAX_L3, MAX_L4},
     syncookie::{gen_cookie, read_options, Cookie},
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 const NS_PER_MS: u64 = 1_000_000;
-/// The deepest IP header we answer for: behind two VLAN tags.
-pub const MAX_L3: usize = ETH_HEADER_LEN + MAX_VLAN_TAGS * VLAN_TAG_LEN;
-/// The deepest TCP header we answer for: an IPv6 header without extension headers.
-pub const MAX_L4: usize = MAX_L3 + 40;
 
 /// One slot shared by all CPUs: [start of the current second, SYN-ACKs sent in it], so
 /// that `cookie_budget_per_second` holds host-wide (see `answer_syn`).

@@ -3,7 +3,15 @@
 use core::arch::asm;
 
 use aya_ebpf::{bindings::xdp_md, helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
-use detector_common::{packet::Packet, parse::MAX_L4_OFFSET};
+use detector_common::{
+    packet::Packet,
+    parse::{ETH_HEADER_LEN, MAX_L4_OFFSET, MAX_VLAN_TAGS, VLAN_TAG_LEN},
+};
+
+/// The deepest IP header a SYN is answered (or an ACK checked) for: behind two VLAN tags.
+pub const MAX_L3: usize = ETH_HEADER_LEN + MAX_VLAN_TAGS * VLAN_TAG_LEN;
+/// The deepest TCP header a SYN is answered for: an IPv6 header without extension headers.
+pub const MAX_L4: usize = MAX_L3 + 40;
 
 /// The bytes `data..data_end` of the frame being processed.
 pub struct XdpPacket {

@@ -21,10 +21,7 @@ use detector_common::{
     synopts::{linux_options, LINUX_LEN},
 };
 
-use crate::{
-    cookie::{MAX_L3, MAX_L4},
-    packet::{opaque, XdpPacket},
-};
+use crate::packet::{opaque, XdpPacket, MAX_L3, MAX_L4};
 
 const ENOENT: i64 = 2;
 const EINVAL: i64 = 22;
