@@ -23,6 +23,7 @@ use crate::{
     mode::Mode,
     policy::PolicyConfig,
     prefix::Prefix,
+    samples::Samples,
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
@@ -104,31 +105,6 @@ pub struct FileConfig {
 pub struct ListFiles {
     pub allow_files: Vec<PathBuf>,
     pub deny_files: Vec<PathBuf>,
-}
-
-/// Pcap samples of dropped and cookie-answered packets (see `samples`, docs/samples.md).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Samples {
-    /// Sample 1 in this many dropped or cookie-answered packets (0 = off).
-    pub one_in: u32,
-    /// Where the capture files go: created 0700, refused if a symlink or not ours.
-    pub dir: PathBuf,
-    /// A capture file is closed before it would grow past this.
-    pub max_file_bytes: u64,
-    /// At most this many capture files are kept; the oldest is deleted.
-    pub max_files: u32,
-}
-
-impl Default for Samples {
-    fn default() -> Self {
-        Self {
-            one_in: 0,
-            dir: PathBuf::from("/var/lib/syndetector/samples"),
-            max_file_bytes: 16 * 1024 * 1024,
-            max_files: 8,
-        }
-    }
 }
 
 /// `[ports."P"]`: limits for SYNs to local port P (each absent one: `[thresholds]`'s).

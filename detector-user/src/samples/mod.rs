@@ -8,11 +8,12 @@ pub mod reader;
 mod tests;
 pub mod writer;
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use detector_common::sample::SampleRecord;
+use serde::Deserialize;
 
-use crate::{config::Samples, error::ConfigError};
+use crate::error::ConfigError;
 
 /// A file must hold its headers and at least a few full-size records.
 pub const MIN_FILE_BYTES: u64 = 4_096;
@@ -20,6 +21,31 @@ pub const MIN_FILE_BYTES: u64 = 4_096;
 const _: () = assert!(MIN_FILE_BYTES > writer::FILE_HEADER_BYTES + 4 * 512);
 /// Sampling rates above this are refused: a typo rather than a rate.
 pub const MAX_ONE_IN: u32 = 1 << 30;
+
+/// Pcap samples of dropped and cookie-answered packets (see `samples`, docs/samples.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Samples {
+    /// Sample 1 in this many dropped or cookie-answered packets (0 = off).
+    pub one_in: u32,
+    /// Where the capture files go: created 0700, refused if a symlink or not ours.
+    pub dir: PathBuf,
+    /// A capture file is closed before it would grow past this.
+    pub max_file_bytes: u64,
+    /// At most this many capture files are kept; the oldest is deleted.
+    pub max_files: u32,
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Self {
+            one_in: 0,
+            dir: PathBuf::from("/var/lib/syndetector/samples"),
+            max_file_bytes: 16 * 1024 * 1024,
+            max_files: 8,
+        }
+    }
+}
 
 pub fn validate(s: &Samples) -> Result<(), ConfigError> {
     let invalid = |key, problem: String| ConfigError::Invalid { key, problem };

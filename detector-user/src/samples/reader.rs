@@ -20,8 +20,11 @@ use aya::{
 use detector_common::{names, sample::SampleRecord};
 use tracing::{info, warn};
 
-use super::writer::{Limits, RotatingWriter, Sample};
-use crate::{config::Samples, lock::StateDir, maps::monotonic_ns, metrics::Metrics};
+use super::{
+    writer::{Limits, RotatingWriter, Sample},
+    Samples,
+};
+use crate::{lock::StateDir, maps::monotonic_ns, metrics::Metrics};
 
 /// What errors call the samples directory.
 const SAMPLES_DIR: &str = "samples directory (samples.dir)";

@@ -9,8 +9,9 @@ use pcap_file::pcapng::{Block, PcapNgReader};
 use super::{
     comment, validate, wall_time,
     writer::{block_bytes, Limits, RotatingWriter, Sample, FILE_HEADER_BYTES},
+    Samples,
 };
-use crate::{config::Samples, lock::StateDir};
+use crate::lock::StateDir;
 
 fn sample(i: u8, comment: &str) -> (Vec<u8>, String) {
     (vec![i; 60 + usize::from(i % 7)], comment.to_owned())
