@@ -15,6 +15,21 @@ use detector_common::counters::Counter;
 
 use crate::kernel_stats;
 
+/// The `what` label of each built-in reconcile step (bounded: these plus
+/// `control::reconcile::Reconciler::what`s). Here, beside the metrics, because `Metrics::new`
+/// sets up each one's series before the first poll; the steps take their names from here.
+pub const WHAT_SYSCTLS: &str = "sysctls";
+pub const WHAT_PROGRAM_CONFIG: &str = "program_config";
+pub const WHAT_WINDOW_SCALE: &str = "window_scale";
+/// The cookie policy maps (`policy::feed::PolicyStep`).
+pub const WHAT_POLICY: &str = "policy";
+/// The per-port limits map (`control::ports::PortStep`).
+pub const WHAT_PORT_LIMITS: &str = "port_limits";
+/// The closed-connection filter's seeding (`control::time_wait::TimeWaitStep`).
+pub const WHAT_CLOSED_FILTER: &str = "closed_filter";
+pub const BUILTIN: [&str; 6] =
+    [WHAT_SYSCTLS, WHAT_PROGRAM_CONFIG, WHAT_WINDOW_SCALE, WHAT_POLICY, WHAT_PORT_LIMITS, WHAT_CLOSED_FILTER];
+
 pub struct Metrics {
     pub registry: Registry,
     pub packets: IntCounterVec,
@@ -230,7 +245,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.config_reloads.with_label_values(&[result]).inc_by(0);
         }
-        for what in crate::control::reconcile::BUILTIN {
+        for what in BUILTIN {
             m.reconciled.with_label_values(&[what]).set(0);
             m.reconcile_errors.with_label_values(&[what]).inc_by(0);
         }
@@ -298,7 +313,7 @@ mod tests {
             m.threshold.with_label_values(&[name]).set(1.0);
         }
         m.top_sources.with_label_values(&["1"]).set(1000.0);
-        for what in crate::control::reconcile::BUILTIN {
+        for what in BUILTIN {
             m.reconciled.with_label_values(&[what]).set(1);
         }
         m.interface_attached.with_label_values(&["eth0", "driver"]).set(1);

@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 use aya::maps::{HashMap, MapData};
 use detector_common::{names, ports::PortLimits};
 
-use super::reconcile::{Reconciler, WHAT_PORT_LIMITS};
-use crate::config::{self, Config};
+use super::reconcile::Reconciler;
+use crate::{
+    config::{self, Config},
+    metrics::WHAT_PORT_LIMITS,
+};
 
 pub struct PortStep {
     map: HashMap<MapData, u32, PortLimits>,

@@ -17,25 +17,16 @@ use detector_common::config::{
 };
 use tracing::warn;
 
-use crate::{error::SysctlError, metrics::Metrics, sysctl};
+use crate::{
+    error::SysctlError,
+    metrics::{Metrics, WHAT_PROGRAM_CONFIG, WHAT_SYSCTLS, WHAT_WINDOW_SCALE},
+    sysctl,
+};
 
 pub const SYNCOOKIES: &str = "net.ipv4.tcp_syncookies";
 pub const TIMESTAMPS: &str = "net.ipv4.tcp_timestamps";
 const COOKIE_FLAGS: u32 = FLAG_COOKIES | FLAG_COOKIE_TIMESTAMPS | FLAG_COOKIE_ECN;
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
-
-/// The `what` label of each built-in step (bounded: these plus `Reconciler::what`s).
-pub const WHAT_SYSCTLS: &str = "sysctls";
-pub const WHAT_PROGRAM_CONFIG: &str = "program_config";
-pub const WHAT_WINDOW_SCALE: &str = "window_scale";
-/// The cookie policy maps (`policy::feed::PolicyStep`).
-pub const WHAT_POLICY: &str = "policy";
-/// The per-port limits map (`control::ports::PortStep`).
-pub const WHAT_PORT_LIMITS: &str = "port_limits";
-/// The closed-connection filter's seeding (`control::time_wait::TimeWaitStep`).
-pub const WHAT_CLOSED_FILTER: &str = "closed_filter";
-pub const BUILTIN: [&str; 6] =
-    [WHAT_SYSCTLS, WHAT_PROGRAM_CONFIG, WHAT_WINDOW_SCALE, WHAT_POLICY, WHAT_PORT_LIMITS, WHAT_CLOSED_FILTER];
 
 /// The host's sysctls (`sysctl::Sysctls` in production).
 pub trait SysctlAccess {

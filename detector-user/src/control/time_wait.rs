@@ -24,10 +24,11 @@ use detector_common::{
 };
 use tracing::info;
 
-use super::reconcile::{Reconciler, WHAT_CLOSED_FILTER};
+use super::reconcile::Reconciler;
 use crate::{
     error::LoadError,
     maps::monotonic_ns,
+    metrics::WHAT_CLOSED_FILTER,
     policy::sock_diag::{dump_tcp, DiagSocket, TCP_FIN_WAIT2, TCP_TIME_WAIT},
 };
 

@@ -15,8 +15,9 @@ use std::{
 use tracing::{info, warn};
 
 use crate::{
-    control::reconcile::{Reconciler, WHAT_POLICY},
+    control::reconcile::Reconciler,
     error::NetlinkError,
+    metrics::WHAT_POLICY,
     policy::{addresses::LinkEvent, inputs::PolicyInputs, maps::PolicyMaps, DesiredPolicy, PolicyConfig},
 };
 
