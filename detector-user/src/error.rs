@@ -52,7 +52,7 @@ pub enum LoadError {
     #[error("removing the link pin {}: {source}", path.display())]
     Unpin { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
-    PinDir(#[from] crate::pins::PinError),
+    PinDir(#[from] PinError),
     #[error("{what}: {source}")]
     Link { what: String, source: aya::programs::links::LinkError },
     /// The attach error is the source (shown by `{:#}`), not repeated here.
@@ -117,6 +117,19 @@ pub enum StateError {
     Locked { what: String, holder: String, path: PathBuf },
     #[error("restoring {key} from the state file: {source}")]
     Recover { key: String, source: SysctlError },
+}
+
+/// The pin directory under bpffs and its pins (`pins`).
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// The state error names the pin directory and its key itself (kept as the source, so
+    /// an unusable directory still exits as a configuration error).
+    #[error("{0}")]
+    Dir(#[from] StateError),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("SYNDETECTOR_TEST_LAYOUT_VERSION = {0:?} is not a number")]
+    Version(String),
 }
 
 /// The error and its causes on one line, as `{:#}` would print them, but without a cause

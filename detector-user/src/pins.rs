@@ -21,7 +21,7 @@ use aya::maps::MapInfo;
 use detector_common::names;
 use tracing::warn;
 
-use crate::{error::StateError, lock::StateDir};
+use crate::{error::PinError, lock::StateDir};
 
 /// `statfs` f_type of bpffs (linux/magic.h).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -31,18 +31,6 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// What errors call the pin directory.
 const PIN_DIR: &str = "pin directory (pin_dir)";
 const LAYOUT_ENV: &str = "SYNDETECTOR_TEST_LAYOUT_VERSION";
-
-#[derive(Debug, thiserror::Error)]
-pub enum PinError {
-    /// The state error names the pin directory and its key itself (kept as the source, so
-    /// an unusable directory still exits as a configuration error).
-    #[error("{0}")]
-    Dir(#[from] StateError),
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("SYNDETECTOR_TEST_LAYOUT_VERSION = {0:?} is not a number")]
-    Version(String),
-}
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
     move |source| PinError::Io { path: path.to_owned(), source }
