@@ -37,10 +37,30 @@ fn map_err(source: aya::maps::MapError) -> PolicyError {
     PolicyError::Map { map: names::MAP_LOCAL_TABLE, source }
 }
 
+/// `map` as an array of `T` with exactly `len` slots, and a clone of its fd for batch
+/// reads (`bpf_batch`); a map of another type or size is refused, naming `name`. Here, in
+/// the lower of its two users: `maps` takes it for `PORT_POLICY`.
+pub(super) fn sized_array<T: aya::Pod>(
+    map: Map,
+    name: &'static str,
+    len: u32,
+) -> Result<(Array<MapData, T>, OwnedFd), PolicyError> {
+    let Map::Array(data) = &map else {
+        return Err(PolicyError::WrongType { map: name, wanted: "an array" });
+    };
+    let fd =
+        data.fd().as_fd().try_clone_to_owned().map_err(|source| PolicyError::Io { map: name, source })?;
+    let array: Array<MapData, T> = map.try_into().map_err(|source| PolicyError::Map { map: name, source })?;
+    if array.len() != len {
+        return Err(PolicyError::WrongSize { map: name, len: array.len(), needed: len });
+    }
+    Ok((array, fd))
+}
+
 impl LocalTable {
     /// Checks the map's type and size.
     pub fn new(map: Map) -> Result<Self, PolicyError> {
-        let (map, fd) = super::maps::sized_array(map, names::MAP_LOCAL_TABLE, LOCAL_TABLE_BUCKETS)?;
+        let (map, fd) = sized_array(map, names::MAP_LOCAL_TABLE, LOCAL_TABLE_BUCKETS)?;
         Ok(Self { map, fd })
     }
 

@@ -20,7 +20,7 @@ use crate::{
     error::PolicyError,
     policy::{
         desired::{port_diff, set_diff, DesiredPolicy, PORT_SLOTS},
-        local_table::LocalTable,
+        local_table::{sized_array, LocalTable},
     },
     prefix::Prefix,
 };
@@ -69,25 +69,6 @@ pub struct PolicyMaps {
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> PolicyError {
     move |source| PolicyError::Map { map, source }
-}
-
-/// `map` as an array of `T` with exactly `len` slots, and a clone of its fd for batch
-/// reads (`bpf_batch`); a map of another type or size is refused, naming `name`.
-pub(super) fn sized_array<T: aya::Pod>(
-    map: Map,
-    name: &'static str,
-    len: u32,
-) -> Result<(Array<MapData, T>, OwnedFd), PolicyError> {
-    let Map::Array(data) = &map else {
-        return Err(PolicyError::WrongType { map: name, wanted: "an array" });
-    };
-    let fd =
-        data.fd().as_fd().try_clone_to_owned().map_err(|source| PolicyError::Io { map: name, source })?;
-    let array: Array<MapData, T> = map.try_into().map_err(map_err(name))?;
-    if array.len() != len {
-        return Err(PolicyError::WrongSize { map: name, len: array.len(), needed: len });
-    }
-    Ok((array, fd))
 }
 
 impl PolicyMaps {
