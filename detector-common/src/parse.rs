@@ -129,6 +129,26 @@ pub enum NotTcp {
 #[inline(always)]
 pub fn parse_tcp<P: Packet + ?Sized>(pkt: &P) -> Result<TcpSegment, NotTcp> {
     let (ethertype, l3, vlan_tags) = parse_ethernet(pkt)?;
+    parse_from_l3(pkt, ethertype, l3, vlan_tags)
+}
+
+/// The ethertype of a frame without VLAN tags that carries IPv4 or IPv6: the frames
+/// `parse_from_l3` can take straight after the Ethernet header. `None` for anything else
+/// (tagged, not IP, cut short), which `parse_tcp` takes whole.
+#[inline(always)]
+pub fn untagged_ip<P: Packet + ?Sized>(pkt: &P) -> Option<u16> {
+    pkt.be16_at(12).filter(|&ethertype| ethertype == ETH_P_IPV4 || ethertype == ETH_P_IPV6)
+}
+
+/// `parse_tcp` past the Ethernet header and its tags: `ethertype` the inner one, `l3` the
+/// IP header's offset.
+#[inline(always)]
+pub fn parse_from_l3<P: Packet + ?Sized>(
+    pkt: &P,
+    ethertype: u16,
+    l3: usize,
+    vlan_tags: u8,
+) -> Result<TcpSegment, NotTcp> {
     let ip = match ethertype {
         ETH_P_IPV4 => parse_ipv4(pkt, l3)?,
         ETH_P_IPV6 => parse_ipv6(pkt, l3)?,

@@ -2,7 +2,10 @@
 //! headers, fragments, TCP options, malformed and truncated input. Frames are built with
 //! etherparse (an independent encoder) where it can, by hand where it cannot.
 
-use detector_common::parse::{ipv4_mapped, parse_tcp, tcp_flags, IpVersion, NotTcp, TcpSegment};
+use detector_common::parse::{
+    ipv4_mapped, parse_from_l3, parse_tcp, tcp_flags, untagged_ip, IpVersion, NotTcp, TcpSegment,
+    ETH_HEADER_LEN,
+};
 use etherparse::{PacketBuilder, TcpOptionElement};
 
 const CLIENT4: [u8; 4] = [198, 18, 0, 2];
@@ -341,4 +344,60 @@ fn frames_longer_than_the_ip_length_are_padding() {
     ok(&with_data);
     // ... and is bad when the frame lost some of that data.
     assert_eq!(parse_tcp(&with_data[..with_data.len() - 1]), Err(NotTcp::BadLength));
+}
+
+/// The XDP program parses untagged IPv4/IPv6 frames inline (`untagged_ip`, then
+/// `parse_from_l3`) and all others with `parse_tcp`: the two must agree on every frame the
+/// inline path takes, and it must take exactly the untagged IP ones.
+#[test]
+fn the_inline_untagged_path_parses_as_parse_tcp() {
+    let mut frames = vec![
+        syn4(&[TcpOptionElement::MaximumSegmentSize(1460)]),
+        syn4(&[]),
+        syn6(),
+        udp4(),
+        tagged(&syn4(&[]), &[0x8100]),
+        tagged(&syn6(), &[0x88a8, 0x8100]),
+        syn6_with_ext(&[(0, 0), (60, 8)]),
+        with_ipv4_total_len(&syn4(&[]), 20),
+        with_ipv6_payload_len(&syn6(), 4),
+    ];
+    let whole = frames.clone();
+    for frame in &whole {
+        frames.extend((0..frame.len()).map(|len| frame[..len].to_vec()));
+    }
+    let mut seed = 0x2545_f491_u32;
+    for len in [13, 14, 20, 34, 54, 60, 74, 94] {
+        for ethertype in [[0x08, 0x00], [0x86, 0xdd], [0x81, 0x00]] {
+            let mut frame: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    seed.to_le_bytes()[0]
+                })
+                .collect();
+            if len >= 14 {
+                frame[12..14].copy_from_slice(&ethertype);
+            }
+            frames.push(frame);
+        }
+    }
+    let mut inline = 0;
+    for frame in &frames {
+        let untagged = frame.len() >= 14 && matches!([frame[12], frame[13]], [0x08, 0x00] | [0x86, 0xdd]);
+        match untagged_ip(&frame[..]) {
+            Some(ethertype) => {
+                assert!(untagged, "{frame:02x?} taken inline");
+                assert_eq!(
+                    parse_from_l3(&frame[..], ethertype, ETH_HEADER_LEN, 0),
+                    parse_tcp(&frame[..]),
+                    "{frame:02x?}"
+                );
+                inline += 1;
+            }
+            None => assert!(!untagged, "{frame:02x?} left to parse_tcp"),
+        }
+    }
+    assert!(inline > frames.len() / 2, "only {inline} of {} frames took the inline path", frames.len());
 }
