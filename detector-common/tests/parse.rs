@@ -225,19 +225,21 @@ fn flag_helpers() {
 fn random_bytes_never_panic() {
     let mut seed = 0x9e37_79b9_u32;
     for len in (0..200).chain([1500, 9000]) {
-        let mut frame = vec![0u8; len];
-        for b in &mut frame {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            *b = seed.to_le_bytes()[0];
-        }
+        let mut frame: Vec<u8> = (0..len).map(|_| random_byte(&mut seed)).collect();
         // Make some of them look like IP to reach deeper code.
         if len > 14 && seed.is_multiple_of(2) {
             frame[12..14].copy_from_slice(if seed.is_multiple_of(4) { &[0x08, 0x00] } else { &[0x86, 0xdd] });
         }
         let _ = parse_tcp(&frame[..]);
     }
+}
+
+/// The next byte of a xorshift32 sequence: reproducible noise for the random frames.
+fn random_byte(seed: &mut u32) -> u8 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 17;
+    *seed ^= *seed << 5;
+    seed.to_le_bytes()[0]
 }
 
 /// `frame` with its IPv4 total length (at offset 16) set to `len`.
@@ -369,14 +371,7 @@ fn the_inline_untagged_path_parses_as_parse_tcp() {
     let mut seed = 0x2545_f491_u32;
     for len in [13, 14, 20, 34, 54, 60, 74, 94] {
         for ethertype in [[0x08, 0x00], [0x86, 0xdd], [0x81, 0x00]] {
-            let mut frame: Vec<u8> = (0..len)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 17;
-                    seed ^= seed << 5;
-                    seed.to_le_bytes()[0]
-                })
-                .collect();
+            let mut frame: Vec<u8> = (0..len).map(|_| random_byte(&mut seed)).collect();
             if len >= 14 {
                 frame[12..14].copy_from_slice(&ethertype);
             }
