@@ -19,14 +19,7 @@ fn a_lab_capture_shows_the_flooder_blocked_and_the_clients_complete() {
     let mut dumpcap = Command::new("dumpcap");
     dumpcap.args(["-q", "-i", &lab.server_if.clone(), "-f", "tcp", "-a", "duration:30", "-w"]).arg(&capture);
     let pid = lab.spawn(&lab.server_ns.clone(), &mut dumpcap).expect("dumpcap (package tshark)");
-    // dumpcap writes its section header once it captures.
-    for _ in 0..50 {
-        if std::fs::metadata(&capture).is_ok_and(|m| m.len() > 0) {
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    thread::sleep(Duration::from_millis(500));
+    let markers = wait_until_capturing(&lab, &capture);
 
     let addr = SocketAddr::from((SERVER_V4, PORT));
     let legit =
@@ -80,4 +73,40 @@ fn a_lab_capture_shows_the_flooder_blocked_and_the_clients_complete() {
     assert_eq!(client["completed"], 20);
     assert_eq!((client["half_open"].as_u64(), client["blocked"].as_bool()), (Some(0), Some(false)));
     assert_eq!(client["syn_acks"], 20);
+    let server = source(SERVER_V4.to_string()).expect("the start markers' source in the report");
+    println!("server (start markers): {server}");
+    // Markers sent before the filter was attached are not in the file.
+    let syns = server["syns"].as_u64().unwrap();
+    assert!((1..=markers).contains(&syns), "{syns} marker SYNs in the capture, {markers} sent");
+    assert_eq!(server["blocked"].as_bool(), Some(false));
+}
+
+/// Waits until dumpcap captures, and returns how many marker SYNs were sent. Its file's
+/// header only says it started: its filter can be attached later, and packets reach the
+/// file in blocks, up to about a second late. So until the file grows past the header,
+/// the server connects to a closed port of the client every 250 ms (a SYN and the client's
+/// RST, both captured); the report shows them as the server's SYNs.
+fn wait_until_capturing(lab: &Lab, capture: &std::path::Path) -> u64 {
+    let size = || std::fs::metadata(capture).map_or(0, |m| m.len());
+    for _ in 0..50 {
+        if size() > 0 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let header = size();
+    assert!(header > 0, "dumpcap wrote no capture file in 5 s");
+    let closed = SocketAddr::from((CLIENT_V4, 9));
+    for markers in 1..=40 {
+        in_netns(&lab.server_ns, move || {
+            let _ = std::net::TcpStream::connect_timeout(&closed, Duration::from_millis(200));
+        })
+        .unwrap();
+        thread::sleep(Duration::from_millis(250));
+        if size() > header {
+            println!("dumpcap captures: {markers} marker SYNs");
+            return markers;
+        }
+    }
+    panic!("dumpcap wrote no packet in 10 s of marker SYNs ({})", capture.display());
 }
