@@ -13,6 +13,7 @@ use detector_common::{
     names,
 };
 
+use super::map_shape::{map_err, sized_array};
 use crate::error::PolicyError;
 
 /// The table, taken from the loaded object (or made standalone by tests).
@@ -31,30 +32,6 @@ pub struct TablePlan {
     pub after: Vec<(u32, LocalBucket)>,
     /// Buckets that differed from what they should hold.
     pub buckets: usize,
-}
-
-fn map_err(source: aya::maps::MapError) -> PolicyError {
-    PolicyError::Map { map: names::MAP_LOCAL_TABLE, source }
-}
-
-/// `map` as an array of `T` with exactly `len` slots, and a clone of its fd for batch
-/// reads (`bpf_batch`); a map of another type or size is refused, naming `name`. Here, in
-/// the lower of its two users: `maps` takes it for `PORT_POLICY`.
-pub(super) fn sized_array<T: aya::Pod>(
-    map: Map,
-    name: &'static str,
-    len: u32,
-) -> Result<(Array<MapData, T>, OwnedFd), PolicyError> {
-    let Map::Array(data) = &map else {
-        return Err(PolicyError::WrongType { map: name, wanted: "an array" });
-    };
-    let fd =
-        data.fd().as_fd().try_clone_to_owned().map_err(|source| PolicyError::Io { map: name, source })?;
-    let array: Array<MapData, T> = map.try_into().map_err(|source| PolicyError::Map { map: name, source })?;
-    if array.len() != len {
-        return Err(PolicyError::WrongSize { map: name, len: array.len(), needed: len });
-    }
-    Ok((array, fd))
 }
 
 impl LocalTable {
@@ -90,7 +67,7 @@ impl LocalTable {
                     seen,
                     "batch read of LOCAL_TABLE incomplete; reading it bucket by bucket"
                 );
-                self.map.iter().collect::<Result<_, _>>().map_err(map_err)
+                self.map.iter().collect::<Result<_, _>>().map_err(map_err(names::MAP_LOCAL_TABLE))
             }
         }
     }
@@ -118,7 +95,7 @@ impl LocalTable {
     /// Writes `steps` in order.
     pub fn write(&mut self, steps: &[(u32, LocalBucket)]) -> Result<(), PolicyError> {
         for &(index, bucket) in steps {
-            self.map.set(index, bucket, 0).map_err(map_err)?;
+            self.map.set(index, bucket, 0).map_err(map_err(names::MAP_LOCAL_TABLE))?;
         }
         Ok(())
     }

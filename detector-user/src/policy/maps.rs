@@ -20,7 +20,8 @@ use crate::{
     error::PolicyError,
     policy::{
         desired::{port_diff, set_diff, DesiredPolicy, PORT_SLOTS},
-        local_table::{sized_array, LocalTable},
+        local_table::LocalTable,
+        map_shape::{map_err, sized_array},
     },
     prefix::Prefix,
 };
@@ -65,10 +66,6 @@ pub struct PolicyMaps {
     /// What `PORT_POLICY` held after the last successful reconcile.
     ports_seen: Option<Vec<u32>>,
     reconciles: u32,
-}
-
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> PolicyError {
-    move |source| PolicyError::Map { map, source }
 }
 
 impl PolicyMaps {

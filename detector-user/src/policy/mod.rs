@@ -10,6 +10,7 @@
 //! - `desired`: what the maps should hold, from all of the above and `[policy]`.
 //! - `inputs`: the watchers together; `maps`: the maps and their level-triggered diff;
 //!   `local_table`: the inlined copy of the local addresses, rewritten in a safe order;
+//!   `map_shape`: each map taken out of the object checked, its errors named after it;
 //!   `feed`: the task that keeps the desired policy current and the control loop's step.
 
 pub mod addresses;
@@ -18,6 +19,7 @@ pub mod feed;
 pub mod inputs;
 pub mod listeners;
 pub mod local_table;
+mod map_shape;
 pub mod maps;
 pub mod nat;
 pub mod nat_watch;
