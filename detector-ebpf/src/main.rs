@@ -182,9 +182,9 @@ fn cookie_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Cou
 /// The parser. A frame without VLAN tags that carries IPv4 or IPv6 (nearly every frame
 /// on most hosts) is parsed inline; anything else (tags, not IP, cut short) in a
 /// BPF-to-BPF call, `parse_any`. The call's return costs 5-10 ns on a machine with
-/// return-thunk mitigations: inline, the answered SYN is about 5 % cheaper, the blocked
-/// drop 10 % and the calm ACK 17 % (docs/hotpaths.md). Inlining the whole parser as well
-/// took the verifier to 540k instructions; this split to about 270k (docs/verifier.md).
+/// return-thunk mitigations: inline, the answered SYN is 2-3 % cheaper, the blocked drop
+/// 7 % and the calm ACK 15 % (docs/hotpaths.md). Inlining the whole parser as well took
+/// the verifier to 540k instructions; this split to about 270k (docs/verifier.md).
 #[inline(always)]
 fn parse(ctx: &XdpContext) -> Result<TcpSegment, NotTcp> {
     let pkt = XdpPacket::new(core::hint::black_box(ctx));
