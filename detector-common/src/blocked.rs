@@ -3,8 +3,9 @@
 //! A blocked source's SYN is the packet a flood sends most, and its drop must be cheap.
 //! `bpf_ktime_get_ns` reads the clock source (measured at about 30 ns on the machines
 //! here, twice what `bpf_ktime_get_coarse_ns` costs: the time of the last tick). The
-//! coarse clock is the same `CLOCK_MONOTONIC`, only behind by up to a tick (1 to 10 ms),
-//! so a source blocked until well past the coarse time is blocked by the fine clock too.
+//! coarse clock is the same `CLOCK_MONOTONIC`, only behind by up to a tick (1 to 10 ms;
+//! two ticks as `tick_clock` reads it), so a source blocked until well past the coarse
+//! time is blocked by the fine clock too.
 //! Only the last `COARSE_SLACK_NS` of a block, and sources whose block has run out, go
 //! through the fine clock (and `SourceState::is_blocked`) as before.
 

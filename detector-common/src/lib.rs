@@ -33,6 +33,7 @@ pub mod sketch;
 pub mod state;
 pub mod synack;
 pub mod synopts;
+pub mod tick_clock;
 pub mod track;
 pub mod words;
 

@@ -77,6 +77,9 @@ pub const PORT_LIMITS_CAPACITY: u32 = 1_024;
 /// `PerCpuArray<Config>`, one slot: the config with a port's own limits, for the SYN
 /// being judged (a copy off the stack). Not pinned.
 pub const MAP_PORT_CONFIG: &str = "PORT_CONFIG";
+/// `PerCpuArray<tick_clock::TickAnchor>`, one slot: the CPU's coarse time and the jiffies
+/// it was read at (`tick_clock`). Not pinned.
+pub const MAP_TICK_ANCHOR: &str = "TICK_ANCHOR";
 
 /// `PerCpuArray<fastpath::RenewalSlot>` of `fastpath::RENEWAL_SLOTS`, direct-mapped by
 /// `fastpath::renewal_index`: per slot, the listener the socket-bound cookie helper last

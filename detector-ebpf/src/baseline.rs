@@ -6,7 +6,7 @@
 //! the least any program that answers a SYN must spend; the "ruled responder": the minimal
 //! responder behind our rules' random reads (the sketch's four cells, the closed filter's
 //! bucket), the least a responder that keeps those rules must spend; and the "drop floor":
-//! one source lookup and the coarse clock, the least a drop that accounts the SYN to its
+//! one source lookup and the coarse clock (read as ours reads it), the least a drop that accounts the SYN to its
 //! blocked source must spend. The agent never attaches them.
 
 use core::ffi::c_void;
@@ -24,8 +24,8 @@ use detector_common::{
 use aya_ebpf::{
     bindings::{iphdr, tcphdr, xdp_action, BPF_F_CURRENT_NETNS},
     helpers::generated::{
-        bpf_ktime_get_coarse_ns, bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie,
-        bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_tail,
+        bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_tcp_raw_gen_syncookie_ipv4,
+        bpf_xdp_adjust_tail,
     },
     macros::{map, xdp},
     maps::{Array, LruHashMap},
@@ -150,7 +150,7 @@ static RULED_CLOSED: Array<u32> = Array::with_max_entries(CLOSED_FILTER_BUCKETS,
 /// land at random places, so that under a many-source flood each is a cache miss: the
 /// source's four sketch cells counted (by our own `track::sketch_estimate`, on a sketch of
 /// its own) and the flow's closed-filter bucket checked
-/// (`fastpath::may_be_time_wait`), on the coarse clock. A source over the limit is dropped
+/// (`fastpath::may_be_time_wait`), on the coarse clock as ours reads it. A source over the limit is dropped
 /// and a flow that may be in TIME_WAIT passed, as ours does; neither happens in the bench.
 /// No parser, no local-address check, no per-port config, no counters, no budget.
 #[xdp]
@@ -162,8 +162,7 @@ pub fn baseline_ruled_responder(ctx: XdpContext) -> u32 {
     let (ip, ports) = unsafe { (crate::packet::load::<20>(iph), crate::packet::load::<4>(th)) };
     let src = ipv4_mapped([ip[12], ip[13], ip[14], ip[15]]);
     let dst = ipv4_mapped([ip[16], ip[17], ip[18], ip[19]]);
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::coarse_now();
     let Some(estimate) = crate::track::sketch_estimate(&RULED_SKETCH, &SourceKey { addr: src }, &RULED, now)
     else {
         return xdp_action::XDP_PASS;
@@ -251,7 +250,8 @@ static FLOOR_SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_
 
 /// The "drop floor": what a drop that keeps today's accounting cannot do without. The
 /// source read at a fixed offset (untagged IPv4), looked up as `SOURCES` is, its block
-/// checked on the coarse clock, the SYN counted to it, XDP_DROP. No parser, no
+/// checked on the coarse clock as ours reads it (`clock::coarse_now`, once per tick), the
+/// SYN counted to it, XDP_DROP. No parser, no
 /// local-address check, no config, no counters.
 #[xdp]
 pub fn baseline_drop_floor(ctx: XdpContext) -> u32 {
@@ -264,8 +264,8 @@ pub fn baseline_drop_floor(ctx: XdpContext) -> u32 {
     let Some(state) = FLOOR_SOURCES.get_ptr_mut(&SourceKey { addr: ipv4_mapped(src) }) else {
         return xdp_action::XDP_PASS;
     };
-    // SAFETY: a live map value; a helper without arguments.
-    let (state, now) = unsafe { (&mut *state, bpf_ktime_get_coarse_ns()) };
+    // SAFETY: a live map value.
+    let (state, now) = (unsafe { &mut *state }, crate::clock::coarse_now());
     if now >= state.blocked_until_ns {
         return xdp_action::XDP_PASS;
     }

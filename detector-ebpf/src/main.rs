@@ -12,6 +12,7 @@
 #![feature(asm_experimental_arch)]
 
 mod ackshield;
+mod clock;
 // Test-only programs: compiled into the test object, never into the one that ships.
 #[cfg(feature = "test-programs")]
 mod baseline;
@@ -30,11 +31,7 @@ mod syncookie;
 mod track;
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::{bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
-    macros::map,
-    macros::xdp,
-    maps::Array,
+    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::map, macros::xdp, maps::Array,
     programs::XdpContext,
 };
 use detector_common::{
@@ -142,8 +139,7 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
         // Cookie mode runs on the coarse clock (docs/hotpaths.md): it keeps no handshake
         // state, and every time it reads (the budget's second, the renewal's second, the
         // closed filter's minute, sketch epochs, block ends) tolerates a tick's lag.
-        // SAFETY: a helper without arguments (kernel >= 5.11).
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        let now = clock::coarse_now();
         // A spoofed flood's sources have no state: look one up only when its filter bucket
         // holds a running block. Blocked sources first, then what policy leaves to the
         // kernel, and only then the budget and the helper.

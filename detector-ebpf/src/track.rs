@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, LruHashMap},
     programs::XdpContext,
@@ -106,8 +106,7 @@ pub fn drop_if_blocked(state: &mut SourceState, cfg: &Config) -> Option<Counter>
     if !blocked::ever_blocked(state) {
         return None;
     }
-    // SAFETY: a helper without arguments (kernel >= 5.11).
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::coarse_now();
     if !blocked::surely_blocked(state, now) {
         return None;
     }

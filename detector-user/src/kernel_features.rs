@@ -22,6 +22,7 @@ const HELPERS: &[(u32, &str, &str)] = &[
     (99, "bpf_skc_lookup_tcp", "5.2"),
     (100, "bpf_tcp_check_syncookie", "5.2"),
     (110, "bpf_tcp_gen_syncookie", "5.3"),
+    (118, "bpf_jiffies64", "5.6"),
     (130, "bpf_ringbuf_output", "5.8"),
     (131, "bpf_ringbuf_reserve", "5.8"),
     (132, "bpf_ringbuf_submit", "5.8"),

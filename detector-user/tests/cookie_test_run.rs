@@ -16,6 +16,7 @@ use detector_common::{
     counters::Counter,
     names,
     state::{SourceKey, SourceState},
+    tick_clock::TickAnchor,
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpHeader, TcpOptionElement, TransportSlice};
 
@@ -718,4 +719,46 @@ fn a_sketch_wider_than_its_map_is_a_counted_map_error() {
         assert_eq!(det.counter(Counter::PassMapError), 8, "every SYN whose sketch cell is missing");
         assert_eq!(verdicts, [XDP_PASS; 8], "left to the kernel, not answered blind");
     });
+}
+
+/// Cookie mode's clock in the kernel (`clock::coarse_now`): the first SYN on a CPU reads
+/// the coarse clock and keeps it with the jiffies it read it at; SYNs within that tick
+/// reuse it; a SYN after the next tick reads again. What it keeps is the kernel's coarse
+/// time, so it lies between two readings of `CLOCK_MONOTONIC_COARSE` around the SYN.
+#[test]
+fn cookie_mode_reads_the_coarse_clock_once_per_tick() {
+    in_private_netns("2", || {
+        let det = Detector::load(cookie_config(true), &[]);
+        let anchor = || {
+            let map: aya::maps::PerCpuArray<_, TickAnchor> =
+                aya::maps::PerCpuArray::try_from(det.ebpf.map(names::MAP_TICK_ANCHOR).unwrap()).unwrap();
+            // The test thread is pinned to CPU 0 (`in_private_netns`).
+            map.get(&0, 0).unwrap()[0]
+        };
+        assert_eq!(anchor(), TickAnchor::default(), "nothing read before the first SYN");
+        let before = coarse_monotonic_ns();
+        assert_eq!(det.run(names::PROGRAM, &Syn::v4().frame(&linux_syn_options())).0, XDP_TX);
+        let after = coarse_monotonic_ns();
+        let first = anchor();
+        assert!(first.jiffies != 0, "jiffies read: {first:?}");
+        assert!(
+            (before..=after).contains(&first.coarse_ns),
+            "the kept time {} is the coarse clock's, between {before} and {after}",
+            first.coarse_ns
+        );
+        // Ticks are 1-10 ms; 50 ms later the jiffies have moved and the SYN reads again.
+        thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(det.run(names::PROGRAM, &Syn::v4().frame(&linux_syn_options())).0, XDP_TX);
+        let second = anchor();
+        assert!(second.jiffies > first.jiffies, "{first:?} then {second:?}");
+        assert!(second.coarse_ns >= first.coarse_ns + 40 * 1_000_000, "{first:?} then {second:?}");
+    });
+}
+
+/// `CLOCK_MONOTONIC_COARSE`: the time `bpf_ktime_get_coarse_ns` returns.
+fn coarse_monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a timespec to write.
+    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) }, 0);
+    u64::try_from(ts.tv_sec).unwrap() * SEC + u64::try_from(ts.tv_nsec).unwrap()
 }

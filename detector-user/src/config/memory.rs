@@ -186,6 +186,13 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
         shape(names::MAP_SAMPLES_LOST, Kind::PerCpuArray, 4, 8, 1),
         shape(names::MAP_SAMPLE_SCRATCH, Kind::PerCpuArray, 4, size_of::<sample::SampleRecord>(), 1),
         shape(names::MAP_PORT_CONFIG, Kind::PerCpuArray, 4, size_of::<detector_common::config::Config>(), 1),
+        shape(
+            names::MAP_TICK_ANCHOR,
+            Kind::PerCpuArray,
+            4,
+            size_of::<detector_common::tick_clock::TickAnchor>(),
+            1,
+        ),
     ]
 }
 
