@@ -214,7 +214,8 @@ struct L3 {
 /// separate bytes (spilled, then stored one by one: about 130 instructions for the two
 /// addresses); two words stay two registers and two stores.
 #[inline(always)]
-fn two_words(a: [u8; 16]) -> [u64; 2] {
+#[must_use]
+pub fn two_words(a: [u8; 16]) -> [u64; 2] {
     let (hi, lo) = a.split_at(8);
     let word = |b: &[u8]| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
     [word(hi), word(lo)]

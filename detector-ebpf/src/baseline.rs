@@ -5,18 +5,21 @@
 //! helper alone, and the "minimal responder": the raw helper and a SYN-ACK built in place,
 //! the least any program that answers a SYN must spend; the "ruled responder": the minimal
 //! responder behind our rules' random reads (the sketch's four cells, the closed filter's
-//! bucket), the least a responder that keeps those rules must spend; and the "drop floor":
-//! one source lookup and the coarse clock (read as ours reads it), the least a drop that accounts the SYN to its
-//! blocked source must spend. The agent never attaches them.
+//! bucket), the least a responder that keeps those rules must spend; the "drop floor":
+//! one source lookup and the coarse clock (read as ours reads it), the least a drop that
+//! accounts the SYN to its blocked source must spend; and the "table drop floor": the same
+//! with the source found in a direct-mapped table read in place instead of a hash map,
+//! what such an accounting structure would cost. The agent never attaches them.
 
 use core::ffi::c_void;
 
 use detector_common::{
-    checksum,
+    block_filter, checksum,
     config::Config,
     fastpath::{may_be_time_wait, CLOSED_FILTER_BUCKETS},
     filter,
-    parse::ipv4_mapped,
+    names::BLOCK_FILTER_BUCKETS,
+    parse::{ipv4_mapped, two_words},
     sketch::SKETCH_ROWS,
     state::{FlowKey, SourceKey, SourceState},
 };
@@ -272,6 +275,46 @@ pub fn baseline_drop_floor(ctx: XdpContext) -> u32 {
     state.last_seen_ns = now;
     state.syns_total = state.syns_total.saturating_add(1);
     xdp_action::XDP_DROP
+}
+
+/// The table drop floor's blocked sources, filled by the bench with the same sources as
+/// `FLOOR_SOURCES`: per bucket (`block_filter::bucket` of the address), two slots of
+/// [the address as two words (`two_words`), the block's end, the SYNs dropped].
+#[map(name = "FLOOR_TABLE")]
+static FLOOR_TABLE: Array<[[u64; 4]; 2]> = Array::with_max_entries(BLOCK_FILTER_BUCKETS, 0);
+
+/// The "table drop floor": the drop floor with its hash lookup replaced by one read in
+/// place, the way `LOCAL_TABLE` is read: the source's bucket (one 64-byte line), its two
+/// slots compared word by word, the block checked on the same clock, the SYN counted in
+/// the slot. A hash map's lookup hashes the key, walks the bucket's list and compares the
+/// key with an out-of-line `memcmp` (a call, through the return thunk on this machine):
+/// this measures what a blocked-source table of that shape would save (docs/hotpaths.md).
+#[xdp]
+pub fn baseline_drop_table_floor(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    if data + 34 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bytes 26..30 (the IPv4 source) are inside the range checked above.
+    let src = unsafe { crate::packet::load::<4>(data + 26) };
+    // Through a `SourceKey` (aligned to 8), the hash reads the address as words.
+    let key = SourceKey { addr: ipv4_mapped(src) };
+    let Some(bucket) = FLOOR_TABLE.get_ptr_mut(block_filter::bucket(&key.addr)) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: a live map value.
+    let (bucket, now) = (unsafe { &mut *bucket }, crate::clock::coarse_now());
+    let [hi, lo] = two_words(key.addr);
+    for slot in bucket {
+        if slot[0] == hi && slot[1] == lo {
+            if now >= slot[2] {
+                return xdp_action::XDP_PASS;
+            }
+            slot[3] += 1;
+            return xdp_action::XDP_DROP;
+        }
+    }
+    xdp_action::XDP_PASS
 }
 
 /// The floor of any drop path: the bench compares the blocked-source drop with it.

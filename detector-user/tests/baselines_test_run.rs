@@ -87,6 +87,38 @@ fn the_drop_floor_drops_and_accounts_only_blocked_sources() {
     assert_eq!(det.run("baseline_drop_floor", &stranger).0, XDP_PASS);
 }
 
+/// The table drop floor stands for a blocked-source table read in place: it must find a
+/// source in either slot of its bucket, drop and count its SYN there while the block runs,
+/// and pass a source it does not hold and one whose block has ended.
+#[test]
+fn the_table_drop_floor_drops_and_counts_only_sources_blocked_in_its_table() {
+    let mut det = Detector::load(Config::new(0, 0, SEC, 3 * SEC), &["baseline_drop_table_floor"]);
+    let addr = |last: u8| detector_common::parse::ipv4_mapped([CLIENT4[0], CLIENT4[1], CLIENT4[2], last]);
+    let at = detector_common::block_filter::bucket(&addr(CLIENT4[3]));
+    let word = |a| detector_common::parse::two_words(a);
+    let [hi, lo] = word(addr(CLIENT4[3]));
+    // The blocked client in the second slot, behind another source's ended block.
+    let [other_hi, other_lo] = word(addr(77));
+    let bucket = [[other_hi, other_lo, 1, 0], [hi, lo, u64::MAX, 0]];
+    let mut table: aya::maps::Array<_, [[u64; 4]; 2]> =
+        aya::maps::Array::try_from(det.ebpf.map_mut("FLOOR_TABLE").unwrap()).unwrap();
+    table.set(at, bucket, 0).unwrap();
+    for _ in 0..2 {
+        assert_eq!(det.run("baseline_drop_table_floor", &padded_syn()).0, XDP_DROP);
+    }
+    let table: aya::maps::Array<_, [[u64; 4]; 2]> =
+        aya::maps::Array::try_from(det.ebpf.map("FLOOR_TABLE").unwrap()).unwrap();
+    assert_eq!(table.get(&at, 0).unwrap()[1][3], 2, "both SYNs counted in the client's slot");
+    let mut stranger = padded_syn();
+    stranger[29] = 3; // the IPv4 source's last byte
+    assert_eq!(det.run("baseline_drop_table_floor", &stranger).0, XDP_PASS, "not in the table");
+    // The same client with its block over.
+    let mut table: aya::maps::Array<_, [[u64; 4]; 2]> =
+        aya::maps::Array::try_from(det.ebpf.map_mut("FLOOR_TABLE").unwrap()).unwrap();
+    table.set(at, [[other_hi, other_lo, 1, 0], [hi, lo, 1, 0]], 0).unwrap();
+    assert_eq!(det.run("baseline_drop_table_floor", &padded_syn()).0, XDP_PASS, "the block has ended");
+}
+
 /// The ruled responder is the minimal responder behind our rules' random reads, so it must
 /// answer exactly as the minimal one does, count the SYN in its four sketch cells, and
 /// leave a flow its closed filter says may be in TIME_WAIT to the kernel.

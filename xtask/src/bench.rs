@@ -201,7 +201,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
 
 /// The table of timed cases: the baselines first (the trivial XDP_PASS first of all, which
 /// every other case is net of), then the detector's paths, each with its config.
-fn cases(packets: u32, many: u32, few: u32) -> [Case; 20] {
+fn cases(packets: u32, many: u32, few: u32) -> [Case; 21] {
     // A SYN-rate limit, or the cookie path skips the sketch altogether. No source can
     // reach it: no case sends more SYNs than this, and a sketch estimate never exceeds
     // the SYNs counted. No kernel destinations and no tag-stripping NIC here, which the
@@ -243,6 +243,7 @@ fn cases(packets: u32, many: u32, few: u32) -> [Case; 20] {
         Case { name: COOKIE_MSS, program: names::PROGRAM, config: Some(cookie_mss), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false },
         Case { name: DROP, program: "baseline_drop", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false },
         Case { name: DROP_FLOOR, program: "baseline_drop_floor", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false },
+        Case { name: DROP_TABLE_FLOOR, program: "baseline_drop_table_floor", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false },
         Case { name: DROP_BLOCKED, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropBlocked), padded: false },
         Case { name: ACK_CALM, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp), padded: false },
         Case { name: ACK_COOKIES, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp), padded: false },
@@ -313,12 +314,20 @@ fn ratios(report: &mut Report, results: &[Timing], many: u32, few: u32) {
     // read none of it), so the test run's own cost is in both.
     // The shield's row has no target: while cookies are on, every ACK to an answered port
     // pays a socket lookup (docs/cookies.md, the ACK shield); the ≤ 2 is for a calm server.
-    let raw: [(&str, &str, &str, Option<&'static str>); 5] = [
+    let raw: [(&str, &str, &str, Option<&'static str>); 6] = [
         (DROP_BLOCKED, DROP, "drop path (blocked source) / trivial XDP_DROP, raw", Some("≤ 2")),
         // The least a drop that accounts the SYN to its blocked source costs, and what the
         // rest of our path (parser, local-address check, config) adds to it.
         (DROP_FLOOR, DROP, "drop floor (source lookup + coarse clock) / trivial XDP_DROP, raw", None),
         (DROP_BLOCKED, DROP_FLOOR, "drop path (blocked source) / drop floor, raw", None),
+        // The same floor with a table read in place instead of the hash lookup: what a
+        // blocked-source table would leave of the 2x (docs/hotpaths.md).
+        (
+            DROP_TABLE_FLOOR,
+            DROP,
+            "table drop floor (table read in place + coarse clock) / trivial XDP_DROP, raw",
+            None,
+        ),
         (ACK_CALM, PASS, "ACK, calm / trivial XDP_PASS, raw", Some("≤ 2")),
         (ACK_COOKIES, PASS, "ACK, cookies on (shield lookup) / trivial XDP_PASS, raw", None),
     ];
@@ -365,6 +374,8 @@ const DROP: &str = "trivial XDP_DROP";
 const DROP_BLOCKED: &str = "drop path, blocked source";
 
 const DROP_FLOOR: &str = "drop floor (source lookup + coarse clock)";
+
+const DROP_TABLE_FLOOR: &str = "table drop floor (table read in place + coarse clock)";
 
 const ACK_CALM: &str = "ACK, calm (no cookies)";
 

@@ -109,6 +109,9 @@ pub(crate) fn load_case(object: &[u8], case: &Case) -> Result<Ebpf> {
         (_, "baseline_drop_floor") => Some("FLOOR_SOURCES"),
         _ => None,
     };
+    if case.program == "baseline_drop_table_floor" {
+        fill_floor_table(&mut ebpf, case)?;
+    }
     if let Some(map) = blocked_map {
         let mut sources: aya::maps::HashMap<_, SourceKey, SourceState> =
             aya::maps::HashMap::try_from(ebpf.map_mut(map).context("the blocked sources' map")?)?;
@@ -123,6 +126,26 @@ pub(crate) fn load_case(object: &[u8], case: &Case) -> Result<Ebpf> {
         }
     }
     Ok(ebpf)
+}
+
+/// The table drop floor's copy of the blocked sources: each in a free slot of its bucket
+/// (two per bucket), blocked for good (`baseline_drop_table_floor` in baseline.rs).
+fn fill_floor_table(ebpf: &mut Ebpf, case: &Case) -> Result<()> {
+    let mut table: Array<_, [[u64; 4]; 2]> =
+        Array::try_from(ebpf.map_mut("FLOOR_TABLE").context("the table drop floor's map")?)?;
+    let mut frame = syn_frame(case.family);
+    for n in 0..case.sources {
+        set_source(&mut frame, case.family, n);
+        let addr = source_of(&frame, case.family).addr;
+        let at = detector_common::block_filter::bucket(&addr);
+        let mut bucket = table.get(&at, 0)?;
+        let free = bucket.iter_mut().find(|slot| slot[0] == 0 && slot[1] == 0);
+        let slot = free.with_context(|| format!("the table drop floor's bucket {at} is full"))?;
+        let [hi, lo] = detector_common::parse::two_words(addr);
+        *slot = [hi, lo, u64::MAX, 0];
+        table.set(at, bucket, 0)?;
+    }
+    Ok(())
 }
 
 /// ACK cases (by their path) send ACKs, not SYNs.
