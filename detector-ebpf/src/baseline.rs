@@ -258,13 +258,10 @@ static FLOOR_SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_
 /// local-address check, no config, no counters.
 #[xdp]
 pub fn baseline_drop_floor(ctx: XdpContext) -> u32 {
-    let data = ctx.data();
-    if data + 34 > ctx.data_end() {
+    let Some(key) = floor_source(&ctx) else {
         return xdp_action::XDP_PASS;
-    }
-    // SAFETY: bytes 26..30 (the IPv4 source) are inside the range checked above.
-    let src = unsafe { crate::packet::load::<4>(data + 26) };
-    let Some(state) = FLOOR_SOURCES.get_ptr_mut(&SourceKey { addr: ipv4_mapped(src) }) else {
+    };
+    let Some(state) = FLOOR_SOURCES.get_ptr_mut(&key) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: a live map value.
@@ -291,14 +288,10 @@ static FLOOR_TABLE: Array<[[u64; 4]; 2]> = Array::with_max_entries(BLOCK_FILTER_
 /// this measures what a blocked-source table of that shape would save (docs/hotpaths.md).
 #[xdp]
 pub fn baseline_drop_table_floor(ctx: XdpContext) -> u32 {
-    let data = ctx.data();
-    if data + 34 > ctx.data_end() {
-        return xdp_action::XDP_PASS;
-    }
-    // SAFETY: bytes 26..30 (the IPv4 source) are inside the range checked above.
-    let src = unsafe { crate::packet::load::<4>(data + 26) };
     // Through a `SourceKey` (aligned to 8), the hash reads the address as words.
-    let key = SourceKey { addr: ipv4_mapped(src) };
+    let Some(key) = floor_source(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
     let Some(bucket) = FLOOR_TABLE.get_ptr_mut(block_filter::bucket(&key.addr)) else {
         return xdp_action::XDP_PASS;
     };
@@ -315,6 +308,19 @@ pub fn baseline_drop_table_floor(ctx: XdpContext) -> u32 {
         }
     }
     xdp_action::XDP_PASS
+}
+
+/// The drop floors' source: the IPv4 source at its fixed offset in an untagged frame,
+/// IPv4-mapped as `SOURCES` keys it. `None` for a frame too short to hold it.
+#[inline(always)]
+fn floor_source(ctx: &XdpContext) -> Option<SourceKey> {
+    let data = ctx.data();
+    if data + 34 > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: bytes 26..30 (the IPv4 source) are inside the range checked above.
+    let src = unsafe { crate::packet::load::<4>(data + 26) };
+    Some(SourceKey { addr: ipv4_mapped(src) })
 }
 
 /// The floor of any drop path: the bench compares the blocked-source drop with it.
