@@ -29,7 +29,14 @@ pub const fn ever_blocked(state: &SourceState) -> bool {
 #[inline(always)]
 #[must_use]
 pub const fn surely_blocked(state: &SourceState, coarse_now_ns: u64) -> bool {
-    coarse_now_ns.saturating_add(COARSE_SLACK_NS) < state.blocked_until_ns
+    surely_blocked_until(state.blocked_until_ns, coarse_now_ns)
+}
+
+/// `surely_blocked` for a block ending at `until_ns` (a `blocked_table` slot's copy).
+#[inline(always)]
+#[must_use]
+pub const fn surely_blocked_until(until_ns: u64, coarse_now_ns: u64) -> bool {
+    coarse_now_ns.saturating_add(COARSE_SLACK_NS) < until_ns
 }
 
 #[cfg(test)]

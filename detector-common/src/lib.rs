@@ -13,6 +13,7 @@
 pub mod ackshield;
 pub mod block_filter;
 pub mod blocked;
+pub mod blocked_table;
 pub mod checksum;
 pub mod config;
 pub mod counters;

@@ -26,6 +26,9 @@ pub const MAP_BLOCK_FILTER: &str = "BLOCK_FILTER";
 pub const BLOCK_FILTER_BUCKETS: u32 = 1 << 16;
 /// Entries of `BLOCK_FILTER`: the buckets and the slot after them.
 pub const BLOCK_FILTER_SLOTS: u32 = BLOCK_FILTER_BUCKETS + 1;
+/// `Array<blocked_table::BlockedBucket>` of `blocked_table::BLOCKED_TABLE_BUCKETS`: running
+/// blocks cached for the blocked drop, so that it skips the `SOURCES` lookup. Not pinned.
+pub const MAP_BLOCKED_TABLE: &str = "BLOCKED_TABLE";
 /// `Array<u64>` of `sketch::SKETCH_ROWS × Config::sketch_width` cells; size from config.
 pub const MAP_SKETCH: &str = "SKETCH";
 /// `HashMap<[u8; 16], u32>`: the host's own addresses in the agent's network namespace

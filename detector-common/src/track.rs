@@ -201,6 +201,14 @@ pub fn on_syn(state: &mut SourceState, now_ns: u64, cfg: &Config, new_flow: bool
     SynVerdict::Pass
 }
 
+/// Accounts `syns` SYNs of a blocked source, dropped from the block cache
+/// (`blocked_table`) and folded into its entry at `now_ns`, as `on_syn` accounts one.
+#[inline(always)]
+pub fn on_blocked_syns(state: &mut SourceState, now_ns: u64, syns: u32) {
+    state.last_seen_ns = now_ns;
+    state.syns_total = state.syns_total.saturating_add(u64::from(syns));
+}
+
 /// Blocks a source that the sketch found over its SYN-rate limit (cookie mode, where no
 /// per-source window is kept).
 #[inline(always)]

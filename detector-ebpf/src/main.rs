@@ -147,13 +147,16 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
         track::drop_if_blocked_now(found, cfg, now).unwrap_or_else(|| cookie_syn(ctx, seg, cfg, now))
     } else {
         // Blocked sources first (they are dropped whatever their destination): a flood's
-        // SYNs mostly end here, on the coarse clock and without another call.
-        let mut found = track::state_of(seg);
-        let blocked = found.as_deref_mut().and_then(|state| track::drop_if_blocked(state, cfg));
-        blocked.unwrap_or_else(|| {
-            // SAFETY: a helper without arguments.
-            let now = unsafe { bpf_ktime_get_ns() };
-            track::on_syn(ctx, seg, cfg, now, found)
+        // SYNs mostly end here, on the coarse clock and without another call; from the
+        // block cache without the `SOURCES` lookup, or from `SOURCES`, which caches them.
+        track::drop_cached_block(seg, cfg).unwrap_or_else(|| {
+            let mut found = track::state_of(seg);
+            let blocked = found.as_deref_mut().and_then(|state| track::drop_if_blocked(seg, state, cfg));
+            blocked.unwrap_or_else(|| {
+                // SAFETY: a helper without arguments.
+                let now = unsafe { bpf_ktime_get_ns() };
+                track::on_syn(ctx, seg, cfg, now, found)
+            })
         })
     };
     if cfg.has(FLAG_ENFORCE) {

@@ -457,3 +457,75 @@ fn garbage_never_aborts_and_always_passes() {
     println!("{frames} frames, {deeper} past the ethertype");
     assert!(deeper * 3 >= frames, "only {deeper} of {frames} frames reached the IP parsers");
 }
+
+/// A blocked source's SYNs after the first are dropped from the block cache
+/// (`BLOCKED_TABLE`) without the `SOURCES` lookup: counted in its slot and added to its
+/// entry every `FOLD_EVERY` SYNs. When the slot's block nears its end, what the slot still
+/// counted goes to the entry and the `SOURCES` path decides again (here: still blocked
+/// there, so dropped and cached again with the entry's end).
+#[test]
+fn a_blocked_sources_syns_are_dropped_from_the_block_cache_and_folded_into_its_entry() {
+    use detector_common::{
+        block_filter,
+        blocked_table::{BlockedBucket, FOLD_EVERY},
+        names::MAP_BLOCKED_TABLE,
+        parse::two_words,
+    };
+    let mut det = Detector::load(Config::new(5, 0, 600 * SEC, 3 * SEC), &[]);
+    let flood = |i: u16| Tcp::syn(66, 41000 + i);
+    let key = flood(0).key();
+    let at = block_filter::bucket(&key.addr);
+    let slot_of = |det: &Detector| {
+        let table: aya::maps::Array<_, BlockedBucket> =
+            aya::maps::Array::try_from(det.ebpf.map(MAP_BLOCKED_TABLE).unwrap()).unwrap();
+        let mut bucket = table.get(&at, 0).unwrap();
+        bucket.find(two_words(key.addr)).copied()
+    };
+    let dropped = |det: &Detector, from: u16, n: u16| {
+        let table: Vec<Fixture> = (from..from + n)
+            .map(|i| Fixture {
+                name: "blocked",
+                frame: flood(i).frame(),
+                verdict: XDP_DROP,
+                counter: Counter::DropBlocked,
+            })
+            .collect();
+        run_table(det, &table);
+    };
+    for i in 0..6 {
+        det.run(detector_common::names::PROGRAM, &flood(i).frame());
+    }
+    assert_eq!(det.counter(Counter::DropOverLimit), 1, "the sixth SYN crossed the limit");
+    assert!(slot_of(&det).is_none(), "a block is cached by the blocked source's next SYN, not before");
+    let syns = |det: &Detector| det.sources().get(&key, 0).unwrap().syns_total;
+
+    dropped(&det, 6, 1);
+    let until = det.sources().get(&key, 0).unwrap().blocked_until_ns;
+    let slot = slot_of(&det).expect("cached by the SYN the SOURCES path dropped");
+    assert_eq!((slot.until_ns, slot.unfolded, syns(&det)), (until, 0, 7));
+
+    let fold = u16::try_from(FOLD_EVERY).unwrap();
+    dropped(&det, 7, fold - 1);
+    assert_eq!((slot_of(&det).unwrap().unfolded, syns(&det)), (FOLD_EVERY - 1, 7), "counted in the slot");
+    dropped(&det, 7 + fold - 1, 1);
+    assert_eq!((slot_of(&det).unwrap().unfolded, syns(&det)), (0, 7 + u64::from(FOLD_EVERY)), "folded");
+    dropped(&det, 7 + fold, 3);
+    assert_eq!(slot_of(&det).unwrap().unfolded, 3);
+
+    // The slot's copy of the end moved to half a second from now: the block nears its end
+    // as far as the cache knows.
+    let mut bucket = {
+        let table: aya::maps::Array<_, BlockedBucket> =
+            aya::maps::Array::try_from(det.ebpf.map(MAP_BLOCKED_TABLE).unwrap()).unwrap();
+        table.get(&at, 0).unwrap()
+    };
+    bucket.find(two_words(key.addr)).unwrap().until_ns = monotonic_ns() + SEC / 2;
+    let mut table: aya::maps::Array<_, BlockedBucket> =
+        aya::maps::Array::try_from(det.ebpf.map_mut(MAP_BLOCKED_TABLE).unwrap()).unwrap();
+    table.set(at, bucket, 0).unwrap();
+    dropped(&det, 10 + fold, 1);
+    let slot = slot_of(&det).expect("cached again");
+    assert_eq!(slot.until_ns, until, "with the entry's end");
+    assert_eq!(syns(&det), 7 + u64::from(FOLD_EVERY) + 3 + 1, "the slot's 3 folded, and this SYN");
+    assert_eq!(det.counter(Counter::DropBlocked), u64::from(fold) + 5);
+}

@@ -124,8 +124,33 @@ pub(crate) fn load_case(object: &[u8], case: &Case) -> Result<Ebpf> {
                 0,
             )?;
         }
+        if map == names::MAP_SOURCES {
+            stamp_blocks(&mut ebpf, case)?;
+        }
     }
     Ok(ebpf)
+}
+
+/// The block filter's stamps for the case's blocked sources, as the program's own blocks
+/// leave them (`note_block`): their buckets and the latest slot, so that the program knows
+/// blocks run (the block cache is read only then).
+fn stamp_blocks(ebpf: &mut Ebpf, case: &Case) -> Result<()> {
+    use detector_common::block_filter;
+    let mut filter: Array<_, u32> =
+        Array::try_from(ebpf.map_mut(names::MAP_BLOCK_FILTER).context("BLOCK_FILTER")?)?;
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a timespec to write.
+    ensure!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) } == 0, "clock_gettime");
+    let now = u64::try_from(ts.tv_sec)? * 1_000_000_000 + u64::try_from(ts.tv_nsec)?;
+    let stamp = block_filter::stamp(u64::MAX, now);
+    let mut frame = syn_frame(case.family);
+    for n in 0..case.sources {
+        set_source(&mut frame, case.family, n);
+        for at in block_filter::slots(&source_of(&frame, case.family).addr) {
+            filter.set(at, stamp, 0)?;
+        }
+    }
+    Ok(())
 }
 
 /// The table drop floor's copy of the blocked sources: each in a free slot of its bucket

@@ -148,6 +148,13 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
         shape(names::MAP_SKETCH, Kind::Array, 4, 8, cfg.sketch_cells()),
         shape(names::MAP_PENDING_FILTER, Kind::Array, 4, 4, names::PENDING_FILTER_BUCKETS),
         shape(names::MAP_BLOCK_FILTER, Kind::Array, 4, 4, names::BLOCK_FILTER_SLOTS),
+        shape(
+            names::MAP_BLOCKED_TABLE,
+            Kind::Array,
+            4,
+            size_of::<detector_common::blocked_table::BlockedBucket>(),
+            detector_common::blocked_table::BLOCKED_TABLE_BUCKETS,
+        ),
         shape(names::MAP_CONFIG, Kind::Array, 4, size_of::<KernelConfig>(), 1),
         shape(names::MAP_COUNTERS, Kind::PerCpuArray, 4, 8, COUNTER_SLOTS),
         shape(names::MAP_COOKIE_BUDGET, Kind::Array, 4, 16, 1),

@@ -9,6 +9,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use detector_common::{
+    block_filter,
+    blocked_table::BlockedBucket,
     fastpath::{RenewalSlot, RENEWAL_SLOTS},
     filter, names,
     parse::{parse_tcp, tcp_flags, IpVersion},
@@ -91,8 +93,15 @@ impl Kernel {
         let mut sources: HashMap<_, SourceKey, SourceState> =
             HashMap::try_from(self.det.ebpf.map_mut(names::MAP_SOURCES).unwrap()).unwrap();
         let keys: Vec<SourceKey> = sources.keys().map(Result::unwrap).collect();
-        for k in keys {
-            sources.remove(&k).unwrap();
+        for k in &keys {
+            sources.remove(k).unwrap();
+        }
+        // The block cache holds only sources that had an entry: their buckets emptied, no
+        // block outlives its entry into the next sequence.
+        let mut cache: Array<_, BlockedBucket> =
+            Array::try_from(self.det.ebpf.map_mut(names::MAP_BLOCKED_TABLE).unwrap()).unwrap();
+        for k in &keys {
+            cache.set(block_filter::bucket(&k.addr), BlockedBucket::default(), 0).unwrap();
         }
         let mut pending: HashMap<_, FlowKey, PendingFlow> =
             HashMap::try_from(self.det.ebpf.map_mut(names::MAP_PENDING).unwrap()).unwrap();
