@@ -12,6 +12,7 @@
 #![feature(asm_experimental_arch)]
 
 mod ackshield;
+mod block_cache;
 mod clock;
 // Test-only programs: compiled into the test object, never into the one that ships.
 #[cfg(feature = "test-programs")]
@@ -149,7 +150,7 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
         // Blocked sources first (they are dropped whatever their destination): a flood's
         // SYNs mostly end here, on the coarse clock and without another call; from the
         // block cache without the `SOURCES` lookup, or from `SOURCES`, which caches them.
-        track::drop_cached_block(seg, cfg).unwrap_or_else(|| {
+        block_cache::drop_cached_block(seg, cfg).unwrap_or_else(|| {
             let mut found = track::state_of(seg);
             let blocked = found.as_deref_mut().and_then(|state| track::drop_if_blocked(seg, state, cfg));
             blocked.unwrap_or_else(|| {

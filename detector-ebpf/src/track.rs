@@ -10,12 +10,11 @@ use aya_ebpf::{
 };
 use detector_common::{
     block_filter, blocked,
-    blocked_table::{BlockedBucket, BLOCKED_TABLE_BUCKETS},
     config::{Config, FLAG_COOKIES},
     counters::Counter,
     filter,
     names::{BLOCK_FILTER_SLOTS, PENDING_FILTER_BUCKETS},
-    parse::{two_words, TcpSegment},
+    parse::TcpSegment,
     sketch,
     state::{FlowKey, PendingFlow, SourceKey, SourceState},
     track::{self, BlockReason, SynVerdict},
@@ -28,7 +27,7 @@ use crate::{
 
 /// Default sizes; the agent sets the real ones from its config before loading.
 #[map(name = "SOURCES")]
-static SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_entries(65_536, 0);
+pub(crate) static SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_entries(65_536, 0);
 
 #[map(name = "PENDING")]
 static PENDING: LruHashMap<FlowKey, PendingFlow> = LruHashMap::with_max_entries(131_072, 0);
@@ -43,13 +42,7 @@ static PENDING_FILTER: Array<u32> = Array::with_max_entries(PENDING_FILTER_BUCKE
 /// Per source-hash bucket, the end of the latest block there, and the latest end of all
 /// past the buckets (`block_filter`). Pinned with `SOURCES`, whose blocks it summarises.
 #[map(name = "BLOCK_FILTER")]
-static BLOCK_FILTER: Array<u32> = Array::with_max_entries(BLOCK_FILTER_SLOTS, 0);
-
-/// Running blocks, cached for the blocked drop (`blocked_table`): a blocked source's SYNs
-/// are dropped from here without the `SOURCES` lookup. Not pinned: a cache, refilled from
-/// `SOURCES` by each blocked source's next SYN.
-#[map(name = "BLOCKED_TABLE")]
-static BLOCKED_TABLE: Array<BlockedBucket> = Array::with_max_entries(BLOCKED_TABLE_BUCKETS, 0);
+pub(crate) static BLOCK_FILTER: Array<u32> = Array::with_max_entries(BLOCK_FILTER_SLOTS, 0);
 
 /// Records a block of `key`'s source until `until_ns` in its filter bucket and in the
 /// latest slot. Another CPU writing the same slot at the same moment may win with an
@@ -105,80 +98,6 @@ pub fn state_of(seg: &TcpSegment) -> Option<&'static mut SourceState> {
     SOURCES.get_ptr_mut(&SourceKey { addr: seg.src }).map(|state| unsafe { &mut *state })
 }
 
-/// Tracking mode's blocked drop from the block cache (`BLOCKED_TABLE`): a SYN from a
-/// source cached as blocked for a while yet is counted in its slot (every
-/// `blocked_table::FOLD_EVERY`th SYN the count goes to its `SOURCES` entry) and dropped,
-/// without the `SOURCES` lookup. `None`: not cached, or its block nears its end (what the
-/// slot counted goes to the entry then, and the slot is emptied); the caller goes on to
-/// `SOURCES`. Only while a block runs somewhere (the block filter's latest slot, one line
-/// every SYN reads): otherwise the table's bucket, a random line, is not read.
-#[inline(always)]
-pub fn drop_cached_block(seg: &TcpSegment, cfg: &Config) -> Option<Counter> {
-    let now = crate::clock::coarse_now();
-    let latest = BLOCK_FILTER.get(block_filter::LATEST_SLOT);
-    if !latest.is_none_or(|&stamp| block_filter::may_be_blocked(stamp, now)) {
-        return None;
-    }
-    drop_from_table(seg, cfg, now)
-}
-
-/// `drop_cached_block` past the latest slot.
-// A BPF-to-BPF call: inlined, its locals grew the entry point's frame and the verifier
-// refused the tracking chain (combined stack 528 of 512 bytes).
-#[inline(never)]
-fn drop_from_table(seg: &TcpSegment, cfg: &Config, now: u64) -> Option<Counter> {
-    // The key's alignment (8) lets the hash read the address as words.
-    let key = SourceKey { addr: seg.src };
-    let bucket = BLOCKED_TABLE.get_ptr_mut(block_filter::bucket(&key.addr))?;
-    // SAFETY: a live array value; `blocked_table` says what concurrent CPUs can do to it.
-    let slot = unsafe { &mut *bucket }.find(two_words(key.addr))?;
-    if blocked::surely_blocked_until(slot.until_ns, now) {
-        let fold = slot.count_drop();
-        if fold != 0 {
-            fold_into_source(&key, fold, now, cfg);
-        }
-        return Some(Counter::DropBlocked);
-    }
-    let rest = slot.take();
-    if rest != 0 {
-        fold_into_source(&key, rest, now, cfg);
-    }
-    None
-}
-
-/// Adds `syns` SYNs dropped from the block cache to the source's entry, as `drop_if_blocked`
-/// accounts one (its pending handshakes aged on the way). An entry evicted meanwhile loses
-/// them: the counters (`DropBlocked`) have them all.
-// A BPF-to-BPF call: once per `FOLD_EVERY` drops, and its lookup stays out of the caller's
-// frame.
-#[inline(never)]
-fn fold_into_source(key: &SourceKey, syns: u32, now: u64, cfg: &Config) {
-    let Some(state) = SOURCES.get_ptr_mut(key) else {
-        return;
-    };
-    // SAFETY: see `source_state`.
-    let state = unsafe { &mut *state };
-    if !cfg.has(FLAG_COOKIES) {
-        let expired = state.age(now, cfg);
-        if expired != 0 {
-            count_by(Counter::HandshakeFailed, expired);
-        }
-    }
-    track::on_blocked_syns(state, now, syns);
-}
-
-/// Caches the block of the SYN's source until `until_ns` in `BLOCKED_TABLE`.
-// A BPF-to-BPF call: once per blocked source (its next SYNs find the slot), and its
-// locals stay out of the entry point's frame.
-#[inline(never)]
-fn cache_block(seg: &TcpSegment, until_ns: u64) {
-    let key = SourceKey { addr: seg.src };
-    if let Some(bucket) = BLOCKED_TABLE.get_ptr_mut(block_filter::bucket(&key.addr)) {
-        // SAFETY: a live array value; see `blocked_table` for concurrent writers.
-        unsafe { &mut *bucket }.place(two_words(key.addr), until_ns);
-    }
-}
-
 /// A SYN from a source blocked for a while yet (`blocked::surely_blocked`): accounted as
 /// `on_syn` and `screen_for_cookie` account a blocked source's SYN, on the coarse clock,
 /// cached in `BLOCKED_TABLE` for its next SYNs, and dropped. `None`: not sure, the caller
@@ -192,7 +111,7 @@ pub fn drop_if_blocked(seg: &TcpSegment, state: &mut SourceState, cfg: &Config) 
     if !blocked::surely_blocked(state, now) {
         return None;
     }
-    cache_block(seg, state.blocked_until_ns);
+    crate::block_cache::cache_block(seg, state.blocked_until_ns);
     // Tracking ages the source's pending handshakes on every SYN; cookie mode keeps none.
     if !cfg.has(FLAG_COOKIES) {
         let expired = state.age(now, cfg);
