@@ -7,17 +7,13 @@ use aya_ebpf::{macros::map, maps::Array};
 use detector_common::{
     block_filter, blocked,
     blocked_table::{BlockedBucket, BLOCKED_TABLE_BUCKETS},
-    config::{Config, FLAG_COOKIES},
+    config::Config,
     counters::Counter,
     parse::{two_words, TcpSegment},
-    state::SourceKey,
-    track,
+    state::{SourceKey, SourceState},
 };
 
-use crate::{
-    stats::count_by,
-    track::{BLOCK_FILTER, SOURCES},
-};
+use crate::track;
 
 /// Running blocks, cached for the blocked drop (`blocked_table`): a blocked source's SYNs
 /// are dropped from here without the `SOURCES` lookup. Not pinned: a cache, refilled from
@@ -35,8 +31,7 @@ static BLOCKED_TABLE: Array<BlockedBucket> = Array::with_max_entries(BLOCKED_TAB
 #[inline(always)]
 pub fn drop_cached_block(seg: &TcpSegment, cfg: &Config) -> Option<Counter> {
     let now = crate::clock::coarse_now();
-    let latest = BLOCK_FILTER.get(block_filter::LATEST_SLOT);
-    if !latest.is_none_or(|&stamp| block_filter::may_be_blocked(stamp, now)) {
+    if !track::any_block_runs(now) {
         return None;
     }
     drop_from_table(seg, cfg, now)
@@ -55,43 +50,31 @@ fn drop_from_table(seg: &TcpSegment, cfg: &Config, now: u64) -> Option<Counter> 
     if blocked::surely_blocked_until(slot.until_ns, now) {
         let fold = slot.count_drop();
         if fold != 0 {
-            fold_into_source(&key, fold, now, cfg);
+            track::fold_blocked_syns(&key, fold, now, cfg);
         }
         return Some(Counter::DropBlocked);
     }
     let rest = slot.take();
     if rest != 0 {
-        fold_into_source(&key, rest, now, cfg);
+        track::fold_blocked_syns(&key, rest, now, cfg);
     }
     None
 }
 
-/// Adds `syns` SYNs dropped from the block cache to the source's entry, as `drop_if_blocked`
-/// accounts one (its pending handshakes aged on the way). An entry evicted meanwhile loses
-/// them: the counters (`DropBlocked`) have them all.
-// A BPF-to-BPF call: once per `FOLD_EVERY` drops, and its lookup stays out of the caller's
-// frame.
-#[inline(never)]
-fn fold_into_source(key: &SourceKey, syns: u32, now: u64, cfg: &Config) {
-    let Some(state) = SOURCES.get_ptr_mut(key) else {
-        return;
-    };
-    // SAFETY: see `source_state`.
-    let state = unsafe { &mut *state };
-    if !cfg.has(FLAG_COOKIES) {
-        let expired = state.age(now, cfg);
-        if expired != 0 {
-            count_by(Counter::HandshakeFailed, expired);
-        }
-    }
-    track::on_blocked_syns(state, now, syns);
+/// `track::drop_if_blocked`, and a source it drops (surely blocked) cached here for its
+/// next SYNs.
+#[inline(always)]
+pub fn drop_if_blocked(seg: &TcpSegment, state: &mut SourceState, cfg: &Config) -> Option<Counter> {
+    let drop = track::drop_if_blocked(state, cfg)?;
+    cache_block(seg, state.blocked_until_ns);
+    Some(drop)
 }
 
 /// Caches the block of the SYN's source until `until_ns` in `BLOCKED_TABLE`.
 // A BPF-to-BPF call: once per blocked source (its next SYNs find the slot), and its
 // locals stay out of the entry point's frame.
 #[inline(never)]
-pub fn cache_block(seg: &TcpSegment, until_ns: u64) {
+fn cache_block(seg: &TcpSegment, until_ns: u64) {
     let key = SourceKey { addr: seg.src };
     if let Some(bucket) = BLOCKED_TABLE.get_ptr_mut(block_filter::bucket(&key.addr)) {
         // SAFETY: a live array value; see `blocked_table` for concurrent writers.

@@ -152,7 +152,8 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
         // block cache without the `SOURCES` lookup, or from `SOURCES`, which caches them.
         block_cache::drop_cached_block(seg, cfg).unwrap_or_else(|| {
             let mut found = track::state_of(seg);
-            let blocked = found.as_deref_mut().and_then(|state| track::drop_if_blocked(seg, state, cfg));
+            let blocked =
+                found.as_deref_mut().and_then(|state| block_cache::drop_if_blocked(seg, state, cfg));
             blocked.unwrap_or_else(|| {
                 // SAFETY: a helper without arguments.
                 let now = unsafe { bpf_ktime_get_ns() };

@@ -27,7 +27,7 @@ use crate::{
 
 /// Default sizes; the agent sets the real ones from its config before loading.
 #[map(name = "SOURCES")]
-pub(crate) static SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_entries(65_536, 0);
+static SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_entries(65_536, 0);
 
 #[map(name = "PENDING")]
 static PENDING: LruHashMap<FlowKey, PendingFlow> = LruHashMap::with_max_entries(131_072, 0);
@@ -42,7 +42,7 @@ static PENDING_FILTER: Array<u32> = Array::with_max_entries(PENDING_FILTER_BUCKE
 /// Per source-hash bucket, the end of the latest block there, and the latest end of all
 /// past the buckets (`block_filter`). Pinned with `SOURCES`, whose blocks it summarises.
 #[map(name = "BLOCK_FILTER")]
-pub(crate) static BLOCK_FILTER: Array<u32> = Array::with_max_entries(BLOCK_FILTER_SLOTS, 0);
+static BLOCK_FILTER: Array<u32> = Array::with_max_entries(BLOCK_FILTER_SLOTS, 0);
 
 /// Records a block of `key`'s source until `until_ns` in its filter bucket and in the
 /// latest slot. Another CPU writing the same slot at the same moment may win with an
@@ -69,6 +69,34 @@ pub fn may_be_blocked(seg: &TcpSegment, now: u64) -> bool {
     // The key's alignment (8) lets the hash read the address as words; `seg.src` read
     // through a plain `&[u8; 16]` came as 1- and 2-byte loads.
     running(block_filter::LATEST_SLOT) && running(block_filter::bucket(&SourceKey { addr: seg.src }.addr))
+}
+
+/// Whether a block runs anywhere at `now` (the latest slot, the same line for every SYN).
+/// A missing slot cannot happen (an array); if it did, say yes.
+#[inline(always)]
+pub fn any_block_runs(now: u64) -> bool {
+    BLOCK_FILTER.get(block_filter::LATEST_SLOT).is_none_or(|&stamp| block_filter::may_be_blocked(stamp, now))
+}
+
+/// Adds `syns` SYNs of a blocked source, dropped from the block cache (`block_cache`), to
+/// its entry, as `drop_if_blocked` accounts one (its pending handshakes aged on the way).
+/// An entry evicted meanwhile loses them: the counters (`DropBlocked`) have them all.
+// A BPF-to-BPF call: once per `FOLD_EVERY` drops, and its lookup stays out of the caller's
+// frame.
+#[inline(never)]
+pub fn fold_blocked_syns(key: &SourceKey, syns: u32, now: u64, cfg: &Config) {
+    let Some(state) = SOURCES.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: see `source_state`.
+    let state = unsafe { &mut *state };
+    if !cfg.has(FLAG_COOKIES) {
+        let expired = state.age(now, cfg);
+        if expired != 0 {
+            count_by(Counter::HandshakeFailed, expired);
+        }
+    }
+    track::on_blocked_syns(state, now, syns);
 }
 
 #[inline(always)]
@@ -100,10 +128,9 @@ pub fn state_of(seg: &TcpSegment) -> Option<&'static mut SourceState> {
 
 /// A SYN from a source blocked for a while yet (`blocked::surely_blocked`): accounted as
 /// `on_syn` and `screen_for_cookie` account a blocked source's SYN, on the coarse clock,
-/// cached in `BLOCKED_TABLE` for its next SYNs, and dropped. `None`: not sure, the caller
-/// goes on with the fine clock.
+/// and dropped. `None`: not sure, the caller goes on with the fine clock.
 #[inline(always)]
-pub fn drop_if_blocked(seg: &TcpSegment, state: &mut SourceState, cfg: &Config) -> Option<Counter> {
+pub fn drop_if_blocked(state: &mut SourceState, cfg: &Config) -> Option<Counter> {
     if !blocked::ever_blocked(state) {
         return None;
     }
@@ -111,7 +138,6 @@ pub fn drop_if_blocked(seg: &TcpSegment, state: &mut SourceState, cfg: &Config) 
     if !blocked::surely_blocked(state, now) {
         return None;
     }
-    crate::block_cache::cache_block(seg, state.blocked_until_ns);
     // Tracking ages the source's pending handshakes on every SYN; cookie mode keeps none.
     if !cfg.has(FLAG_COOKIES) {
         let expired = state.age(now, cfg);
