@@ -18,7 +18,7 @@ static TICK_ANCHOR: PerCpuArray<TickAnchor> = PerCpuArray::with_max_entries(1, 0
 #[inline(always)]
 pub fn coarse_now() -> u64 {
     // SAFETY: helpers without arguments (kernel >= 5.11 for the coarse clock; jiffies
-    // since 5.5, inlined by the verifier into one load).
+    // since 5.6, inlined by the verifier into one load).
     let coarse = || unsafe { bpf_ktime_get_coarse_ns() };
     let jiffies = unsafe { bpf_jiffies64() };
     match TICK_ANCHOR.get_ptr_mut(0) {

@@ -65,17 +65,33 @@ fn note_block(key: &SourceKey, until_ns: u64, now: u64) {
 /// in its bucket. A missing slot cannot happen (an array); if it did, the lookup decides.
 #[inline(always)]
 pub fn may_be_blocked(seg: &TcpSegment, now: u64) -> bool {
-    let running = |at| BLOCK_FILTER.get(at).is_none_or(|&s| block_filter::may_be_blocked(s, now));
     // The key's alignment (8) lets the hash read the address as words; `seg.src` read
     // through a plain `&[u8; 16]` came as 1- and 2-byte loads.
-    running(block_filter::LATEST_SLOT) && running(block_filter::bucket(&SourceKey { addr: seg.src }.addr))
+    any_block_runs(now) && stamp_runs(block_filter::bucket(&SourceKey { addr: seg.src }.addr), now)
+}
+
+/// Ages the source's pending handshakes to `now` (`SourceState::age`) and counts those
+/// that timed out as failed handshakes.
+#[inline(always)]
+fn age_pending(state: &mut SourceState, now: u64, cfg: &Config) {
+    let expired = state.age(now, cfg);
+    if expired != 0 {
+        count_by(Counter::HandshakeFailed, expired);
+    }
 }
 
 /// Whether a block runs anywhere at `now` (the latest slot, the same line for every SYN).
 /// A missing slot cannot happen (an array); if it did, say yes.
 #[inline(always)]
 pub fn any_block_runs(now: u64) -> bool {
-    BLOCK_FILTER.get(block_filter::LATEST_SLOT).is_none_or(|&stamp| block_filter::may_be_blocked(stamp, now))
+    stamp_runs(block_filter::LATEST_SLOT, now)
+}
+
+/// Whether the block filter's slot `at` holds a block still running at `now`; a missing
+/// slot (impossible in an array) says yes, so the lookup decides.
+#[inline(always)]
+fn stamp_runs(at: u32, now: u64) -> bool {
+    BLOCK_FILTER.get(at).is_none_or(|&stamp| block_filter::may_be_blocked(stamp, now))
 }
 
 /// Adds `syns` SYNs of a blocked source, dropped from the block cache (`block_cache`), to
@@ -90,12 +106,8 @@ pub fn fold_blocked_syns(key: &SourceKey, syns: u32, now: u64, cfg: &Config) {
     };
     // SAFETY: see `source_state`.
     let state = unsafe { &mut *state };
-    if !cfg.has(FLAG_COOKIES) {
-        let expired = state.age(now, cfg);
-        if expired != 0 {
-            count_by(Counter::HandshakeFailed, expired);
-        }
-    }
+    // The block cache serves tracking mode only, where every SYN ages the source.
+    age_pending(state, now, cfg);
     track::on_blocked_syns(state, now, syns);
 }
 
@@ -140,10 +152,7 @@ pub fn drop_if_blocked(state: &mut SourceState, cfg: &Config) -> Option<Counter>
     }
     // Tracking ages the source's pending handshakes on every SYN; cookie mode keeps none.
     if !cfg.has(FLAG_COOKIES) {
-        let expired = state.age(now, cfg);
-        if expired != 0 {
-            count_by(Counter::HandshakeFailed, expired);
-        }
+        age_pending(state, now, cfg);
     }
     // A blocked source's retransmissions must not refresh its pending flows.
     let _ = track::on_syn(state, now, cfg, false);
@@ -186,10 +195,7 @@ pub fn on_syn(
         };
         state
     };
-    let expired = state.age(now, cfg);
-    if expired != 0 {
-        count_by(Counter::HandshakeFailed, expired);
-    }
+    age_pending(state, now, cfg);
     if state.is_blocked(now) {
         // A blocked source's retransmissions must not refresh its pending flows.
         let _ = track::on_syn(state, now, cfg, false);
@@ -331,10 +337,7 @@ fn complete_handshake(seg: &TcpSegment, cfg: &Config, stamp: u32) {
         Some(state) => {
             // SAFETY: see `source_state`.
             let state = unsafe { &mut *state };
-            let expired = state.age(now, cfg);
-            if expired != 0 {
-                count_by(Counter::HandshakeFailed, expired);
-            }
+            age_pending(state, now, cfg);
             track::on_handshake_complete(state, pending.syn_ns, now, cfg)
         }
         // The source was evicted meanwhile; the handshake did complete.
