@@ -63,8 +63,7 @@ impl BlockedBucket {
     /// The slot caching a block of `addr`, if any.
     #[inline(always)]
     pub fn find(&mut self, addr: [u64; 2]) -> Option<&mut BlockedSlot> {
-        // Word by word: LLVM's BPF backend turns an array compare into a `memcmp` call.
-        self.slots.iter_mut().find(|slot| slot.until_ns != 0 && same(slot.addr, addr))
+        self.slots.iter_mut().find(|slot| slot.holds(addr))
     }
 
     /// Caches a block of `addr` until `until_ns`: in its own slot if it has one, else in an
@@ -73,7 +72,7 @@ impl BlockedBucket {
     #[inline(always)]
     pub fn place(&mut self, addr: [u64; 2], until_ns: u64) {
         let [a, b] = &mut self.slots;
-        let slot = if b.until_ns != 0 && same(b.addr, addr) {
+        let slot = if b.holds(addr) {
             b
         } else if a.until_ns == 0 || same(a.addr, addr) || b.until_ns != 0 && a.until_ns <= b.until_ns {
             a
@@ -84,12 +83,21 @@ impl BlockedBucket {
     }
 }
 
+/// Word by word: LLVM's BPF backend turns an array compare into a `memcmp` call.
 #[inline(always)]
 const fn same(a: [u64; 2], b: [u64; 2]) -> bool {
     a[0] == b[0] && a[1] == b[1]
 }
 
 impl BlockedSlot {
+    /// Whether the slot caches a block of `addr` (an empty slot holds none, whatever its
+    /// address words).
+    #[inline(always)]
+    #[must_use]
+    pub const fn holds(&self, addr: [u64; 2]) -> bool {
+        self.until_ns != 0 && same(self.addr, addr)
+    }
+
     /// Counts a SYN dropped from this slot; returns how many to add to the source's entry
     /// now: `FOLD_EVERY` every `FOLD_EVERY`th SYN, else 0.
     #[inline(always)]
