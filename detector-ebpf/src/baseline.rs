@@ -14,11 +14,12 @@
 use core::ffi::c_void;
 
 use detector_common::{
-    block_filter, checksum,
+    block_filter,
+    blocked_table::{BlockedBucket, BLOCKED_TABLE_BUCKETS},
+    checksum,
     config::Config,
     fastpath::{may_be_time_wait, CLOSED_FILTER_BUCKETS},
     filter,
-    names::BLOCK_FILTER_BUCKETS,
     parse::{ipv4_mapped, two_words},
     sketch::SKETCH_ROWS,
     state::{FlowKey, SourceKey, SourceState},
@@ -275,17 +276,17 @@ pub fn baseline_drop_floor(ctx: XdpContext) -> u32 {
 }
 
 /// The table drop floor's blocked sources, filled by the bench with the same sources as
-/// `FLOOR_SOURCES`: per bucket (`block_filter::bucket` of the address), two slots of
-/// [the address as two words (`two_words`), the block's end, the SYNs dropped].
+/// `FLOOR_SOURCES`, in the block cache's buckets (`blocked_table::BlockedBucket`, at the
+/// address's `block_filter::bucket`).
 #[map(name = "FLOOR_TABLE")]
-static FLOOR_TABLE: Array<[[u64; 4]; 2]> = Array::with_max_entries(BLOCK_FILTER_BUCKETS, 0);
+static FLOOR_TABLE: Array<BlockedBucket> = Array::with_max_entries(BLOCKED_TABLE_BUCKETS, 0);
 
 /// The "table drop floor": the drop floor with its hash lookup replaced by one read in
-/// place, the way `LOCAL_TABLE` is read: the source's bucket (one 64-byte line), its two
-/// slots compared word by word, the block checked on the same clock, the SYN counted in
-/// the slot. A hash map's lookup hashes the key, walks the bucket's list and compares the
-/// key with an out-of-line `memcmp` (a call, through the return thunk on this machine):
-/// this measures what a blocked-source table of that shape would save (docs/hotpaths.md).
+/// place, as the block cache (`block_cache.rs`) reads: the source's bucket (one 64-byte
+/// line), its two slots compared word by word, the block checked on the same clock, the
+/// SYN counted in the slot. A hash map's lookup hashes the key, walks the bucket's list and
+/// compares the key with an out-of-line `memcmp` (a call, through the return thunk on this
+/// machine): this measures what a table of that shape saves (docs/hotpaths.md).
 #[xdp]
 pub fn baseline_drop_table_floor(ctx: XdpContext) -> u32 {
     // Through a `SourceKey` (aligned to 8), the hash reads the address as words.
@@ -297,17 +298,14 @@ pub fn baseline_drop_table_floor(ctx: XdpContext) -> u32 {
     };
     // SAFETY: a live map value.
     let (bucket, now) = (unsafe { &mut *bucket }, crate::clock::coarse_now());
-    let [hi, lo] = two_words(key.addr);
-    for slot in bucket {
-        if slot[0] == hi && slot[1] == lo {
-            if now >= slot[2] {
-                return xdp_action::XDP_PASS;
-            }
-            slot[3] += 1;
-            return xdp_action::XDP_DROP;
-        }
+    let Some(slot) = bucket.find(two_words(key.addr)) else {
+        return xdp_action::XDP_PASS;
+    };
+    if now >= slot.until_ns {
+        return xdp_action::XDP_PASS;
     }
-    xdp_action::XDP_PASS
+    slot.unfolded = slot.unfolded.wrapping_add(1);
+    xdp_action::XDP_DROP
 }
 
 /// The drop floors' source: the IPv4 source at its fixed offset in an untagged frame,

@@ -92,30 +92,33 @@ fn the_drop_floor_drops_and_accounts_only_blocked_sources() {
 /// and pass a source it does not hold and one whose block has ended.
 #[test]
 fn the_table_drop_floor_drops_and_counts_only_sources_blocked_in_its_table() {
+    use detector_common::blocked_table::{BlockedBucket, BlockedSlot};
     let mut det = Detector::load(Config::new(0, 0, SEC, 3 * SEC), &["baseline_drop_table_floor"]);
     let addr = |last: u8| detector_common::parse::ipv4_mapped([CLIENT4[0], CLIENT4[1], CLIENT4[2], last]);
     let at = detector_common::block_filter::bucket(&addr(CLIENT4[3]));
-    let word = |a| detector_common::parse::two_words(a);
-    let [hi, lo] = word(addr(CLIENT4[3]));
+    let slot = |last: u8, until_ns: u64| BlockedSlot {
+        addr: detector_common::parse::two_words(addr(last)),
+        until_ns,
+        ..BlockedSlot::default()
+    };
+    let set = |det: &mut Detector, bucket: BlockedBucket| {
+        let mut table: aya::maps::Array<_, BlockedBucket> =
+            aya::maps::Array::try_from(det.ebpf.map_mut("FLOOR_TABLE").unwrap()).unwrap();
+        table.set(at, bucket, 0).unwrap();
+    };
     // The blocked client in the second slot, behind another source's ended block.
-    let [other_hi, other_lo] = word(addr(77));
-    let bucket = [[other_hi, other_lo, 1, 0], [hi, lo, u64::MAX, 0]];
-    let mut table: aya::maps::Array<_, [[u64; 4]; 2]> =
-        aya::maps::Array::try_from(det.ebpf.map_mut("FLOOR_TABLE").unwrap()).unwrap();
-    table.set(at, bucket, 0).unwrap();
+    set(&mut det, BlockedBucket { slots: [slot(77, 1), slot(CLIENT4[3], u64::MAX)] });
     for _ in 0..2 {
         assert_eq!(det.run("baseline_drop_table_floor", &padded_syn()).0, XDP_DROP);
     }
-    let table: aya::maps::Array<_, [[u64; 4]; 2]> =
+    let table: aya::maps::Array<_, BlockedBucket> =
         aya::maps::Array::try_from(det.ebpf.map("FLOOR_TABLE").unwrap()).unwrap();
-    assert_eq!(table.get(&at, 0).unwrap()[1][3], 2, "both SYNs counted in the client's slot");
+    assert_eq!(table.get(&at, 0).unwrap().slots[1].unfolded, 2, "both SYNs counted in the client's slot");
     let mut stranger = padded_syn();
     stranger[29] = 3; // the IPv4 source's last byte
     assert_eq!(det.run("baseline_drop_table_floor", &stranger).0, XDP_PASS, "not in the table");
     // The same client with its block over.
-    let mut table: aya::maps::Array<_, [[u64; 4]; 2]> =
-        aya::maps::Array::try_from(det.ebpf.map_mut("FLOOR_TABLE").unwrap()).unwrap();
-    table.set(at, [[other_hi, other_lo, 1, 0], [hi, lo, 1, 0]], 0).unwrap();
+    set(&mut det, BlockedBucket { slots: [slot(77, 1), slot(CLIENT4[3], 1)] });
     assert_eq!(det.run("baseline_drop_table_floor", &padded_syn()).0, XDP_PASS, "the block has ended");
 }
 

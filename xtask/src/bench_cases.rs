@@ -156,7 +156,8 @@ fn stamp_blocks(ebpf: &mut Ebpf, case: &Case) -> Result<()> {
 /// The table drop floor's copy of the blocked sources: each in a free slot of its bucket
 /// (two per bucket), blocked for good (`baseline_drop_table_floor` in baseline.rs).
 fn fill_floor_table(ebpf: &mut Ebpf, case: &Case) -> Result<()> {
-    let mut table: Array<_, [[u64; 4]; 2]> =
+    use detector_common::blocked_table::BlockedBucket;
+    let mut table: Array<_, BlockedBucket> =
         Array::try_from(ebpf.map_mut("FLOOR_TABLE").context("the table drop floor's map")?)?;
     let mut frame = syn_frame(case.family);
     for n in 0..case.sources {
@@ -164,10 +165,12 @@ fn fill_floor_table(ebpf: &mut Ebpf, case: &Case) -> Result<()> {
         let addr = source_of(&frame, case.family).addr;
         let at = detector_common::block_filter::bucket(&addr);
         let mut bucket = table.get(&at, 0)?;
-        let free = bucket.iter_mut().find(|slot| slot[0] == 0 && slot[1] == 0);
-        let slot = free.with_context(|| format!("the table drop floor's bucket {at} is full"))?;
-        let [hi, lo] = detector_common::parse::two_words(addr);
-        *slot = [hi, lo, u64::MAX, 0];
+        // `place` would give up a block to make room: every source must be in the table.
+        ensure!(
+            bucket.slots.iter().any(|slot| slot.until_ns == 0),
+            "the table drop floor's bucket {at} is full"
+        );
+        bucket.place(detector_common::parse::two_words(addr), u64::MAX);
         table.set(at, bucket, 0)?;
     }
     Ok(())
