@@ -29,6 +29,7 @@ pub mod policy;
 pub mod ports;
 #[cfg(feature = "user")]
 pub mod procnet;
+pub mod reply_frame;
 pub mod sample;
 pub mod sketch;
 pub mod state;

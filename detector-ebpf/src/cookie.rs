@@ -25,6 +25,7 @@ use detector_common::{
     counters::Counter,
     fastpath::CookiePath,
     parse::{IpVersion, TcpSegment, ETH_HEADER_LEN},
+    reply_frame::{reply_frame, ReplyFrame, MAX_TRAILER_WORDS},
     synack::{
         build_synack_into, ipv4_reply_words, ipv6_reply_words, synack_len, ReplySettings,
         SYNACK_LEN_MSS_ONLY, SYNACK_LEN_WITH_TS, SYNACK_WORDS_MSS_ONLY,
@@ -131,8 +132,8 @@ fn frame_len(ctx: &XdpContext) -> usize {
 }
 
 /// Resizes the frame by `delta` bytes; false if the kernel refused (only growth can fail).
-/// Not called at all when the reply is the SYN's length (a Linux SYN with timestamps
-/// answered with them, or one with MSS only answered without): a helper call saved.
+/// Not called at all when the frame is kept (`reply_frame`: a reply as long as the SYN,
+/// or shorter than a SYN that ends with its headers): a helper call saved.
 #[inline(always)]
 fn adjust_tail(ctx: &XdpContext, delta: i32) -> bool {
     // SAFETY: a helper call on our own context.
@@ -177,7 +178,8 @@ fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result
     Ok(answered)
 }
 
-/// Cuts the frame to the SYN-ACK's length and builds the SYN-ACK over the SYN.
+/// Makes the frame the SYN-ACK's length, or keeps the SYN's with a zeroed trailer
+/// (`reply_frame`), and builds the SYN-ACK over the SYN.
 /// A BPF-to-BPF call (at most five arguments), beside `gen_cookie` on the stack.
 #[inline(never)]
 fn send_reply(
@@ -201,9 +203,13 @@ fn send_reply(
     // A SYN that ends with its TCP header (no payload, no padding: what Linux and most
     // clients send) has a known length, and only a longer frame costs the helper.
     let syn_len = l4 + usize::from(seg.tcp_header_len);
-    let frame = if frame_is(ctx, syn_len) { syn_len } else { frame_len(ctx) };
-    #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "frame lengths")]
-    let delta = target as i32 - frame as i32;
+    let headers_end_frame = frame_is(ctx, syn_len);
+    let frame = if headers_end_frame { syn_len } else { frame_len(ctx) };
+    // A reply shorter than such a SYN keeps its length: no resize, a trailer instead.
+    let (delta, trailer_words) = match reply_frame(frame, headers_end_frame, target) {
+        ReplyFrame::Keep { trailer_words } => (0, trailer_words),
+        ReplyFrame::Resize { delta } => (delta, 0),
+    };
     // Only growth can fail: a SYN shorter than its reply, in a buffer without tailroom.
     // The kernel answers it instead.
     if delta != 0 && !adjust_tail(ctx, delta) {
@@ -224,7 +230,29 @@ fn send_reply(
         }
         return Err(Counter::PassCookieHelperError);
     }
+    zero_trailer(ctx, target, trailer_words);
     Ok(())
+}
+
+/// Zeroes `words` 4-byte words from `from` bytes into the frame: the SYN's bytes left
+/// after a reply shorter than it (`reply_frame`). The frame is the SYN's, so they are
+/// inside it; each store still checks the end itself, for the verifier.
+#[inline(always)]
+fn zero_trailer(ctx: &XdpContext, from: usize, words: u8) {
+    // Bounded for the verifier, as in `frame_is`.
+    if words == 0 || from > MAX_L4 + usize::from(SYNACK_LEN_WITH_TS) {
+        return;
+    }
+    let start = ctx.data() + from;
+    let end = ctx.data_end();
+    for i in 0..MAX_TRAILER_WORDS {
+        let at = start + 4 * i;
+        if i >= usize::from(words) || at + 4 > end {
+            return;
+        }
+        // SAFETY: inside the frame, checked just above.
+        unsafe { store_word(at, 0) };
+    }
 }
 
 /// Writes the reply over the SYN: MACs swapped, new IP and TCP headers, each TCP word

@@ -268,14 +268,14 @@ fn without_timestamps_or_client_options_the_reply_has_mss_only() {
     });
 }
 
-/// The reply is exactly its headers long, whatever followed the SYN's headers: a SYN the
-/// reply's length is answered in place (no resize: `send_reply` sees the length by pointer
-/// comparison), one with longer options is cut to the reply (its length also seen by
-/// pointer comparison, as the SYN's headers end the frame), one padded to Ethernet's
-/// 60-byte minimum or carrying data is cut to the reply (its length from the helper), one
-/// shorter grows to it.
+/// The reply frame: a SYN the reply's length is answered in place (no resize: `send_reply`
+/// sees the length by pointer comparison); one with longer options that end the frame
+/// keeps its length, the bytes after the MSS-only SYN-ACK zeroed as an Ethernet trailer
+/// that the IP length leaves out (`reply_frame`: no resize either); one padded to
+/// Ethernet's 60-byte minimum or carrying data is cut to the reply (its length from the
+/// helper); one shorter grows to it. The kernel accepts every cookie.
 #[test]
-fn the_reply_is_exactly_its_headers_long() {
+fn the_reply_frame_is_its_headers_or_the_syns_with_a_zeroed_trailer() {
     in_private_netns("2", || {
         let det = Detector::load(cookie_config(false), &["probe_check_cookie"]);
         let mss = [TcpOptionElement::MaximumSegmentSize(1460)];
@@ -288,25 +288,50 @@ fn the_reply_is_exactly_its_headers_long() {
                 TcpOptionElement::Noop,
                 TcpOptionElement::WindowScale(7),
             ]);
-            for (what, frame) in [
-                ("same length", &exact),
-                ("longer options", &longer),
-                ("padded", &padded),
-                ("no options", &syn.frame(&[])),
+            // As Linux sends it: 20 bytes of options, 16 more than the reply's.
+            let linux = syn.frame(&[
+                TcpOptionElement::MaximumSegmentSize(1460),
+                TcpOptionElement::SelectiveAcknowledgementPermitted,
+                TcpOptionElement::Timestamp(7, 0),
+                TcpOptionElement::Noop,
+                TcpOptionElement::WindowScale(7),
+            ]);
+            for (what, frame, frame_len) in [
+                ("same length", &exact, exact.len()),
+                ("longer options", &longer, longer.len()),
+                ("Linux's options", &linux, linux.len()),
+                ("padded", &padded, exact.len()),
+                ("no options", &syn.frame(&[]), exact.len()),
             ] {
                 let (verdict, reply) = det.run(names::PROGRAM, frame);
                 assert_eq!(verdict, XDP_TX, "{what}");
                 let h = check_synack(&reply, syn);
                 assert_eq!(h.header_len(), 24, "{what}");
                 assert_eq!(
-                    reply.len(),
+                    ip_packet_end(&reply),
                     exact.len(),
-                    "{what}: the MSS-only SYN-ACK's length, nothing after it"
+                    "{what}: the IP length ends the packet at the SYN-ACK"
                 );
+                assert_eq!(reply.len(), frame_len, "{what}: the frame's length");
+                assert!(reply[exact.len()..].iter().all(|&b| b == 0), "{what}: the trailer is zeroed");
                 assert!(kernel_accepts(&det, syn, h.sequence_number), "{what}");
             }
+            assert!(
+                longer.len() > exact.len() && linux.len() == exact.len() + 16,
+                "the cases differ as named"
+            );
         }
     });
+}
+
+/// Where the IP header's length field says the packet ends, as bytes from the frame's
+/// start (an untagged frame).
+fn ip_packet_end(frame: &[u8]) -> usize {
+    match frame[14] >> 4 {
+        4 => 14 + usize::from(u16::from_be_bytes([frame[16], frame[17]])),
+        6 => 14 + 40 + usize::from(u16::from_be_bytes([frame[18], frame[19]])),
+        v => panic!("IP version {v}"),
+    }
 }
 
 /// The options of a SYN whose TCP header is `20 + len` bytes: MSS, NOPs, and from 16

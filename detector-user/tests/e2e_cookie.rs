@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     sync::Mutex,
     thread,
@@ -295,31 +295,7 @@ fn cookie_connections_keep_window_scaling_and_sack_with_timestamps() {
     let listener =
         in_netns(&lab.server_ns, || std::net::TcpListener::bind(("0.0.0.0", INFO_PORT)).unwrap()).unwrap();
     // Capture the SYN-ACK on the client side while one connection is made and held open.
-    let pcap = lab.scratch().join("synack.pcap");
-    let tshark = lab
-        .spawn(
-            &lab.client_ns.clone(),
-            Command::new("tshark")
-                .args(["-q", "-i", &lab.client_if.clone(), "-c", "1", "-w"])
-                .arg(&pcap)
-                .args([
-                    "-f",
-                    &format!(
-                        "tcp src port {INFO_PORT} and tcp[tcpflags] & (tcp-syn|tcp-ack) == (tcp-syn|tcp-ack)"
-                    ),
-                ]),
-        )
-        .unwrap();
-    thread::sleep(Duration::from_secs(2));
-    // tshark writes the capture file's header once it captures: on a busy machine its start
-    // can take longer than the wait above.
-    for _ in 0..100 {
-        if std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0) {
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    thread::sleep(Duration::from_millis(200));
+    let (tshark, pcap) = capture_synack(&mut lab, INFO_PORT);
     // (`ss -ti` from iproute2 6.1 does not print ts/sack on this kernel even for plain
     // connections; it is printed below for people.)
     let addr = SocketAddr::new(IpAddr::V4(xtask::lab::SERVER_V4), INFO_PORT);
@@ -359,7 +335,12 @@ fn cookie_connections_keep_window_scaling_and_sack_with_timestamps() {
         .expect("another connection through a cookie");
         drop((c, listener.accept().unwrap()));
     };
-    let fields = wait_for_tshark(tshark, &pcap, again);
+    let fields = wait_for_tshark(
+        tshark,
+        &pcap,
+        again,
+        &["tcp.options.timestamp.tsval", "tcp.options.wscale.shift", "tcp.options.sack_perm"],
+    );
     println!("tshark, SYN-ACK seen by the client: TSval, window scale shift, SACK permitted = {fields}");
     let fields: Vec<&str> = fields.trim().split('\t').collect();
     assert!(
@@ -381,6 +362,94 @@ fn cookie_connections_keep_window_scaling_and_sack_with_timestamps() {
     assert!(agent.stop().unwrap().success());
 }
 
+/// Cookies without timestamps, to a Linux client whose SYN carries 20 bytes of options:
+/// the MSS-only SYN-ACK keeps the SYN's 74-byte frame, its last 16 bytes a zeroed
+/// Ethernet trailer past the IP length (`reply_frame`: no resize), and the client's
+/// kernel takes it as the 44-byte packet its IP header says. The connection completes
+/// through the cookie and carries data both ways, without timestamps.
+#[test]
+fn mss_only_cookies_reach_a_linux_client_with_the_syns_frame_and_a_zeroed_trailer() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut lab = flood_lab();
+    let config = lab.scratch().join("mss-only.toml");
+    std::fs::write(&config, "[cookies]\ntimestamps = false\necn = false\n").unwrap();
+    let mut agent = Agent::start(
+        &lab,
+        Path::new(AGENT),
+        &[
+            "--mode",
+            "cookie",
+            "--poll-interval-ms",
+            "200",
+            "--syn-rate-limit",
+            "0",
+            "--half-open-limit",
+            "0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    // Listening before the capture's wait, for the reason given in the test above.
+    let listener =
+        in_netns(&lab.server_ns, || std::net::TcpListener::bind(("0.0.0.0", TRAILER_PORT)).unwrap()).unwrap();
+    let (tshark, pcap) = capture_synack(&mut lab, TRAILER_PORT);
+    let addr = SocketAddr::new(IpAddr::V4(xtask::lab::SERVER_V4), TRAILER_PORT);
+    let connect = || {
+        use std::io::{Read, Write};
+        let mut client = in_netns(&lab.client_ns, move || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        })
+        .unwrap()
+        .expect("connect through an MSS-only cookie");
+        let (mut accepted, _) = listener.accept().unwrap();
+        client.write_all(b"ping").unwrap();
+        let mut got = [0; 4];
+        accepted.read_exact(&mut got).unwrap();
+        accepted.write_all(b"pong").unwrap();
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"pong", "data both ways");
+        tcp_info(&client)
+    };
+    let info = connect();
+    assert_eq!(info.options & TCPI_OPT_TIMESTAMPS, 0, "no timestamps: the SYN-ACK carried the MSS only");
+    let fields = wait_for_tshark(
+        tshark,
+        &pcap,
+        || drop(connect()),
+        &[
+            "frame.len",
+            "ip.len",
+            "tcp.hdr_len",
+            "tcp.options.timestamp.tsval",
+            "eth.padding",
+            "eth.trailer",
+            "eth.fcs",
+        ],
+    );
+    println!("tshark, SYN-ACK seen by the client: frame, IP, TCP header lengths, TSval, padding, trailer, FCS = {fields}");
+    let fields: Vec<&str> = fields.trim_end_matches('\n').split('\t').collect();
+    assert_eq!(fields.len(), 7, "{fields:?}");
+    assert_eq!(
+        (fields[0], fields[1], fields[2]),
+        ("74", "44", "24"),
+        "the SYN's frame (14 + 20 + 40), the IP packet of an MSS-only SYN-ACK (20 + 24)"
+    );
+    assert!(fields[3].is_empty(), "no timestamp option: {:?}", fields[3]);
+    // Wireshark names the 16 bytes after the IP packet in three parts: padding up to
+    // Ethernet's 60-byte minimum, a trailer, and what it takes for the frame check
+    // sequence (veth frames have none). All of them are the zeroed trailer.
+    let after_ip: String = fields[4..].iter().map(|f| f.trim_start_matches("0x").replace(':', "")).collect();
+    assert!(
+        after_ip.len() == 32 && after_ip.bytes().all(|b| b == b'0'),
+        "16 zeroed bytes after the IP packet: {:?}",
+        &fields[4..]
+    );
+    let s = agent.scrape().unwrap();
+    assert!(s.value("syndetector_cookies_sent_total").unwrap() >= 1.0, "the SYN was answered from XDP");
+    assert!(agent.stop().unwrap().success());
+}
+
 /// The receive window scale the kernel picks for a connection in `ns`
 /// (`tcp_select_initial_window`): `clamp(ilog2(max(tcp_rmem[2], rmem_max)) - 15, 0, 14)`.
 fn kernel_wscale(lab: &Lab, ns: &str) -> u8 {
@@ -392,6 +461,7 @@ fn kernel_wscale(lab: &Lab, ns: &str) -> u8 {
 }
 
 const INFO_PORT: u16 = 8081;
+const TRAILER_PORT: u16 = 8082;
 const TCPI_OPT_TIMESTAMPS: u8 = 1;
 const TCPI_OPT_SACK: u8 = 2;
 const TCPI_OPT_WSCALE: u8 = 4;
@@ -422,9 +492,40 @@ fn tcp_info(stream: &std::net::TcpStream) -> TcpInfo {
     TcpInfo { options: buf[5], snd_wscale: buf[6] & 0x0f, rcv_wscale: buf[6] >> 4 }
 }
 
+/// Starts tshark in the client's namespace, to capture the first SYN-ACK from `port`;
+/// returns once its capture file exists. Its pid and that file.
+fn capture_synack(lab: &mut Lab, port: u16) -> (u32, PathBuf) {
+    let pcap = lab.scratch().join(format!("synack-{port}.pcap"));
+    let tshark = lab
+        .spawn(
+            &lab.client_ns.clone(),
+            Command::new("tshark")
+                .args(["-q", "-i", &lab.client_if.clone(), "-c", "1", "-w"])
+                .arg(&pcap)
+                .args([
+                    "-f",
+                    &format!(
+                        "tcp src port {port} and tcp[tcpflags] & (tcp-syn|tcp-ack) == (tcp-syn|tcp-ack)"
+                    ),
+                ]),
+        )
+        .unwrap();
+    thread::sleep(Duration::from_secs(2));
+    // tshark writes the capture file's header once it captures: on a busy machine its start
+    // can take longer than the wait above.
+    for _ in 0..100 {
+        if std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(200));
+    (tshark, pcap)
+}
+
 /// Waits up to 10 s for tshark to exit with its one packet, calling `again` every 500 ms
-/// meanwhile to send it another, then reads the packet's TSval, window scale and SACK.
-fn wait_for_tshark(pid: u32, pcap: &Path, again: impl Fn()) -> String {
+/// meanwhile to send it another, then reads `fields` of the packet, tab-separated.
+fn wait_for_tshark(pid: u32, pcap: &Path, again: impl Fn(), fields: &[&str]) -> String {
     // tshark exits once it wrote its one packet (a zombie until the lab reaps it). The
     // file's header alone is no sign: tshark writes it when the capture starts.
     let exited = || {
@@ -452,16 +553,8 @@ fn wait_for_tshark(pid: u32, pcap: &Path, again: impl Fn()) -> String {
     let out = Command::new("tshark")
         .args(["-r"])
         .arg(pcap)
-        .args([
-            "-T",
-            "fields",
-            "-e",
-            "tcp.options.timestamp.tsval",
-            "-e",
-            "tcp.options.wscale.shift",
-            "-e",
-            "tcp.options.sack_perm",
-        ])
+        .args(["-T", "fields"])
+        .args(fields.iter().flat_map(|f| ["-e", f]))
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -212,8 +212,10 @@ fn check_reply(kernel: &Kernel, plan: &model::ReplyPlan, syn: &[u8], out: &[u8])
     let word = |at: usize| u32::from_be_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]);
     let cookie = word(l4 + 4);
     let mss = u16::from_be_bytes([out[l4 + 22], out[l4 + 23]]);
-    // With timestamps the reply is 40 bytes of TCP; the TS value sits at l4 + 28.
-    let now_ms = if out.len() == l4 + 40 { word(l4 + 28) | 0x3f } else { 0 };
+    // With timestamps the reply's TCP header is 40 bytes (its data offset 10); the TS
+    // value sits at l4 + 28. (Not the frame's length: an MSS-only reply may keep a longer
+    // SYN's frame, with a trailer.)
+    let now_ms = if out[l4 + 12] >> 4 == 10 { word(l4 + 28) | 0x3f } else { 0 };
     let want = plan.frame(syn, cookie, mss, now_ms);
     if out != want {
         return Err(format!("reply differs\n  model:  {}\n  kernel: {}", hex(&want), hex(out)));

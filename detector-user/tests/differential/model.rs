@@ -36,6 +36,7 @@ use detector_common::{
     filter,
     parse::{parse_tcp, tcp_flags, IpVersion, TcpSegment, ETH_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN},
     policy::{cookie_policy, IFACE_VLAN_STRIPPED, PORT_DEFAULT, PORT_NO_LISTENER},
+    reply_frame::{reply_frame, ReplyFrame},
     state::{FlowKey, PendingFlow, SourceState},
     synack::{
         build_ipv4_reply, build_ipv6_reply, build_synack, parse_syn_options, ReplySettings, MAX_OPTIONS_LEN,
@@ -118,6 +119,13 @@ impl ReplyPlan {
             IpVersion::V6 => out.extend_from_slice(&build_ipv6_reply(&self.seg, tcp.len)),
         }
         out.extend_from_slice(&tcp.bytes()[..usize::from(tcp.len)]);
+        // The frame is the SYN's, with a zeroed trailer, when the SYN's headers end it and
+        // the reply is shorter; otherwise exactly the reply (`reply_frame`).
+        let headers_end_frame =
+            syn.len() == usize::from(self.seg.l4_offset) + usize::from(self.seg.tcp_header_len);
+        if let ReplyFrame::Keep { trailer_words } = reply_frame(syn.len(), headers_end_frame, out.len()) {
+            out.resize(out.len() + 4 * usize::from(trailer_words), 0);
+        }
         out
     }
 }
