@@ -47,7 +47,7 @@ pub fn reply_frame(frame_len: usize, headers_end_frame: bool, reply_len: usize) 
     if headers_end_frame && reply_len < frame_len {
         let excess = frame_len - reply_len;
         // TCP headers are whole words, so the excess of one over the other is too.
-        if excess % 4 == 0 && excess / 4 <= MAX_TRAILER_WORDS {
+        if excess.is_multiple_of(4) && excess / 4 <= MAX_TRAILER_WORDS {
             return ReplyFrame::Keep { trailer_words: (excess / 4) as u8 };
         }
     }
@@ -84,8 +84,10 @@ mod tests {
         assert_eq!(reply_frame(v4(60), true, v4(SYNACK_LEN_WITH_TS)), ReplyFrame::Keep { trailer_words: 5 });
         assert_eq!(
             reply_frame(v4(60), true, v4(SYNACK_LEN_MSS_ONLY)),
-            ReplyFrame::Keep { trailer_words: MAX_TRAILER_WORDS as u8 }
+            ReplyFrame::Keep { trailer_words: 9 },
+            "{MAX_TRAILER_WORDS} words at most"
         );
+        assert_eq!(MAX_TRAILER_WORDS, 9);
     }
 
     #[test]
