@@ -1,7 +1,8 @@
-//! The block cache (`detector_common::blocked_table`): tracking mode's blocked drop
-//! without the `SOURCES` hash lookup. A running block is cached here by the SYN that the
-//! `SOURCES` path drops as surely blocked; the source's next SYNs are dropped from here,
-//! counted in the slot and folded into the entry every `FOLD_EVERY` SYNs.
+//! The block cache (`detector_common::blocked_table`): the blocked drop without the
+//! `SOURCES` hash lookup, in tracking and in cookie mode. A running block is cached here by
+//! the SYN that the `SOURCES` path drops as surely blocked; the source's next SYNs are
+//! dropped from here, counted in the slot and folded into the entry every `FOLD_EVERY`
+//! SYNs.
 
 use aya_ebpf::{macros::map, maps::Array};
 use detector_common::{
@@ -29,19 +30,20 @@ static BLOCKED_TABLE: Array<BlockedBucket> = Array::with_max_entries(BLOCKED_TAB
 /// `SOURCES`. Only while a block runs somewhere (the block filter's latest slot, one line
 /// every SYN reads): otherwise the table's bucket, a random line, is not read.
 #[inline(always)]
-pub fn drop_cached_block(seg: &TcpSegment, cfg: &Config) -> Option<Counter> {
-    let now = crate::clock::coarse_now();
+pub fn drop_cached_block(seg: &TcpSegment, cfg: &Config, now: u64) -> Option<Counter> {
     if !track::any_block_runs(now) {
         return None;
     }
     drop_from_table(seg, cfg, now)
 }
 
-/// `drop_cached_block` past the latest slot.
+/// `drop_cached_block` past the latest slot. Cookie mode calls it only for a source whose
+/// block filter bucket says it may be blocked (`track::may_be_blocked`): there the SYNs
+/// that reach the cache are mostly answered ones, which must not pay a second random read.
 // A BPF-to-BPF call: inlined, its locals grew the entry point's frame and the verifier
 // refused the tracking chain (combined stack 528 of 512 bytes).
 #[inline(never)]
-fn drop_from_table(seg: &TcpSegment, cfg: &Config, now: u64) -> Option<Counter> {
+pub fn drop_from_table(seg: &TcpSegment, cfg: &Config, now: u64) -> Option<Counter> {
     // The key's alignment (8) lets the hash read the address as words.
     let key = SourceKey { addr: seg.src };
     let bucket = BLOCKED_TABLE.get_ptr_mut(block_filter::bucket(&key.addr))?;
@@ -67,6 +69,22 @@ fn drop_from_table(seg: &TcpSegment, cfg: &Config, now: u64) -> Option<Counter> 
 pub fn drop_if_blocked(seg: &TcpSegment, state: &mut SourceState, cfg: &Config) -> Option<Counter> {
     let drop = track::drop_if_blocked(state, cfg)?;
     cache_block(seg, state.blocked_until_ns);
+    Some(drop)
+}
+
+/// Cookie mode's `track::drop_if_blocked_now`, and a source it drops that stays blocked
+/// for a while yet (`blocked::surely_blocked`) cached here for its next SYNs.
+#[inline(always)]
+pub fn drop_if_blocked_now(
+    seg: &TcpSegment,
+    state: &mut SourceState,
+    cfg: &Config,
+    now: u64,
+) -> Option<Counter> {
+    let drop = track::drop_if_blocked_now(state, cfg, now)?;
+    if blocked::surely_blocked(state, now) {
+        cache_block(seg, state.blocked_until_ns);
+    }
     Some(drop)
 }
 

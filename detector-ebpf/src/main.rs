@@ -136,21 +136,29 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
         Ok(cfg) => cfg,
         Err(not_judged) => return not_judged,
     };
+    // Both modes drop blocked sources on the coarse clock; cookie mode runs on it
+    // altogether (docs/hotpaths.md): it keeps no handshake state, and every time it reads
+    // (the budget's second, the renewal's second, the closed filter's minute, sketch
+    // epochs, block ends) tolerates a tick's lag.
+    let now = clock::coarse_now();
     let counter = if cfg.has(FLAG_COOKIES) {
-        // Cookie mode runs on the coarse clock (docs/hotpaths.md): it keeps no handshake
-        // state, and every time it reads (the budget's second, the renewal's second, the
-        // closed filter's minute, sketch epochs, block ends) tolerates a tick's lag.
-        let now = clock::coarse_now();
         // A spoofed flood's sources have no state: look one up only when its filter bucket
-        // holds a running block. Blocked sources first, then what policy leaves to the
-        // kernel, and only then the budget and the helper.
-        let found = if track::may_be_blocked(seg, now) { track::state_of(seg) } else { None };
-        track::drop_if_blocked_now(found, cfg, now).unwrap_or_else(|| cookie_syn(ctx, seg, cfg, now))
+        // holds a running block, in the block cache first, then in `SOURCES` (which caches
+        // it). Blocked sources first, then what policy leaves to the kernel, and only then
+        // the budget and the helper.
+        let blocked = if track::may_be_blocked(seg, now) {
+            block_cache::drop_from_table(seg, cfg, now).or_else(|| {
+                track::state_of(seg).and_then(|state| block_cache::drop_if_blocked_now(seg, state, cfg, now))
+            })
+        } else {
+            None
+        };
+        blocked.unwrap_or_else(|| cookie_syn(ctx, seg, cfg, now))
     } else {
         // Blocked sources first (they are dropped whatever their destination): a flood's
         // SYNs mostly end here, on the coarse clock and without another call; from the
         // block cache without the `SOURCES` lookup, or from `SOURCES`, which caches them.
-        block_cache::drop_cached_block(seg, cfg).unwrap_or_else(|| {
+        block_cache::drop_cached_block(seg, cfg, now).unwrap_or_else(|| {
             let mut found = track::state_of(seg);
             let blocked =
                 found.as_deref_mut().and_then(|state| block_cache::drop_if_blocked(seg, state, cfg));

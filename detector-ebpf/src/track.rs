@@ -106,8 +106,10 @@ pub fn fold_blocked_syns(key: &SourceKey, syns: u32, now: u64, cfg: &Config) {
     };
     // SAFETY: see `source_state`.
     let state = unsafe { &mut *state };
-    // The block cache serves tracking mode only, where every SYN ages the source.
-    age_pending(state, now, cfg);
+    // As `drop_if_blocked`: tracking ages the pending handshakes, cookie mode keeps none.
+    if !cfg.has(FLAG_COOKIES) {
+        age_pending(state, now, cfg);
+    }
     track::on_blocked_syns(state, now, syns);
 }
 
@@ -228,15 +230,10 @@ pub fn on_syn(
     }
 }
 
-/// A SYN from a source that has state and is blocked, in cookie mode: accounted and
-/// dropped. `found` is the source's state, if it has any; `None`: go on.
+/// A SYN from a source that is blocked, in cookie mode: accounted and dropped. `None`:
+/// not blocked, go on.
 #[inline(always)]
-pub fn drop_if_blocked_now(
-    found: Option<&'static mut SourceState>,
-    cfg: &Config,
-    now: u64,
-) -> Option<Counter> {
-    let state = found?;
+pub fn drop_if_blocked_now(state: &mut SourceState, cfg: &Config, now: u64) -> Option<Counter> {
     if !state.is_blocked(now) {
         return None;
     }

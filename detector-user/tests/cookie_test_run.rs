@@ -562,6 +562,62 @@ fn the_latest_block_slot_gates_the_buckets() {
     });
 }
 
+/// Cookie mode drops a blocked source from the block cache too (`BLOCKED_TABLE`): the
+/// sketch blocks it, its next SYN is dropped from `SOURCES` and caches the block, the
+/// ones after that from the cache, counted in its slot and added to the entry every
+/// `FOLD_EVERY`. The fold leaves the entry's pending handshakes alone: cookie mode keeps
+/// none, and does not count them as failed.
+#[test]
+fn cookie_mode_drops_a_blocked_source_from_the_block_cache() {
+    use detector_common::blocked_table::FOLD_EVERY;
+    in_private_netns("2", || {
+        let cfg = Config { syn_rate_limit: 5, ..cookie_config(true) };
+        let mut det = Detector::load(cfg, &[]);
+        let flood = |i: u16| Syn { sport: 44_000 + i, src_last: 68, ..Syn::v4() }.frame(&[]);
+        let mut key = SourceKey { addr: [0; 16] };
+        key.addr[10..12].copy_from_slice(&[0xff, 0xff]);
+        key.addr[12..].copy_from_slice(&[198, 18, 0, 68]);
+        let verdicts: Vec<u32> = (0..6).map(|i| det.run(names::PROGRAM, &flood(i)).0).collect();
+        assert_eq!(verdicts, [XDP_TX, XDP_TX, XDP_TX, XDP_TX, XDP_TX, XDP_DROP], "blocked by the sketch");
+        assert!(det.cached_block(&key.addr).is_none(), "cached by the blocked source's next SYN, not before");
+
+        assert_eq!(det.run(names::PROGRAM, &flood(6)).0, XDP_DROP);
+        let entry = det.sources().get(&key, 0).unwrap();
+        let slot = det.cached_block(&key.addr).expect("cached by the SYN the SOURCES path dropped");
+        assert_eq!((slot.until_ns, slot.unfolded), (entry.blocked_until_ns, 0));
+        // Pending handshakes that tracking would now count as failed (from a tracking-mode
+        // past): the fold must not age them in cookie mode.
+        let aged =
+            SourceState { newest_slot: 0, pending: [3; detector_common::config::PENDING_SLOTS], ..entry };
+        let mut sources: aya::maps::HashMap<_, SourceKey, SourceState> =
+            aya::maps::HashMap::try_from(det.ebpf.map_mut(names::MAP_SOURCES).unwrap()).unwrap();
+        sources.insert(key, aged, 0).unwrap();
+
+        let fold = u16::try_from(FOLD_EVERY).unwrap();
+        for i in 0..fold - 1 {
+            assert_eq!(det.run(names::PROGRAM, &flood(7 + i)).0, XDP_DROP);
+        }
+        let syns = |det: &Detector| det.sources().get(&key, 0).unwrap().syns_total;
+        assert_eq!(
+            (det.cached_block(&key.addr).unwrap().unfolded, syns(&det)),
+            (FOLD_EVERY - 1, entry.syns_total),
+            "counted in the slot, not in the entry"
+        );
+        assert_eq!(det.run(names::PROGRAM, &flood(7 + fold)).0, XDP_DROP);
+        let folded = det.sources().get(&key, 0).unwrap();
+        assert_eq!(
+            (det.cached_block(&key.addr).unwrap().unfolded, folded.syns_total),
+            (0, entry.syns_total + u64::from(FOLD_EVERY)),
+            "folded into the entry"
+        );
+        assert_eq!((folded.pending, folded.failed), (aged.pending, aged.failed), "not aged");
+        assert_eq!(det.counter(Counter::HandshakeFailed), 0);
+        assert_eq!(det.counter(Counter::DropBlocked), 1 + u64::from(fold));
+        // Someone else is still answered while the block runs (and reads the cache).
+        assert_eq!(det.run(names::PROGRAM, &Syn { src_last: 7, ..Syn::v4() }.frame(&[])).0, XDP_TX);
+    });
+}
+
 // ---- Pass reasons that need a particular kernel state -----------------------------------
 
 /// A SYN with extra flags (`tcp_flags` bits besides SYN), as `Syn::frame` builds it.

@@ -465,22 +465,11 @@ fn garbage_never_aborts_and_always_passes() {
 /// there, so dropped and cached again with the entry's end).
 #[test]
 fn a_blocked_sources_syns_are_dropped_from_the_block_cache_and_folded_into_its_entry() {
-    use detector_common::{
-        block_filter,
-        blocked_table::{BlockedBucket, FOLD_EVERY},
-        names::MAP_BLOCKED_TABLE,
-        parse::two_words,
-    };
+    use detector_common::blocked_table::FOLD_EVERY;
     let mut det = Detector::load(Config::new(5, 0, 600 * SEC, 3 * SEC), &[]);
     let flood = |i: u16| Tcp::syn(66, 41000 + i);
     let key = flood(0).key();
-    let at = block_filter::bucket(&key.addr);
-    let slot_of = |det: &Detector| {
-        let table: aya::maps::Array<_, BlockedBucket> =
-            aya::maps::Array::try_from(det.ebpf.map(MAP_BLOCKED_TABLE).unwrap()).unwrap();
-        let mut bucket = table.get(&at, 0).unwrap();
-        bucket.find(two_words(key.addr)).copied()
-    };
+    let slot_of = |det: &Detector| det.cached_block(&key.addr);
     let dropped = |det: &Detector, from: u16, n: u16| {
         let table: Vec<Fixture> = (from..from + n)
             .map(|i| Fixture {
@@ -514,15 +503,7 @@ fn a_blocked_sources_syns_are_dropped_from_the_block_cache_and_folded_into_its_e
 
     // The slot's copy of the end moved to half a second from now: the block nears its end
     // as far as the cache knows.
-    let mut bucket = {
-        let table: aya::maps::Array<_, BlockedBucket> =
-            aya::maps::Array::try_from(det.ebpf.map(MAP_BLOCKED_TABLE).unwrap()).unwrap();
-        table.get(&at, 0).unwrap()
-    };
-    bucket.find(two_words(key.addr)).unwrap().until_ns = monotonic_ns() + SEC / 2;
-    let mut table: aya::maps::Array<_, BlockedBucket> =
-        aya::maps::Array::try_from(det.ebpf.map_mut(MAP_BLOCKED_TABLE).unwrap()).unwrap();
-    table.set(at, bucket, 0).unwrap();
+    det.set_cached_block_end(&key.addr, monotonic_ns() + SEC / 2);
     dropped(&det, 10 + fold, 1);
     let slot = slot_of(&det).expect("cached again");
     assert_eq!(slot.until_ns, until, "with the entry's end");

@@ -201,7 +201,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
 
 /// The table of timed cases: the baselines first (the trivial XDP_PASS first of all, which
 /// every other case is net of), then the detector's paths, each with its config.
-fn cases(packets: u32, many: u32, few: u32) -> [Case; 21] {
+fn cases(packets: u32, many: u32, few: u32) -> [Case; 22] {
     // A SYN-rate limit, or the cookie path skips the sketch altogether. No source can
     // reach it: no case sends more SYNs than this, and a sketch estimate never exceeds
     // the SYNs counted. No kernel destinations and no tag-stripping NIC here, which the
@@ -245,6 +245,7 @@ fn cases(packets: u32, many: u32, few: u32) -> [Case; 21] {
         Case { name: DROP_FLOOR, program: "baseline_drop_floor", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false },
         Case { name: DROP_TABLE_FLOOR, program: "baseline_drop_table_floor", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false },
         Case { name: DROP_BLOCKED, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropBlocked), padded: false },
+        Case { name: DROP_BLOCKED_COOKIES, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropBlocked), padded: false },
         Case { name: ACK_CALM, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp), padded: false },
         Case { name: ACK_COOKIES, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp), padded: false },
         Case { name: "forged cookie ACK, IPv4 (shield drop)", program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropAckShield), padded: false },
@@ -314,8 +315,15 @@ fn ratios(report: &mut Report, results: &[Timing], many: u32, few: u32) {
     // read none of it), so the test run's own cost is in both.
     // The shield's row has no target: while cookies are on, every ACK to an answered port
     // pays a socket lookup (docs/cookies.md, the ACK shield); the ≤ 2 is for a calm server.
-    let raw: [(&str, &str, &str, Option<&'static str>); 6] = [
+    let raw: [(&str, &str, &str, Option<&'static str>); 7] = [
         (DROP_BLOCKED, DROP, "drop path (blocked source) / trivial XDP_DROP, raw", Some("≤ 2")),
+        // Under attack in auto mode cookies are on: the blocked sources are dropped there.
+        (
+            DROP_BLOCKED_COOKIES,
+            DROP,
+            "drop path (blocked source), cookie mode / trivial XDP_DROP, raw",
+            Some("≤ 2"),
+        ),
         // The least a drop that accounts the SYN to its blocked source costs, and what the
         // rest of our path (parser, local-address check, config) adds to it.
         (DROP_FLOOR, DROP, "drop floor (source lookup + coarse clock) / trivial XDP_DROP, raw", None),
@@ -372,6 +380,8 @@ const COOKIE_MSS: &str = "cookie path, IPv4, MSS only";
 const DROP: &str = "trivial XDP_DROP";
 
 const DROP_BLOCKED: &str = "drop path, blocked source";
+
+const DROP_BLOCKED_COOKIES: &str = "drop path, blocked source, cookie mode";
 
 const DROP_FLOOR: &str = "drop floor (source lookup + coarse clock)";
 

@@ -9,11 +9,13 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use detector_common::{
+    block_filter,
+    blocked_table::{BlockedBucket, BlockedSlot},
     config::Config,
     counters::Counter,
     local_table::{self, LocalBucket},
     names,
-    parse::ipv4_mapped,
+    parse::{ipv4_mapped, two_words},
     policy::IfacePolicy,
     state::{FlowKey, PendingFlow, SourceKey, SourceState},
 };
@@ -175,5 +177,23 @@ impl Detector {
 
     pub fn pending(&self) -> HashMap<&MapData, FlowKey, PendingFlow> {
         HashMap::try_from(self.ebpf.map(names::MAP_PENDING).unwrap()).unwrap()
+    }
+
+    /// The block cache's slot for `addr`, if it caches one (`BLOCKED_TABLE`).
+    pub fn cached_block(&self, addr: &[u8; 16]) -> Option<BlockedSlot> {
+        let table: Array<_, BlockedBucket> =
+            Array::try_from(self.ebpf.map(names::MAP_BLOCKED_TABLE).unwrap()).unwrap();
+        let mut bucket = table.get(&block_filter::bucket(addr), 0).unwrap();
+        bucket.find(two_words(*addr)).copied()
+    }
+
+    /// Sets the block cache's copy of `addr`'s block end (the slot must exist).
+    pub fn set_cached_block_end(&mut self, addr: &[u8; 16], until_ns: u64) {
+        let at = block_filter::bucket(addr);
+        let mut table: Array<_, BlockedBucket> =
+            Array::try_from(self.ebpf.map_mut(names::MAP_BLOCKED_TABLE).unwrap()).unwrap();
+        let mut bucket = table.get(&at, 0).unwrap();
+        bucket.find(two_words(*addr)).expect("a cached block").until_ns = until_ns;
+        table.set(at, bucket, 0).unwrap();
     }
 }
