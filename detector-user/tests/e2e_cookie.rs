@@ -391,11 +391,12 @@ fn mss_only_cookies_reach_a_linux_client_with_the_syns_frame_and_a_zeroed_traile
     )
     .unwrap();
     // Listening before the capture's wait, for the reason given in the test above.
+    // Dual-stack (`bindv6only` is 0 in a new namespace): IPv4 and IPv6 clients.
     let listener =
-        in_netns(&lab.server_ns, || std::net::TcpListener::bind(("0.0.0.0", TRAILER_PORT)).unwrap()).unwrap();
+        in_netns(&lab.server_ns, || std::net::TcpListener::bind(("::", TRAILER_PORT)).unwrap()).unwrap();
     let (tshark, pcap) = capture_synack(&mut lab, TRAILER_PORT);
-    let addr = SocketAddr::new(IpAddr::V4(xtask::lab::SERVER_V4), TRAILER_PORT);
-    let connect = || {
+    let v4 = SocketAddr::new(IpAddr::V4(xtask::lab::SERVER_V4), TRAILER_PORT);
+    let connect = |addr: SocketAddr| {
         use std::io::{Read, Write};
         let mut client = in_netns(&lab.client_ns, move || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
@@ -411,13 +412,13 @@ fn mss_only_cookies_reach_a_linux_client_with_the_syns_frame_and_a_zeroed_traile
         assert_eq!(&got, b"pong", "data both ways");
         tcp_info(&client)
     };
-    let info = connect();
+    let info = connect(v4);
     assert_eq!(info.options & TCPI_OPT_TIMESTAMPS, 0, "no timestamps: the SYN-ACK carried the MSS only");
     let fields = wait_for_tshark(
         tshark,
         &pcap,
         || {
-            let _ = connect();
+            let _ = connect(v4);
         },
         &[
             "frame.len",
@@ -447,8 +448,14 @@ fn mss_only_cookies_reach_a_linux_client_with_the_syns_frame_and_a_zeroed_traile
         "16 zeroed bytes after the IP packet: {:?}",
         &fields[4..]
     );
-    let s = agent.scrape().unwrap();
-    assert!(s.value("syndetector_cookies_sent_total").unwrap() >= 1.0, "the SYN was answered from XDP");
+    // IPv6: the reply keeps the SYN's 94-byte frame, the payload length says 24.
+    let sent = || agent.scrape().unwrap().value("syndetector_cookies_sent_total").unwrap();
+    let before = sent();
+    assert!(before >= 1.0, "the IPv4 SYNs were answered from XDP");
+    let info = connect(SocketAddr::new(IpAddr::V6(xtask::lab::SERVER_V6), TRAILER_PORT));
+    assert_eq!(info.options & TCPI_OPT_TIMESTAMPS, 0, "IPv6: the SYN-ACK carried the MSS only");
+    thread::sleep(Duration::from_millis(500));
+    assert!(sent() > before, "the IPv6 SYN was answered from XDP");
     assert!(agent.stop().unwrap().success());
 }
 
