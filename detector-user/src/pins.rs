@@ -26,10 +26,10 @@ use crate::{error::PinError, lock::StateDir};
 /// `statfs` f_type of bpffs (linux/magic.h).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// Makes this agent pin under another layout version than it was built with, so the tests
-/// exercise the replace path (a layout change) with the real object. Not for operators.
 /// What errors call the pin directory.
 const PIN_DIR: &str = "pin directory (pin_dir)";
+/// Makes this agent pin under another layout version than it was built with, so the tests
+/// exercise the replace path (a layout change) with the real object. Not for operators.
 const LAYOUT_ENV: &str = "SYNDETECTOR_TEST_LAYOUT_VERSION";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
