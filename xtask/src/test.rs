@@ -140,7 +140,8 @@ fn compare_smoke() -> Result<()> {
         // The name, then PASS, both objects and the ratio: four figures.
         let row = stdout
             .lines()
-            .find(|l| l.starts_with(case))
+            // The whole name: another case's name may begin with this one's.
+            .find(|l| l.strip_prefix(case).is_some_and(|rest| rest.starts_with(' ')))
             .with_context(|| format!("no row for {case}:\n{stdout}"))?;
         let figures = row[case.len()..].split_whitespace().filter(|w| w.parse::<f64>().is_ok()).count();
         if figures != 4 {
