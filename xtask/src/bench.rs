@@ -201,7 +201,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
 
 /// The table of timed cases: the baselines first (the trivial XDP_PASS first of all, which
 /// every other case is net of), then the detector's paths, each with its config.
-fn cases(packets: u32, many: u32, few: u32) -> [Case; 22] {
+fn cases(packets: u32, many: u32, few: u32) -> [Case; 23] {
     // A SYN-rate limit, or the cookie path skips the sketch altogether. No source can
     // reach it: no case sends more SYNs than this, and a sketch estimate never exceeds
     // the SYNs counted. No kernel destinations and no tag-stripping NIC here, which the
@@ -228,28 +228,29 @@ fn cases(packets: u32, many: u32, few: u32) -> [Case; 22] {
     // The table of cases: add a row to time another path (ratios below refer to names).
     #[rustfmt::skip]
     let cases = [
-        Case { name: PASS, program: "baseline_pass", config: None, family: Family::V4, sources: few, verdict: 2, path: None, padded: false },
-        Case { name: TX, program: "baseline_tx", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: false },
-        Case { name: FLOOR, program: "baseline_helper_floor", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true },
-        Case { name: RAW_FLOOR, program: "baseline_raw_floor", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true },
-        Case { name: MIN_RESPONDER, program: "baseline_min_responder", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true },
-        Case { name: RULED_RESPONDER, program: "baseline_ruled_responder", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true },
-        Case { name: COOKIE_V4, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false },
-        Case { name: COOKIE_V4_PADDED, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: true },
-        Case { name: COOKIE_V6_FEW, program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false },
-        Case { name: COOKIE_V6_MANY, program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: many, verdict: 3, path: Some(Counter::TxCookieFast), padded: false },
-        Case { name: TRACKED_FEW, program: names::PROGRAM, config: Some(tracked), family: Family::V6, sources: few, verdict: 2, path: Some(Counter::PassSyn), padded: false },
-        Case { name: TRACKED_MANY, program: names::PROGRAM, config: Some(tracked), family: Family::V6, sources: many, verdict: 2, path: Some(Counter::PassSyn), padded: false },
-        Case { name: COOKIE_MSS, program: names::PROGRAM, config: Some(cookie_mss), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false },
-        Case { name: DROP, program: "baseline_drop", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false },
-        Case { name: DROP_FLOOR, program: "baseline_drop_floor", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false },
-        Case { name: DROP_TABLE_FLOOR, program: "baseline_drop_table_floor", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false },
-        Case { name: DROP_BLOCKED, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropBlocked), padded: false },
-        Case { name: DROP_BLOCKED_COOKIES, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropBlocked), padded: false },
-        Case { name: ACK_CALM, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp), padded: false },
-        Case { name: ACK_COOKIES, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp), padded: false },
-        Case { name: "forged cookie ACK, IPv4 (shield drop)", program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropAckShield), padded: false },
-        Case { name: "forged cookie ACK, IPv6 (shield drop)", program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 1, path: Some(Counter::DropAckShield), padded: false },
+        Case { name: PASS, program: "baseline_pass", config: None, family: Family::V4, sources: few, verdict: 2, path: None, padded: false, closed_filled: 0 },
+        Case { name: TX, program: "baseline_tx", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: false, closed_filled: 0 },
+        Case { name: FLOOR, program: "baseline_helper_floor", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true, closed_filled: 0 },
+        Case { name: RAW_FLOOR, program: "baseline_raw_floor", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true, closed_filled: 0 },
+        Case { name: MIN_RESPONDER, program: "baseline_min_responder", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true, closed_filled: 0 },
+        Case { name: RULED_RESPONDER, program: "baseline_ruled_responder", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true, closed_filled: 0 },
+        Case { name: COOKIE_V4, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_filled: 0 },
+        Case { name: COOKIE_V4_BUSY, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_filled: 60 },
+        Case { name: COOKIE_V4_PADDED, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: true, closed_filled: 0 },
+        Case { name: COOKIE_V6_FEW, program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_filled: 0 },
+        Case { name: COOKIE_V6_MANY, program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: many, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_filled: 0 },
+        Case { name: TRACKED_FEW, program: names::PROGRAM, config: Some(tracked), family: Family::V6, sources: few, verdict: 2, path: Some(Counter::PassSyn), padded: false, closed_filled: 0 },
+        Case { name: TRACKED_MANY, program: names::PROGRAM, config: Some(tracked), family: Family::V6, sources: many, verdict: 2, path: Some(Counter::PassSyn), padded: false, closed_filled: 0 },
+        Case { name: COOKIE_MSS, program: names::PROGRAM, config: Some(cookie_mss), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_filled: 0 },
+        Case { name: DROP, program: "baseline_drop", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false, closed_filled: 0 },
+        Case { name: DROP_FLOOR, program: "baseline_drop_floor", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false, closed_filled: 0 },
+        Case { name: DROP_TABLE_FLOOR, program: "baseline_drop_table_floor", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false, closed_filled: 0 },
+        Case { name: DROP_BLOCKED, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropBlocked), padded: false, closed_filled: 0 },
+        Case { name: DROP_BLOCKED_COOKIES, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropBlocked), padded: false, closed_filled: 0 },
+        Case { name: ACK_CALM, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp), padded: false, closed_filled: 0 },
+        Case { name: ACK_COOKIES, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp), padded: false, closed_filled: 0 },
+        Case { name: "forged cookie ACK, IPv4 (shield drop)", program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropAckShield), padded: false, closed_filled: 0 },
+        Case { name: "forged cookie ACK, IPv6 (shield drop)", program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 1, path: Some(Counter::DropAckShield), padded: false, closed_filled: 0 },
     ];
 
     cases
@@ -263,11 +264,19 @@ fn net(results: &[Timing], name: &str) -> Option<f64> {
 
 /// The ratios between cases, printed and reported (a case missing from the table: no ratio).
 fn ratios(report: &mut Report, results: &[Timing], many: u32, few: u32) {
-    let ratios: [(&str, &str, &str, Option<&'static str>); 14] = [
+    let ratios: [(&str, &str, &str, Option<&'static str>); 15] = [
         (COOKIE_V4, FLOOR, "cookie path IPv4 / helper floor", None),
         // A SYN longer than its headers (padding, TFO data): the reply's length cannot be
         // seen by pointer comparison, and the frame is measured and cut by two helpers.
         (COOKIE_V4_PADDED, COOKIE_V4, "cookie path IPv4: SYN padded by 20 bytes / as Linux sends it", None),
+        // A server closing about 970 connections a second: 60 % of the closed filter's
+        // buckets say "may be in TIME_WAIT", and those SYNs take the socket-bound path.
+        (
+            COOKIE_V4_BUSY,
+            COOKIE_V4,
+            "cookie path IPv4: busy server (60 % of closed-filter buckets stamped) / calm",
+            None,
+        ),
         (COOKIE_MSS, FLOOR, "cookie path IPv4, MSS only / helper floor", Some("≤ 0.6")),
         // Where the ≤ 0.6 comes from, and what it leaves: the raw helper alone against the
         // socket-bound floor, and our fast path against the raw helper alone.
@@ -366,6 +375,9 @@ const RULED_RESPONDER: &str = "ruled responder (minimal + sketch cells + closed 
 const COOKIE_V4: &str = "cookie path, IPv4, TS options";
 
 const COOKIE_V4_PADDED: &str = "cookie path, IPv4, TS options, SYN padded by 20 bytes";
+
+const COOKIE_V4_BUSY: &str =
+    "cookie path, IPv4, TS options, busy server (60 % of closed-filter buckets stamped)";
 
 const COOKIE_V6_FEW: &str = "cookie path, IPv6, few sources";
 
