@@ -16,14 +16,6 @@ use crate::state::SourceState;
 /// interrupt entry even with `NO_HZ`.
 pub const COARSE_SLACK_NS: u64 = 1_000_000_000;
 
-/// Whether the source was ever blocked (`blocked_until_ns` is 0 until then): only those
-/// are worth reading even the coarse clock for.
-#[inline(always)]
-#[must_use]
-pub const fn ever_blocked(state: &SourceState) -> bool {
-    state.blocked_until_ns != 0
-}
-
 /// Whether the source is blocked at every instant the fine clock can show while the
 /// coarse one shows `coarse_now_ns`. `false` means: ask the fine clock.
 #[inline(always)]
@@ -54,16 +46,17 @@ mod tests {
     }
 
     #[test]
-    fn a_source_never_blocked_needs_no_clock() {
+    fn a_source_never_blocked_is_never_surely_blocked() {
+        // `blocked_until_ns` is 0 until a block: no coarse time makes it sure.
         let state = blocked_until(0);
-        assert!(!ever_blocked(&state));
-        assert!(!surely_blocked(&state, 0));
+        for coarse in [0, 1, 100 * SEC, u64::MAX - COARSE_SLACK_NS - 1, u64::MAX] {
+            assert!(!surely_blocked(&state, coarse), "coarse {coarse}");
+        }
     }
 
     #[test]
     fn surely_blocked_until_the_slack_before_the_end_then_the_fine_clock_decides() {
         let state = blocked_until(100 * SEC);
-        assert!(ever_blocked(&state));
         assert!(surely_blocked(&state, 50 * SEC));
         assert!(surely_blocked(&state, 100 * SEC - COARSE_SLACK_NS - 1));
         // The last slack of the block, and after it: not sure (the fine clock may be ahead).

@@ -66,8 +66,8 @@ pub fn drop_from_table(seg: &TcpSegment, cfg: &Config, now: u64) -> Option<Count
 /// `track::drop_if_blocked`, and a source it drops (surely blocked) cached here for its
 /// next SYNs.
 #[inline(always)]
-pub fn drop_if_blocked(seg: &TcpSegment, state: &mut SourceState, cfg: &Config) -> Option<Counter> {
-    let drop = track::drop_if_blocked(state, cfg)?;
+pub fn drop_if_blocked(seg: &TcpSegment, state: &mut SourceState, cfg: &Config, now: u64) -> Option<Counter> {
+    let drop = track::drop_if_blocked(state, cfg, now)?;
     cache_block(seg, state.blocked_until_ns);
     Some(drop)
 }

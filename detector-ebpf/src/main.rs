@@ -161,7 +161,7 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
         block_cache::drop_cached_block(seg, cfg, now).unwrap_or_else(|| {
             let mut found = track::state_of(seg);
             let blocked =
-                found.as_deref_mut().and_then(|state| block_cache::drop_if_blocked(seg, state, cfg));
+                found.as_deref_mut().and_then(|state| block_cache::drop_if_blocked(seg, state, cfg, now));
             blocked.unwrap_or_else(|| {
                 // SAFETY: a helper without arguments.
                 let now = unsafe { bpf_ktime_get_ns() };

@@ -95,7 +95,8 @@ fn stamp_runs(at: u32, now: u64) -> bool {
 }
 
 /// Adds `syns` SYNs of a blocked source, dropped from the block cache (`block_cache`), to
-/// its entry, as `drop_if_blocked` accounts one (its pending handshakes aged on the way).
+/// its entry, as `drop_if_blocked` accounts one (in tracking mode its pending handshakes
+/// aged on the way).
 /// An entry evicted meanwhile loses them: the counters (`DropBlocked`) have them all.
 // A BPF-to-BPF call: once per `FOLD_EVERY` drops, and its lookup stays out of the caller's
 // frame.
@@ -141,14 +142,11 @@ pub fn state_of(seg: &TcpSegment) -> Option<&'static mut SourceState> {
 }
 
 /// A SYN from a source blocked for a while yet (`blocked::surely_blocked`): accounted as
-/// `on_syn` and `screen_for_cookie` account a blocked source's SYN, on the coarse clock,
-/// and dropped. `None`: not sure, the caller goes on with the fine clock.
+/// `on_syn` and `screen_for_cookie` account a blocked source's SYN, on the coarse clock
+/// (`now`, read once by the entry point), and dropped. `None`: not sure, the caller goes
+/// on with the fine clock.
 #[inline(always)]
-pub fn drop_if_blocked(state: &mut SourceState, cfg: &Config) -> Option<Counter> {
-    if !blocked::ever_blocked(state) {
-        return None;
-    }
-    let now = crate::clock::coarse_now();
+pub fn drop_if_blocked(state: &mut SourceState, cfg: &Config, now: u64) -> Option<Counter> {
     if !blocked::surely_blocked(state, now) {
         return None;
     }
