@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Detector, XDP_DROP, XDP_PASS};
+use common::{monotonic_ns, Detector, XDP_DROP, XDP_PASS};
 use detector_common::{
     config::{Config, FLAG_SKETCH_ADMISSION},
     counters::Counter,
@@ -53,13 +53,6 @@ fn expect(det: &Detector, what: &str, frame: &[u8], verdict: u32, counter: Count
     let (got, _) = det.run(names::PROGRAM, frame);
     assert_eq!(got, verdict, "{what}: verdict");
     assert_eq!(det.counter(counter), before + 1, "{what}: {counter:?} must rise by one");
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to write.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) }, 0);
-    u64::try_from(ts.tv_sec).unwrap() * SEC + u64::try_from(ts.tv_nsec).unwrap()
 }
 
 /// Waits, if needed, until a sketch epoch has at least 200 ms left, so that a short burst

@@ -146,10 +146,7 @@ fn the_ruled_responder_counts_the_syn_checks_the_closed_filter_and_answers_as_th
         src_port: 40_000,
         dst_port: 8080,
     };
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to write into.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) }, 0);
-    let now = u64::try_from(ts.tv_sec).unwrap() * SEC + u64::try_from(ts.tv_nsec).unwrap();
+    let now = common::monotonic_ns();
     let mut closed: aya::maps::Array<_, u32> =
         aya::maps::Array::try_from(det.ebpf.map_mut("RULED_CLOSED").unwrap()).unwrap();
     closed

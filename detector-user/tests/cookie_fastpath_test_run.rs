@@ -121,15 +121,6 @@ fn listener(v6: bool) -> ([u8; 16], u16) {
     (if v6 { SERVER6 } else { ipv4_mapped(SERVER4) }, PORT)
 }
 
-/// `CLOCK_MONOTONIC_COARSE` in ns: the clock of `bpf_ktime_get_coarse_ns`, which cookie
-/// mode runs on (the fine clock may read a little ahead of it: a stamp from the future).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to write into.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) }, 0);
-    u64::try_from(ts.tv_sec).unwrap() * SEC + u64::try_from(ts.tv_nsec).unwrap()
-}
-
 /// Sets the listener's `COOKIE_RENEWALS` slot on every CPU.
 fn set_renewal(det: &mut Detector, v6: bool, slot: RenewalSlot) {
     let mut renewals: PerCpuArray<_, RenewalSlot> =
@@ -214,7 +205,7 @@ fn the_kernel_refuses_a_raw_cookie_until_a_socket_bound_call_renews_the_listener
         let mut det = Detector::load(cookie_config(), &["probe_check_cookie"]);
         // Pretend a renewal happened, so the very first SYN takes the raw path.
         let (addr, port) = listener(false);
-        set_renewal(&mut det, false, RenewalSlot::renewed(&addr, port, monotonic_ns()));
+        set_renewal(&mut det, false, RenewalSlot::renewed(&addr, port, common::coarse_monotonic_ns()));
         let raw = answer(&det, false, 41_000);
         assert_eq!(det.counter(Counter::TxCookieFast), 1);
         assert_eq!(det.counter(Counter::TxCookie), 0);

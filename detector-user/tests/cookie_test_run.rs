@@ -516,10 +516,7 @@ fn blocks_from_tracking_mode_hold_in_cookie_mode_through_the_block_filter() {
         let mut filter: aya::maps::Array<_, u32> =
             aya::maps::Array::try_from(det.ebpf.map_mut(names::MAP_BLOCK_FILTER).unwrap()).unwrap();
         // Stamps wrap (a block lasts at most a day: the config's limit), so an hour from now.
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: a valid timespec to write into.
-        assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) }, 0);
-        let in_an_hour = (u64::try_from(ts.tv_sec).unwrap() + 3600) * SEC;
+        let in_an_hour = (common::monotonic_ns() / SEC + 3600) * SEC;
         filter.set(block_filter::bucket(&key.addr), block_filter::stamp(in_an_hour, 0), 0).unwrap();
         assert_eq!(det.run(names::PROGRAM, &Syn { src_last: 79, ..Syn::v4() }.frame(&[])).0, XDP_DROP);
     });
@@ -541,10 +538,7 @@ fn the_latest_block_slot_gates_the_buckets() {
         sources
             .insert(key, SourceState { blocked_until_ns: u64::MAX, ..SourceState::new(0, &cfg) }, 0)
             .unwrap();
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: a valid timespec to write into.
-        assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) }, 0);
-        let now = u64::try_from(ts.tv_sec).unwrap() * SEC;
+        let now = common::monotonic_ns() / SEC * SEC;
         let (in_an_hour, an_hour_ago) = (now + 3600 * SEC, now - 3600 * SEC);
         let stamp = |det: &mut Detector, slot: u32, until: u64| {
             let mut filter: aya::maps::Array<_, u32> =
@@ -817,9 +811,9 @@ fn cookie_mode_reads_the_coarse_clock_once_per_tick() {
             map.get(&0, 0).unwrap()[0]
         };
         assert_eq!(anchor(), TickAnchor::default(), "nothing read before the first SYN");
-        let before = coarse_monotonic_ns();
+        let before = common::coarse_monotonic_ns();
         assert_eq!(det.run(names::PROGRAM, &Syn::v4().frame(&linux_syn_options())).0, XDP_TX);
-        let after = coarse_monotonic_ns();
+        let after = common::coarse_monotonic_ns();
         let first = anchor();
         assert!(first.jiffies != 0, "jiffies read: {first:?}");
         assert!(
@@ -834,12 +828,4 @@ fn cookie_mode_reads_the_coarse_clock_once_per_tick() {
         assert!(second.jiffies > first.jiffies, "{first:?} then {second:?}");
         assert!(second.coarse_ns >= first.coarse_ns + 40 * 1_000_000, "{first:?} then {second:?}");
     });
-}
-
-/// `CLOCK_MONOTONIC_COARSE`: the time `bpf_ktime_get_coarse_ns` returns.
-fn coarse_monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and a timespec to write.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) }, 0);
-    u64::try_from(ts.tv_sec).unwrap() * SEC + u64::try_from(ts.tv_nsec).unwrap()
 }

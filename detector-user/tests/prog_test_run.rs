@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Detector, XDP_DROP, XDP_PASS};
+use common::{monotonic_ns, Detector, XDP_DROP, XDP_PASS};
 use detector_common::{
     config::{Config, FLAG_ENFORCE},
     counters::{Counter, Verdict},
@@ -264,14 +264,6 @@ fn syns_are_tracked_and_handshakes_completed_for_every_encapsulation() {
         assert_eq!((state.half_open(), state.completed), (0, 1), "{name}");
     }
     assert_eq!(det.counter(Counter::SynRetransmit), 4);
-}
-
-/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to write.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) }, 0);
-    u64::try_from(ts.tv_sec).unwrap() * SEC + u64::try_from(ts.tv_nsec).unwrap()
 }
 
 /// Sleeps until `CLOCK_MONOTONIC` reads at least `ns`.

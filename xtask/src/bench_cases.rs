@@ -144,11 +144,7 @@ fn stamp_blocks(ebpf: &mut Ebpf, case: &Case) -> Result<()> {
     use detector_common::block_filter;
     let mut filter: Array<_, u32> =
         Array::try_from(ebpf.map_mut(names::MAP_BLOCK_FILTER).context("BLOCK_FILTER")?)?;
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and a timespec to write.
-    ensure!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) } == 0, "clock_gettime");
-    let now = u64::try_from(ts.tv_sec)? * 1_000_000_000 + u64::try_from(ts.tv_nsec)?;
-    let stamp = block_filter::stamp(u64::MAX, now);
+    let stamp = block_filter::stamp(u64::MAX, monotonic_ns()?);
     let mut frame = syn_frame(case.family);
     for n in 0..case.sources {
         set_source(&mut frame, case.family, n);
@@ -157,6 +153,14 @@ fn stamp_blocks(ebpf: &mut Ebpf, case: &Case) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `CLOCK_MONOTONIC` in ns: the program's clock, which its stamps are compared with.
+fn monotonic_ns() -> Result<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a timespec to write.
+    ensure!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) } == 0, "clock_gettime");
+    Ok(u64::try_from(ts.tv_sec)? * 1_000_000_000 + u64::try_from(ts.tv_nsec)?)
 }
 
 /// Stamps `percent` of the closed filter's buckets, picked by a fixed pseudo-random
@@ -169,10 +173,7 @@ fn stamp_closed_filter(ebpf: &mut Ebpf, percent: u32) -> Result<()> {
     use detector_common::fastpath::{closed_stamp, CLOSED_FILTER_BUCKETS};
     let mut filter: Array<_, u32> =
         Array::try_from(ebpf.map_mut(names::MAP_CLOSED_FILTER).context("CLOSED_FILTER")?)?;
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and a timespec to write.
-    ensure!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) } == 0, "clock_gettime");
-    let stamp = closed_stamp(u64::try_from(ts.tv_sec)? * 1_000_000_000);
+    let stamp = closed_stamp(monotonic_ns()?);
     // xorshift64: the same buckets in every run and for every object compared.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for at in 0..CLOSED_FILTER_BUCKETS {

@@ -197,3 +197,21 @@ impl Detector {
         table.set(at, bucket, 0).unwrap();
     }
 }
+
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in ns: the time `bpf_ktime_get_coarse_ns` returns, which
+/// cookie mode runs on (the fine clock may read a little ahead of it).
+pub fn coarse_monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a timespec to write.
+    assert_eq!(unsafe { libc::clock_gettime(clock, &raw mut ts) }, 0);
+    u64::try_from(ts.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap()
+}

@@ -27,6 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::monotonic_ns;
 use detector_common::{
     counters::{Counter, Verdict, COUNTER_SLOTS},
     names,
@@ -76,13 +77,6 @@ impl Tally {
         }
         s
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to fill.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) }, 0);
-    u64::try_from(ts.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap()
 }
 
 fn verdict_code(counter: Counter) -> u32 {
