@@ -77,7 +77,7 @@ pub const FLAG_PORT_LIMITS: u32 = 1 << 9;
 /// Only ports marked `PORT_PROTECTED` in `PORT_LIMITS` are tracked, blocked and answered;
 /// SYNs to the others pass (`unprotected_port`).
 pub const FLAG_PROTECTED_PORTS_ONLY: u32 = 1 << 10;
-/// The closed-connection filter (`fastpath`, `CLOSED_FILTER`) knows every tuple that may
+/// The closed-connection filter (`closed_filter`, `CLOSED_FILTER`) knows every tuple that may
 /// be in TIME_WAIT here: the agent seeded it from the kernel's sockets after attaching, or
 /// adopted a pinned one the program kept current. Only then may the raw cookie helper
 /// answer; without it every cookie takes the socket lookup.

@@ -10,45 +10,6 @@
 
 use crate::words;
 
-/// How long a tuple may stay in `TIME_WAIT` after the server saw the client's FIN
-/// (`TCP_TIMEWAIT_LEN`, 60 s), with a margin for the stamps' one-second granularity.
-pub const TIME_WAIT_NS: u64 = 62_000_000_000;
-
-/// Buckets of `names::MAP_CLOSED_FILTER` (a power of two): per flow-hash bucket
-/// (`filter::bucket`), the `closed_stamp` of the last FIN a client sent to us there.
-pub const CLOSED_FILTER_BUCKETS: u32 = 1 << 16;
-
-// `filter::bucket` masks to the pending filter's size: every bucket it returns must be a
-// slot of this array too (a write past the end would be lost, and the stamp with it).
-const _: () = assert!(CLOSED_FILTER_BUCKETS >= crate::names::PENDING_FILTER_BUCKETS);
-
-const NS_PER_SEC: u64 = 1_000_000_000;
-
-/// The value a client's FIN leaves in its bucket: whole seconds, plus one so that 0 (a
-/// zeroed slot) means "no FIN seen".
-#[inline(always)]
-#[must_use]
-#[allow(clippy::cast_possible_truncation, reason = "stamps wrap after 136 years")]
-pub fn closed_stamp(now_ns: u64) -> u32 {
-    (now_ns / NS_PER_SEC) as u32 + 1
-}
-
-/// Whether a tuple whose bucket holds `stamp` may still be in `TIME_WAIT` here at `now_ns`.
-/// A SYN that reuses such a tuple must go through the socket lookup, which hands it to the
-/// kernel (`cookie_existing_socket`): a raw cookie's ACK would meet the `TIME_WAIT` socket
-/// and the connection would stall. Hash collisions only cost that lookup.
-///
-/// A stamp ahead of `now_ns` is a FIN that has just passed: FINs are stamped on the fine
-/// clock (and the agent's seeding on `CLOCK_MONOTONIC`), cookie mode reads the coarse one,
-/// which lags by up to a tick and so may still show the previous second.
-#[inline(always)]
-#[must_use]
-#[allow(clippy::cast_possible_wrap, reason = "a signed age: stamps ahead of now are negative")]
-pub fn may_be_time_wait(stamp: u32, now_ns: u64) -> bool {
-    let age = closed_stamp(now_ns).wrapping_sub(stamp) as i32;
-    stamp != 0 && i64::from(age) <= (TIME_WAIT_NS / NS_PER_SEC) as i64
-}
-
 /// How long after a socket-bound answer the same listener may take the raw path. The
 /// kernel rewrites the stamp at most once per second (`tcp_synq_overflow`), so renewing
 /// more often buys nothing; renewing this often keeps 119 s of the 120 s window in hand.
@@ -146,8 +107,9 @@ pub enum CookiePath {
 
 /// The path for a SYN to a listener last answered by the socket-bound path at
 /// `last_renewal_ns` (`None`: never, or forgotten), now `now_ns`; `time_wait` is
-/// `may_be_time_wait` for the SYN's tuple. The caller takes the socket-bound path without
-/// asking while the filter is not known to be complete (`config::FLAG_RAW_COOKIES` clear).
+/// `closed_filter::ClosedLine::may_be_time_wait` for the SYN's tuple. The caller takes the
+/// socket-bound path without asking while the filter is not known to be complete
+/// (`config::FLAG_RAW_COOKIES` clear).
 ///
 /// Raw only within `RENEW_EVERY_NS` after a renewal, and never for a tuple that may be in
 /// `TIME_WAIT`. A renewal stamped in the future (a value the program did not write) is not
@@ -190,22 +152,6 @@ mod tests {
     #[test]
     fn a_tuple_that_may_be_in_time_wait_takes_the_socket_bound_path() {
         assert_eq!(cookie_path(Some(T), true, T), CookiePath::SocketBound);
-    }
-
-    #[test]
-    fn a_fin_marks_its_bucket_for_the_time_wait_period() {
-        let fin = closed_stamp(T);
-        assert!(!may_be_time_wait(0, T), "a zeroed slot saw no FIN");
-        assert!(may_be_time_wait(fin, T));
-        assert!(may_be_time_wait(fin, T + 60 * 1_000_000_000 + 999_999_999), "all of TCP_TIMEWAIT_LEN");
-        assert!(!may_be_time_wait(fin, T + TIME_WAIT_NS + 1_000_000_000));
-        assert!(!may_be_time_wait(fin, T + 3_600 * 1_000_000_000));
-        // Early in boot (seconds 0): the +1 keeps a real stamp apart from "never".
-        assert!(may_be_time_wait(closed_stamp(0), 5));
-        // Stamped on the fine clock just past a second boundary, read on the coarse clock
-        // a tick behind it: still recent.
-        let fine = 7 * 1_000_000_000 + 1_000;
-        assert!(may_be_time_wait(closed_stamp(fine), fine - 4_000_000));
     }
 
     fn listener(last: u8, port: u16) -> ([u8; 16], u16) {

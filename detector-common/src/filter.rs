@@ -20,12 +20,20 @@ const _: () = assert!(PENDING_FILTER_BUCKETS.is_power_of_two() && BUCKET_BITS <=
 #[inline(always)]
 #[must_use]
 pub fn bucket(flow: &FlowKey) -> u32 {
+    flow_hash(flow, BUCKET_BITS)
+}
+
+/// A `bits`-bit hash of a flow (at most 32), shared by this filter and the closed filter
+/// (`closed_filter::spot`).
+#[inline(always)]
+#[must_use]
+pub fn flow_hash(flow: &FlowKey, bits: u32) -> u32 {
     // The fields that vary between flows of one server (`words::hash`): the client
     // address, and the two ports with the low word of the server address. The client port
     // sits in the low bits of its word: it is what tells a client's connections apart.
     let ports = u64::from(flow.src_port) | u64::from(flow.dst_port) << 16;
     let last = ports | u64::from(words::be32(&flow.dst, 12)) << 32;
-    words::hash(words::address_words(&flow.src), last, BUCKET_BITS)
+    words::hash(words::address_words(&flow.src), last, bits)
 }
 
 /// The value a SYN leaves in its bucket. Never 0: a zeroed bucket is one no SYN ever

@@ -15,6 +15,7 @@ pub mod block_filter;
 pub mod blocked;
 pub mod blocked_table;
 pub mod checksum;
+pub mod closed_filter;
 pub mod config;
 pub mod counters;
 pub mod expiry;

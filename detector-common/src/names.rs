@@ -89,11 +89,11 @@ pub const MAP_TICK_ANCHOR: &str = "TICK_ANCHOR";
 /// answered for there (renewing its overflow stamp) and when; the raw helper answers for
 /// it within a second of that. Written by the program only; not pinned (it refills itself).
 pub const MAP_COOKIE_RENEWALS: &str = "COOKIE_RENEWALS";
-/// `Array<u32>` of `fastpath::CLOSED_FILTER_BUCKETS`: per flow-hash bucket, when a client
-/// last sent us a FIN there (`fastpath::closed_stamp`); such tuples may be in TIME_WAIT and
-/// take the socket lookup. Written by the program, and by the agent once after attaching
-/// (the kernel's TIME_WAIT sockets, `control::time_wait`). Pinned: a restart must not
-/// forget the FINs the old program saw.
+/// `Array<closed_filter::ClosedLine>` of `closed_filter::CLOSED_FILTER_LINES`: a blocked
+/// Bloom filter of when clients last sent us a FIN (`closed_filter`); such tuples may be in
+/// TIME_WAIT and take the socket lookup. Written by the program, and by the agent once
+/// after attaching (the kernel's TIME_WAIT sockets, `control::time_wait`). Pinned: a
+/// restart must not forget the FINs the old program saw.
 pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 
 /// The layout of the maps the agent pins (docs/operations.md): a restarted agent whose
@@ -115,7 +115,9 @@ pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 /// 8: `BLOCK_FILTER` has a slot past its buckets, the latest block end of all
 ///    (`block_filter::LATEST_SLOT`): an older filter has none, and a newer program would
 ///    read its zero as "nothing blocked".
-pub const LAYOUT_VERSION: u32 = 8;
+/// 9: `CLOSED_FILTER` holds lines of 32 stamps (`closed_filter::ClosedLine`), a flow's
+///    FIN three of them, instead of one stamp per bucket.
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.

@@ -5,7 +5,7 @@
 //! helper alone, and the "minimal responder": the raw helper and a SYN-ACK built in place,
 //! the least any program that answers a SYN must spend; the "ruled responder": the minimal
 //! responder behind our rules' random reads (the sketch's four cells, the closed filter's
-//! bucket), the least a responder that keeps those rules must spend; the "drop floor":
+//! line), the least a responder that keeps those rules must spend; the "drop floor":
 //! one source lookup and the coarse clock (read as ours reads it), the least a drop that
 //! accounts the SYN to its blocked source must spend; and the "table drop floor": the same
 //! with the source found in a direct-mapped table read in place instead of a hash map,
@@ -17,9 +17,8 @@ use detector_common::{
     block_filter,
     blocked_table::{BlockedBucket, BLOCKED_TABLE_BUCKETS},
     checksum,
+    closed_filter::{self, ClosedLine, CLOSED_FILTER_LINES},
     config::Config,
-    fastpath::{may_be_time_wait, CLOSED_FILTER_BUCKETS},
-    filter,
     parse::{ipv4_mapped, two_words},
     sketch::SKETCH_ROWS,
     state::{FlowKey, SourceKey, SourceState},
@@ -148,14 +147,15 @@ const RULED: Config = {
 static RULED_SKETCH: Array<u64> = Array::with_max_entries(SKETCH_ROWS * RULED_WIDTH, 0);
 
 #[map(name = "RULED_CLOSED")]
-static RULED_CLOSED: Array<u32> = Array::with_max_entries(CLOSED_FILTER_BUCKETS, 0);
+static RULED_CLOSED: Array<ClosedLine> = Array::with_max_entries(CLOSED_FILTER_LINES, 0);
 
 /// The "ruled responder": the minimal responder behind the two rules of ours whose reads
 /// land at random places, so that under a many-source flood each is a cache miss: the
 /// source's four sketch cells counted (by our own `track::sketch_estimate`, on a sketch of
-/// its own) and the flow's closed-filter bucket checked
-/// (`fastpath::may_be_time_wait`), on the coarse clock as ours reads it. A source over the limit is dropped
-/// and a flow that may be in TIME_WAIT passed, as ours does; neither happens in the bench.
+/// its own) and the flow's closed-filter line checked
+/// (`closed_filter::ClosedLine::may_be_time_wait`), on the coarse clock as ours reads it.
+/// A source over the limit is dropped and a flow that may be in TIME_WAIT passed, as ours
+/// does; neither happens in the bench.
 /// No parser, no local-address check, no per-port config, no counters, no budget.
 #[xdp]
 pub fn baseline_ruled_responder(ctx: XdpContext) -> u32 {
@@ -180,7 +180,8 @@ pub fn baseline_ruled_responder(ctx: XdpContext) -> u32 {
         src_port: u16::from_be_bytes([ports[0], ports[1]]),
         dst_port: u16::from_be_bytes([ports[2], ports[3]]),
     };
-    if RULED_CLOSED.get(filter::bucket(&flow)).is_none_or(|&stamp| may_be_time_wait(stamp, now)) {
+    let at = closed_filter::spot(&flow);
+    if RULED_CLOSED.get(at.line).is_none_or(|line| line.may_be_time_wait(&at, now)) {
         return xdp_action::XDP_PASS;
     }
     answer_raw(&ctx, headers)

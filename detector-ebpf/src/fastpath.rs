@@ -14,13 +14,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use detector_common::{
+    closed_filter::{self, ClosedLine, ClosedSpot, CLOSED_FILTER_LINES},
     config::{Config, FLAG_RAW_COOKIES},
     counters::Counter,
-    fastpath::{
-        closed_stamp, cookie_path, may_be_time_wait, renewal_index, CookiePath, RenewalSlot,
-        CLOSED_FILTER_BUCKETS, RENEWAL_SLOTS,
-    },
-    filter,
+    fastpath::{cookie_path, renewal_index, CookiePath, RenewalSlot, RENEWAL_SLOTS},
     parse::{tcp_flags, IpVersion, TcpSegment},
     state::FlowKey,
 };
@@ -42,21 +39,27 @@ const EINVAL: i64 = 22;
 #[map(name = "COOKIE_RENEWALS")]
 static COOKIE_RENEWALS: PerCpuArray<RenewalSlot> = PerCpuArray::with_max_entries(RENEWAL_SLOTS, 0);
 
-/// Per flow-hash bucket, `closed_stamp` of the last FIN a client sent: tuples that may be
-/// in `TIME_WAIT` here, which the raw path must not answer (`fastpath::may_be_time_wait`).
-/// Pinned, so a restarted agent keeps what the old program saw; the agent also stamps the
-/// kernel's TIME_WAIT sockets into it after attaching (FINs from before the program ran).
+/// The closed-connection filter (`detector_common::closed_filter`): lines of stamps, in
+/// which each client FIN stamps its flow's cells. Tuples that may be in `TIME_WAIT` here,
+/// which the raw path must not answer. Pinned, so a restarted agent keeps what the old
+/// program saw; the agent also stamps the lines of the kernel's TIME_WAIT sockets after
+/// attaching (FINs from before the program ran).
 #[map(name = "CLOSED_FILTER")]
-static CLOSED_FILTER: Array<u32> = Array::with_max_entries(CLOSED_FILTER_BUCKETS, 0);
+static CLOSED_FILTER: Array<ClosedLine> = Array::with_max_entries(CLOSED_FILTER_LINES, 0);
 
 #[inline(always)]
-fn bucket(seg: &TcpSegment) -> u32 {
-    filter::bucket(&FlowKey { src: seg.src, dst: seg.dst, src_port: seg.src_port, dst_port: seg.dst_port })
+fn spot(seg: &TcpSegment) -> ClosedSpot {
+    closed_filter::spot(&FlowKey {
+        src: seg.src,
+        dst: seg.dst,
+        src_port: seg.src_port,
+        dst_port: seg.dst_port,
+    })
 }
 
 /// For every segment that is not a SYN: a client's FIN may leave the tuple in `TIME_WAIT`
-/// on this host (when the server closed first), so its bucket is stamped. One array write
-/// per FIN (and a clock read), nothing for other segments.
+/// on this host (when the server closed first), so its flow is stamped. Three stores into
+/// one line per FIN (and a clock read), nothing for other segments.
 #[inline(always)]
 pub fn on_segment(seg: &TcpSegment) {
     if seg.flags & tcp_flags::FIN != 0 {
@@ -70,7 +73,12 @@ pub fn on_segment(seg: &TcpSegment) {
 fn saw_fin(seg: &TcpSegment) {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = CLOSED_FILTER.set(bucket(seg), closed_stamp(now), 0);
+    let at = spot(seg);
+    if let Some(line) = CLOSED_FILTER.get_ptr_mut(at.line) {
+        // SAFETY: a line of the array. Other CPUs may stamp it at the same time: every
+        // store is a recent time, so none can undo another (`closed_filter`).
+        unsafe { (*line).stamp_flow(&at, closed_filter::stamp(now)) };
+    }
 }
 
 /// Which helper answers this SYN. Until the agent says the closed filter is complete
@@ -80,8 +88,9 @@ pub fn path(seg: &TcpSegment, cfg: &Config, now: u64) -> CookiePath {
     if !cfg.has(FLAG_RAW_COOKIES) {
         return CookiePath::SocketBound;
     }
-    // A missing slot cannot happen (an array); if it did, the lookup path is the safe one.
-    let time_wait = CLOSED_FILTER.get(bucket(seg)).is_none_or(|&stamp| may_be_time_wait(stamp, now));
+    // A missing line cannot happen (an array); if it did, the lookup path is the safe one.
+    let at = spot(seg);
+    let time_wait = CLOSED_FILTER.get(at.line).is_none_or(|line| line.may_be_time_wait(&at, now));
     // A missing slot cannot happen either (the index is masked to the array); if it did,
     // no renewal is the safe answer.
     let slot = COOKIE_RENEWALS.get(renewal_index(&seg.dst, seg.dst_port));

@@ -7,6 +7,7 @@ mod common;
 
 use common::{Detector, SERVER4, XDP_DROP, XDP_PASS, XDP_TX};
 use detector_common::{
+    closed_filter::{self, ClosedLine},
     config::Config,
     state::{SourceKey, SourceState},
 };
@@ -147,11 +148,12 @@ fn the_ruled_responder_counts_the_syn_checks_the_closed_filter_and_answers_as_th
         dst_port: 8080,
     };
     let now = common::monotonic_ns();
-    let mut closed: aya::maps::Array<_, u32> =
+    let mut closed: aya::maps::Array<_, ClosedLine> =
         aya::maps::Array::try_from(det.ebpf.map_mut("RULED_CLOSED").unwrap()).unwrap();
-    closed
-        .set(detector_common::filter::bucket(&flow), detector_common::fastpath::closed_stamp(now), 0)
-        .unwrap();
+    let at = closed_filter::spot(&flow);
+    let mut line = ClosedLine::default();
+    line.stamp_flow(&at, closed_filter::stamp(now));
+    closed.set(at.line, line, 0).unwrap();
     assert_eq!(
         det.run("baseline_ruled_responder", &padded_syn()).0,
         XDP_PASS,

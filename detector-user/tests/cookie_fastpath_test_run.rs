@@ -353,3 +353,70 @@ fn a_time_wait_tuple_gets_a_raw_cookie_unless_its_fin_was_seen() {
         assert_eq!(det.counter(Counter::PassCookieExistingSocket), 1);
     });
 }
+
+#[test]
+fn fins_of_other_flows_in_its_line_leave_a_flow_the_raw_path() {
+    // The closed filter tells flows apart (detector_common::closed_filter): FINs of other
+    // flows that hash to the same line stamp their own cells, and a SYN of a flow whose
+    // cells they did not all stamp keeps the raw path. The program's stamps land in the
+    // cells the pure logic says.
+    use aya::maps::Array;
+    use detector_common::{
+        closed_filter::{self, ClosedLine},
+        state::FlowKey,
+    };
+    let flow = |client: [u8; 4], sport: u16| FlowKey {
+        src: ipv4_mapped(client),
+        dst: ipv4_mapped(SERVER4),
+        src_port: sport,
+        dst_port: PORT,
+    };
+    let target = (CLIENT4, 44_000);
+    let at = closed_filter::spot(&flow(target.0, target.1));
+    // Eight flows of other clients in the target's line, found by the pure hash.
+    let others: Vec<([u8; 4], u16)> = (0..1u32 << 22)
+        .map(|n| {
+            let [_, port, c, d] = n.to_be_bytes();
+            ([198, 19, c, d], 40_000 + u16::from(port))
+        })
+        .filter(|&(c, p)| closed_filter::spot(&flow(c, p)).line == at.line)
+        .take(8)
+        .collect();
+    assert_eq!(others.len(), 8, "eight flows share the target's line");
+    let mut model = ClosedLine::default();
+    for &(c, p) in &others {
+        model.stamp_flow(&closed_filter::spot(&flow(c, p)), 1);
+    }
+    assert!(!model.may_be_time_wait(&at, 1), "the eight do not cover the target's cells (fixed hash)");
+    let frame = |(client, sport): ([u8; 4], u16), syn: bool| {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]).ipv4(client, SERVER4, 64);
+        let mut out = Vec::new();
+        if syn {
+            b.tcp(sport, PORT, 1000, 64240).syn().write(&mut out, &[]).unwrap();
+        } else {
+            b.tcp(sport, PORT, 5, 512).ack(1).fin().write(&mut out, &[]).unwrap();
+        }
+        out
+    };
+    in_private_netns(move || {
+        let mut det = Detector::load(cookie_config(), &[]);
+        // No connection owns these tuples here, so the ACK shield drops the FINs; the
+        // filter stamps them before that, as it stamps every client FIN.
+        for &other in &others {
+            det.run(names::PROGRAM, &frame(other, false));
+        }
+        let line: Array<_, ClosedLine> =
+            Array::try_from(det.ebpf.map_mut(names::MAP_CLOSED_FILTER).unwrap()).unwrap();
+        let stamped = line.get(&at.line, 0).unwrap();
+        let cells = |l: &ClosedLine| l.cells.map(|c| c != 0);
+        assert_eq!(cells(&stamped), cells(&model), "the program stamped the cells the pure logic names");
+        assert_eq!(det.run(names::PROGRAM, &syn(false, 45_000)).0, XDP_TX, "a socket-bound answer renews");
+        let fast = det.counter(Counter::TxCookieFast);
+        assert_eq!(det.run(names::PROGRAM, &frame(target, true)).0, XDP_TX);
+        assert_eq!(det.counter(Counter::TxCookieFast), fast + 1, "the target keeps the raw path");
+        let bound = det.counter(Counter::TxCookie);
+        assert_eq!(det.run(names::PROGRAM, &frame(others[0], true)).0, XDP_TX, "the listener answers");
+        assert_eq!(det.counter(Counter::TxCookie), bound + 1, "a flow that sent a FIN takes the lookup");
+        assert_eq!(det.counter(Counter::TxCookieFast), fast + 1);
+    });
+}

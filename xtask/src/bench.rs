@@ -228,29 +228,29 @@ fn cases(packets: u32, many: u32, few: u32) -> [Case; 23] {
     // The table of cases: add a row to time another path (ratios below refer to names).
     #[rustfmt::skip]
     let cases = [
-        Case { name: PASS, program: "baseline_pass", config: None, family: Family::V4, sources: few, verdict: 2, path: None, padded: false, closed_filled: 0 },
-        Case { name: TX, program: "baseline_tx", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: false, closed_filled: 0 },
-        Case { name: FLOOR, program: "baseline_helper_floor", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true, closed_filled: 0 },
-        Case { name: RAW_FLOOR, program: "baseline_raw_floor", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true, closed_filled: 0 },
-        Case { name: MIN_RESPONDER, program: "baseline_min_responder", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true, closed_filled: 0 },
-        Case { name: RULED_RESPONDER, program: "baseline_ruled_responder", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true, closed_filled: 0 },
-        Case { name: COOKIE_V4, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_filled: 0 },
-        Case { name: COOKIE_V4_BUSY, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_filled: 60 },
-        Case { name: COOKIE_V4_PADDED, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: true, closed_filled: 0 },
-        Case { name: COOKIE_V6_FEW, program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_filled: 0 },
-        Case { name: COOKIE_V6_MANY, program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: many, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_filled: 0 },
-        Case { name: TRACKED_FEW, program: names::PROGRAM, config: Some(tracked), family: Family::V6, sources: few, verdict: 2, path: Some(Counter::PassSyn), padded: false, closed_filled: 0 },
-        Case { name: TRACKED_MANY, program: names::PROGRAM, config: Some(tracked), family: Family::V6, sources: many, verdict: 2, path: Some(Counter::PassSyn), padded: false, closed_filled: 0 },
-        Case { name: COOKIE_MSS, program: names::PROGRAM, config: Some(cookie_mss), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_filled: 0 },
-        Case { name: DROP, program: "baseline_drop", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false, closed_filled: 0 },
-        Case { name: DROP_FLOOR, program: "baseline_drop_floor", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false, closed_filled: 0 },
-        Case { name: DROP_TABLE_FLOOR, program: "baseline_drop_table_floor", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false, closed_filled: 0 },
-        Case { name: DROP_BLOCKED, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropBlocked), padded: false, closed_filled: 0 },
-        Case { name: DROP_BLOCKED_COOKIES, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropBlocked), padded: false, closed_filled: 0 },
-        Case { name: ACK_CALM, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp), padded: false, closed_filled: 0 },
-        Case { name: ACK_COOKIES, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp), padded: false, closed_filled: 0 },
-        Case { name: "forged cookie ACK, IPv4 (shield drop)", program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropAckShield), padded: false, closed_filled: 0 },
-        Case { name: "forged cookie ACK, IPv6 (shield drop)", program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 1, path: Some(Counter::DropAckShield), padded: false, closed_filled: 0 },
+        Case { name: PASS, program: "baseline_pass", config: None, family: Family::V4, sources: few, verdict: 2, path: None, padded: false, closed_flows: 0 },
+        Case { name: TX, program: "baseline_tx", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: false, closed_flows: 0 },
+        Case { name: FLOOR, program: "baseline_helper_floor", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true, closed_flows: 0 },
+        Case { name: RAW_FLOOR, program: "baseline_raw_floor", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true, closed_flows: 0 },
+        Case { name: MIN_RESPONDER, program: "baseline_min_responder", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true, closed_flows: 0 },
+        Case { name: RULED_RESPONDER, program: "baseline_ruled_responder", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true, closed_flows: 0 },
+        Case { name: COOKIE_V4, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_flows: 0 },
+        Case { name: COOKIE_V4_BUSY, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_flows: BUSY_CLOSED_FLOWS },
+        Case { name: COOKIE_V4_PADDED, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: true, closed_flows: 0 },
+        Case { name: COOKIE_V6_FEW, program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_flows: 0 },
+        Case { name: COOKIE_V6_MANY, program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: many, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_flows: 0 },
+        Case { name: TRACKED_FEW, program: names::PROGRAM, config: Some(tracked), family: Family::V6, sources: few, verdict: 2, path: Some(Counter::PassSyn), padded: false, closed_flows: 0 },
+        Case { name: TRACKED_MANY, program: names::PROGRAM, config: Some(tracked), family: Family::V6, sources: many, verdict: 2, path: Some(Counter::PassSyn), padded: false, closed_flows: 0 },
+        Case { name: COOKIE_MSS, program: names::PROGRAM, config: Some(cookie_mss), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_flows: 0 },
+        Case { name: DROP, program: "baseline_drop", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false, closed_flows: 0 },
+        Case { name: DROP_FLOOR, program: "baseline_drop_floor", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false, closed_flows: 0 },
+        Case { name: DROP_TABLE_FLOOR, program: "baseline_drop_table_floor", config: None, family: Family::V4, sources: few, verdict: 1, path: None, padded: false, closed_flows: 0 },
+        Case { name: DROP_BLOCKED, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropBlocked), padded: false, closed_flows: 0 },
+        Case { name: DROP_BLOCKED_COOKIES, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropBlocked), padded: false, closed_flows: 0 },
+        Case { name: ACK_CALM, program: names::PROGRAM, config: Some(tracked), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp), padded: false, closed_flows: 0 },
+        Case { name: ACK_COOKIES, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 2, path: Some(Counter::PassTcp), padded: false, closed_flows: 0 },
+        Case { name: "forged cookie ACK, IPv4 (shield drop)", program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 1, path: Some(Counter::DropAckShield), padded: false, closed_flows: 0 },
+        Case { name: "forged cookie ACK, IPv6 (shield drop)", program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 1, path: Some(Counter::DropAckShield), padded: false, closed_flows: 0 },
     ];
 
     cases
@@ -269,14 +269,9 @@ fn ratios(report: &mut Report, results: &[Timing], many: u32, few: u32) {
         // A SYN longer than its headers (padding, TFO data): the reply's length cannot be
         // seen by pointer comparison, and the frame is measured and cut by two helpers.
         (COOKIE_V4_PADDED, COOKIE_V4, "cookie path IPv4: SYN padded by 20 bytes / as Linux sends it", None),
-        // A server closing about 970 connections a second: 60 % of the closed filter's
-        // buckets say "may be in TIME_WAIT", and those SYNs take the socket-bound path.
-        (
-            COOKIE_V4_BUSY,
-            COOKIE_V4,
-            "cookie path IPv4: busy server (60 % of closed-filter buckets stamped) / calm",
-            None,
-        ),
+        // A server closing 1,000 connections a second: the closed filter holds a minute of
+        // their FINs, and a SYN whose cells they all stamped takes the socket-bound path.
+        (COOKIE_V4_BUSY, COOKIE_V4, "cookie path IPv4: busy server (1,000 closes a second) / calm", None),
         (COOKIE_MSS, FLOOR, "cookie path IPv4, MSS only / helper floor", Some("≤ 0.6")),
         // Where the ≤ 0.6 comes from, and what it leaves: the raw helper alone against the
         // socket-bound floor, and our fast path against the raw helper alone.
@@ -377,7 +372,10 @@ const COOKIE_V4: &str = "cookie path, IPv4, TS options";
 const COOKIE_V4_PADDED: &str = "cookie path, IPv4, TS options, SYN padded by 20 bytes";
 
 const COOKIE_V4_BUSY: &str =
-    "cookie path, IPv4, TS options, busy server (60 % of closed-filter buckets stamped)";
+    "cookie path, IPv4, TS options, busy server (62,000 connections closed in the last minute)";
+
+/// The busy server's FINs in the closed filter's window: 1,000 closes a second for 62 s.
+const BUSY_CLOSED_FLOWS: u32 = 62_000;
 
 const COOKIE_V6_FEW: &str = "cookie path, IPv6, few sources";
 

@@ -40,9 +40,9 @@ pub(crate) struct Case {
     /// read 60 bytes of TCP header whatever its length), and one cookie case times what a
     /// padded SYN costs the responder (the frame is cut to the reply by the helpers).
     pub(crate) padded: bool,
-    /// Percent of the closed filter's buckets stamped by a client FIN just now, as on a
-    /// server that closes connections all the time (`stamp_closed_filter`).
-    pub(crate) closed_filled: u32,
+    /// Connections whose client FIN the closed filter saw just now, as on a server that
+    /// closes connections all the time (`stamp_closed_filter`).
+    pub(crate) closed_flows: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -112,8 +112,8 @@ pub(crate) fn load_case(object: &[u8], case: &Case) -> Result<Ebpf> {
         (_, "baseline_drop_floor") => Some("FLOOR_SOURCES"),
         _ => None,
     };
-    if case.closed_filled != 0 {
-        stamp_closed_filter(&mut ebpf, case.closed_filled)?;
+    if case.closed_flows != 0 {
+        stamp_closed_filter(&mut ebpf, case.closed_flows)?;
     }
     if case.program == "baseline_drop_table_floor" {
         fill_floor_table(&mut ebpf, case)?;
@@ -163,26 +163,39 @@ fn monotonic_ns() -> Result<u64> {
     Ok(u64::try_from(ts.tv_sec)? * 1_000_000_000 + u64::try_from(ts.tv_nsec)?)
 }
 
-/// Stamps `percent` of the closed filter's buckets, picked by a fixed pseudo-random
-/// sequence, as a client FIN would have just now. A SYN whose flow lands in a stamped
-/// bucket may reuse a tuple in `TIME_WAIT`: it takes the socket-bound path (a listener
-/// lookup) instead of the raw helper (docs/cookies.md). A server that saw `r` client FINs
-/// a second over the filter's 62 s has about `1 - e^(-62 r / 65536)` of them stamped: 60 %
-/// at about 970 a second.
-fn stamp_closed_filter(ebpf: &mut Ebpf, percent: u32) -> Result<()> {
-    use detector_common::fastpath::{closed_stamp, CLOSED_FILTER_BUCKETS};
-    let mut filter: Array<_, u32> =
+/// Stamps `flows` client FINs into the closed filter, as the program would have just now:
+/// flows of other clients than the case's (10.0.0.0/8, pseudo-random, the same in every run
+/// and for every object compared). A SYN whose cells they all stamped may reuse a tuple in
+/// `TIME_WAIT` for all the filter knows: it takes the socket-bound path (a listener lookup)
+/// instead of the raw helper (docs/cookies.md).
+fn stamp_closed_filter(ebpf: &mut Ebpf, flows: u32) -> Result<()> {
+    use detector_common::{
+        closed_filter::{self, ClosedLine},
+        parse::ipv4_mapped,
+        state::FlowKey,
+    };
+    let mut filter: Array<_, ClosedLine> =
         Array::try_from(ebpf.map_mut(names::MAP_CLOSED_FILTER).context("CLOSED_FILTER")?)?;
-    let stamp = closed_stamp(monotonic_ns()?);
-    // xorshift64: the same buckets in every run and for every object compared.
+    let stamp = closed_filter::stamp(monotonic_ns()?);
+    let mut lines = std::collections::HashMap::<u32, ClosedLine>::new();
+    // xorshift64: the same flows in every run.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for at in 0..CLOSED_FILTER_BUCKETS {
+    for _ in 0..flows {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x % 100 < u64::from(percent) {
-            filter.set(at, stamp, 0)?;
-        }
+        let [a, b, c, p0, p1, ..] = x.to_le_bytes();
+        let flow = FlowKey {
+            src: ipv4_mapped([10, a, b, c]),
+            dst: ipv4_mapped([198, 18, 0, 1]),
+            src_port: u16::from_le_bytes([p0, p1]),
+            dst_port: BENCH_PORT,
+        };
+        let at = closed_filter::spot(&flow);
+        lines.entry(at.line).or_default().stamp_flow(&at, stamp);
+    }
+    for (at, line) in lines {
+        filter.set(at, line, 0)?;
     }
     Ok(())
 }

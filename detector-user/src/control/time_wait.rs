@@ -1,12 +1,15 @@
 //! Seeding the closed-connection filter (`CLOSED_FILTER`, docs/cookies.md) from the
 //! kernel's TIME_WAIT sockets, as a reconcile step.
 //!
-//! The program stamps a tuple's bucket when the client's FIN passes it, and the raw cookie
-//! helper never answers a SYN whose bucket is stamped: a raw cookie's ACK would meet the
+//! The program stamps a tuple's cells when the client's FIN passes it, and the raw cookie
+//! helper never answers a SYN whose cells are all stamped: a raw cookie's ACK would meet the
 //! TIME_WAIT socket, which drops it, and the connection would stall. FINs that passed
 //! before the program ran (a first start, or fresh maps after a layout change) left no
-//! stamp, so after attaching the agent stamps every tuple the kernel holds in TIME_WAIT
-//! (and in the FIN_WAIT2 timewait substate). A FIN after the attach is the program's to
+//! stamp, so after attaching the agent stamps the line of every tuple the kernel holds in
+//! TIME_WAIT (and in the FIN_WAIT2 timewait substate). Whole lines, every cell
+//! (`ClosedLine::all`): a map update writes a whole line, and writing only the tuple's
+//! cells would put back older values over cells the program stamped meanwhile. Such a
+//! line sends every flow in it to the lookup for a minute, as a stamp per bucket did. A FIN after the attach is the program's to
 //! see, so one dump after the attach completes the filter; until it has succeeded the
 //! program config lacks `FLAG_RAW_COOKIES` and every cookie takes the socket lookup.
 
@@ -20,7 +23,11 @@ use std::{
 
 use aya::maps::{Array, MapData};
 use detector_common::{
-    config::FLAG_RAW_COOKIES, fastpath::closed_stamp, filter, names, parse::ipv4_mapped, state::FlowKey,
+    closed_filter::{self, ClosedLine},
+    config::FLAG_RAW_COOKIES,
+    names,
+    parse::ipv4_mapped,
+    state::FlowKey,
 };
 use tracing::info;
 
@@ -33,7 +40,7 @@ use crate::{
 };
 
 pub struct TimeWaitStep {
-    map: Array<MapData, u32>,
+    map: Array<MapData, ClosedLine>,
     /// Set by the agent once every interface runs this program (or its pinned link was
     /// switched to it): from then on the program sees every FIN.
     attached: Arc<AtomicBool>,
@@ -57,20 +64,18 @@ impl Reconciler for TimeWaitStep {
         if self.seeded || !self.attached.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut buckets = BTreeSet::new();
+        let mut lines = BTreeSet::new();
         dump_tcp(1 << TCP_TIME_WAIT | 1 << TCP_FIN_WAIT2, |s| {
-            buckets.insert(filter::bucket(&client_flow(s)));
+            lines.insert(closed_filter::spot(&client_flow(s)).line);
         })
         .map_err(|e| format!("listing the TIME_WAIT sockets (sock_diag): {e}"))?;
-        let stamp = closed_stamp(monotonic_ns());
-        for &bucket in &buckets {
-            self.map
-                .set(bucket, stamp, 0)
-                .map_err(|e| format!("{}[{bucket}]: {e}", names::MAP_CLOSED_FILTER))?;
+        let full = ClosedLine::all(closed_filter::stamp(monotonic_ns()));
+        for &line in &lines {
+            self.map.set(line, full, 0).map_err(|e| format!("{}[{line}]: {e}", names::MAP_CLOSED_FILTER))?;
         }
         info!(
             event = "closed_filter_seeded",
-            buckets = buckets.len(),
+            lines = lines.len(),
             "closed-connection filter seeded from the kernel's TIME_WAIT sockets; the raw cookie helper may answer"
         );
         self.seeded = true;

@@ -11,8 +11,9 @@ use aya::{
 use detector_common::{
     block_filter,
     blocked_table::BlockedBucket,
+    closed_filter::{self, ClosedLine},
     fastpath::{RenewalSlot, RENEWAL_SLOTS},
-    filter, names,
+    names,
     parse::{parse_tcp, tcp_flags, IpVersion},
     policy::{IFACE_VLAN_STRIPPED, PORT_NO_LISTENER},
     state::{FlowKey, PendingFlow, SourceKey, SourceState},
@@ -34,8 +35,8 @@ pub enum Run {
 
 pub struct Kernel {
     det: Detector,
-    /// `CLOSED_FILTER` buckets a frame may have stamped (any parsed segment with FIN),
-    /// zeroed by `start`: the array has 65,536 slots, too many to clear one by one.
+    /// `CLOSED_FILTER` lines a frame may have stamped (any parsed segment with FIN),
+    /// zeroed by `start`: the array has 65,536 lines, too many to clear one by one.
     stamped: RefCell<HashSet<u32>>,
 }
 
@@ -74,10 +75,10 @@ impl Kernel {
             let empty = PerCpuValues::try_from(vec![RenewalSlot::default(); cpus]).unwrap();
             renewals.set(slot, empty, 0).unwrap();
         }
-        let mut closed: Array<_, u32> =
+        let mut closed: Array<_, ClosedLine> =
             Array::try_from(self.det.ebpf.map_mut(names::MAP_CLOSED_FILTER).unwrap()).unwrap();
-        for bucket in self.stamped.borrow_mut().drain() {
-            closed.set(bucket, 0, 0).unwrap();
+        for line in self.stamped.borrow_mut().drain() {
+            closed.set(line, ClosedLine::default(), 0).unwrap();
         }
         self.det
             .set_iface_flags(TEST_RUN_IFINDEX, if policy.vlan_stripped { IFACE_VLAN_STRIPPED } else { 0 });
@@ -121,7 +122,7 @@ impl Kernel {
                         src_port: seg.src_port,
                         dst_port: seg.dst_port,
                     };
-                    self.stamped.borrow_mut().insert(filter::bucket(&flow));
+                    self.stamped.borrow_mut().insert(closed_filter::spot(&flow).line);
                 }
             }
         }

@@ -27,12 +27,13 @@ use std::collections::{HashMap, HashSet};
 
 use detector_common::{
     ackshield::{self, Owner},
+    closed_filter::{self, ClosedLine},
     config::{
         Config, FLAG_COOKIES, FLAG_COOKIE_ECN, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_LISTED_PORTS_ONLY,
         FLAG_NO_IFACE_POLICY, FLAG_NO_KERNEL_DESTS, FLAG_RAW_COOKIES,
     },
     counters::{Counter, COUNTER_SLOTS},
-    fastpath::{closed_stamp, cookie_path, may_be_time_wait, renewal_index, CookiePath, RenewalSlot},
+    fastpath::{cookie_path, renewal_index, CookiePath, RenewalSlot},
     filter,
     parse::{parse_tcp, tcp_flags, IpVersion, TcpSegment, ETH_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN},
     policy::{cookie_policy, IFACE_VLAN_STRIPPED, PORT_DEFAULT, PORT_NO_LISTENER},
@@ -143,8 +144,8 @@ pub struct Model {
     /// `COOKIE_RENEWALS` of the one CPU the test runs on: per slot, the listener last
     /// renewed there and when (an absent slot is a zeroed one).
     renewals: HashMap<u32, RenewalSlot>,
-    /// `CLOSED_FILTER`: per flow-hash bucket, the `closed_stamp` of the last client FIN.
-    closed: HashMap<u32, u32>,
+    /// `CLOSED_FILTER`: the lines client FINs stamped (an absent line is a zeroed one).
+    closed: HashMap<u32, ClosedLine>,
     /// Cookies the kernel answered SYNs with in this sequence: per tuple, (client ISN,
     /// cookie) pairs, as `issued` was told them.
     cookies: HashMap<FlowKey, Vec<(u32, u32)>>,
@@ -214,7 +215,8 @@ impl Model {
         // main.rs `on_segment`: the FIN filter (fastpath.rs `on_segment`), handshake
         // completion, the ACK shield.
         if seg.flags & tcp_flags::FIN != 0 {
-            self.closed.insert(filter::bucket(&flow_of(&seg)), closed_stamp(now));
+            let at = closed_filter::spot(&flow_of(&seg));
+            self.closed.entry(at.line).or_default().stamp_flow(&at, closed_filter::stamp(now));
         }
         if seg.may_complete_handshake() {
             self.on_ack(&seg, now, ev);
@@ -354,10 +356,8 @@ impl Model {
         }
         let slot = renewal_index(&seg.dst, seg.dst_port);
         let last_renewal = self.renewals.get(&slot).and_then(|s| s.renewal_of(&seg.dst, seg.dst_port));
-        let time_wait = self
-            .closed
-            .get(&filter::bucket(&flow_of(seg)))
-            .is_some_and(|&stamp| may_be_time_wait(stamp, now));
+        let at = closed_filter::spot(&flow_of(seg));
+        let time_wait = self.closed.get(&at.line).is_some_and(|line| line.may_be_time_wait(&at, now));
         let path = if self.cfg.has(FLAG_RAW_COOKIES) {
             cookie_path(last_renewal, time_wait, now)
         } else {
