@@ -115,8 +115,8 @@ pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 /// 8: `BLOCK_FILTER` has a slot past its buckets, the latest block end of all
 ///    (`block_filter::LATEST_SLOT`): an older filter has none, and a newer program would
 ///    read its zero as "nothing blocked".
-/// 9: `CLOSED_FILTER` holds lines of 32 stamps (`closed_filter::ClosedLine`), a flow's
-///    FIN three of them, instead of one stamp per bucket.
+/// 9: `CLOSED_FILTER` holds lines of 64 one-byte stamps (`closed_filter::ClosedLine`), a
+///    flow's FIN three of them, instead of one stamp per bucket.
 pub const LAYOUT_VERSION: u32 = 9;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
