@@ -31,6 +31,7 @@ pub fn main(args: &TestArgs) -> Result<()> {
              run `sudo -E cargo xtask test`"
         );
     }
+    check_free_disk()?;
     build_ebpf::main(&build_ebpf::BuildEbpfArgs { release: false })?;
     let mut cargo = Command::new("cargo");
     cargo
@@ -59,6 +60,39 @@ pub fn main(args: &TestArgs) -> Result<()> {
     daemonset?;
     package?;
     bench
+}
+
+/// What a whole run writes, measured on a fresh clone (target/ and detector-ebpf/target/
+/// after `.ci/run`: the debug and release builds, the test binaries, the fuzz targets, the
+/// package and the bench's selftest peer), rounded up.
+const RUN_WRITES_GIB: u64 = 12;
+
+/// Fails before building anything when the disk cannot take a whole run: a full disk
+/// otherwise shows as a compiler's "No space left on device" minutes in, or as a test
+/// failing on a write (CI saw the first on a machine with little space left).
+fn check_free_disk() -> Result<()> {
+    let root = workspace_root();
+    let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).context("workspace path")?;
+    // SAFETY: a zeroed statvfs is valid, and `path` is a NUL-terminated string.
+    let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; statvfs writes only into `fs`.
+    if unsafe { libc::statvfs(path.as_ptr(), &raw mut fs) } != 0 {
+        bail!("statvfs {}: {}", root.display(), std::io::Error::last_os_error());
+    }
+    let free_gib = u64::from(fs.f_bavail) * u64::from(fs.f_frsize) >> 30;
+    println!(
+        "test: {free_gib} GiB free on the disk of {} (a whole run writes about {RUN_WRITES_GIB} GiB)",
+        root.display()
+    );
+    if free_gib < RUN_WRITES_GIB {
+        bail!(
+            "only {free_gib} GiB free on the disk of {}: a whole test run writes about \
+             {RUN_WRITES_GIB} GiB (builds, test binaries, fuzz targets); free some space first \
+             (`cargo clean` removes earlier builds)",
+            root.display()
+        );
+    }
+    Ok(())
 }
 
 /// Runs one of the repo's check scripts (`bash <script>` from the workspace root).
