@@ -91,6 +91,19 @@ fn syn(v6: bool, sport: u16) -> Vec<u8> {
     segment(v6, sport, PORT, true, None)
 }
 
+/// A bare IPv4 SYN from `client`:`sport` to the fixture server's `dport`, or the client's
+/// FIN on that tuple.
+fn syn_or_fin(client: [u8; 4], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]).ipv4(client, SERVER4, 64);
+    let mut out = Vec::new();
+    if syn {
+        b.tcp(sport, dport, 1000, 64240).syn().write(&mut out, &[]).unwrap();
+    } else {
+        b.tcp(sport, dport, 5, 512).ack(1).fin().write(&mut out, &[]).unwrap();
+    }
+    out
+}
+
 /// The client's third packet for a SYN-ACK whose sequence number is `cookie`.
 fn ack(v6: bool, sport: u16, cookie: u32) -> Vec<u8> {
     segment(v6, sport, PORT, false, Some(cookie.wrapping_add(1)))
@@ -321,17 +334,7 @@ fn a_time_wait_tuple_gets_a_raw_cookie_unless_its_fin_was_seen() {
         drop(client);
         drop(accepted);
         thread::sleep(Duration::from_millis(200));
-        let frame = |syn: bool| {
-            let b =
-                PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]).ipv4(SERVER4, SERVER4, 64);
-            let mut out = Vec::new();
-            if syn {
-                b.tcp(sport, port, 1000, 64240).syn().write(&mut out, &[]).unwrap();
-            } else {
-                b.tcp(sport, port, 5, 512).ack(1).fin().write(&mut out, &[]).unwrap();
-            }
-            out
-        };
+        let frame = |syn: bool| syn_or_fin(SERVER4, sport, port, syn);
         let renew = || {
             let mut out = Vec::new();
             PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
@@ -388,16 +391,7 @@ fn fins_of_other_flows_in_its_line_leave_a_flow_the_raw_path() {
         model.stamp_flow(&closed_filter::spot(&flow(c, p)), 1);
     }
     assert!(!model.may_be_time_wait(&at, 1), "the eight do not cover the target's cells (fixed hash)");
-    let frame = |(client, sport): ([u8; 4], u16), syn: bool| {
-        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]).ipv4(client, SERVER4, 64);
-        let mut out = Vec::new();
-        if syn {
-            b.tcp(sport, PORT, 1000, 64240).syn().write(&mut out, &[]).unwrap();
-        } else {
-            b.tcp(sport, PORT, 5, 512).ack(1).fin().write(&mut out, &[]).unwrap();
-        }
-        out
-    };
+    let frame = |(client, sport): ([u8; 4], u16), syn: bool| syn_or_fin(client, sport, PORT, syn);
     in_private_netns(move || {
         let mut det = Detector::load(cookie_config(), &[]);
         // No connection owns these tuples here, so the ACK shield drops the FINs; the
