@@ -79,7 +79,7 @@ fn check_free_disk() -> Result<()> {
     if unsafe { libc::statvfs(path.as_ptr(), &raw mut fs) } != 0 {
         bail!("statvfs {}: {}", root.display(), std::io::Error::last_os_error());
     }
-    let free_gib = u64::from(fs.f_bavail) * u64::from(fs.f_frsize) >> 30;
+    let free_gib = (fs.f_bavail * fs.f_frsize) >> 30;
     println!(
         "test: {free_gib} GiB free on the disk of {} (a whole run writes about {RUN_WRITES_GIB} GiB)",
         root.display()
