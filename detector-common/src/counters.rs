@@ -135,10 +135,14 @@ counters! {
     /// While cookies are on: an ACK that only a listener would take, whose cookie the
     /// kernel's check refuses (a forged cookie ACK), dropped before the kernel checks it.
     DropAckShield = 37, Some(Verdict::Drop), "ack_shield";
+    /// A SYN the raw helper would have answered that the closed filter sent to the socket
+    /// lookup instead: its tuple may be in `TIME_WAIT` here (a client reusing a port, or
+    /// other flows' FINs covering its cells, `closed_filter`).
+    ClosedFilterLookup = 38, None, "closed_filter_lookup";
 }
 
 /// Number of slots in the counter array.
-pub const COUNTER_SLOTS: u32 = 38;
+pub const COUNTER_SLOTS: u32 = 39;
 
 const _: () = assert!(Counter::ALL.len() == COUNTER_SLOTS as usize);
 

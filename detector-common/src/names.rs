@@ -116,7 +116,8 @@ pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 ///    (`block_filter::LATEST_SLOT`): an older filter has none, and a newer program would
 ///    read its zero as "nothing blocked".
 /// 9: `CLOSED_FILTER` holds lines of 64 one-byte stamps (`closed_filter::ClosedLine`), a
-///    flow's FIN three of them, instead of one stamp per bucket.
+///    flow's FIN three of them, instead of one stamp per bucket; `COUNTERS` gained
+///    `closed_filter_lookup` (slot 38).
 pub const LAYOUT_VERSION: u32 = 9;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.

@@ -98,7 +98,14 @@ pub fn path(seg: &TcpSegment, cfg: &Config, now: u64) -> CookiePath {
     // its four words were spilled, and the cookie answer's frame grew past the stack limit.
     let again = reread(seg);
     let last = slot.and_then(|slot| slot.renewal_of(&again.dst, again.dst_port));
-    cookie_path(last, time_wait, now)
+    let path = cookie_path(last, false, now);
+    if path == CookiePath::Raw && time_wait {
+        // What the filter costs: a SYN the raw helper would have answered (the operator's
+        // `syndetector_closed_filter_lookups_total`).
+        crate::stats::count(Counter::ClosedFilterLookup);
+        return CookiePath::SocketBound;
+    }
+    path
 }
 
 /// The same segment, through a pointer LLVM cannot trace to `seg`: it then loads the

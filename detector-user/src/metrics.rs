@@ -50,6 +50,7 @@ pub struct Metrics {
     pub attack_transitions: IntCounterVec,
     pub cookies_sent: IntCounter,
     pub cookie_budget_drops: IntCounter,
+    pub closed_filter_lookups: IntCounter,
     pub threshold: GaugeVec,
     pub kernel: Vec<IntCounter>,
     pub top_sources: GaugeVec,
@@ -162,6 +163,10 @@ impl Metrics {
             cookie_budget_drops: counter(
                 "syndetector_cookie_budget_drops_total",
                 "SYNs dropped because the SYN-ACK budget for the second was spent.",
+            ),
+            closed_filter_lookups: counter(
+                "syndetector_closed_filter_lookups_total",
+                "SYNs the raw cookie helper would have answered that the closed-connection filter sent to the socket lookup (a tuple that may be in TIME_WAIT, or other flows' FINs covering its cells).",
             ),
             threshold: gauge_vec(
                 "syndetector_threshold",

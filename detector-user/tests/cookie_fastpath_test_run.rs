@@ -412,5 +412,6 @@ fn fins_of_other_flows_in_its_line_leave_a_flow_the_raw_path() {
         assert_eq!(det.run(names::PROGRAM, &frame(others[0], true)).0, XDP_TX, "the listener answers");
         assert_eq!(det.counter(Counter::TxCookie), bound + 1, "a flow that sent a FIN takes the lookup");
         assert_eq!(det.counter(Counter::TxCookieFast), fast + 1);
+        assert_eq!(det.counter(Counter::ClosedFilterLookup), 1, "counted as the filter's doing");
     });
 }

@@ -58,6 +58,7 @@ impl CounterState {
                 Counter::SynRetransmit => m.syn_retransmits.inc_by(delta),
                 Counter::TxCookie | Counter::TxCookieFast => m.cookies_sent.inc_by(delta),
                 Counter::DropCookieBudget => m.cookie_budget_drops.inc_by(delta),
+                Counter::ClosedFilterLookup => m.closed_filter_lookups.inc_by(delta),
                 _ => {}
             }
         }

@@ -206,7 +206,7 @@ impl Model {
             let counter = if self.cfg.has(FLAG_COOKIES) {
                 self.screen_for_cookie(&seg, now)
                     .or_else(|| self.policy(&seg))
-                    .unwrap_or_else(|| self.answer_syn(&seg, frame, now, reply))
+                    .unwrap_or_else(|| self.answer_syn(&seg, frame, now, ev, reply))
             } else {
                 self.on_syn(&seg, now, ev)
             };
@@ -346,6 +346,7 @@ impl Model {
         seg: &TcpSegment,
         frame: &[u8],
         now: u64,
+        ev: &mut [u64],
         reply: &mut Option<ReplyPlan>,
     ) -> Counter {
         let l3 = usize::from(seg.l3_offset);
@@ -371,6 +372,7 @@ impl Model {
                     && cookie_path(last_renewal, false, now) == CookiePath::Raw
                 {
                     self.reached.fin_filtered_syns += 1;
+                    ev[Counter::ClosedFilterLookup as usize] += 1;
                 }
                 if seg.dst_port != LISTEN_PORT {
                     return Counter::PassCookieNoListener;
