@@ -25,8 +25,8 @@
 //! construction: every write stores "now", so two CPUs stamping one line at once can only
 //! leave a cell a few milliseconds older than the other's write, which the margin in
 //! `TIME_WAIT_NS` absorbs. No cell is ever cleared: old stamps stop matching by age. The
-//! agent, which cannot write a cell alone (a map update writes the whole line, and would
-//! put back cells the program stamped meanwhile), stamps a whole line (`ClosedLine::all`).
+//! agent stamps the same way, through a shared mapping of the array (a map update would
+//! write a whole line and put back cells the program stamped meanwhile).
 
 use crate::{filter, state::FlowKey};
 
@@ -130,8 +130,7 @@ impl Default for ClosedLine {
 }
 
 impl ClosedLine {
-    /// Every cell stamped: whatever flow hashes here may be in `TIME_WAIT`. The agent's
-    /// write, which must not put back older values over the program's (module docs).
+    /// Every cell stamped `stamp` (0: nothing stamped).
     #[must_use]
     pub const fn all(stamp: u8) -> Self {
         Self { cells: [stamp; LINE_CELLS] }
@@ -295,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn a_line_the_agent_stamped_holds_every_flow_that_hashes_there() {
+    fn a_fully_stamped_line_holds_every_flow_that_hashes_there() {
         let mut filter = Filter::default();
         let at = spot(&flow(7));
         filter.0.insert(at.line, ClosedLine::all(stamp(T)));

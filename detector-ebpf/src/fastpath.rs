@@ -4,7 +4,7 @@
 //! Needs kernel >= 6.0 for the raw helpers.
 
 use aya_ebpf::{
-    bindings::{iphdr, ipv6hdr, tcphdr},
+    bindings::{iphdr, ipv6hdr, tcphdr, BPF_F_MMAPABLE},
     helpers::{
         bpf_ktime_get_ns,
         generated::{bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6},
@@ -43,9 +43,10 @@ static COOKIE_RENEWALS: PerCpuArray<RenewalSlot> = PerCpuArray::with_max_entries
 /// which each client FIN stamps its flow's cells. Tuples that may be in `TIME_WAIT` here,
 /// which the raw path must not answer. Pinned, so a restarted agent keeps what the old
 /// program saw; the agent also stamps the lines of the kernel's TIME_WAIT sockets after
-/// attaching (FINs from before the program ran).
+/// attaching (FINs from before the program ran), through a shared mapping of the array
+/// (`BPF_F_MMAPABLE`): byte stores like the program's, which cannot undo its own.
 #[map(name = "CLOSED_FILTER")]
-static CLOSED_FILTER: Array<ClosedLine> = Array::with_max_entries(CLOSED_FILTER_LINES, 0);
+static CLOSED_FILTER: Array<ClosedLine> = Array::with_max_entries(CLOSED_FILTER_LINES, BPF_F_MMAPABLE);
 
 #[inline(always)]
 fn spot(seg: &TcpSegment) -> ClosedSpot {

@@ -10,6 +10,7 @@
 
 #[doc(hidden)]
 pub mod bench;
+mod closed_lines;
 mod counters;
 pub mod ports;
 pub mod reconcile;

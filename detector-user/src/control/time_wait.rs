@@ -5,33 +5,23 @@
 //! helper never answers a SYN whose cells are all stamped: a raw cookie's ACK would meet the
 //! TIME_WAIT socket, which drops it, and the connection would stall. FINs that passed
 //! before the program ran (a first start, or fresh maps after a layout change) left no
-//! stamp, so after attaching the agent stamps the line of every tuple the kernel holds in
-//! TIME_WAIT (and in the FIN_WAIT2 timewait substate). Whole lines, every cell
-//! (`ClosedLine::all`): a map update writes a whole line, and writing only the tuple's
-//! cells would put back older values over cells the program stamped meanwhile. Such a
-//! line sends every flow in it to the lookup for a minute, as a stamp per bucket did. A FIN after the attach is the program's to
+//! stamp, so after attaching the agent stamps every tuple the kernel holds in TIME_WAIT
+//! (and in the FIN_WAIT2 timewait substate), through a shared mapping of the filter and
+//! with the same byte stores as the program (`closed_lines`): only those tuples' cells, so
+//! a restart on a busy server does not send every SYN to the lookup for a minute. A FIN after the attach is the program's to
 //! see, so one dump after the attach completes the filter; until it has succeeded the
 //! program config lacks `FLAG_RAW_COOKIES` and every cookie takes the socket lookup.
 
-use std::{
-    collections::BTreeSet,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
 };
 
-use aya::maps::{Array, MapData};
-use detector_common::{
-    closed_filter::{self, ClosedLine},
-    config::FLAG_RAW_COOKIES,
-    names,
-    parse::ipv4_mapped,
-    state::FlowKey,
-};
+use aya::maps::{Map, MapData};
+use detector_common::{closed_filter, config::FLAG_RAW_COOKIES, names, parse::ipv4_mapped, state::FlowKey};
 use tracing::info;
 
-use super::reconcile::Reconciler;
+use super::{closed_lines::ClosedLines, reconcile::Reconciler};
 use crate::{
     error::LoadError,
     maps::monotonic_ns,
@@ -40,7 +30,9 @@ use crate::{
 };
 
 pub struct TimeWaitStep {
-    map: Array<MapData, ClosedLine>,
+    /// Kept for as long as the mapping is used (the mapping holds the map too).
+    _map: MapData,
+    lines: ClosedLines,
     /// Set by the agent once every interface runs this program (or its pinned link was
     /// switched to it): from then on the program sees every FIN.
     attached: Arc<AtomicBool>,
@@ -48,9 +40,17 @@ pub struct TimeWaitStep {
 }
 
 impl TimeWaitStep {
-    /// Takes the map from the loaded object.
+    /// Takes the map from the loaded object and maps its lines.
     pub fn take(ebpf: &mut aya::Ebpf, attached: Arc<AtomicBool>) -> Result<Self, LoadError> {
-        Ok(Self { map: crate::loader::take_map(ebpf, names::MAP_CLOSED_FILTER)?, attached, seeded: false })
+        let map_error = |source| LoadError::Map { map: names::MAP_CLOSED_FILTER, source };
+        let map = match ebpf.take_map(names::MAP_CLOSED_FILTER) {
+            Some(Map::Array(map)) => map,
+            Some(_) => return Err(map_error(aya::maps::MapError::InvalidMapType { map_type: 0 })),
+            None => return Err(LoadError::Missing(names::MAP_CLOSED_FILTER)),
+        };
+        let lines = ClosedLines::map(&map)
+            .map_err(|io_error| map_error(aya::sys::SyscallError { call: "mmap", io_error }.into()))?;
+        Ok(Self { _map: map, lines, attached, seeded: false })
     }
 }
 
@@ -64,18 +64,16 @@ impl Reconciler for TimeWaitStep {
         if self.seeded || !self.attached.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut lines = BTreeSet::new();
-        dump_tcp(1 << TCP_TIME_WAIT | 1 << TCP_FIN_WAIT2, |s| {
-            lines.insert(closed_filter::spot(&client_flow(s)).line);
-        })
-        .map_err(|e| format!("listing the TIME_WAIT sockets (sock_diag): {e}"))?;
-        let full = ClosedLine::all(closed_filter::stamp(monotonic_ns()));
-        for &line in &lines {
-            self.map.set(line, full, 0).map_err(|e| format!("{}[{line}]: {e}", names::MAP_CLOSED_FILTER))?;
+        let mut flows = Vec::new();
+        dump_tcp(1 << TCP_TIME_WAIT | 1 << TCP_FIN_WAIT2, |s| flows.push(client_flow(s)))
+            .map_err(|e| format!("listing the TIME_WAIT sockets (sock_diag): {e}"))?;
+        let stamp = closed_filter::stamp(monotonic_ns());
+        for flow in &flows {
+            self.lines.stamp_flow(&closed_filter::spot(flow), stamp);
         }
         info!(
             event = "closed_filter_seeded",
-            lines = lines.len(),
+            flows = flows.len(),
             "closed-connection filter seeded from the kernel's TIME_WAIT sockets; the raw cookie helper may answer"
         );
         self.seeded = true;

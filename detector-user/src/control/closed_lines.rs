@@ -1,0 +1,124 @@
+//! The closed-connection filter (`CLOSED_FILTER`) mapped into the agent's memory, so that
+//! the agent stamps a flow's cells exactly as the program does: one byte store per cell.
+//!
+//! A map update would write a whole 64-byte line and put back older values over cells the
+//! program stamped meanwhile, forgetting a FIN; a byte store cannot (every writer stores a
+//! recent time, `detector_common::closed_filter`). The map is created `BPF_F_MMAPABLE`,
+//! and `mmap` of its fd at offset 0 gives its values, line after line.
+
+use std::{io, os::fd::AsFd, ptr::NonNull};
+
+use aya::maps::MapData;
+use detector_common::closed_filter::{ClosedLine, ClosedSpot, CLOSED_FILTER_LINES};
+
+/// A shared, writable mapping of every line of the filter.
+pub struct ClosedLines {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; every access is a single byte store.
+unsafe impl Send for ClosedLines {}
+
+impl ClosedLines {
+    /// Maps the filter's lines (kernel >= 5.5 for mmapable arrays).
+    pub fn map(map: &MapData) -> io::Result<Self> {
+        let len = CLOSED_FILTER_LINES as usize * size_of::<ClosedLine>();
+        let fd = map.fd().as_fd();
+        // SAFETY: a new shared mapping of an fd we hold; the kernel checks the length and
+        // the flags against the map (it refuses a map created without BPF_F_MMAPABLE).
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(at.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self { base, len })
+    }
+
+    /// Writes `stamp` into the flow's cells, one byte store each, as the program's FIN does.
+    pub fn stamp_flow(&self, spot: &ClosedSpot, stamp: u8) {
+        for cell in spot.cells() {
+            let at = spot.line as usize * size_of::<ClosedLine>() + cell;
+            assert!(at < self.len, "cell {at} past the filter's {} bytes", self.len);
+            // SAFETY: inside the mapping (checked above); a byte store never tears, and a
+            // concurrent store by the program writes a recent time as well.
+            unsafe { self.base.as_ptr().add(at).write_volatile(stamp) };
+        }
+    }
+
+    /// The cells of one line, as read through the mapping.
+    #[cfg(test)]
+    pub fn line(&self, line: u32) -> ClosedLine {
+        let mut out = ClosedLine::default();
+        for (i, cell) in out.cells.iter_mut().enumerate() {
+            let at = line as usize * size_of::<ClosedLine>() + i;
+            assert!(at < self.len, "cell {at} past the filter's {} bytes", self.len);
+            // SAFETY: inside the mapping (checked above).
+            *cell = unsafe { self.base.as_ptr().add(at).read_volatile() };
+        }
+        out
+    }
+}
+
+impl Drop for ClosedLines {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::maps::{Array, Map};
+    use detector_common::{closed_filter, names, parse::ipv4_mapped, state::FlowKey};
+
+    use super::*;
+    use crate::config::{Config, FileConfig};
+
+    /// Root: the mapping is the map. A flow stamped through it reads back through the map
+    /// API in exactly its three cells, and a line written through the map API reads back
+    /// through the mapping.
+    #[test]
+    fn a_stamp_through_the_mapping_is_in_the_map() {
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "needs root (loads the XDP object): run with `cargo xtask test`"
+        );
+        let mut file: FileConfig = toml::from_str("").unwrap();
+        file.interfaces = vec!["lo".into()];
+        let (mut ebpf, _logger) = crate::loader::load(&Config { file }, None).expect("loading the object");
+        let Some(Map::Array(data)) = ebpf.take_map(names::MAP_CLOSED_FILTER) else {
+            panic!("no CLOSED_FILTER array")
+        };
+        let lines = ClosedLines::map(&data).expect("mmap of CLOSED_FILTER (BPF_F_MMAPABLE)");
+        let flow = FlowKey {
+            src: ipv4_mapped([198, 18, 0, 2]),
+            dst: ipv4_mapped([198, 18, 0, 1]),
+            src_port: 40_000,
+            dst_port: 443,
+        };
+        let at = closed_filter::spot(&flow);
+        lines.stamp_flow(&at, 77);
+        let map: Array<_, ClosedLine> = Array::try_from(Map::Array(data)).unwrap();
+        let read = map.get(&at.line, 0).unwrap();
+        let mut expected = ClosedLine::default();
+        expected.stamp_flow(&at, 77);
+        assert_eq!(read, expected, "only the flow's three cells, in the flow's line");
+        let mut map = map;
+        let other = (at.line + 1) % closed_filter::CLOSED_FILTER_LINES;
+        map.set(other, ClosedLine::all(9), 0).unwrap();
+        assert_eq!(lines.line(other), ClosedLine::all(9));
+        assert_eq!(lines.line(at.line), expected);
+    }
+}
