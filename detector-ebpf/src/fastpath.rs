@@ -42,7 +42,7 @@ static COOKIE_RENEWALS: PerCpuArray<RenewalSlot> = PerCpuArray::with_max_entries
 /// The closed-connection filter (`detector_common::closed_filter`): lines of stamps, in
 /// which each client FIN stamps its flow's cells. Tuples that may be in `TIME_WAIT` here,
 /// which the raw path must not answer. Pinned, so a restarted agent keeps what the old
-/// program saw; the agent also stamps the lines of the kernel's TIME_WAIT sockets after
+/// program saw; the agent also stamps the cells of the kernel's TIME_WAIT sockets after
 /// attaching (FINs from before the program ran), through a shared mapping of the array
 /// (`BPF_F_MMAPABLE`): byte stores like the program's, which cannot undo its own.
 #[map(name = "CLOSED_FILTER")]
