@@ -2,15 +2,16 @@
 //! kernel's TIME_WAIT sockets, as a reconcile step.
 //!
 //! The program stamps a tuple's cells when the client's FIN passes it, and the raw cookie
-//! helper never answers a SYN whose cells are all stamped: a raw cookie's ACK would meet the
-//! TIME_WAIT socket, which drops it, and the connection would stall. FINs that passed
+//! helper never answers a SYN whose cells are all stamped: a raw cookie's ACK would meet
+//! the TIME_WAIT socket, which drops it, and the connection would stall. FINs that passed
 //! before the program ran (a first start, or fresh maps after a layout change) left no
 //! stamp, so after attaching the agent stamps every tuple the kernel holds in TIME_WAIT
 //! (and in the FIN_WAIT2 timewait substate), through a shared mapping of the filter and
 //! with the same byte stores as the program (`closed_lines`): only those tuples' cells, so
-//! a restart on a busy server does not send every SYN to the lookup for a minute. A FIN after the attach is the program's to
-//! see, so one dump after the attach completes the filter; until it has succeeded the
-//! program config lacks `FLAG_RAW_COOKIES` and every cookie takes the socket lookup.
+//! a restart on a busy server does not send every SYN to the lookup for a minute. A FIN
+//! after the attach is the program's to see, so one dump after the attach completes the
+//! filter; until it has succeeded the program config lacks `FLAG_RAW_COOKIES` and every
+//! cookie takes the socket lookup.
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
