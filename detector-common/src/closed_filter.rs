@@ -57,7 +57,7 @@ const UNIT_NS: u64 = 4_000_000_000;
 const WINDOW_UNITS: u8 = TIME_WAIT_NS.div_ceil(UNIT_NS) as u8;
 const _: () = assert!(WINDOW_UNITS as u64 == TIME_WAIT_NS.div_ceil(UNIT_NS) && WINDOW_UNITS < 128);
 /// How far ahead of the reader's unit a stamp may be: FINs are stamped on the fine clock
-/// (and the agent's lines on `CLOCK_MONOTONIC`), cookie mode reads the coarse one, which
+/// (and the agent's seeding on `CLOCK_MONOTONIC`), cookie mode reads the coarse one, which
 /// lags by up to a tick and so may still show the previous unit; and a stamp that would be
 /// 0 is written as 1, one unit ahead.
 const AHEAD_UNITS: u8 = 2;

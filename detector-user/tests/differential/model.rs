@@ -158,9 +158,6 @@ pub struct Model {
 pub struct Reached {
     /// Cookie ACKs the shield checked and found valid (passed as `tcp`).
     pub valid_cookie_acks: u64,
-    /// SYNs a recent renewal would have sent to the raw helper, sent to the socket-bound
-    /// one by the FIN filter.
-    pub fin_filtered_syns: u64,
 }
 
 impl Model {
@@ -371,7 +368,6 @@ impl Model {
                     && self.cfg.has(FLAG_RAW_COOKIES)
                     && cookie_path(last_renewal, false, now) == CookiePath::Raw
                 {
-                    self.reached.fin_filtered_syns += 1;
                     ev[Counter::ClosedFilterLookup as usize] += 1;
                 }
                 if seg.dst_port != LISTEN_PORT {
