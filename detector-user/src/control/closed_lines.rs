@@ -11,7 +11,8 @@ use std::{io, os::fd::AsFd, ptr::NonNull};
 use aya::maps::MapData;
 use detector_common::closed_filter::{ClosedLine, ClosedSpot, CLOSED_FILTER_LINES};
 
-/// A shared, writable mapping of every line of the filter.
+/// A shared, writable mapping of every line of the filter. It holds the map itself (the
+/// mapping keeps a reference to the map's file), so the `MapData` it came from may go.
 pub struct ClosedLines {
     base: NonNull<u8>,
     len: usize,

@@ -18,7 +18,7 @@ use std::sync::{
     Arc,
 };
 
-use aya::maps::{Map, MapData};
+use aya::maps::Map;
 use detector_common::{closed_filter, config::FLAG_RAW_COOKIES, names, parse::ipv4_mapped, state::FlowKey};
 use tracing::info;
 
@@ -31,8 +31,6 @@ use crate::{
 };
 
 pub struct TimeWaitStep {
-    /// Kept for as long as the mapping is used (the mapping holds the map too).
-    _map: MapData,
     lines: ClosedLines,
     /// Set by the agent once every interface runs this program (or its pinned link was
     /// switched to it): from then on the program sees every FIN.
@@ -51,7 +49,7 @@ impl TimeWaitStep {
         };
         let lines = ClosedLines::map(&map)
             .map_err(|io_error| map_error(aya::sys::SyscallError { call: "mmap", io_error }.into()))?;
-        Ok(Self { _map: map, lines, attached, seeded: false })
+        Ok(Self { lines, attached, seeded: false })
     }
 }
 
