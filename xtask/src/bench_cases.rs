@@ -164,8 +164,9 @@ fn monotonic_ns() -> Result<u64> {
 }
 
 /// Stamps `flows` client FINs into the closed filter, as the program would have just now:
-/// flows of other clients than the case's (10.0.0.0/8, pseudo-random, the same in every run
-/// and for every object compared). A SYN whose cells they all stamped may reuse a tuple in
+/// flows of other clients than the case's (198.19.0.0/16, inside the lab's range but
+/// above the few-source cases' clients; pseudo-random, the same in every run and for every
+/// object compared). A SYN whose cells they all stamped may reuse a tuple in
 /// `TIME_WAIT` for all the filter knows: it takes the socket-bound path (a listener lookup)
 /// instead of the raw helper (docs/cookies.md).
 fn stamp_closed_filter(ebpf: &mut Ebpf, flows: u32) -> Result<()> {
@@ -184,9 +185,9 @@ fn stamp_closed_filter(ebpf: &mut Ebpf, flows: u32) -> Result<()> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let [a, b, c, p0, p1, ..] = x.to_le_bytes();
+        let [a, b, p0, p1, ..] = x.to_le_bytes();
         let flow = FlowKey {
-            src: ipv4_mapped([10, a, b, c]),
+            src: ipv4_mapped([198, 19, a, b]),
             dst: ipv4_mapped([198, 18, 0, 1]),
             src_port: u16::from_le_bytes([p0, p1]),
             dst_port: BENCH_PORT,
