@@ -46,7 +46,13 @@ pub struct Config {
     /// Sample 1 in this many dropped or cookie-answered packets into the `SAMPLES` ring
     /// buffer (see `sample`); 0 = off, which costs the program one compare per packet.
     pub sample_one_in: u32,
-    pub _pad2: u32,
+    /// Cookie mode counts a source in the sketch's rows past the first only once its
+    /// first-row cell holds more SYNs than this in the epoch (`sketch::cascade`): a light
+    /// source then costs one random read, not four. 0 counts every row for every SYN (as
+    /// tracking always does). The agent sets `sketch::hot_mark` of the lowest SYN-rate
+    /// limit in force, global or per port: the mark must be the same for every SYN, and
+    /// under every limit it is compared with.
+    pub sketch_hot_mark: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Config>() == 64);
@@ -115,7 +121,7 @@ impl Config {
             _pad: 0,
             sketch_seed: 0,
             sample_one_in: 0,
-            _pad2: 0,
+            sketch_hot_mark: 0,
         }
     }
 

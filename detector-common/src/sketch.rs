@@ -1,7 +1,8 @@
 //! A count-min sketch of SYNs per source: it finds a real source that floods without
 //! inserting an entry for every spoofed one, so memory and cost per SYN stay flat however
 //! many distinct sources a flood uses. Cookie mode blocks the sources it estimates over
-//! the SYN-rate limit; tracking gives exact state only to the sources it estimates over
+//! the SYN-rate limit, counting a light source in the first row only (`cascade`);
+//! tracking gives exact state only to the sources it estimates over
 //! `track::promotion_threshold`.
 //!
 //! `SKETCH_ROWS` rows of `Config::sketch_width` cells in one array map. A cell is a u64:
@@ -94,6 +95,64 @@ pub fn bump(cell: &mut u64, epoch: u32) -> u32 {
     let next = if *cell & !0xffff_ffff == fresh { *cell + 1 } else { fresh | 1 };
     *cell = next;
     next as u32
+}
+
+/// The hot mark for a config whose lowest SYN-rate limit in force (the config's own and
+/// every port's; 0 = none) is `lowest_limit`: half of it. Cookie mode counts a source in
+/// the rows past the first only once its first-row cell holds more SYNs than this in the
+/// epoch (`cascade`); 0 counts every SYN in every row.
+///
+/// Why half: the cascade's estimate exceeds count-min's by at most the mark, and only for a
+/// source whose first-row cell is hot. A light source that shares that cell with a heavy
+/// one is then estimated at most the mark plus what the later rows hold for it, so with
+/// half the limit it needs half the limit again from collisions in every later row to be
+/// blocked, where count-min needs the whole limit from collisions in every row.
+#[inline(always)]
+#[must_use]
+pub const fn hot_mark(lowest_limit: u32) -> u32 {
+    lowest_limit / 2
+}
+
+/// Whether a SYN whose first-row count (after its bump) is `first` is also counted in the
+/// later rows, under `hot_mark`.
+#[inline(always)]
+#[must_use]
+pub const fn is_hot(first: u32, hot_mark: u32) -> bool {
+    first > hot_mark
+}
+
+/// The cascade's estimate for a hot SYN: `first` its first-row count, `rest` the least of
+/// its later rows' counts (both after the bumps).
+///
+/// Never below the source's true count `c` in the epoch, like count-min's: the first-row
+/// cell counts every one of the source's SYNs, so it is past the mark from the source's
+/// own SYN `mark + 1` on at the latest, and each of those `c - mark` SYNs (or more) was
+/// counted in every later row. So `first >= c` and `mark + rest >= c`. Above the true
+/// count only by collisions, as count-min, plus up to the mark in the second term.
+/// A SYN that is not hot is estimated at `first` (at most the mark, under every limit).
+#[inline(always)]
+#[must_use]
+pub const fn cascade(first: u32, rest: u32, hot_mark: u32) -> u32 {
+    let later = hot_mark.saturating_add(rest);
+    if first < later {
+        first
+    } else {
+        later
+    }
+}
+
+/// The sketch's estimate for one more SYN of `key` in `epoch`, counted in `cells` (all
+/// rows) as the program counts it: the first row always, the later rows once hot. For
+/// code that is not on the packet path (models, tests); the program walks `Rows` itself.
+#[must_use]
+pub fn count_syn(cells: &mut [u64], key: &SourceKey, cfg: &Config, epoch: u32, hot_mark: u32) -> u32 {
+    let at = self::cells(key, cfg);
+    let first = bump(&mut cells[at[0] as usize], epoch);
+    if !is_hot(first, hot_mark) {
+        return first;
+    }
+    let rest = at[1..].iter().map(|&cell| bump(&mut cells[cell as usize], epoch)).min().unwrap_or(u32::MAX);
+    cascade(first, rest, hot_mark)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! any socket-bound cookie responder must spend, the "raw floor": the raw cookie
 //! helper alone, and the "minimal responder": the raw helper and a SYN-ACK built in place,
 //! the least any program that answers a SYN must spend; the "ruled responder": the minimal
-//! responder behind our rules' random reads (the sketch's four cells, the closed filter's
+//! responder behind our rules' random reads (the source's sketch cells, the closed filter's
 //! line), the least a responder that keeps those rules must spend; the "drop floor":
 //! one source lookup and the coarse clock (read as ours reads it), the least a drop that
 //! accounts the SYN to its blocked source must spend; and the "table drop floor": the same
@@ -20,7 +20,7 @@ use detector_common::{
     closed_filter::{self, ClosedLine, CLOSED_FILTER_LINES},
     config::Config,
     parse::{ipv4_mapped, two_words},
-    sketch::SKETCH_ROWS,
+    sketch::{self, SKETCH_ROWS},
     state::{FlowKey, SourceKey, SourceState},
 };
 
@@ -135,11 +135,12 @@ pub fn baseline_min_responder(ctx: XdpContext) -> u32 {
 const RULED_WIDTH: u32 = 16_384;
 
 /// The rules' settings the ruled responder uses: a sketch as wide as the bench's, a seed,
-/// and a SYN-rate limit no bench source reaches.
+/// a SYN-rate limit no bench source reaches, and the hot mark the agent derives from it.
 const RULED: Config = {
     let mut c = Config::new(u32::MAX, 0, 0, 0);
     c.sketch_width = RULED_WIDTH;
     c.sketch_seed = 0x5eed_1234;
+    c.sketch_hot_mark = sketch::hot_mark(u32::MAX);
     c
 };
 
@@ -151,8 +152,8 @@ static RULED_CLOSED: Array<ClosedLine> = Array::with_max_entries(CLOSED_FILTER_L
 
 /// The "ruled responder": the minimal responder behind the two rules of ours whose reads
 /// land at random places, so that under a many-source flood each is a cache miss: the
-/// source's four sketch cells counted (by our own `track::sketch_estimate`, on a sketch of
-/// its own) and the flow's closed-filter line checked
+/// source's sketch cells counted as cookie mode counts them (by our own
+/// `track::sketch_estimate` and the hot mark, on a sketch of its own) and the flow's closed-filter line checked
 /// (`closed_filter::ClosedLine::may_be_time_wait`), on the coarse clock as ours reads it.
 /// A source over the limit is dropped and a flow that may be in TIME_WAIT passed, as ours
 /// does; neither happens in the bench.
@@ -167,8 +168,13 @@ pub fn baseline_ruled_responder(ctx: XdpContext) -> u32 {
     let src = ipv4_mapped([ip[12], ip[13], ip[14], ip[15]]);
     let dst = ipv4_mapped([ip[16], ip[17], ip[18], ip[19]]);
     let now = crate::clock::coarse_now();
-    let Some(estimate) = crate::track::sketch_estimate(&RULED_SKETCH, &SourceKey { addr: src }, &RULED, now)
-    else {
+    let Some(estimate) = crate::track::sketch_estimate(
+        &RULED_SKETCH,
+        &SourceKey { addr: src },
+        &RULED,
+        now,
+        RULED.sketch_hot_mark,
+    ) else {
         return xdp_action::XDP_PASS;
     };
     if estimate > RULED.syn_rate_limit {

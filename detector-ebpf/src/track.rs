@@ -179,7 +179,9 @@ pub fn on_syn(
     } else {
         let threshold = track::promotion_threshold(cfg);
         let estimate = if threshold > 1 {
-            match sketch_estimate(&SKETCH, &key, cfg, now) {
+            // Tracking counts every row (mark 0): its promotion threshold lies under cookie
+            // mode's mark, where the cascade's estimate would be the first row's alone.
+            match sketch_estimate(&SKETCH, &key, cfg, now, 0) {
                 Some(estimate) if estimate < threshold => return Counter::PassSyn,
                 Some(estimate) => estimate,
                 // A cell outside the map (the config's width disagrees with it): track
@@ -250,7 +252,7 @@ pub fn screen_for_cookie(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: 
     if cfg.syn_rate_limit == 0 {
         return None;
     }
-    match sketch_estimate(&SKETCH, &SourceKey { addr: seg.src }, cfg, now) {
+    match sketch_estimate(&SKETCH, &SourceKey { addr: seg.src }, cfg, now, cfg.sketch_hot_mark) {
         Some(estimate) if estimate <= cfg.syn_rate_limit => None,
         Some(_) => Some(block_heavy_source(ctx, seg, cfg, now)),
         // A cell outside the map (the config's width disagrees with it): without the
@@ -278,18 +280,32 @@ fn block_heavy_source(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64
 
 /// Counts the SYN in `sketch` (`SKETCH`, or the ruled responder's own in the test object)
 /// and returns the source's estimate for this epoch; `None` when a cell is outside the map.
+/// The first row counts every SYN; the later rows only those past `hot_mark` in the first
+/// (`sketch::cascade`; cookie mode passes the config's mark, tracking 0: every row).
 #[inline(always)]
-pub fn sketch_estimate(sketch: &Array<u64>, key: &SourceKey, cfg: &Config, now: u64) -> Option<u32> {
+pub fn sketch_estimate(
+    sketch: &Array<u64>,
+    key: &SourceKey,
+    cfg: &Config,
+    now: u64,
+    hot_mark: u32,
+) -> Option<u32> {
     let epoch = sketch::epoch(now);
-    let mut estimate = u32::MAX;
     let mut rows = sketch::Rows::new(key, cfg);
-    for _ in 0..sketch::SKETCH_ROWS {
-        // Out of range only if the config's width disagrees with the map.
-        let cell = sketch.get_ptr_mut(rows.next_cell())?;
-        // SAFETY: a live array value; concurrent CPUs may lose an increment (an estimate).
-        estimate = estimate.min(sketch::bump(unsafe { &mut *cell }, epoch));
+    // Out of range only if the config's width disagrees with the map.
+    let cell = sketch.get_ptr_mut(rows.next_cell())?;
+    // SAFETY: a live array value; concurrent CPUs may lose an increment (an estimate).
+    let first = sketch::bump(unsafe { &mut *cell }, epoch);
+    if !sketch::is_hot(first, hot_mark) {
+        return Some(first);
     }
-    Some(estimate)
+    let mut rest = u32::MAX;
+    for _ in 1..sketch::SKETCH_ROWS {
+        let cell = sketch.get_ptr_mut(rows.next_cell())?;
+        // SAFETY: as above.
+        rest = rest.min(sketch::bump(unsafe { &mut *cell }, epoch));
+    }
+    Some(sketch::cascade(first, rest, hot_mark))
 }
 
 /// A segment that may be a handshake's third packet: complete its pending flow, if any.

@@ -14,7 +14,10 @@ use std::{
 };
 
 use clap::{Args, ValueEnum};
-use detector_common::{config::Config as KernelConfig, sketch::SKETCH_ROWS};
+use detector_common::{
+    config::Config as KernelConfig,
+    sketch::{self, SKETCH_ROWS},
+};
 use serde::Deserialize;
 
 use crate::{
@@ -371,6 +374,7 @@ impl Config {
         k.sketch_width = self.file.maps.sketch_width;
         k.synack_window = self.file.cookies.window;
         k.sample_one_in = self.file.samples.one_in;
+        k.sketch_hot_mark = sketch::hot_mark(ports::lowest_syn_rate_limit(&self.file));
         k
     }
 

@@ -124,8 +124,8 @@ fn the_table_drop_floor_drops_and_counts_only_sources_blocked_in_its_table() {
 }
 
 /// The ruled responder is the minimal responder behind our rules' random reads, so it must
-/// answer exactly as the minimal one does, count the SYN in its four sketch cells, and
-/// leave a flow its closed filter says may be in TIME_WAIT to the kernel.
+/// answer exactly as the minimal one does, count the SYN as cookie mode counts a light
+/// source (in the sketch's first row only: the cascade), and leave a flow its closed filter says may be in TIME_WAIT to the kernel.
 #[test]
 fn the_ruled_responder_counts_the_syn_checks_the_closed_filter_and_answers_as_the_minimal_one() {
     let programs = ["baseline_min_responder", "baseline_ruled_responder"];
@@ -138,8 +138,10 @@ fn the_ruled_responder_counts_the_syn_checks_the_closed_filter_and_answers_as_th
 
     let sketch: aya::maps::Array<_, u64> =
         aya::maps::Array::try_from(det.ebpf.map("RULED_SKETCH").unwrap()).unwrap();
-    let counted: Vec<u64> = sketch.iter().filter_map(Result::ok).filter(|&c| c & 0xffff_ffff == 1).collect();
-    assert_eq!(counted.len(), 4, "one cell counted once in each of the four rows");
+    let cells: Vec<u64> = sketch.iter().filter_map(Result::ok).collect();
+    let counted: Vec<usize> = (0..cells.len()).filter(|&i| cells[i] & 0xffff_ffff == 1).collect();
+    assert_eq!(counted.len(), 1, "one cell counted once");
+    assert!(counted[0] < cells.len() / 4, "in the first row: {counted:?}");
 
     let flow = detector_common::state::FlowKey {
         src: detector_common::parse::ipv4_mapped(CLIENT4),

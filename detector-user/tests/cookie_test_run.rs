@@ -14,7 +14,7 @@ use detector_common::{
     block_filter,
     config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_RAW_COOKIES},
     counters::Counter,
-    names,
+    names, sketch,
     state::{SourceKey, SourceState},
     tick_clock::TickAnchor,
 };
@@ -481,6 +481,43 @@ fn a_single_source_flooding_in_cookie_mode_is_found_by_the_sketch_and_blocked() 
         assert!(state.blocked_until_ns > 0);
         // Someone else is still answered.
         assert_eq!(det.run(names::PROGRAM, &Syn { src_last: 7, ..Syn::v4() }.frame(&[])).0, XDP_TX);
+    });
+}
+
+/// The sketch's cascade in the kernel (`sketch::cascade`): with a hot mark, a source's SYNs
+/// count in the first row only until that cell passes the mark, then in every row; a
+/// source alone in its cells is still blocked at exactly the SYN past the limit.
+#[test]
+fn a_source_counts_in_the_later_sketch_rows_only_past_the_hot_mark() {
+    in_private_netns("2", || {
+        let mut cfg = cookie_config(true);
+        cfg.syn_rate_limit = 6;
+        cfg.sketch_hot_mark = sketch::hot_mark(6);
+        let det = Detector::load(cfg, &[]);
+        let sketch_cells = |det: &Detector| -> Vec<u64> {
+            let map: aya::maps::Array<_, u64> =
+                aya::maps::Array::try_from(det.ebpf.map(names::MAP_SKETCH).unwrap()).unwrap();
+            map.iter().map(Result::unwrap).collect()
+        };
+        let counts = |cells: &[u64], last: u8| -> Vec<u64> {
+            let mut key = SourceKey { addr: [0; 16] };
+            key.addr[10..12].copy_from_slice(&[0xff, 0xff]);
+            key.addr[12..].copy_from_slice(&[198, 18, 0, last]);
+            sketch::cells(&key, &cfg).iter().map(|&at| cells[at as usize] & 0xffff_ffff).collect()
+        };
+        let light = |i: u16| Syn { sport: 44_000 + i, src_last: 88, ..Syn::v4() };
+        for i in 0..3 {
+            assert_eq!(det.run(names::PROGRAM, &light(i).frame(&[])).0, XDP_TX);
+        }
+        assert_eq!(counts(&sketch_cells(&det), 88), [3, 0, 0, 0], "up to the mark: the first row only");
+
+        let heavy = |i: u16| Syn { sport: 45_000 + i, src_last: 89, ..Syn::v4() };
+        let verdicts: Vec<u32> = (0..9).map(|i| det.run(names::PROGRAM, &heavy(i).frame(&[])).0).collect();
+        assert_eq!(verdicts[..6], [XDP_TX; 6], "within the limit: answered");
+        assert_eq!(verdicts[6..], [XDP_DROP; 3], "the 7th SYN is over it: blocked");
+        assert_eq!(det.counter(Counter::BlockedSynRate), 1);
+        // SYNs 4 to 7 past the mark counted in every row; 8 and 9 dropped before the sketch.
+        assert_eq!(counts(&sketch_cells(&det), 89), [7, 4, 4, 4]);
     });
 }
 

@@ -201,7 +201,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
 
 /// The table of timed cases: the baselines first (the trivial XDP_PASS first of all, which
 /// every other case is net of), then the detector's paths, each with its config.
-fn cases(packets: u32, many: u32, few: u32) -> [Case; 23] {
+fn cases(packets: u32, many: u32, few: u32) -> [Case; 24] {
     // A SYN-rate limit, or the cookie path skips the sketch altogether. No source can
     // reach it: no case sends more SYNs than this, and a sketch estimate never exceeds
     // the SYNs counted. No kernel destinations and no tag-stripping NIC here, which the
@@ -225,6 +225,9 @@ fn cases(packets: u32, many: u32, few: u32) -> [Case; 23] {
         c
     };
     let cookie_mss = Config { flags: cookie.flags & !FLAG_COOKIE_TIMESTAMPS, ..cookie };
+    // Every SYN counted in every sketch row, as in a flood heavy enough that every
+    // first-row cell is past the hot mark (or before the cascade).
+    let cookie_every_row = Config { sketch_hot_mark: 0, ..cookie };
     // The table of cases: add a row to time another path (ratios below refer to names).
     #[rustfmt::skip]
     let cases = [
@@ -236,6 +239,7 @@ fn cases(packets: u32, many: u32, few: u32) -> [Case; 23] {
         Case { name: RULED_RESPONDER, program: "baseline_ruled_responder", config: None, family: Family::V4, sources: few, verdict: 3, path: None, padded: true, closed_flows: 0 },
         Case { name: COOKIE_V4, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_flows: 0 },
         Case { name: COOKIE_V4_BUSY, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_flows: BUSY_CLOSED_FLOWS },
+        Case { name: COOKIE_V4_EVERY_ROW, program: names::PROGRAM, config: Some(cookie_every_row), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_flows: 0 },
         Case { name: COOKIE_V4_PADDED, program: names::PROGRAM, config: Some(cookie), family: Family::V4, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: true, closed_flows: 0 },
         Case { name: COOKIE_V6_FEW, program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: few, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_flows: 0 },
         Case { name: COOKIE_V6_MANY, program: names::PROGRAM, config: Some(cookie), family: Family::V6, sources: many, verdict: 3, path: Some(Counter::TxCookieFast), padded: false, closed_flows: 0 },
@@ -264,7 +268,7 @@ fn net(results: &[Timing], name: &str) -> Option<f64> {
 
 /// The ratios between cases, printed and reported (a case missing from the table: no ratio).
 fn ratios(report: &mut Report, results: &[Timing], many: u32, few: u32) {
-    let ratios: [(&str, &str, &str, Option<&'static str>); 15] = [
+    let ratios: [(&str, &str, &str, Option<&'static str>); 16] = [
         (COOKIE_V4, FLOOR, "cookie path IPv4 / helper floor", None),
         // A SYN longer than its headers (padding, TFO data): the reply's length cannot be
         // seen by pointer comparison, and the frame is measured and cut by two helpers.
@@ -272,6 +276,9 @@ fn ratios(report: &mut Report, results: &[Timing], many: u32, few: u32) {
         // A server closing 1,000 connections a second: the closed filter holds a minute of
         // their FINs, and a SYN whose cells they all stamped takes the socket-bound path.
         (COOKIE_V4_BUSY, COOKIE_V4, "cookie path IPv4: busy server (1,000 closes a second) / calm", None),
+        // What the sketch's cascade saves a light source: count-min's four rows against
+        // the first row alone (docs/tracking.md).
+        (COOKIE_V4_EVERY_ROW, COOKIE_V4, "cookie path IPv4: every sketch row counted / first row only", None),
         (COOKIE_MSS, FLOOR, "cookie path IPv4, MSS only / helper floor", Some("≤ 0.6")),
         // Where the ≤ 0.6 comes from, and what it leaves: the raw helper alone against the
         // socket-bound floor, and our fast path against the raw helper alone.
@@ -370,6 +377,8 @@ const RULED_RESPONDER: &str = "ruled responder (minimal + sketch cells + closed 
 const COOKIE_V4: &str = "cookie path, IPv4, TS options";
 
 const COOKIE_V4_PADDED: &str = "cookie path, IPv4, TS options, SYN padded by 20 bytes";
+
+const COOKIE_V4_EVERY_ROW: &str = "cookie path, IPv4, TS options, every SYN in every sketch row";
 
 const COOKIE_V4_BUSY: &str =
     "cookie path, IPv4, TS options, busy server (62,000 connections closed in the last minute)";

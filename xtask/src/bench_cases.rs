@@ -17,7 +17,7 @@ use detector_common::{
     counters::Counter,
     local_table::{self, LocalBucket},
     names,
-    sketch::SKETCH_ROWS,
+    sketch::{self, SKETCH_ROWS},
     state::{SourceKey, SourceState},
 };
 
@@ -74,6 +74,8 @@ pub(crate) fn detector_config(rate_limit: u32) -> Config {
     let mut c = Config::new(rate_limit, 0, 60 * SEC, 3 * SEC);
     c.sketch_width = 16_384;
     c.sketch_seed = 0x5eed_1234;
+    // As the agent derives it (cookie mode's cascade; tracking ignores it).
+    c.sketch_hot_mark = sketch::hot_mark(rate_limit);
     c.cookie_budget_per_second = u32::MAX;
     c.synack_wscale = 7;
     c

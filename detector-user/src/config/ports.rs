@@ -85,6 +85,14 @@ pub fn table(f: &FileConfig) -> BTreeMap<u16, PortLimits> {
     out
 }
 
+/// The lowest SYN-rate limit in force, the config's or any port's (0 = none): what the
+/// sketch's hot mark is derived from (`sketch::hot_mark`), so that the mark lies under every
+/// limit a SYN is compared with.
+pub fn lowest_syn_rate_limit(f: &FileConfig) -> u32 {
+    let ports = f.ports.values().filter_map(|t| t.syn_rate_limit);
+    std::iter::once(f.thresholds.syn_rate_limit).chain(ports).filter(|&limit| limit != 0).min().unwrap_or(0)
+}
+
 /// The program flags: look ports up when any has limits; protect only the listed ones.
 pub fn flags(f: &FileConfig) -> u32 {
     let limits = f.ports.values().any(|t| t.syn_rate_limit.is_some() || t.half_open_limit.is_some());
@@ -107,6 +115,22 @@ mod tests {
             Err(ConfigError::Invalid { key, .. }) => key,
             other => panic!("{text:?}: {other:?}"),
         }
+    }
+
+    /// The sketch's hot mark must lie under every limit a SYN meets, so it comes from the
+    /// lowest: a port's below the config's, the config's alone, none at all.
+    #[test]
+    fn the_hot_mark_comes_from_the_lowest_syn_rate_limit_in_force() {
+        let mark = |text: &str| {
+            let cfg = crate::config::Config { file: file(text) };
+            cfg.kernel_config().sketch_hot_mark
+        };
+        assert_eq!(mark(""), 100, "the default limit, 200");
+        assert_eq!(mark("[ports.\"443\"]\nsyn_rate_limit = 50\n"), 25);
+        assert_eq!(mark("[ports.\"443\"]\nsyn_rate_limit = 500\n"), 100, "a higher port limit");
+        assert_eq!(mark("[ports.\"443\"]\nsyn_rate_limit = 0\n"), 100, "a port without a limit");
+        assert_eq!(mark("[thresholds]\nsyn_rate_limit = 0\n[ports.\"22\"]\nsyn_rate_limit = 9\n"), 4);
+        assert_eq!(mark("[thresholds]\nsyn_rate_limit = 0\n"), 0, "no limit: every row");
     }
 
     #[test]
