@@ -153,8 +153,9 @@ static RULED_CLOSED: Array<ClosedLine> = Array::with_max_entries(CLOSED_FILTER_L
 /// The "ruled responder": the minimal responder behind the two rules of ours whose reads
 /// land at random places, so that under a many-source flood each is a cache miss: the
 /// source's sketch cells counted as cookie mode counts them (by our own
-/// `track::sketch_estimate` and the hot mark, on a sketch of its own) and the flow's closed-filter line checked
-/// (`closed_filter::ClosedLine::may_be_time_wait`), on the coarse clock as ours reads it.
+/// `track::sketch_estimate` and the hot mark, on a sketch of its own) and the flow's
+/// closed-filter line checked (`closed_filter::ClosedLine::may_be_time_wait`), on the
+/// coarse clock as ours reads it.
 /// A source over the limit is dropped and a flow that may be in TIME_WAIT passed, as ours
 /// does; neither happens in the bench.
 /// No parser, no local-address check, no per-port config, no counters, no budget.
