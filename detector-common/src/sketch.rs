@@ -143,7 +143,8 @@ pub const fn cascade(first: u32, rest: u32, hot_mark: u32) -> u32 {
 
 /// The sketch's estimate for one more SYN of `key` in `epoch`, counted in `cells` (all
 /// rows) as the program counts it: the first row always, the later rows once hot. For
-/// code that is not on the packet path (models, tests); the program walks `Rows` itself.
+/// code that is not on the packet path (the agent's offline model, tests); the program
+/// walks `Rows` itself.
 #[must_use]
 pub fn count_syn(cells: &mut [u64], key: &SourceKey, cfg: &Config, epoch: u32, hot_mark: u32) -> u32 {
     let at = self::cells(key, cfg);

@@ -30,15 +30,10 @@ use crate::detect::{DetectionThresholds, Detector, Sample, Transition};
 
 const SEC: u64 = 1_000_000_000;
 
-/// detector-ebpf/src/track.rs `sketch_estimate`: counts the SYN, returns the estimate.
+/// detector-ebpf/src/track.rs `sketch_estimate` as tracking calls it (every row, hot mark
+/// 0): counts the SYN, returns the estimate.
 fn sketch_estimate(cells: &mut [u64], addr: [u8; 16], now: u64, cfg: &KernelConfig) -> u32 {
-    let key = SourceKey { addr };
-    let epoch = sketch::epoch(now);
-    sketch::cells(&key, cfg)
-        .into_iter()
-        .map(|cell| sketch::bump(&mut cells[cell as usize], epoch))
-        .min()
-        .unwrap_or(1)
+    sketch::count_syn(cells, &SourceKey { addr }, cfg, sketch::epoch(now), 0)
 }
 
 /// What one source did and what the program would have done to it.
