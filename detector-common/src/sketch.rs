@@ -141,19 +141,36 @@ pub const fn cascade(first: u32, rest: u32, hot_mark: u32) -> u32 {
     }
 }
 
-/// The sketch's estimate for one more SYN of `key` in `epoch`, counted in `cells` (all
-/// rows) as the program counts it: the first row always, the later rows once hot. For
-/// code that is not on the packet path (the agent's offline model, tests); the program
-/// walks `Rows` itself.
+/// Counts one more SYN of `key` and returns the source's estimate: the first row always,
+/// the later rows once hot (`cascade`). `bump_at(i)` counts the SYN in the cell at flat
+/// index `i` and returns the cell's count, or `None` when there is no such cell (then the
+/// answer is `None` too). The program's `track::sketch_estimate` passes map cells, the
+/// agent's offline model and the tests a slice (`count_syn`): one walk of the rows for all.
+#[inline(always)]
+pub fn count_syn_with(
+    key: &SourceKey,
+    cfg: &Config,
+    hot_mark: u32,
+    mut bump_at: impl FnMut(u32) -> Option<u32>,
+) -> Option<u32> {
+    let mut rows = Rows::new(key, cfg);
+    let first = bump_at(rows.next_cell())?;
+    if !is_hot(first, hot_mark) {
+        return Some(first);
+    }
+    let mut rest = u32::MAX;
+    for _ in 1..SKETCH_ROWS {
+        rest = rest.min(bump_at(rows.next_cell())?);
+    }
+    Some(cascade(first, rest, hot_mark))
+}
+
+/// `count_syn_with` over `cells` (all rows) in `epoch`, for code that is not on the packet
+/// path. Panics when a cell is outside `cells` (a width that disagrees with the slice).
 #[must_use]
 pub fn count_syn(cells: &mut [u64], key: &SourceKey, cfg: &Config, epoch: u32, hot_mark: u32) -> u32 {
-    let at = self::cells(key, cfg);
-    let first = bump(&mut cells[at[0] as usize], epoch);
-    if !is_hot(first, hot_mark) {
-        return first;
-    }
-    let rest = at[1..].iter().map(|&cell| bump(&mut cells[cell as usize], epoch)).min().unwrap_or(u32::MAX);
-    cascade(first, rest, hot_mark)
+    count_syn_with(key, cfg, hot_mark, |at| cells.get_mut(at as usize).map(|cell| bump(cell, epoch)))
+        .expect("every cell inside the sketch")
 }
 
 #[cfg(test)]

@@ -291,21 +291,12 @@ pub fn sketch_estimate(
     hot_mark: u32,
 ) -> Option<u32> {
     let epoch = sketch::epoch(now);
-    let mut rows = sketch::Rows::new(key, cfg);
-    // Out of range only if the config's width disagrees with the map.
-    let cell = sketch.get_ptr_mut(rows.next_cell())?;
-    // SAFETY: a live array value; concurrent CPUs may lose an increment (an estimate).
-    let first = sketch::bump(unsafe { &mut *cell }, epoch);
-    if !sketch::is_hot(first, hot_mark) {
-        return Some(first);
-    }
-    let mut rest = u32::MAX;
-    for _ in 1..sketch::SKETCH_ROWS {
-        let cell = sketch.get_ptr_mut(rows.next_cell())?;
-        // SAFETY: as above.
-        rest = rest.min(sketch::bump(unsafe { &mut *cell }, epoch));
-    }
-    Some(sketch::cascade(first, rest, hot_mark))
+    sketch::count_syn_with(key, cfg, hot_mark, |at| {
+        // Out of range only if the config's width disagrees with the map.
+        let cell = sketch.get_ptr_mut(at)?;
+        // SAFETY: a live array value; concurrent CPUs may lose an increment (an estimate).
+        Some(sketch::bump(unsafe { &mut *cell }, epoch))
+    })
 }
 
 /// A segment that may be a handshake's third packet: complete its pending flow, if any.
