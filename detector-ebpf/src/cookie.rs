@@ -35,7 +35,7 @@ use detector_common::{
 
 use crate::{
     fastpath,
-    packet::{opaque, store_word, store_words, swap_macs, MAX_L3, MAX_L4},
+    packet::{opaque, reread, store_word, store_words, swap_macs, MAX_L3, MAX_L4},
     syncookie::{gen_cookie, read_options, Cookie},
 };
 
@@ -47,19 +47,60 @@ const NS_PER_MS: u64 = 1_000_000;
 #[map(name = "COOKIE_BUDGET")]
 static COOKIE_BUDGET: Array<[u64; 2]> = Array::with_max_entries(1, 0);
 
-/// Answers a SYN with a cookie, or says why not. The caller has already screened the
-/// source (blocked, heavy hitter) and the policy; inlined into its call (`cookie_syn`).
+/// What cookie mode's answer call (`cookie_syn` in main.rs) leaves to the entry point: a
+/// counter, or one of the two rare steps that are BPF-to-BPF calls of their own. Made from
+/// the entry point, their frames sit beside the answer call's instead of on top of it, so
+/// that `send_reply` can be inlined into it within the verifier's 512 bytes (entry 192 +
+/// `cookie_syn` + a callee; docs/verifier.md).
+pub enum CookieStep {
+    Done(Counter),
+    /// The sketch put the source over its limit: `track::block_heavy_source`.
+    BlockSource,
+    /// This SYN takes the socket-bound helper (the listener's renewal, or a flow the closed
+    /// filter may hold in TIME_WAIT): `answer_socket_bound`. The budget was checked.
+    SocketBound,
+}
+
+/// Answers a SYN with a cookie from the raw helper, or says why not, or that the
+/// socket-bound helper must answer it. The caller has already screened the source
+/// (blocked, heavy hitter) and the policy; inlined into its call (`cookie_syn`).
 #[inline(always)]
-pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
-    let Some(budget) = COOKIE_BUDGET.get_ptr_mut(0) else {
-        return Counter::PassMapError;
+pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> CookieStep {
+    let sent = match budget_left(cfg, now) {
+        Ok(sent) => sent,
+        Err(reason) => return CookieStep::Done(reason),
     };
+    // A failure leaves the frame at the SYN's length: only `send_reply` resizes it, and
+    // puts it back itself if the reply cannot be written.
+    match respond(ctx, seg, cfg, now) {
+        Ok(Some(answered)) => {
+            // SAFETY: `budget_left`'s pointer into the budget's map value.
+            unsafe { atomic_add(sent, 1) };
+            CookieStep::Done(answered)
+        }
+        Ok(None) => CookieStep::SocketBound,
+        Err(reason) => CookieStep::Done(reason),
+    }
+}
+
+/// The budget's two words, [start of the current second, SYN-ACKs sent in it]; `None`
+/// cannot happen (slot 0 of an array).
+#[inline(always)]
+fn budget_words() -> Option<(*mut u64, *mut u64)> {
+    let window_start = COOKIE_BUDGET.get_ptr_mut(0)?.cast::<u64>();
+    // SAFETY: the second u64 of the two-u64 map value.
+    Some((window_start, unsafe { window_start.add(1) }))
+}
+
+/// If this second's budget has room for one more SYN-ACK, the word that counts them, to
+/// add the answer to once it is built (`atomic_add`). `Err`: over budget, or (unreachable)
+/// no budget slot, which fails open as before.
+#[inline(always)]
+fn budget_left(cfg: &Config, now: u64) -> Result<*mut u64, Counter> {
     // Shared by all CPUs: plain (volatile) loads and stores, single instructions that are
     // never torn, and one atomic add for the count. (LLVM's bpf backend has no atomic
     // loads or stores below cpu v4, hence not `AtomicU64`.)
-    let window_start = budget.cast::<u64>();
-    // SAFETY: the second u64 of the two-u64 map value.
-    let sent = unsafe { window_start.add(1) };
+    let (window_start, sent) = budget_words().ok_or(Counter::PassMapError)?;
     // Window reset, racy but benign: a CPU that saw the second expired and resets it may
     // wipe what other CPUs counted between its load and its store. XDP runs without
     // preemption, so that is an instant: a few SYN-ACKs over budget once per second at
@@ -76,15 +117,33 @@ pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) ->
     // each pass the check, so the budget may be overshot by up to one per CPU.
     // SAFETY: as above.
     if unsafe { sent.read_volatile() } >= u64::from(cfg.cookie_budget_per_second) {
-        return Counter::DropCookieBudget;
+        return Err(Counter::DropCookieBudget);
     }
-    // A failure leaves the frame at the SYN's length: only `send_reply` resizes it, and
-    // puts it back itself if the reply cannot be written.
-    match respond(ctx, seg, cfg, now) {
-        Ok(answered) => {
-            // SAFETY: as above.
-            unsafe { atomic_add(sent, 1) };
-            answered
+    Ok(sent)
+}
+
+/// The socket-bound answer `answer_syn` left to the entry point (`CookieStep::SocketBound`):
+/// the listener looked up, its cookie, the renewal noted, the reply built and counted in
+/// the budget (checked by `answer_syn`). At most once a second per listener on the fast
+/// path, and for SYNs the closed filter sends here.
+#[inline(never)]
+pub fn answer_socket_bound(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
+    let answered = (|| {
+        let mut cookie = Cookie::default();
+        if reply_reads_options(cfg) {
+            read_options(ctx, seg, &mut cookie.opts)?;
+        }
+        gen_cookie(ctx, seg, &mut cookie)?;
+        fastpath::renewed(seg, now);
+        send_reply(ctx, seg, cfg, &cookie, now)
+    })();
+    match answered {
+        Ok(()) => {
+            if let Some((_, sent)) = budget_words() {
+                // SAFETY: a live, 8-byte aligned array map value.
+                unsafe { atomic_add(sent, 1) };
+            }
+            Counter::TxCookie
         }
         Err(reason) => reason,
     }
@@ -140,9 +199,10 @@ fn adjust_tail(ctx: &XdpContext, delta: i32) -> bool {
     unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) == 0 }
 }
 
-/// `Ok(TxCookie or TxCookieFast)`: which path answered.
+/// `Ok(Some(TxCookieFast))`: answered with the raw helper; `Ok(None)`: the socket-bound
+/// helper must answer (`answer_socket_bound`, a call from the entry point).
 #[inline(always)]
-fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result<Counter, Counter> {
+fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result<Option<Counter>, Counter> {
     let mut cookie = Cookie::default();
     // First, before anything below forks on the IP version (see `read_options`). Only
     // for a reply that uses them: a reply without timestamps reads none, and the call
@@ -163,25 +223,21 @@ fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result
     }
     // The raw helper within a second of a socket-bound answer for this listener, else
     // the socket-bound one, which renews the listener's overflow stamp (fastpath.rs).
-    let answered = match fastpath::path(seg, cfg, now) {
+    match fastpath::path(seg, cfg, now) {
         CookiePath::Raw => {
             fastpath::raw_cookie(ctx, seg, &mut cookie)?;
-            Counter::TxCookieFast
+            send_reply(ctx, seg, cfg, &cookie, now)?;
+            Ok(Some(Counter::TxCookieFast))
         }
-        CookiePath::SocketBound => {
-            gen_cookie(ctx, seg, &mut cookie)?;
-            fastpath::renewed(seg, now);
-            Counter::TxCookie
-        }
-    };
-    send_reply(ctx, seg, cfg, &cookie, now)?;
-    Ok(answered)
+        CookiePath::SocketBound => Ok(None),
+    }
 }
 
 /// Makes the frame the SYN-ACK's length, or keeps the SYN's with a zeroed trailer
 /// (`reply_frame`), and builds the SYN-ACK over the SYN.
-/// A BPF-to-BPF call (at most five arguments), beside `gen_cookie` on the stack.
-#[inline(never)]
+/// Inlined into both answers (`cookie_syn`'s raw one and `answer_socket_bound`): as a
+/// BPF-to-BPF call its return cost 1-4 % of an answered SYN (docs/hotpaths.md).
+#[inline(always)]
 fn send_reply(
     ctx: &XdpContext,
     seg: &TcpSegment,
@@ -189,6 +245,9 @@ fn send_reply(
     cookie: &Cookie,
     now: u64,
 ) -> Result<(), Counter> {
+    // Inlined after the lookups and the helper: without this, LLVM kept the address words
+    // the closed filter's hash loaded for the reply, spilled (`cookie_syn` 400 bytes).
+    let seg = reread(seg);
     let settings = ReplySettings {
         timestamps: cfg.has(FLAG_COOKIE_TIMESTAMPS),
         ecn: cfg.has(FLAG_COOKIE_ECN),

@@ -23,7 +23,7 @@ use detector_common::{
 };
 
 use crate::{
-    packet::opaque,
+    packet::reread,
     syncookie::{header_pointers, options_len, Cookie},
 };
 
@@ -107,19 +107,6 @@ pub fn path(seg: &TcpSegment, cfg: &Config, now: u64) -> CookiePath {
         return CookiePath::SocketBound;
     }
     path
-}
-
-/// The same segment, through a pointer LLVM cannot trace to `seg`: it then loads the
-/// fields again where they are used instead of keeping values loaded earlier.
-#[inline(always)]
-fn reread(seg: &TcpSegment) -> &TcpSegment {
-    let at = opaque(core::ptr::from_ref(seg) as usize);
-    // `opaque` also hides the alignment, and without it the address words below were read
-    // a byte at a time (see `TcpSegment`): say it again.
-    // SAFETY: `at` is the address of a `TcpSegment`, aligned to 8.
-    unsafe { core::hint::assert_unchecked(at % 8 == 0) };
-    // SAFETY: `at` is still the address of `seg`, borrowed for as long as `seg`.
-    unsafe { &*(at as *const TcpSegment) }
 }
 
 /// The socket-bound helper answered for this SYN's listener at `now`: its slot now holds

@@ -41,7 +41,7 @@ use detector_common::{
     parse::{parse_from_l3, parse_tcp, untagged_ip, NotTcp, TcpSegment, ETH_HEADER_LEN},
 };
 
-use crate::{packet::XdpPacket, stats::count};
+use crate::{cookie::CookieStep, packet::XdpPacket, stats::count};
 
 #[map(name = "CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -123,7 +123,8 @@ fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
 /// A connection request. Inlined into the entry point: a BPF-to-BPF call here cost 8-10 ns
 /// on every SYN (the blocked drop 118 → 108 ns per run, `repeat` 1M), for 48 more bytes
 /// in the entry point's frame (160). The chains stay inside the verifier's 512 bytes:
-/// entry + `track::on_syn` 432, entry + `cookie_syn` + `send_reply` 456 (docs/verifier.md).
+/// entry + `track::on_syn` 432, entry + `cookie::answer_socket_bound` + `gen_cookie` 472
+/// (docs/verifier.md).
 #[inline(always)]
 fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
     // In every mode: a SYN for another machine (routed, forwarded) is neither tracked
@@ -153,7 +154,12 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
         } else {
             None
         };
-        blocked.unwrap_or_else(|| cookie_syn(ctx, seg, cfg, now))
+        // The answer's two rare steps are calls from here, beside `cookie_syn`'s frame.
+        blocked.unwrap_or_else(|| match cookie_syn(ctx, seg, cfg, now) {
+            CookieStep::Done(counter) => counter,
+            CookieStep::BlockSource => track::block_heavy_source(ctx, seg, cfg, now),
+            CookieStep::SocketBound => cookie::answer_socket_bound(ctx, seg, cfg, now),
+        })
     } else {
         // Blocked sources first (they are dropped whatever their destination): a flood's
         // SYNs mostly end here, on the coarse clock and without another call; from the
@@ -177,14 +183,15 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
 }
 
 /// A SYN cookie mode may answer, its source not blocked: the sketch (a flooder found
-/// there is blocked), then what policy leaves to the kernel, and only then the budget and
-/// the helper. One BPF-to-BPF call for all of it: each call and its return cost 5-10 ns on
-/// a machine with return-thunk mitigations, and the sketch as a call of its own was one
-/// (docs/hotpaths.md). Its frame sits between the entry point's and `send_reply`'s.
+/// there is blocked), then what policy leaves to the kernel, and only then the budget, the
+/// raw helper and the reply. One BPF-to-BPF call for all of it, which calls nothing of
+/// ours: each call and its return cost 5-10 ns on a machine with return-thunk mitigations
+/// (docs/hotpaths.md). The rare steps that are calls (blocking a heavy source, the
+/// socket-bound answer) are left to the caller (`CookieStep`).
 #[inline(never)]
-fn cookie_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
-    track::screen_for_cookie(ctx, seg, cfg, now)
-        .or_else(|| policy::leave_to_kernel(ctx, seg, cfg))
+fn cookie_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> CookieStep {
+    track::screen_for_cookie(seg, cfg, now)
+        .or_else(|| policy::leave_to_kernel(ctx, seg, cfg).map(CookieStep::Done))
         .unwrap_or_else(|| cookie::answer_syn(ctx, seg, cfg, now))
 }
 

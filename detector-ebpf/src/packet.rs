@@ -104,6 +104,21 @@ pub fn opaque(mut value: usize) -> usize {
     value
 }
 
+/// The same value, through a pointer LLVM cannot trace to `value`: it then loads the
+/// fields again where they are used instead of keeping values it loaded earlier, which it
+/// would spill to the stack across the lookups and helper calls in between (the cookie
+/// answer's frame is near the verifier's limit).
+#[inline(always)]
+pub fn reread<T>(value: &T) -> &T {
+    let at = opaque(core::ptr::from_ref(value) as usize);
+    // `opaque` also hides the alignment, and without it the fields were read a byte at a
+    // time (the BPF backend splits loads it cannot prove aligned): say it again.
+    // SAFETY: `at` is the address of a `T`.
+    unsafe { core::hint::assert_unchecked(at % core::mem::align_of::<T>() == 0) };
+    // SAFETY: `at` is still the address of `value`, borrowed for as long as `value`.
+    unsafe { &*(at as *const T) }
+}
+
 /// The `N` bytes at `at`, read 8, 4, 2 and 1 bytes at a time.
 ///
 /// Why asm: a header field has no alignment LLVM can rely on, and the BPF backend splits

@@ -21,6 +21,7 @@ use detector_common::{
 };
 
 use crate::{
+    cookie::CookieStep,
     events,
     stats::{count, count_by},
 };
@@ -244,28 +245,29 @@ pub fn drop_if_blocked_now(state: &mut SourceState, cfg: &Config, now: u64) -> O
 /// Screens a SYN that the responder is about to answer with a cookie: counts it in the
 /// sketch. No per-flow or per-source entry is made for it: a spoofed flood must not fill
 /// the maps. Only a source the sketch estimates over the SYN-rate limit gets an entry, as
-/// a block. `None` means: go ahead and answer. Inlined into the cookie answer's call
-/// (`cookie_syn` in main.rs): the common case, an estimate under the limit, then costs no
-/// call of its own.
+/// a block (`CookieStep::BlockSource`: `block_heavy_source`, called by the entry point).
+/// `None` means: go ahead and answer. Inlined into the cookie answer's call (`cookie_syn`
+/// in main.rs): the common case, an estimate under the limit, then costs no call of its own.
 #[inline(always)]
-pub fn screen_for_cookie(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Option<Counter> {
+pub fn screen_for_cookie(seg: &TcpSegment, cfg: &Config, now: u64) -> Option<CookieStep> {
     if cfg.syn_rate_limit == 0 {
         return None;
     }
     match sketch_estimate(&SKETCH, &SourceKey { addr: seg.src }, cfg, now, cfg.sketch_hot_mark) {
         Some(estimate) if estimate <= cfg.syn_rate_limit => None,
-        Some(_) => Some(block_heavy_source(ctx, seg, cfg, now)),
+        Some(_) => Some(CookieStep::BlockSource),
         // A cell outside the map (the config's width disagrees with it): without the
         // estimate no flooder can be found, so say so rather than answer blind.
-        None => Some(Counter::PassMapError),
+        None => Some(CookieStep::Done(Counter::PassMapError)),
     }
 }
 
 /// A source the sketch estimates over the SYN-rate limit, in cookie mode: an entry for it,
 /// as a block.
-// A BPF-to-BPF call: rare, and its map update and event stay out of the caller's frame.
+// A BPF-to-BPF call from the entry point: rare, and its map update and event stay out of
+// the answer call's frame.
 #[inline(never)]
-fn block_heavy_source(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
+pub fn block_heavy_source(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
     let key = SourceKey { addr: seg.src };
     let Some(state) = source_state(&key, &SourceState::new(now, cfg)) else {
         events::map_full(ctx);
