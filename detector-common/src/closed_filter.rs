@@ -16,9 +16,11 @@
 //! (`other_flows_rarely_cover_a_flows_cells` measures it).
 //!
 //! The size is a trade between those false alarms and the cost of the line's cache miss on
-//! every answered SYN: 8,192 lines (512 KiB) cost the calm server 1-3 % over the old
-//! 256 KiB of buckets; 16,384 lines cut the false alarms to 0.9 % and 14 % but cost 5 %,
-//! 65,536 lines of 16-bit stamps to 0.55 % and 4.5 % for 8 % (docs/hotpaths.md).
+//! every answered SYN: 8,192 lines (512 KiB, the default) cost the calm server 1-3 % over
+//! the old 256 KiB of buckets; 16,384 lines cut the false alarms to 0.9 % and 14 % but
+//! cost 5 % (docs/hotpaths.md). So the operator chooses (`maps.closed_filter_lines`, in the
+//! program's config as `Config::closed_filter_extra_bits`): a server closing thousands of
+//! connections a second buys back its raw path with a larger filter (docs/cookies.md).
 //!
 //! Stamps count units of 4 s and wrap after 17 minutes: a cell written a wrap ago reads as
 //! recent again for a minute, which costs a lookup, never a stall. Race-free by
@@ -28,26 +30,60 @@
 //! agent stamps the same way, through a shared mapping of the array (a map update would
 //! write a whole line and put back cells the program stamped meanwhile).
 
-use crate::{filter, state::FlowKey};
+use crate::{config::Config, filter, state::FlowKey};
 
 /// How long a tuple may stay in `TIME_WAIT` after the server saw the client's FIN
 /// (`TCP_TIMEWAIT_LEN`, 60 s), with a margin for clocks read on different CPUs.
 pub const TIME_WAIT_NS: u64 = 62_000_000_000;
 
-/// Lines of `names::MAP_CLOSED_FILTER` (a power of two): 512 KiB in all.
-pub const CLOSED_FILTER_LINES: u32 = 1 << 13;
+/// Lines of `names::MAP_CLOSED_FILTER` by default (a power of two): 512 KiB in all.
+pub const CLOSED_FILTER_LINES: u32 = 1 << DEFAULT_LINE_BITS;
+/// log2 of the default lines.
+pub const DEFAULT_LINE_BITS: u32 = 13;
+/// The sizes an operator may choose, as log2 of the lines: 4,096 lines (256 KiB) to
+/// 1,048,576 (64 MiB). The most a flow's 32-bit hash can place (see below).
+pub const MIN_LINE_BITS: u32 = 12;
+pub const MAX_LINE_BITS: u32 = 20;
 /// Stamps in a line: 64 bytes, one cache line.
 pub const LINE_CELLS: usize = 64;
 /// Cells a flow stamps in its line. Three measured best: two leave more false alarms, four
 /// fill lines faster than they tell flows apart.
 pub const CELLS_PER_FLOW: usize = 3;
 
-const LINE_BITS: u32 = CLOSED_FILTER_LINES.trailing_zeros();
 const CELL_BITS: u32 = LINE_CELLS.trailing_zeros();
 const CELL_MASK: u32 = (1 << CELL_BITS) - 1;
 const _: () = assert!(CLOSED_FILTER_LINES.is_power_of_two() && LINE_CELLS.is_power_of_two());
 // The line and the two cell parameters (a start and an odd step) come from one 32-bit hash.
-const _: () = assert!(LINE_BITS + 2 * CELL_BITS <= 32);
+const _: () = assert!(MAX_LINE_BITS + 2 * CELL_BITS <= 32);
+const _: () = assert!(MIN_LINE_BITS <= DEFAULT_LINE_BITS && DEFAULT_LINE_BITS <= MAX_LINE_BITS);
+
+/// log2 of the filter's lines under `cfg`: the default's plus `Config::closed_filter_extra_bits`
+/// (0, what an older agent or a test writes, is the default). The map's size must be
+/// `lines(cfg)`, which the agent sets when it loads the program; it refuses sizes outside
+/// `MIN_LINE_BITS..=MAX_LINE_BITS`. No branch (a default or a clamp made LLVM load the
+/// flow's bytes before it and keep them spilled across it, 5-7 % of an answered SYN):
+/// whatever the value, `spot` keeps the line below `1 << MAX_LINE_BITS`, and a line past
+/// the map is one the program's lookup does not find (the safe path).
+#[inline(always)]
+#[must_use]
+pub const fn line_bits(cfg: &Config) -> u32 {
+    // Wraps by design: `spot` masks the shift. (`as`: `i32::from` is not const.)
+    DEFAULT_LINE_BITS.wrapping_add_signed(cfg.closed_filter_extra_bits as i32)
+}
+
+/// `Config::closed_filter_extra_bits` for a filter of `1 << line_bits` lines.
+#[must_use]
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "MIN..=MAX_LINE_BITS")]
+pub const fn extra_bits(line_bits: u32) -> i8 {
+    (line_bits as i32 - DEFAULT_LINE_BITS as i32) as i8
+}
+
+/// The lines of the filter under `cfg`.
+#[inline(always)]
+#[must_use]
+pub fn lines(cfg: &Config) -> u32 {
+    1 << line_bits(cfg)
+}
 
 /// The stamps' unit: 4 s, so that a byte spans 17 minutes and a minute is 16 units.
 const UNIT_NS: u64 = 4_000_000_000;
@@ -92,11 +128,16 @@ impl ClosedSpot {
     }
 }
 
-/// The spot of a client's flow (client as source, this host as destination).
+/// The spot of a client's flow (client as source, this host as destination) in a filter of
+/// `1 << line_bits` lines (`line_bits`).
 #[inline(always)]
 #[must_use]
-pub fn spot(flow: &FlowKey) -> ClosedSpot {
-    let h = filter::flow_hash(flow, LINE_BITS + 2 * CELL_BITS);
+pub fn spot(flow: &FlowKey, line_bits: u32) -> ClosedSpot {
+    // The top `line_bits + 2 * CELL_BITS` bits of the flow's hash: the line from the top
+    // `line_bits`, the cells' start and step from the bits below. The shift is masked, so
+    // any `line_bits` gives a line below `1 << MAX_LINE_BITS`.
+    let h = filter::flow_hash(flow, MAX_LINE_BITS + 2 * CELL_BITS)
+        >> (MAX_LINE_BITS.wrapping_sub(line_bits) & 31);
     ClosedSpot { line: h >> (2 * CELL_BITS), first: h & CELL_MASK, step: (h >> CELL_BITS & CELL_MASK) | 1 }
 }
 
@@ -180,17 +221,22 @@ mod tests {
         }
     }
 
-    /// A filter as a map of the lines written; unwritten lines are zeroed.
-    #[derive(Default)]
-    struct Filter(HashMap<u32, ClosedLine>);
+    /// A filter of `1 << .1` lines as a map of the lines written; unwritten lines are zeroed.
+    struct Filter(HashMap<u32, ClosedLine>, u32);
+
+    impl Default for Filter {
+        fn default() -> Self {
+            Self(HashMap::new(), DEFAULT_LINE_BITS)
+        }
+    }
 
     impl Filter {
         fn fin(&mut self, f: &FlowKey, now: u64) {
-            let at = spot(f);
+            let at = spot(f, self.1);
             self.0.entry(at.line).or_default().stamp_flow(&at, stamp(now));
         }
         fn may_be_time_wait(&self, f: &FlowKey, now: u64) -> bool {
-            let at = spot(f);
+            let at = spot(f, self.1);
             self.0.get(&at.line).copied().unwrap_or_default().may_be_time_wait(&at, now)
         }
     }
@@ -198,7 +244,7 @@ mod tests {
     #[test]
     fn a_flow_has_distinct_cells_in_a_line_of_the_filter() {
         for n in 0..10_000 {
-            let at = spot(&flow(n));
+            let at = spot(&flow(n), DEFAULT_LINE_BITS);
             assert!(at.line < CLOSED_FILTER_LINES);
             let [a, b, c] = at.cells();
             assert!(a != b && b != c && a != c, "flow {n}: {:?}", at.cells());
@@ -269,8 +315,8 @@ mod tests {
 
     /// Of 100,000 flows that sent no FIN, the share the filter sends to the lookup after
     /// `closed` other flows' FINs within the window.
-    fn false_alarms(closed: u32) -> f64 {
-        let mut filter = Filter::default();
+    fn false_alarms(closed: u32, line_bits: u32) -> f64 {
+        let mut filter = Filter(HashMap::new(), line_bits);
         for i in 0..closed {
             filter.fin(&flow(i), T);
         }
@@ -284,7 +330,8 @@ mod tests {
         // 1,000 and 4,000 closes a second over the 62 s window. A stamp per bucket sent
         // 1 - e^(-62 r / 65,536) of all SYNs to the lookup: 61 % and 98 %. (Measured 3.2 %
         // and 46 %; 3.5 % and 45 % with another set of flows.)
-        let (calm, busy) = (false_alarms(62_000), false_alarms(248_000));
+        let (calm, busy) =
+            (false_alarms(62_000, DEFAULT_LINE_BITS), false_alarms(248_000, DEFAULT_LINE_BITS));
         std::eprintln!(
             "false alarms: {:.2} % at 62,000 closed flows, {:.2} % at 248,000",
             calm * 100.0,
@@ -295,9 +342,50 @@ mod tests {
     }
 
     #[test]
+    fn a_larger_filter_cuts_a_busy_servers_false_alarms() {
+        // 4,000 closes a second: each doubling of the lines (`maps.closed_filter_lines`)
+        // sends fewer SYNs to the lookup. Figures in docs/cookies.md.
+        let shares: Vec<f64> = (DEFAULT_LINE_BITS..=16).map(|bits| false_alarms(248_000, bits)).collect();
+        std::eprintln!("false alarms at 248,000 closed flows, 8,192 to 65,536 lines: {shares:.4?}");
+        assert!(shares.windows(2).all(|w| w[1] < w[0]), "{shares:?}");
+        assert!(shares[3] < 0.05, "65,536 lines: {:.2} % false alarms", shares[3] * 100.0);
+    }
+
+    #[test]
+    fn every_size_places_a_flow_inside_the_filter_and_a_config_picks_it() {
+        let mut cfg = Config::new(100, 0, 1, 1);
+        assert_eq!(lines(&cfg), CLOSED_FILTER_LINES, "0 is the default");
+        for bits in MIN_LINE_BITS..=MAX_LINE_BITS {
+            cfg.closed_filter_extra_bits = extra_bits(bits);
+            assert_eq!(lines(&cfg), 1 << bits);
+            let mut filter = Filter(HashMap::new(), bits);
+            for n in 0..2_000 {
+                assert!(spot(&flow(n), bits).line < lines(&cfg));
+                // The same spot as from the top `bits + 12` bits of the hash, as every
+                // filter placed flows before its size could be chosen: a pinned filter
+                // adopted across an upgrade keeps its stamps where the new program looks.
+                let h = filter::flow_hash(&flow(n), bits + 2 * CELL_BITS);
+                let before = ClosedSpot {
+                    line: h >> (2 * CELL_BITS),
+                    first: h & CELL_MASK,
+                    step: (h >> CELL_BITS & CELL_MASK) | 1,
+                };
+                assert_eq!(spot(&flow(n), bits), before, "{bits} bits, flow {n}");
+                filter.fin(&flow(n), T);
+            }
+            assert!((0..2_000).all(|n| filter.may_be_time_wait(&flow(n), T + SEC)), "{bits} bits");
+        }
+        // A value no agent writes: the line still stays inside the hash.
+        for extra in [i8::MIN, -14, -13, 8, i8::MAX] {
+            cfg.closed_filter_extra_bits = extra;
+            assert!((0..2_000).all(|n| spot(&flow(n), line_bits(&cfg)).line < 1 << MAX_LINE_BITS), "{extra}");
+        }
+    }
+
+    #[test]
     fn a_fully_stamped_line_holds_every_flow_that_hashes_there() {
         let mut filter = Filter::default();
-        let at = spot(&flow(7));
+        let at = spot(&flow(7), DEFAULT_LINE_BITS);
         filter.0.insert(at.line, ClosedLine::all(stamp(T)));
         assert!(filter.may_be_time_wait(&flow(7), T + 30 * SEC));
         assert!(!filter.may_be_time_wait(&flow(7), T + LONGEST + 1));

@@ -39,7 +39,10 @@ pub struct Config {
     /// The window scale the kernel will use for cookie connections (from the host's
     /// `tcp_rmem`/`rmem_max`, computed by the agent).
     pub synack_wscale: u8,
-    pub _pad: u8,
+    /// log2 of the closed filter's lines less the default's (`closed_filter::line_bits`;
+    /// 0 = the default, 8,192 lines). Set by the agent from `maps.closed_filter_lines`,
+    /// with the map's size.
+    pub closed_filter_extra_bits: i8,
     /// Keys the sketch's hashes, so a flood cannot be crafted offline to collide with a
     /// legitimate source in every row. Chosen at random by the agent.
     pub sketch_seed: u32,
@@ -118,7 +121,7 @@ impl Config {
             sketch_width: 0,
             synack_window: 65_535,
             synack_wscale: 0,
-            _pad: 0,
+            closed_filter_extra_bits: 0,
             sketch_seed: 0,
             sample_one_in: 0,
             sketch_hot_mark: 0,

@@ -187,7 +187,7 @@ pub fn baseline_ruled_responder(ctx: XdpContext) -> u32 {
         src_port: u16::from_be_bytes([ports[0], ports[1]]),
         dst_port: u16::from_be_bytes([ports[2], ports[3]]),
     };
-    let at = closed_filter::spot(&flow);
+    let at = closed_filter::spot(&flow, closed_filter::DEFAULT_LINE_BITS);
     if RULED_CLOSED.get(at.line).is_none_or(|line| line.may_be_time_wait(&at, now)) {
         return xdp_action::XDP_PASS;
     }

@@ -48,33 +48,31 @@ static COOKIE_RENEWALS: PerCpuArray<RenewalSlot> = PerCpuArray::with_max_entries
 #[map(name = "CLOSED_FILTER")]
 static CLOSED_FILTER: Array<ClosedLine> = Array::with_max_entries(CLOSED_FILTER_LINES, BPF_F_MMAPABLE);
 
+/// The flow's spot in a filter of the configured size: the agent made the map
+/// `closed_filter::lines(cfg)` long when it loaded the program (`maps.closed_filter_lines`).
 #[inline(always)]
-fn spot(seg: &TcpSegment) -> ClosedSpot {
-    closed_filter::spot(&FlowKey {
-        src: seg.src,
-        dst: seg.dst,
-        src_port: seg.src_port,
-        dst_port: seg.dst_port,
-    })
+fn spot(seg: &TcpSegment, cfg: &Config) -> ClosedSpot {
+    let flow = FlowKey { src: seg.src, dst: seg.dst, src_port: seg.src_port, dst_port: seg.dst_port };
+    closed_filter::spot(&flow, closed_filter::line_bits(cfg))
 }
 
 /// For every segment that is not a SYN: a client's FIN may leave the tuple in `TIME_WAIT`
 /// on this host (when the server closed first), so its flow is stamped. Three stores into
 /// one line per FIN (and a clock read), nothing for other segments.
 #[inline(always)]
-pub fn on_segment(seg: &TcpSegment) {
+pub fn on_segment(seg: &TcpSegment, cfg: &Config) {
     if seg.flags & tcp_flags::FIN != 0 {
-        saw_fin(seg);
+        saw_fin(seg, cfg);
     }
 }
 
 /// A BPF-to-BPF call: the flow key it hashes sits in its own stack frame, not in the
 /// entry point's, which the deepest SYN path's frames sit on top of (docs/verifier.md, 7).
 #[inline(never)]
-fn saw_fin(seg: &TcpSegment) {
+fn saw_fin(seg: &TcpSegment, cfg: &Config) {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let at = spot(seg);
+    let at = spot(seg, cfg);
     if let Some(line) = CLOSED_FILTER.get_ptr_mut(at.line) {
         // SAFETY: a line of the array. Other CPUs may stamp it at the same time: every
         // store is a recent time, so none can undo another (`closed_filter`).
@@ -90,7 +88,7 @@ pub fn path(seg: &TcpSegment, cfg: &Config, now: u64) -> CookiePath {
         return CookiePath::SocketBound;
     }
     // A missing line cannot happen (an array); if it did, the lookup path is the safe one.
-    let at = spot(seg);
+    let at = spot(seg, cfg);
     let time_wait = CLOSED_FILTER.get(at.line).is_none_or(|line| line.may_be_time_wait(&at, now));
     // A missing slot cannot happen either (the index is masked to the array); if it did,
     // no renewal is the safe answer.

@@ -107,7 +107,7 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> Counter {
 /// much as the rest of an established ACK's path (docs/hotpaths.md).
 #[inline(never)]
 fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
-    fastpath::on_segment(seg);
+    fastpath::on_segment(seg, cfg);
     if seg.may_complete_handshake() {
         track::on_ack(seg, cfg);
     }

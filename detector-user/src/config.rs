@@ -164,6 +164,9 @@ pub struct Maps {
     pub pending: u32,
     /// Columns per sketch row (a power of two); the sketch has 4 rows of 8-byte cells.
     pub sketch_width: u32,
+    /// Lines of the closed-connection filter (a power of two, 64 bytes each): how many
+    /// recently closed flows cookie mode's fast path tells apart (docs/cookies.md).
+    pub closed_filter_lines: u32,
 }
 
 /// Which SYNs cookie mode may answer from XDP (see `policy`). Ports are TCP ports.
@@ -251,7 +254,12 @@ impl Default for Cookies {
 
 impl Default for Maps {
     fn default() -> Self {
-        Self { sources: 65_536, pending: 131_072, sketch_width: 16_384 }
+        Self {
+            sources: 65_536,
+            pending: 131_072,
+            sketch_width: 16_384,
+            closed_filter_lines: detector_common::closed_filter::CLOSED_FILTER_LINES,
+        }
     }
 }
 
@@ -375,6 +383,9 @@ impl Config {
         k.synack_window = self.file.cookies.window;
         k.sample_one_in = self.file.samples.one_in;
         k.sketch_hot_mark = sketch::hot_mark(ports::lowest_syn_rate_limit(&self.file));
+        // A validated power of two.
+        k.closed_filter_extra_bits =
+            detector_common::closed_filter::extra_bits(self.file.maps.closed_filter_lines.trailing_zeros());
         k
     }
 
@@ -587,6 +598,14 @@ fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
     in_range("maps.sketch_width", maps.sketch_width, 256, 1_048_576)?;
     if !maps.sketch_width.is_power_of_two() {
         return Err(invalid("maps.sketch_width", format!("{} is not a power of two", maps.sketch_width)));
+    }
+    {
+        use detector_common::closed_filter::{MAX_LINE_BITS, MIN_LINE_BITS};
+        let lines = maps.closed_filter_lines;
+        in_range("maps.closed_filter_lines", lines, 1 << MIN_LINE_BITS, 1 << MAX_LINE_BITS)?;
+        if !lines.is_power_of_two() {
+            return Err(invalid("maps.closed_filter_lines", format!("{lines} is not a power of two")));
+        }
     }
     policy_config(&f.policy)?;
     crate::samples::validate(&f.samples)?;

@@ -67,7 +67,8 @@ pub fn load(cfg: &Config, maps_dir: Option<&Path>) -> Result<(Ebpf, Option<Logge
     loader
         .map_max_entries(names::MAP_SOURCES, maps.sources)
         .map_max_entries(names::MAP_PENDING, maps.pending)
-        .map_max_entries(names::MAP_SKETCH, cfg.sketch_cells());
+        .map_max_entries(names::MAP_SKETCH, cfg.sketch_cells())
+        .map_max_entries(names::MAP_CLOSED_FILTER, maps.closed_filter_lines);
     if let Some(dir) = maps_dir {
         for name in names::PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
@@ -99,6 +100,7 @@ fn map_refused(error: aya::EbpfError, cfg: &Config) -> LoadError {
         names::MAP_SOURCES => Some(("maps.sources", maps.sources)),
         names::MAP_PENDING => Some(("maps.pending", maps.pending)),
         names::MAP_SKETCH => Some(("maps.sketch_width", maps.sketch_width)),
+        names::MAP_CLOSED_FILTER => Some(("maps.closed_filter_lines", maps.closed_filter_lines)),
         _ => None,
     };
     match key {

@@ -152,7 +152,7 @@ fn the_ruled_responder_counts_the_syn_checks_the_closed_filter_and_answers_as_th
     let now = common::monotonic_ns();
     let mut closed: aya::maps::Array<_, ClosedLine> =
         aya::maps::Array::try_from(det.ebpf.map_mut("RULED_CLOSED").unwrap()).unwrap();
-    let at = closed_filter::spot(&flow);
+    let at = closed_filter::spot(&flow, closed_filter::DEFAULT_LINE_BITS);
     let mut line = ClosedLine::default();
     line.stamp_flow(&at, closed_filter::stamp(now));
     closed.set(at.line, line, 0).unwrap();

@@ -359,10 +359,18 @@ fn a_time_wait_tuple_gets_a_raw_cookie_unless_its_fin_was_seen() {
 
 #[test]
 fn fins_of_other_flows_in_its_line_leave_a_flow_the_raw_path() {
+    // The default size, and a larger filter (`maps.closed_filter_lines`, 32,768 lines).
+    for extra_bits in [0, 2] {
+        fins_of_other_flows_in_its_line_leave_a_flow_the_raw_path_at(extra_bits);
+    }
+}
+
+/// With `Config::closed_filter_extra_bits = extra_bits` and the map sized to match.
+fn fins_of_other_flows_in_its_line_leave_a_flow_the_raw_path_at(extra_bits: i8) {
     // The closed filter tells flows apart (detector_common::closed_filter): FINs of other
     // flows that hash to the same line stamp their own cells, and a SYN of a flow whose
     // cells they did not all stamp keeps the raw path. The program's stamps land in the
-    // cells the pure logic says.
+    // cells the pure logic says, in the line the configured size says.
     use aya::maps::Array;
     use detector_common::{
         closed_filter::{self, ClosedLine},
@@ -374,26 +382,28 @@ fn fins_of_other_flows_in_its_line_leave_a_flow_the_raw_path() {
         src_port: sport,
         dst_port: PORT,
     };
+    let cfg = Config { closed_filter_extra_bits: extra_bits, ..cookie_config() };
+    let bits = closed_filter::line_bits(&cfg);
     let target = (CLIENT4, 44_000);
-    let at = closed_filter::spot(&flow(target.0, target.1));
+    let at = closed_filter::spot(&flow(target.0, target.1), bits);
     // Eight flows of other clients in the target's line, found by the pure hash.
     let others: Vec<([u8; 4], u16)> = (0..1u32 << 22)
         .map(|n| {
             let [_, port, c, d] = n.to_be_bytes();
             ([198, 19, c, d], 40_000 + u16::from(port))
         })
-        .filter(|&(c, p)| closed_filter::spot(&flow(c, p)).line == at.line)
+        .filter(|&(c, p)| closed_filter::spot(&flow(c, p), bits).line == at.line)
         .take(8)
         .collect();
     assert_eq!(others.len(), 8, "eight flows share the target's line");
     let mut model = ClosedLine::default();
     for &(c, p) in &others {
-        model.stamp_flow(&closed_filter::spot(&flow(c, p)), 1);
+        model.stamp_flow(&closed_filter::spot(&flow(c, p), bits), 1);
     }
     assert!(!model.may_be_time_wait(&at, 1), "the eight do not cover the target's cells (fixed hash)");
     let frame = |(client, sport): ([u8; 4], u16), syn: bool| syn_or_fin(client, sport, PORT, syn);
     in_private_netns(move || {
-        let mut det = Detector::load(cookie_config(), &[]);
+        let mut det = Detector::load(cfg, &[]);
         // No connection owns these tuples here, so the ACK shield drops the FINs; the
         // filter stamps them before that, as it stamps every client FIN.
         for &other in &others {
@@ -401,6 +411,7 @@ fn fins_of_other_flows_in_its_line_leave_a_flow_the_raw_path() {
         }
         let line: Array<_, ClosedLine> =
             Array::try_from(det.ebpf.map_mut(names::MAP_CLOSED_FILTER).unwrap()).unwrap();
+        assert_eq!(line.len(), 1 << bits, "the map has the configured lines");
         let stamped = line.get(&at.line, 0).unwrap();
         let cells = |l: &ClosedLine| l.cells.map(|c| c != 0);
         assert_eq!(cells(&stamped), cells(&model), "the program stamped the cells the pure logic names");

@@ -234,12 +234,34 @@ fn a_tuple_in_time_wait_from_before_the_agent_started_is_not_answered_raw() {
     // SYN reusing the tuple right after a renewal would get a raw cookie whose ACK the
     // TIME_WAIT socket drops: the client would time out.
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    time_wait_tuple_goes_to_the_kernel(None);
+}
+
+#[test]
+fn with_a_larger_closed_filter_the_agent_and_the_program_place_flows_alike() {
+    // `maps.closed_filter_lines` other than the default: the agent's seeding and the
+    // program's lookup must agree on the flow's line in the larger map, or the reused
+    // tuple would get a raw cookie.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    time_wait_tuple_goes_to_the_kernel(Some("[maps]\nclosed_filter_lines = 65536\n"));
+}
+
+/// A tuple left in TIME_WAIT before the agent starts (with `config`, if given, as its
+/// configuration file), reused right after a renewal: the kernel gets it.
+fn time_wait_tuple_goes_to_the_kernel(config: Option<&str>) {
     let mut lab = Lab::new().expect("lab");
     lab.attach_client_xdp(&test_programs(false)).expect("dummy XDP on the client veth");
     lab.start_server(PORT, 16).unwrap();
     let before = clients(&lab, &[REUSED]);
     assert!(before.starts_with("40123 65"), "the first connection, before the agent: {before}");
-    let mut agent = Agent::start(&lab, Path::new(AGENT), COOKIE_ARGS).unwrap();
+    let mut args = COOKIE_ARGS.iter().map(ToString::to_string).collect::<Vec<_>>();
+    if let Some(text) = config {
+        let path = lab.scratch().join("syndetector.toml");
+        std::fs::write(&path, text).unwrap();
+        args.extend(["--config".to_owned(), path.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::start(&lab, Path::new(AGENT), &args).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !agent.log_text().contains("closed_filter_seeded")
         || agent.scrape().unwrap().get("syndetector_cookies_active") != Some(1.0)

@@ -170,7 +170,7 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
             Kind::Array,
             4,
             size_of::<detector_common::closed_filter::ClosedLine>(),
-            detector_common::closed_filter::CLOSED_FILTER_LINES,
+            cfg.file.maps.closed_filter_lines,
         ),
         shape("OPTION_WALK", Kind::PerCpuArray, 4, size_of::<OptionScratch>(), 1),
         shape("EVENT_BUDGET", Kind::PerCpuArray, 4, 16, 1),

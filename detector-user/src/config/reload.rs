@@ -158,6 +158,7 @@ pub fn changed_keys(old: &FileConfig, new: &FileConfig) -> Vec<&'static str> {
             "maps.sources": old.maps.sources, maps.sources;
             "maps.pending": old.maps.pending, maps.pending;
             "maps.sketch_width": old.maps.sketch_width, maps.sketch_width;
+            "maps.closed_filter_lines": old.maps.closed_filter_lines, maps.closed_filter_lines;
             "policy": policy_config(&old.policy).ok(), policy_config(policy).ok();
             "control_socket": &old.control_socket, control_socket;
             "lists": &old.lists, lists;
@@ -217,6 +218,7 @@ mod tests {
             ("[maps]\nsources = 2048", "maps.sources"),
             ("[maps]\npending = 2048", "maps.pending"),
             ("[maps]\nsketch_width = 512", "maps.sketch_width"),
+            ("[maps]\nclosed_filter_lines = 16384", "maps.closed_filter_lines"),
             ("[policy]\nkernel_ports = [8080]", "policy"),
             ("[policy]\ndetect_nat = false", "policy"),
         ];

@@ -9,7 +9,7 @@
 use std::{io, os::fd::AsFd, ptr::NonNull};
 
 use aya::maps::MapData;
-use detector_common::closed_filter::{ClosedLine, ClosedSpot, CLOSED_FILTER_LINES};
+use detector_common::closed_filter::{ClosedLine, ClosedSpot};
 
 /// A shared, writable mapping of every line of the filter. It holds the map itself (the
 /// mapping keeps a reference to the map's file), so the `MapData` it came from may go.
@@ -24,7 +24,12 @@ unsafe impl Send for ClosedLines {}
 impl ClosedLines {
     /// Maps the filter's lines (kernel >= 5.5 for mmapable arrays).
     pub fn map(map: &MapData) -> io::Result<Self> {
-        let len = CLOSED_FILTER_LINES as usize * size_of::<ClosedLine>();
+        // As many lines as the map was made with (`maps.closed_filter_lines`).
+        let lines = map.info().map_err(io::Error::other)?.max_entries();
+        if !lines.is_power_of_two() {
+            return Err(io::Error::other(format!("{lines} lines, not a power of two")));
+        }
+        let len = lines as usize * size_of::<ClosedLine>();
         let fd = map.fd().as_fd();
         // SAFETY: a new shared mapping of an fd we hold; the kernel checks the length and
         // the flags against the map (it refuses a map created without BPF_F_MMAPABLE).
@@ -43,6 +48,13 @@ impl ClosedLines {
         }
         let base = NonNull::new(at.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(Self { base, len })
+    }
+
+    /// log2 of the filter's lines: what `closed_filter::spot` places flows by, as the
+    /// program does from its config (`closed_filter::line_bits`), which the agent set to
+    /// the same size as the map.
+    pub fn line_bits(&self) -> u32 {
+        (self.len / size_of::<ClosedLine>()).trailing_zeros()
     }
 
     /// Writes `stamp` into the flow's cells, one byte store each, as the program's FIN does.
@@ -87,7 +99,9 @@ mod tests {
 
     /// Root: the mapping is the map. A flow stamped through it reads back through the map
     /// API in exactly its three cells, and a line written through the map API reads back
-    /// through the mapping.
+    /// through the mapping. With a size other than the default (`maps.closed_filter_lines`):
+    /// the map is made that size, the mapping spans all of it, and it places flows by the
+    /// same line bits as the program's config says.
     #[test]
     fn a_stamp_through_the_mapping_is_in_the_map() {
         // SAFETY: geteuid cannot fail.
@@ -96,12 +110,14 @@ mod tests {
             0,
             "needs root (loads the XDP object): run with `cargo xtask test`"
         );
-        let mut file: FileConfig = toml::from_str("").unwrap();
+        let mut file: FileConfig = toml::from_str("[maps]\nclosed_filter_lines = 32768").unwrap();
         file.interfaces = vec!["lo".into()];
-        let (mut ebpf, _logger) = crate::loader::load(&Config { file }, None).expect("loading the object");
+        let cfg = Config { file };
+        let (mut ebpf, _logger) = crate::loader::load(&cfg, None).expect("loading the object");
         let Some(Map::Array(data)) = ebpf.take_map(names::MAP_CLOSED_FILTER) else {
             panic!("no CLOSED_FILTER array")
         };
+        assert_eq!(data.info().unwrap().max_entries(), 32_768);
         let lines = ClosedLines::map(&data).expect("mmap of CLOSED_FILTER (BPF_F_MMAPABLE)");
         let flow = FlowKey {
             src: ipv4_mapped([198, 18, 0, 2]),
@@ -109,7 +125,9 @@ mod tests {
             src_port: 40_000,
             dst_port: 443,
         };
-        let at = closed_filter::spot(&flow);
+        assert_eq!(lines.line_bits(), 15);
+        assert_eq!(closed_filter::line_bits(&cfg.kernel_config()), 15, "the program's config agrees");
+        let at = closed_filter::spot(&flow, lines.line_bits());
         lines.stamp_flow(&at, 77);
         let map: Array<_, ClosedLine> = Array::try_from(Map::Array(data)).unwrap();
         let read = map.get(&at.line, 0).unwrap();
@@ -117,7 +135,7 @@ mod tests {
         expected.stamp_flow(&at, 77);
         assert_eq!(read, expected, "only the flow's three cells, in the flow's line");
         let mut map = map;
-        let other = (at.line + 1) % closed_filter::CLOSED_FILTER_LINES;
+        let other = if at.line == 32_767 { 0 } else { 32_767 };
         map.set(other, ClosedLine::all(9), 0).unwrap();
         assert_eq!(lines.line(other), ClosedLine::all(9));
         assert_eq!(lines.line(at.line), expected);

@@ -68,7 +68,7 @@ impl Reconciler for TimeWaitStep {
             .map_err(|e| format!("listing the TIME_WAIT sockets (sock_diag): {e}"))?;
         let stamp = closed_filter::stamp(monotonic_ns());
         for flow in &flows {
-            self.lines.stamp_flow(&closed_filter::spot(flow), stamp);
+            self.lines.stamp_flow(&closed_filter::spot(flow, self.lines.line_bits()), stamp);
         }
         info!(
             event = "closed_filter_seeded",

@@ -36,7 +36,9 @@ pub enum Run {
 pub struct Kernel {
     det: Detector,
     /// `CLOSED_FILTER` lines a frame may have stamped (any parsed segment with FIN),
-    /// zeroed by `start`: the array has 65,536 lines, too many to clear one by one.
+    /// zeroed by `start`: the array has 8,192 lines, too many to clear one by one. The
+    /// modes' configs leave its size at the default (`closed_filter_extra_bits` 0), as the
+    /// model does.
     stamped: RefCell<HashSet<u32>>,
 }
 
@@ -122,7 +124,8 @@ impl Kernel {
                         src_port: seg.src_port,
                         dst_port: seg.dst_port,
                     };
-                    self.stamped.borrow_mut().insert(closed_filter::spot(&flow).line);
+                    let at = closed_filter::spot(&flow, closed_filter::DEFAULT_LINE_BITS);
+                    self.stamped.borrow_mut().insert(at.line);
                 }
             }
         }

@@ -212,7 +212,7 @@ impl Model {
         // main.rs `on_segment`: the FIN filter (fastpath.rs `on_segment`), handshake
         // completion, the ACK shield.
         if seg.flags & tcp_flags::FIN != 0 {
-            let at = closed_filter::spot(&flow_of(&seg));
+            let at = closed_filter::spot(&flow_of(&seg), closed_filter::line_bits(&self.cfg));
             self.closed.entry(at.line).or_default().stamp_flow(&at, closed_filter::stamp(now));
         }
         if seg.may_complete_handshake() {
@@ -354,7 +354,7 @@ impl Model {
         }
         let slot = renewal_index(&seg.dst, seg.dst_port);
         let last_renewal = self.renewals.get(&slot).and_then(|s| s.renewal_of(&seg.dst, seg.dst_port));
-        let at = closed_filter::spot(&flow_of(seg));
+        let at = closed_filter::spot(&flow_of(seg), closed_filter::line_bits(&self.cfg));
         let time_wait = self.closed.get(&at.line).is_some_and(|line| line.may_be_time_wait(&at, now));
         let path = if self.cfg.has(FLAG_RAW_COOKIES) {
             cookie_path(last_renewal, time_wait, now)
