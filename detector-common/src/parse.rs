@@ -3,7 +3,7 @@
 //! One generic path serves both IP versions: addresses come out as 16 bytes, IPv4 in its
 //! IPv4-mapped IPv6 form (`::ffff:a.b.c.d`), so maps and decisions never fork on the family.
 
-use crate::packet::Packet;
+use crate::{packet::Packet, state::FlowKey};
 
 pub const ETH_HEADER_LEN: usize = 14;
 pub const VLAN_TAG_LEN: usize = 4;
@@ -78,6 +78,14 @@ const _: () = assert!(core::mem::align_of::<TcpSegment>() == 8);
 const _: () = assert!(core::mem::offset_of!(TcpSegment, dst) == 16);
 
 impl TcpSegment {
+    /// The segment's flow, client (source) first: the key of the pending handshakes and of
+    /// the fast path's closed filter.
+    #[inline(always)]
+    #[must_use]
+    pub fn flow(&self) -> FlowKey {
+        FlowKey { src: self.src, dst: self.dst, src_port: self.src_port, dst_port: self.dst_port }
+    }
+
     #[inline(always)]
     #[must_use]
     pub fn has(&self, flag: u8) -> bool {

@@ -19,7 +19,6 @@ use detector_common::{
     counters::Counter,
     fastpath::{cookie_path, renewal_index, CookiePath, RenewalSlot, RENEWAL_SLOTS},
     parse::{tcp_flags, IpVersion, TcpSegment},
-    state::FlowKey,
 };
 
 use crate::{
@@ -52,8 +51,7 @@ static CLOSED_FILTER: Array<ClosedLine> = Array::with_max_entries(CLOSED_FILTER_
 /// `closed_filter::lines(cfg)` long when it loaded the program (`maps.closed_filter_lines`).
 #[inline(always)]
 fn spot(seg: &TcpSegment, cfg: &Config) -> ClosedSpot {
-    let flow = FlowKey { src: seg.src, dst: seg.dst, src_port: seg.src_port, dst_port: seg.dst_port };
-    closed_filter::spot(&flow, closed_filter::line_bits(cfg))
+    closed_filter::spot(&seg.flow(), closed_filter::line_bits(cfg))
 }
 
 /// For every segment that is not a SYN: a client's FIN may leave the tuple in `TIME_WAIT`

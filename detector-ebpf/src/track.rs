@@ -115,11 +115,6 @@ pub fn fold_blocked_syns(key: &SourceKey, syns: u32, now: u64, cfg: &Config) {
     track::on_blocked_syns(state, now, syns);
 }
 
-#[inline(always)]
-fn flow_of(seg: &TcpSegment) -> FlowKey {
-    FlowKey { src: seg.src, dst: seg.dst, src_port: seg.src_port, dst_port: seg.dst_port }
-}
-
 /// The state of `key`'s source, created as `fresh` if it has none.
 #[inline(always)]
 fn source_state(key: &SourceKey, fresh: &SourceState) -> Option<&'static mut SourceState> {
@@ -204,7 +199,7 @@ pub fn on_syn(
         let _ = track::on_syn(state, now, cfg, false);
         return Counter::DropBlocked;
     }
-    let flow = flow_of(seg);
+    let flow = seg.flow();
     let pending = PendingFlow { syn_ns: now, isn: seg.seq, _pad: 0 };
     let new_flow = PENDING.insert(&flow, &pending, u64::from(BPF_NOEXIST)).is_ok();
     if !new_flow {
@@ -307,7 +302,7 @@ pub fn sketch_estimate(
 /// as the filter check itself on machines with return-thunk mitigations).
 #[inline(always)]
 pub fn on_ack(seg: &TcpSegment, cfg: &Config) {
-    let Some(&stamp) = PENDING_FILTER.get(filter::bucket(&flow_of(seg))) else {
+    let Some(&stamp) = PENDING_FILTER.get(filter::bucket(&seg.flow())) else {
         return;
     };
     if !filter::never_stamped(stamp) {
@@ -319,7 +314,7 @@ pub fn on_ack(seg: &TcpSegment, cfg: &Config) {
 // A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
 #[inline(never)]
 fn complete_handshake(seg: &TcpSegment, cfg: &Config, stamp: u32) {
-    let flow = flow_of(seg);
+    let flow = seg.flow();
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if !filter::is_recent(stamp, now, cfg) {

@@ -166,7 +166,7 @@ impl Model {
         if seg.has(tcp_flags::SYN) && seg.has(tcp_flags::ACK) {
             self.source(seg.dst).report.syn_acks += 1;
         }
-        let flow = FlowKey { src: seg.src, dst: seg.dst, src_port: seg.src_port, dst_port: seg.dst_port };
+        let flow = seg.flow();
         if seg.is_syn() {
             self.on_syn(now, flow, seg.seq);
         } else if seg.may_complete_handshake() {

@@ -118,13 +118,7 @@ impl Kernel {
         if program == names::PROGRAM {
             if let Ok(seg) = parse_tcp(frame) {
                 if seg.flags & tcp_flags::FIN != 0 {
-                    let flow = FlowKey {
-                        src: seg.src,
-                        dst: seg.dst,
-                        src_port: seg.src_port,
-                        dst_port: seg.dst_port,
-                    };
-                    let at = closed_filter::spot(&flow, closed_filter::DEFAULT_LINE_BITS);
+                    let at = closed_filter::spot(&seg.flow(), closed_filter::DEFAULT_LINE_BITS);
                     self.stamped.borrow_mut().insert(at.line);
                 }
             }

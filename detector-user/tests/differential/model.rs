@@ -212,7 +212,7 @@ impl Model {
         // main.rs `on_segment`: the FIN filter (fastpath.rs `on_segment`), handshake
         // completion, the ACK shield.
         if seg.flags & tcp_flags::FIN != 0 {
-            let at = closed_filter::spot(&flow_of(&seg), closed_filter::line_bits(&self.cfg));
+            let at = closed_filter::spot(&seg.flow(), closed_filter::line_bits(&self.cfg));
             self.closed.entry(at.line).or_default().stamp_flow(&at, closed_filter::stamp(now));
         }
         if seg.may_complete_handshake() {
@@ -230,12 +230,12 @@ impl Model {
     /// the client ISN `seg.seq - 1` (what a `Kind::CookieAck` acknowledges).
     pub fn cookie_for(&self, seg: &TcpSegment) -> Option<u32> {
         let isn = seg.seq.wrapping_sub(1);
-        self.cookies.get(&flow_of(seg))?.iter().rev().find(|(i, _)| *i == isn).map(|(_, c)| *c)
+        self.cookies.get(&seg.flow())?.iter().rev().find(|(i, _)| *i == isn).map(|(_, c)| *c)
     }
 
     /// The kernel answered the SYN `seg` with `cookie` (read from its reply).
     pub fn issued(&mut self, seg: &TcpSegment, cookie: u32) {
-        self.cookies.entry(flow_of(seg)).or_default().push((seg.seq, cookie));
+        self.cookies.entry(seg.flow()).or_default().push((seg.seq, cookie));
     }
 
     /// detector-ebpf/src/ackshield.rs `screen_ack`.
@@ -254,7 +254,7 @@ impl Model {
         ackshield::verdict(owner, || {
             // bpf_tcp_raw_check_syncookie_*: ack_seq - 1 is a cookie for this tuple and
             // the client ISN seq - 1.
-            let valid = self.cookies.get(&flow_of(seg)).is_some_and(|issued| {
+            let valid = self.cookies.get(&seg.flow()).is_some_and(|issued| {
                 issued.contains(&(seg.seq.wrapping_sub(1), seg.ack_seq.wrapping_sub(1)))
             });
             reached.valid_cookie_acks += u64::from(valid);
@@ -274,7 +274,7 @@ impl Model {
             let _ = track::on_syn(state, now, &cfg, false);
             return Counter::DropBlocked;
         }
-        let flow = flow_of(seg);
+        let flow = seg.flow();
         let new_flow = !self.pending.contains_key(&flow);
         if new_flow {
             self.pending.insert(flow, PendingFlow { syn_ns: now, isn: seg.seq, _pad: 0 });
@@ -354,7 +354,7 @@ impl Model {
         }
         let slot = renewal_index(&seg.dst, seg.dst_port);
         let last_renewal = self.renewals.get(&slot).and_then(|s| s.renewal_of(&seg.dst, seg.dst_port));
-        let at = closed_filter::spot(&flow_of(seg), closed_filter::line_bits(&self.cfg));
+        let at = closed_filter::spot(&seg.flow(), closed_filter::line_bits(&self.cfg));
         let time_wait = self.closed.get(&at.line).is_some_and(|line| line.may_be_time_wait(&at, now));
         let path = if self.cfg.has(FLAG_RAW_COOKIES) {
             cookie_path(last_renewal, time_wait, now)
@@ -396,7 +396,7 @@ impl Model {
 
     /// detector-ebpf/src/track.rs `on_ack`.
     fn on_ack(&mut self, seg: &TcpSegment, now: u64, ev: &mut [u64]) {
-        let flow = flow_of(seg);
+        let flow = seg.flow();
         if !self.filter.contains(&filter::bucket(&flow)) {
             return;
         }
@@ -423,8 +423,4 @@ impl Model {
 /// server addresses.
 fn is_local(seg: &TcpSegment) -> bool {
     seg.dst == detector_common::parse::ipv4_mapped(SERVER4) || seg.dst == SERVER6
-}
-
-fn flow_of(seg: &TcpSegment) -> FlowKey {
-    FlowKey { src: seg.src, dst: seg.dst, src_port: seg.src_port, dst_port: seg.dst_port }
 }
