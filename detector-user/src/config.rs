@@ -15,6 +15,7 @@ use std::{
 
 use clap::{Args, ValueEnum};
 use detector_common::{
+    closed_filter,
     config::Config as KernelConfig,
     sketch::{self, SKETCH_ROWS},
 };
@@ -258,7 +259,7 @@ impl Default for Maps {
             sources: 65_536,
             pending: 131_072,
             sketch_width: 16_384,
-            closed_filter_lines: detector_common::closed_filter::CLOSED_FILTER_LINES,
+            closed_filter_lines: closed_filter::CLOSED_FILTER_LINES,
         }
     }
 }
@@ -385,7 +386,7 @@ impl Config {
         k.sketch_hot_mark = sketch::hot_mark(ports::lowest_syn_rate_limit(&self.file));
         // A validated power of two.
         k.closed_filter_extra_bits =
-            detector_common::closed_filter::extra_bits(self.file.maps.closed_filter_lines.trailing_zeros());
+            closed_filter::extra_bits(self.file.maps.closed_filter_lines.trailing_zeros());
         k
     }
 
@@ -462,6 +463,15 @@ fn apply_overrides(f: &mut FileConfig, a: &RunArgs) {
 
 fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, problem: problem.into() }
+}
+
+/// `in_range`, and a power of two (an array the program indexes by a mask or a shift).
+fn power_of_two_in_range(key: &'static str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
+    in_range(key, value, min, max)?;
+    if !value.is_power_of_two() {
+        return Err(invalid(key, format!("{value} is not a power of two")));
+    }
+    Ok(())
 }
 
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -595,18 +605,9 @@ fn validate_settings(f: &FileConfig) -> Result<(), ConfigError> {
     let maps = &f.maps;
     in_range("maps.sources", maps.sources, 1_024, 16_777_216)?;
     in_range("maps.pending", maps.pending, 1_024, 16_777_216)?;
-    in_range("maps.sketch_width", maps.sketch_width, 256, 1_048_576)?;
-    if !maps.sketch_width.is_power_of_two() {
-        return Err(invalid("maps.sketch_width", format!("{} is not a power of two", maps.sketch_width)));
-    }
-    {
-        use detector_common::closed_filter::{MAX_LINE_BITS, MIN_LINE_BITS};
-        let lines = maps.closed_filter_lines;
-        in_range("maps.closed_filter_lines", lines, 1 << MIN_LINE_BITS, 1 << MAX_LINE_BITS)?;
-        if !lines.is_power_of_two() {
-            return Err(invalid("maps.closed_filter_lines", format!("{lines} is not a power of two")));
-        }
-    }
+    power_of_two_in_range("maps.sketch_width", maps.sketch_width, 256, 1_048_576)?;
+    let (min_lines, max_lines) = (1 << closed_filter::MIN_LINE_BITS, 1 << closed_filter::MAX_LINE_BITS);
+    power_of_two_in_range("maps.closed_filter_lines", maps.closed_filter_lines, min_lines, max_lines)?;
     policy_config(&f.policy)?;
     crate::samples::validate(&f.samples)?;
     Ok(())
