@@ -77,6 +77,11 @@ pub struct BenchArgs {
     /// and no report is written.
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<std::path::PathBuf>,
+    /// With `--compare`: only the cases whose name contains this (repeatable), e.g.
+    /// `--only "MSS only"`; a baseline named here is timed on the objects too (the test
+    /// object holds them), which is how a profile of one path is taken.
+    #[arg(long, requires = "compare")]
+    pub only: Vec<String>,
 }
 
 impl BenchArgs {
@@ -132,7 +137,13 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
     if !args.compare.is_empty() {
         enter_private_netns()?;
         let _listener = TcpListener::bind(("::", BENCH_PORT)).context("bench listener")?;
-        return crate::bench_compare::main(&args.compare, &test_bytes, &cases(packets, many, few), packets);
+        return crate::bench_compare::main(
+            &args.compare,
+            &test_bytes,
+            &cases(packets, many, few),
+            &args.only,
+            packets,
+        );
     }
     let mut report = Report::new(Machine::probe(command));
     verifier_rows(&mut report, object, &test_object, loads)?;

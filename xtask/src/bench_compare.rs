@@ -17,8 +17,15 @@ use detector_common::names;
 use crate::bench_cases::{case_template, load_case, set_source, timed_run, Case};
 
 /// Times every detector case of `cases` on each of `objects` (the programs from the test
-/// object are the baselines and are skipped, except the trivial XDP_PASS, `cases[0]`).
-pub fn main(objects: &[PathBuf], test_object: &[u8], cases: &[Case], packets: u32) -> Result<()> {
+/// object are the baselines and are skipped, except the trivial XDP_PASS, `cases[0]`), or
+/// with `only`, the cases whose names contain one of its strings, baselines included.
+pub fn main(
+    objects: &[PathBuf],
+    test_object: &[u8],
+    cases: &[Case],
+    only: &[String],
+    packets: u32,
+) -> Result<()> {
     let bytes = objects
         .iter()
         .map(|o| std::fs::read(o).with_context(|| format!("reading {}", o.display())))
@@ -38,7 +45,14 @@ pub fn main(objects: &[PathBuf], test_object: &[u8], cases: &[Case], packets: u3
         print!(" {:>9}", format!("{} / #1", label(i)));
     }
     println!();
-    for case in cases.iter().filter(|c| c.program == names::PROGRAM) {
+    let chosen = |c: &&Case| {
+        if only.is_empty() {
+            c.program == names::PROGRAM
+        } else {
+            c.name != cases[0].name && only.iter().any(|o| c.name.contains(o.as_str()))
+        }
+    };
+    for case in cases.iter().filter(chosen) {
         // An object of another map layout may not take a case's preparation (the busy
         // server's closed filter, say): that case is skipped, the others still compare.
         let instances = match bytes.iter().map(|b| load_case(b, case)).collect::<Result<Vec<Ebpf>>>() {
