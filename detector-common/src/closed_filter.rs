@@ -22,6 +22,15 @@
 //! program's config as `Config::closed_filter_extra_bits`): a server closing thousands of
 //! connections a second buys back its raw path with a larger filter (docs/cookies.md).
 //!
+//! After the lines come the filter's latest stamps: one more line per `LINE_CELLS` lines,
+//! whose byte for a line holds the latest stamp written anywhere in it (`ClosedSpot::latest`).
+//! A SYN reads its line's latest stamp first and the line itself only when that is recent:
+//! a line no FIN stamped within the window cannot hold a recent cell. On a server that
+//! closes few connections (a few dozen a second at the default size) most lines are quiet,
+//! and a SYN reads one byte of a 1/64-sized array that stays in the cache instead of a
+//! random line of the whole filter (its cache miss was about a tenth of an answered SYN,
+//! docs/hotpaths.md); on a busy one every line is recent and the SYN reads both.
+//!
 //! Stamps count units of 4 s and wrap after 17 minutes: a cell written a wrap ago reads as
 //! recent again for a minute, which costs a lookup, never a stall. Race-free by
 //! construction: every write stores "now", so two CPUs stamping one line at once can only
@@ -52,6 +61,8 @@ pub const CELLS_PER_FLOW: usize = 3;
 
 const CELL_BITS: u32 = LINE_CELLS.trailing_zeros();
 const CELL_MASK: u32 = (1 << CELL_BITS) - 1;
+/// Lines whose latest stamps one entry holds, a byte each.
+const LINES_PER_LATEST: u32 = 1 << CELL_BITS;
 const _: () = assert!(CLOSED_FILTER_LINES.is_power_of_two() && LINE_CELLS.is_power_of_two());
 // The line and the two cell parameters (a start and an odd step) come from one 32-bit hash.
 const _: () = assert!(MAX_LINE_BITS + 2 * CELL_BITS <= 32);
@@ -85,6 +96,22 @@ pub fn lines(cfg: &Config) -> u32 {
     1 << line_bits(cfg)
 }
 
+/// The map's entries for a filter of `1 << line_bits` lines: the lines, then one line of
+/// latest stamps per `LINE_CELLS` of them. What the agent makes the map (`maps.closed_filter_lines`
+/// sets the lines).
+#[must_use]
+pub const fn entries(line_bits: u32) -> u32 {
+    let lines = 1 << line_bits;
+    lines + lines / LINES_PER_LATEST
+}
+
+/// log2 of the lines of a map of `entries` entries (`entries`), as the agent reads it back
+/// from the map it maps.
+#[must_use]
+pub const fn line_bits_of_entries(entries: u32) -> u32 {
+    (entries / (LINES_PER_LATEST + 1) * LINES_PER_LATEST).trailing_zeros()
+}
+
 /// The stamps' unit: 4 s, so that a byte spans 17 minutes and a minute is 16 units.
 const UNIT_NS: u64 = 4_000_000_000;
 /// Units a stamp stays recent: a FIN up to `TIME_WAIT_NS` ago is at most this many units
@@ -111,12 +138,15 @@ const _: () = assert!(core::mem::size_of::<ClosedLine>() == 64);
 // SAFETY: repr(C), integers only, no padding (size asserted above).
 unsafe impl aya::Pod for ClosedLine {}
 
-/// Where a flow's stamps go: its line, and its cells in it (`cells`).
+/// Where a flow's stamps go: its line, and its cells in it (`cells`); and where its line's
+/// latest stamp is: the entry `latest`, cell `latest_cell` (`ClosedLine::latest_is_recent`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClosedSpot {
     pub line: u32,
     first: u32,
     step: u32,
+    pub latest: u32,
+    latest_cell: u32,
 }
 
 impl ClosedSpot {
@@ -125,6 +155,14 @@ impl ClosedSpot {
     #[must_use]
     pub fn cells(&self) -> [usize; CELLS_PER_FLOW] {
         [0u32, 1, 2].map(|i| (self.first.wrapping_add(i * self.step) & CELL_MASK) as usize)
+    }
+
+    /// The filter's bytes a FIN of this flow writes, as (entry, cell): its line's latest
+    /// stamp first, then its cells (the order `stamp_fin` writes them in).
+    #[must_use]
+    pub fn fin_bytes(&self) -> [(u32, usize); CELLS_PER_FLOW + 1] {
+        let [a, b, c] = self.cells();
+        [(self.latest, self.latest_cell as usize), (self.line, a), (self.line, b), (self.line, c)]
     }
 }
 
@@ -138,7 +176,16 @@ pub fn spot(flow: &FlowKey, line_bits: u32) -> ClosedSpot {
     // any `line_bits` gives a line below `1 << MAX_LINE_BITS`.
     let h = filter::flow_hash(flow, MAX_LINE_BITS + 2 * CELL_BITS)
         >> (MAX_LINE_BITS.wrapping_sub(line_bits) & 31);
-    ClosedSpot { line: h >> (2 * CELL_BITS), first: h & CELL_MASK, step: (h >> CELL_BITS & CELL_MASK) | 1 }
+    let line = h >> (2 * CELL_BITS);
+    ClosedSpot {
+        line,
+        first: h & CELL_MASK,
+        step: (h >> CELL_BITS & CELL_MASK) | 1,
+        // After the `1 << line_bits` lines (the shift masked as above: any value gives an
+        // entry, and one past the map is one the program's lookup does not find).
+        latest: (1 << (line_bits & 31)) + (line >> CELL_BITS),
+        latest_cell: line & CELL_MASK,
+    }
 }
 
 /// The unit `now_ns` falls in, plus one, as a byte: wraps every 256 units.
@@ -185,6 +232,13 @@ impl ClosedLine {
         }
     }
 
+    /// Writes a FIN's stamp as its line's latest (`spot.latest` must be this entry). Every
+    /// FIN stamps both, its line's latest first (`stamp_fin`).
+    #[inline(always)]
+    pub fn stamp_latest(&mut self, spot: &ClosedSpot, stamp: u8) {
+        self.cells[spot.latest_cell as usize] = stamp;
+    }
+
     /// Whether the flow (`spot.line` is this line) may be in `TIME_WAIT` at `now_ns`: all
     /// of its cells recent. A flow whose FIN was stamped always is: nothing clears a cell,
     /// and later stamps are later times.
@@ -196,6 +250,44 @@ impl ClosedLine {
             && is_recent(self.cells[b], now_ns)
             && is_recent(self.cells[c], now_ns)
     }
+
+    /// Whether the flow's line (`spot.latest` is this entry) may hold a recent cell at
+    /// `now_ns`: its latest stamp is recent. Whenever a cell of the line is, so is the
+    /// latest stamp, written with it or after it (a later time; two CPUs' clocks a unit
+    /// apart at most, which the window's margin absorbs as it does for the cells).
+    #[inline(always)]
+    #[must_use]
+    pub fn latest_is_recent(&self, spot: &ClosedSpot, now_ns: u64) -> bool {
+        is_recent(self.cells[spot.latest_cell as usize], now_ns)
+    }
+}
+
+/// A FIN of the flow at `spot`, stamped `stamp`, into the filter whose entry `i` is
+/// `entry(i)` (`None`: no such entry, nothing to write): its line's latest stamp, then
+/// its cells. The latest first, so that a SYN that finds the cells stamped finds the
+/// latest stamp too.
+#[inline(always)]
+pub fn stamp_fin<'a>(spot: &ClosedSpot, stamp: u8, mut entry: impl FnMut(u32) -> Option<&'a mut ClosedLine>) {
+    if let Some(latest) = entry(spot.latest) {
+        latest.stamp_latest(spot, stamp);
+    }
+    if let Some(line) = entry(spot.line) {
+        line.stamp_flow(spot, stamp);
+    }
+}
+
+/// Whether the flow at `spot` may be in `TIME_WAIT` at `now_ns`, in the filter whose entry
+/// `i` is `entry(i)` (`None`: no such entry, which answers yes, the safe side): its line's
+/// latest stamp first, and the line itself only if that is recent.
+#[inline(always)]
+#[must_use]
+pub fn may_be_time_wait<'a>(
+    spot: &ClosedSpot,
+    now_ns: u64,
+    entry: impl Fn(u32) -> Option<&'a ClosedLine>,
+) -> bool {
+    entry(spot.latest).is_none_or(|latest| latest.latest_is_recent(spot, now_ns))
+        && entry(spot.line).is_none_or(|line| line.may_be_time_wait(spot, now_ns))
 }
 
 #[cfg(test)]
@@ -230,14 +322,16 @@ mod tests {
         }
     }
 
+    const UNWRITTEN: ClosedLine = ClosedLine::all(0);
+
     impl Filter {
         fn fin(&mut self, f: &FlowKey, now: u64) {
             let at = spot(f, self.1);
+            self.0.entry(at.latest).or_default().stamp_latest(&at, stamp(now));
             self.0.entry(at.line).or_default().stamp_flow(&at, stamp(now));
         }
         fn may_be_time_wait(&self, f: &FlowKey, now: u64) -> bool {
-            let at = spot(f, self.1);
-            self.0.get(&at.line).copied().unwrap_or_default().may_be_time_wait(&at, now)
+            may_be_time_wait(&spot(f, self.1), now, |i| Some(self.0.get(&i).unwrap_or(&UNWRITTEN)))
         }
     }
 
@@ -365,12 +459,11 @@ mod tests {
                 // filter placed flows before its size could be chosen: a pinned filter
                 // adopted across an upgrade keeps its stamps where the new program looks.
                 let h = filter::flow_hash(&flow(n), bits + 2 * CELL_BITS);
-                let before = ClosedSpot {
-                    line: h >> (2 * CELL_BITS),
-                    first: h & CELL_MASK,
-                    step: (h >> CELL_BITS & CELL_MASK) | 1,
-                };
-                assert_eq!(spot(&flow(n), bits), before, "{bits} bits, flow {n}");
+                let at = spot(&flow(n), bits);
+                let before = (h >> (2 * CELL_BITS), h & CELL_MASK, (h >> CELL_BITS & CELL_MASK) | 1);
+                assert_eq!((at.line, at.first, at.step), before, "{bits} bits, flow {n}");
+                // Its line's latest stamp in the entries after the lines, inside the map.
+                assert!(at.latest >= lines(&cfg) && at.latest < entries(bits), "{bits} bits, flow {n}");
                 filter.fin(&flow(n), T);
             }
             assert!((0..2_000).all(|n| filter.may_be_time_wait(&flow(n), T + SEC)), "{bits} bits");
@@ -383,10 +476,96 @@ mod tests {
     }
 
     #[test]
+    fn each_line_has_its_own_latest_stamp_after_the_lines() {
+        for bits in MIN_LINE_BITS..=MAX_LINE_BITS {
+            let n = 1u32 << bits;
+            assert_eq!(entries(bits), n + n / 64);
+            assert_eq!(line_bits_of_entries(entries(bits)), bits);
+        }
+        // Every line of the default filter, by a flow placed there: one byte each, all of
+        // them in the entries after the lines.
+        let mut places = HashMap::new();
+        for n in 0..400_000 {
+            let at = spot(&flow(n), DEFAULT_LINE_BITS);
+            let place = (at.latest, at.latest_cell);
+            assert_eq!(*places.entry(at.line).or_insert(place), place, "one place per line");
+        }
+        let mut bytes: Vec<_> = places.values().copied().collect();
+        bytes.sort_unstable();
+        bytes.dedup();
+        assert_eq!(bytes.len(), places.len(), "no two lines share a byte");
+        assert!(bytes
+            .iter()
+            .all(|&(e, c)| (CLOSED_FILTER_LINES..entries(DEFAULT_LINE_BITS)).contains(&e) && c < 64));
+    }
+
+    #[test]
+    fn a_flow_closed_within_the_window_is_found_through_its_lines_latest_stamp() {
+        // FINs of random flows over 40 minutes (the stamps wrap every 17) into a small
+        // filter, so lines are stamped over and over. Each is stamped on a clock up to 1 s
+        // behind (another CPU's), so a line's latest stamp may be older than a cell an
+        // earlier FIN wrote. After each, every flow closed within `TIME_WAIT_NS` (at the
+        // check's time, up to the window's end) must still read as maybe in TIME_WAIT:
+        // its line's latest stamp recent, and its cells.
+        let mut filter = Filter(HashMap::new(), MIN_LINE_BITS);
+        let mut closed: std::collections::VecDeque<(FlowKey, u64)> = std::collections::VecDeque::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut now = T;
+        for _ in 0..6_000 {
+            now += next() % (800 * 1_000_000);
+            let f = flow(u32::try_from(next() >> 40).unwrap() % 3_000_000);
+            filter.fin(&f, now - next() % SEC);
+            closed.push_back((f, now));
+            while closed.front().is_some_and(|&(_, t)| now - t > TIME_WAIT_NS) {
+                closed.pop_front();
+            }
+            for &(f, t) in &closed {
+                for at in [now, t + TIME_WAIT_NS] {
+                    assert!(filter.may_be_time_wait(&f, at), "a flow closed at {t} forgotten at {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_whose_latest_stamp_is_old_is_not_read() {
+        let at = spot(&flow(7), DEFAULT_LINE_BITS);
+        let full = ClosedLine::all(stamp(T));
+        let old = ClosedLine::all(stamp(T - 5 * 60 * SEC));
+        // The filter's entries with `latest` as the line's latest stamp, every read noted.
+        let reads = core::cell::RefCell::new(Vec::new());
+        let check = |latest: &ClosedLine| {
+            reads.borrow_mut().clear();
+            may_be_time_wait(&at, T, |i| {
+                reads.borrow_mut().push(i);
+                Some(if i == at.latest { latest } else { &full })
+            })
+        };
+        // The latest stamp old, or none: the line is not read, whatever it holds.
+        for latest in [&old, &UNWRITTEN] {
+            assert!(!check(latest));
+            assert_eq!(*reads.borrow(), [at.latest], "only the latest stamp read");
+        }
+        // Recent: the line decides.
+        assert!(check(&full));
+        assert_eq!(*reads.borrow(), [at.latest, at.line]);
+        // A missing entry (a map smaller than the config says): the safe answer.
+        assert!(may_be_time_wait(&at, T, |_| None));
+        assert!(may_be_time_wait(&at, T, |i| (i == at.latest).then_some(&full)));
+    }
+
+    #[test]
     fn a_fully_stamped_line_holds_every_flow_that_hashes_there() {
         let mut filter = Filter::default();
         let at = spot(&flow(7), DEFAULT_LINE_BITS);
         filter.0.insert(at.line, ClosedLine::all(stamp(T)));
+        filter.0.insert(at.latest, ClosedLine::all(stamp(T)));
         assert!(filter.may_be_time_wait(&flow(7), T + 30 * SEC));
         assert!(!filter.may_be_time_wait(&flow(7), T + LONGEST + 1));
     }

@@ -118,7 +118,10 @@ pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 /// 9: `CLOSED_FILTER` holds lines of 64 one-byte stamps (`closed_filter::ClosedLine`), a
 ///    flow's FIN three of them, instead of one stamp per bucket; `COUNTERS` gained
 ///    `closed_filter_lookup` (slot 38).
-pub const LAYOUT_VERSION: u32 = 9;
+/// 10: `CLOSED_FILTER` has its lines' latest stamps after its lines (`closed_filter::entries`),
+///    which a SYN reads before its line: an older filter has none, and its FINs would be
+///    skipped by a newer program's check.
+pub const LAYOUT_VERSION: u32 = 10;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.
 /// The log ring buffer and the per-CPU scratch maps hold nothing worth keeping.

@@ -17,7 +17,7 @@ use detector_common::{
     block_filter,
     blocked_table::{BlockedBucket, BLOCKED_TABLE_BUCKETS},
     checksum,
-    closed_filter::{self, ClosedLine, CLOSED_FILTER_LINES},
+    closed_filter::{self, ClosedLine},
     config::Config,
     parse::{ipv4_mapped, two_words},
     sketch::{self, SKETCH_ROWS},
@@ -148,13 +148,15 @@ const RULED: Config = {
 static RULED_SKETCH: Array<u64> = Array::with_max_entries(SKETCH_ROWS * RULED_WIDTH, 0);
 
 #[map(name = "RULED_CLOSED")]
-static RULED_CLOSED: Array<ClosedLine> = Array::with_max_entries(CLOSED_FILTER_LINES, 0);
+static RULED_CLOSED: Array<ClosedLine> =
+    Array::with_max_entries(closed_filter::entries(closed_filter::DEFAULT_LINE_BITS), 0);
 
 /// The "ruled responder": the minimal responder behind the two rules of ours whose reads
 /// land at random places, so that under a many-source flood each is a cache miss: the
 /// source's sketch cells counted as cookie mode counts them (by our own
 /// `track::sketch_estimate` and the hot mark, on a sketch of its own) and the flow's
-/// closed-filter line checked (`closed_filter::ClosedLine::may_be_time_wait`), on the
+/// closed filter checked as ours checks it (`closed_filter::may_be_time_wait`: the line's
+/// latest stamp, and the line only when that is recent), on the
 /// coarse clock as ours reads it.
 /// A source over the limit is dropped and a flow that may be in TIME_WAIT passed, as ours
 /// does; neither happens in the bench.
@@ -188,7 +190,7 @@ pub fn baseline_ruled_responder(ctx: XdpContext) -> u32 {
         dst_port: u16::from_be_bytes([ports[2], ports[3]]),
     };
     let at = closed_filter::spot(&flow, closed_filter::DEFAULT_LINE_BITS);
-    if RULED_CLOSED.get(at.line).is_none_or(|line| line.may_be_time_wait(&at, now)) {
+    if closed_filter::may_be_time_wait(&at, now, |i| RULED_CLOSED.get(i)) {
         return xdp_action::XDP_PASS;
     }
     answer_raw(&ctx, headers)

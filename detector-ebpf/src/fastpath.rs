@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use detector_common::{
-    closed_filter::{self, ClosedLine, ClosedSpot, CLOSED_FILTER_LINES},
+    closed_filter::{self, ClosedLine, ClosedSpot},
     config::{Config, FLAG_RAW_COOKIES},
     counters::Counter,
     fastpath::{cookie_path, renewal_index, CookiePath, RenewalSlot, RENEWAL_SLOTS},
@@ -39,16 +39,19 @@ const EINVAL: i64 = 22;
 static COOKIE_RENEWALS: PerCpuArray<RenewalSlot> = PerCpuArray::with_max_entries(RENEWAL_SLOTS, 0);
 
 /// The closed-connection filter (`detector_common::closed_filter`): lines of stamps, in
-/// which each client FIN stamps its flow's cells. Tuples that may be in `TIME_WAIT` here,
-/// which the raw path must not answer. Pinned, so a restarted agent keeps what the old
-/// program saw; the agent also stamps the cells of the kernel's TIME_WAIT sockets after
-/// attaching (FINs from before the program ran), through a shared mapping of the array
-/// (`BPF_F_MMAPABLE`): byte stores like the program's, which cannot undo its own.
+/// which each client FIN stamps its flow's cells, then the lines' latest stamps. Tuples
+/// that may be in `TIME_WAIT` here, which the raw path must not answer. Pinned, so a
+/// restarted agent keeps what the old program saw; the agent also stamps the cells of the
+/// kernel's TIME_WAIT sockets after attaching (FINs from before the program ran), through
+/// a shared mapping of the array (`BPF_F_MMAPABLE`): byte stores like the program's, which
+/// cannot undo its own.
 #[map(name = "CLOSED_FILTER")]
-static CLOSED_FILTER: Array<ClosedLine> = Array::with_max_entries(CLOSED_FILTER_LINES, BPF_F_MMAPABLE);
+static CLOSED_FILTER: Array<ClosedLine> =
+    Array::with_max_entries(closed_filter::entries(closed_filter::DEFAULT_LINE_BITS), BPF_F_MMAPABLE);
 
 /// The flow's spot in a filter of the configured size: the agent made the map
-/// `closed_filter::lines(cfg)` long when it loaded the program (`maps.closed_filter_lines`).
+/// `closed_filter::entries` long for `closed_filter::lines(cfg)` lines when it loaded the
+/// program (`maps.closed_filter_lines`).
 #[inline(always)]
 fn spot(seg: &TcpSegment, cfg: &Config) -> ClosedSpot {
     closed_filter::spot(&seg.flow(), closed_filter::line_bits(cfg))
@@ -56,7 +59,8 @@ fn spot(seg: &TcpSegment, cfg: &Config) -> ClosedSpot {
 
 /// For every segment that is not a SYN: a client's FIN may leave the tuple in `TIME_WAIT`
 /// on this host (when the server closed first), so its flow is stamped. Three stores into
-/// one line per FIN (and a clock read), nothing for other segments.
+/// its line and one into the line's latest stamp per FIN (and a clock read), nothing for
+/// other segments.
 #[inline(always)]
 pub fn on_segment(seg: &TcpSegment, cfg: &Config) {
     if seg.flags & tcp_flags::FIN != 0 {
@@ -70,12 +74,11 @@ pub fn on_segment(seg: &TcpSegment, cfg: &Config) {
 fn saw_fin(seg: &TcpSegment, cfg: &Config) {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let at = spot(seg, cfg);
-    if let Some(line) = CLOSED_FILTER.get_ptr_mut(at.line) {
-        // SAFETY: a line of the array. Other CPUs may stamp it at the same time: every
+    closed_filter::stamp_fin(&spot(seg, cfg), closed_filter::stamp(now), |i| {
+        // SAFETY: an entry of the array. Other CPUs may stamp it at the same time: every
         // store is a recent time, so none can undo another (`closed_filter`).
-        unsafe { (*line).stamp_flow(&at, closed_filter::stamp(now)) };
-    }
+        CLOSED_FILTER.get_ptr_mut(i).map(|entry| unsafe { &mut *entry })
+    });
 }
 
 /// Which helper answers this SYN. Until the agent says the closed filter is complete
@@ -85,9 +88,10 @@ pub fn path(seg: &TcpSegment, cfg: &Config, now: u64) -> CookiePath {
     if !cfg.has(FLAG_RAW_COOKIES) {
         return CookiePath::SocketBound;
     }
-    // A missing line cannot happen (an array); if it did, the lookup path is the safe one.
-    let at = spot(seg, cfg);
-    let time_wait = CLOSED_FILTER.get(at.line).is_none_or(|line| line.may_be_time_wait(&at, now));
+    // The line's latest stamp first: on a server that closed no connection in its line
+    // within the window, the line is not read (`closed_filter`, a cache miss saved). A
+    // missing entry cannot happen (an array); if it did, the lookup path is the safe one.
+    let time_wait = closed_filter::may_be_time_wait(&spot(seg, cfg), now, |i| CLOSED_FILTER.get(i));
     // A missing slot cannot happen either (the index is masked to the array); if it did,
     // no renewal is the safe answer.
     let slot = COOKIE_RENEWALS.get(renewal_index(&seg.dst, seg.dst_port));

@@ -408,6 +408,12 @@ impl Config {
     pub fn sketch_cells(&self) -> u32 {
         SKETCH_ROWS * self.file.maps.sketch_width
     }
+
+    /// The closed filter's map entries: `maps.closed_filter_lines` lines and their latest
+    /// stamps (`closed_filter::entries`).
+    pub fn closed_filter_entries(&self) -> u32 {
+        closed_filter::entries(self.file.maps.closed_filter_lines.trailing_zeros())
+    }
 }
 
 pub fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -58,7 +58,7 @@ pub fn take_over(cfg: &Config, sysctls: &mut Sysctls) -> Result<TakeOver> {
                 (names::MAP_SOURCES, cfg.file.maps.sources),
                 (names::MAP_PENDING, cfg.file.maps.pending),
                 (names::MAP_SKETCH, cfg.sketch_cells()),
-                (names::MAP_CLOSED_FILTER, cfg.file.maps.closed_filter_lines),
+                (names::MAP_CLOSED_FILTER, cfg.closed_filter_entries()),
             ];
             let plan = p.prepare_maps(&sizes).context("preparing the pinned maps")?;
             match &plan {

@@ -123,6 +123,13 @@ fn the_table_drop_floor_drops_and_counts_only_sources_blocked_in_its_table() {
     assert_eq!(det.run("baseline_drop_table_floor", &padded_syn()).0, XDP_PASS, "the block has ended");
 }
 
+/// Writes entry `i` of the ruled responder's closed filter.
+fn set_ruled_closed(det: &mut Detector, i: u32, value: ClosedLine) {
+    let mut closed: aya::maps::Array<_, ClosedLine> =
+        aya::maps::Array::try_from(det.ebpf.map_mut("RULED_CLOSED").unwrap()).unwrap();
+    closed.set(i, value, 0).unwrap();
+}
+
 /// The ruled responder is the minimal responder behind our rules' random reads, so it must
 /// answer exactly as the minimal one does, count the SYN as cookie mode counts a light
 /// source (in the sketch's first row only: the cascade), and leave a flow its closed filter says may be in TIME_WAIT to the kernel.
@@ -150,12 +157,14 @@ fn the_ruled_responder_counts_the_syn_checks_the_closed_filter_and_answers_as_th
         dst_port: 8080,
     };
     let now = common::monotonic_ns();
-    let mut closed: aya::maps::Array<_, ClosedLine> =
-        aya::maps::Array::try_from(det.ebpf.map_mut("RULED_CLOSED").unwrap()).unwrap();
     let at = closed_filter::spot(&flow, closed_filter::DEFAULT_LINE_BITS);
-    let mut line = ClosedLine::default();
+    let (mut line, mut latest) = (ClosedLine::default(), ClosedLine::default());
     line.stamp_flow(&at, closed_filter::stamp(now));
-    closed.set(at.line, line, 0).unwrap();
+    latest.stamp_latest(&at, closed_filter::stamp(now));
+    set_ruled_closed(&mut det, at.line, line);
+    // As ours: the line is read only when its latest stamp is recent.
+    assert_eq!(det.run("baseline_ruled_responder", &padded_syn()).0, XDP_TX, "no recent latest stamp");
+    set_ruled_closed(&mut det, at.latest, latest);
     assert_eq!(
         det.run("baseline_ruled_responder", &padded_syn()).0,
         XDP_PASS,

@@ -357,6 +357,13 @@ fn a_time_wait_tuple_gets_a_raw_cookie_unless_its_fin_was_seen() {
     });
 }
 
+/// The program's closed filter, to read and write entries of.
+fn closed_filter_map(
+    det: &mut Detector,
+) -> aya::maps::Array<&mut aya::maps::MapData, detector_common::closed_filter::ClosedLine> {
+    aya::maps::Array::try_from(det.ebpf.map_mut(names::MAP_CLOSED_FILTER).unwrap()).unwrap()
+}
+
 #[test]
 fn fins_of_other_flows_in_its_line_leave_a_flow_the_raw_path() {
     // The default size, and a larger filter (`maps.closed_filter_lines`, 32,768 lines).
@@ -371,7 +378,6 @@ fn fins_of_other_flows_in_its_line_leave_a_flow_the_raw_path_at(extra_bits: i8) 
     // flows that hash to the same line stamp their own cells, and a SYN of a flow whose
     // cells they did not all stamp keeps the raw path. The program's stamps land in the
     // cells the pure logic says, in the line the configured size says.
-    use aya::maps::Array;
     use detector_common::{
         closed_filter::{self, ClosedLine},
         state::FlowKey,
@@ -409,12 +415,39 @@ fn fins_of_other_flows_in_its_line_leave_a_flow_the_raw_path_at(extra_bits: i8) 
         for &other in &others {
             det.run(names::PROGRAM, &frame(other, false));
         }
-        let line: Array<_, ClosedLine> =
-            Array::try_from(det.ebpf.map_mut(names::MAP_CLOSED_FILTER).unwrap()).unwrap();
-        assert_eq!(line.len(), 1 << bits, "the map has the configured lines");
-        let stamped = line.get(&at.line, 0).unwrap();
+        let entry = |det: &mut Detector, i: u32| closed_filter_map(det).get(&i, 0).unwrap();
+        let set =
+            |det: &mut Detector, i: u32, value: ClosedLine| closed_filter_map(det).set(i, value, 0).unwrap();
+        assert_eq!(
+            closed_filter_map(&mut det).len(),
+            closed_filter::entries(bits),
+            "the configured lines and their latest stamps"
+        );
+        let stamped = entry(&mut det, at.line);
         let cells = |l: &ClosedLine| l.cells.map(|c| c != 0);
         assert_eq!(cells(&stamped), cells(&model), "the program stamped the cells the pure logic names");
+        let mut latest = ClosedLine::default();
+        latest.stamp_latest(&at, 1);
+        assert_eq!(cells(&entry(&mut det, at.latest)), cells(&latest), "and the line's latest stamp");
+        // The program reads the line only when its latest stamp is recent: with it cleared,
+        // a flow whose cells are all stamped keeps the raw path; put back, it does not.
+        let before = entry(&mut det, at.latest);
+        set(&mut det, at.line, ClosedLine::all(closed_filter::stamp(common::coarse_monotonic_ns())));
+        set(&mut det, at.latest, ClosedLine::default());
+        assert_eq!(det.run(names::PROGRAM, &syn(false, 45_001)).0, XDP_TX, "a socket-bound answer renews");
+        let fast = det.counter(Counter::TxCookieFast);
+        assert_eq!(det.run(names::PROGRAM, &frame(target, true)).0, XDP_TX);
+        assert_eq!(
+            det.counter(Counter::TxCookieFast),
+            fast + 1,
+            "a line with no recent latest stamp is not read"
+        );
+        set(&mut det, at.latest, before);
+        let bound = det.counter(Counter::TxCookie);
+        assert_eq!(det.run(names::PROGRAM, &frame(target, true)).0, XDP_TX);
+        assert_eq!(det.counter(Counter::TxCookie), bound + 1, "its latest stamp recent: the line decides");
+        assert_eq!(det.counter(Counter::ClosedFilterLookup), 1);
+        set(&mut det, at.line, stamped);
         assert_eq!(det.run(names::PROGRAM, &syn(false, 45_000)).0, XDP_TX, "a socket-bound answer renews");
         let fast = det.counter(Counter::TxCookieFast);
         assert_eq!(det.run(names::PROGRAM, &frame(target, true)).0, XDP_TX);
@@ -423,6 +456,6 @@ fn fins_of_other_flows_in_its_line_leave_a_flow_the_raw_path_at(extra_bits: i8) 
         assert_eq!(det.run(names::PROGRAM, &frame(others[0], true)).0, XDP_TX, "the listener answers");
         assert_eq!(det.counter(Counter::TxCookie), bound + 1, "a flow that sent a FIN takes the lookup");
         assert_eq!(det.counter(Counter::TxCookieFast), fast + 1);
-        assert_eq!(det.counter(Counter::ClosedFilterLookup), 1, "counted as the filter's doing");
+        assert_eq!(det.counter(Counter::ClosedFilterLookup), 2, "counted as the filter's doing");
     });
 }

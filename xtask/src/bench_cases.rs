@@ -196,9 +196,12 @@ fn stamp_closed_filter(ebpf: &mut Ebpf, flows: u32) -> Result<()> {
         };
         // The bench's configs leave the filter at its default size, as its map is.
         let at = closed_filter::spot(&flow, closed_filter::DEFAULT_LINE_BITS);
+        lines.entry(at.latest).or_default().stamp_latest(&at, stamp);
         lines.entry(at.line).or_default().stamp_flow(&at, stamp);
     }
-    for (at, line) in lines {
+    // An older object compared (`--compare`) has no latest stamps after its lines.
+    let len = filter.len();
+    for (at, line) in lines.into_iter().filter(|&(at, _)| at < len) {
         filter.set(at, line, 0)?;
     }
     Ok(())

@@ -170,7 +170,7 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
             Kind::Array,
             4,
             size_of::<detector_common::closed_filter::ClosedLine>(),
-            cfg.file.maps.closed_filter_lines,
+            cfg.closed_filter_entries(),
         ),
         shape("OPTION_WALK", Kind::PerCpuArray, 4, size_of::<OptionScratch>(), 1),
         shape("EVENT_BUDGET", Kind::PerCpuArray, 4, 16, 1),

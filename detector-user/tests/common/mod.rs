@@ -67,7 +67,7 @@ impl Detector {
     /// and the fixture servers' addresses (`SERVER4`, `SERVER6`) made local.
     /// The closed filter's map is made as large as `cfg` says, as the agent makes it.
     pub fn load(cfg: Config, extra: &[&str]) -> Self {
-        let mut det = Self::load_sized(extra, detector_common::closed_filter::lines(&cfg));
+        let mut det = Self::load_sized(extra, detector_common::closed_filter::line_bits(&cfg));
         det.set_config(cfg);
         det.set_local(ipv4_mapped(SERVER4), true);
         det.set_local(SERVER6, true);
@@ -134,15 +134,15 @@ impl Detector {
     /// that ships (LLVM may compile shared code differently when the test programs sit
     /// beside it); with them, the test object, the only one that has them.
     pub fn load_without_config(extra: &[&str]) -> Self {
-        Self::load_sized(extra, detector_common::closed_filter::CLOSED_FILTER_LINES)
+        Self::load_sized(extra, detector_common::closed_filter::DEFAULT_LINE_BITS)
     }
 
-    /// The object with a closed filter of `closed_filter_lines` lines.
-    fn load_sized(extra: &[&str], closed_filter_lines: u32) -> Self {
+    /// The object with a closed filter of `1 << line_bits` lines (and their latest stamps).
+    fn load_sized(extra: &[&str], line_bits: u32) -> Self {
         assert_root();
         let bytes = if extra.is_empty() { object() } else { test_object() };
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::MAP_CLOSED_FILTER, closed_filter_lines)
+            .map_max_entries(names::MAP_CLOSED_FILTER, detector_common::closed_filter::entries(line_bits))
             .load(&bytes)
             .expect("loading the object");
         for name in std::iter::once(&names::PROGRAM).chain(extra) {

@@ -35,7 +35,8 @@ pub enum Run {
 
 pub struct Kernel {
     det: Detector,
-    /// `CLOSED_FILTER` lines a frame may have stamped (any parsed segment with FIN),
+    /// `CLOSED_FILTER` entries a frame may have stamped (any parsed segment with FIN: its
+    /// line and the line's latest stamp),
     /// zeroed by `start`: the array has 8,192 lines, too many to clear one by one. The
     /// modes' configs leave its size at the default (`closed_filter_extra_bits` 0), as the
     /// model does.
@@ -119,7 +120,7 @@ impl Kernel {
             if let Ok(seg) = parse_tcp(frame) {
                 if seg.flags & tcp_flags::FIN != 0 {
                     let at = closed_filter::spot(&seg.flow(), closed_filter::DEFAULT_LINE_BITS);
-                    self.stamped.borrow_mut().insert(at.line);
+                    self.stamped.borrow_mut().extend([at.line, at.latest]);
                 }
             }
         }

@@ -144,7 +144,8 @@ pub struct Model {
     /// `COOKIE_RENEWALS` of the one CPU the test runs on: per slot, the listener last
     /// renewed there and when (an absent slot is a zeroed one).
     renewals: HashMap<u32, RenewalSlot>,
-    /// `CLOSED_FILTER`: the lines client FINs stamped (an absent line is a zeroed one).
+    /// `CLOSED_FILTER`: the entries client FINs stamped, lines and latest stamps (an absent
+    /// entry is a zeroed one).
     closed: HashMap<u32, ClosedLine>,
     /// Cookies the kernel answered SYNs with in this sequence: per tuple, (client ISN,
     /// cookie) pairs, as `issued` was told them.
@@ -213,6 +214,7 @@ impl Model {
         // completion, the ACK shield.
         if seg.flags & tcp_flags::FIN != 0 {
             let at = closed_filter::spot(&seg.flow(), closed_filter::line_bits(&self.cfg));
+            self.closed.entry(at.latest).or_default().stamp_latest(&at, closed_filter::stamp(now));
             self.closed.entry(at.line).or_default().stamp_flow(&at, closed_filter::stamp(now));
         }
         if seg.may_complete_handshake() {
@@ -355,7 +357,9 @@ impl Model {
         let slot = renewal_index(&seg.dst, seg.dst_port);
         let last_renewal = self.renewals.get(&slot).and_then(|s| s.renewal_of(&seg.dst, seg.dst_port));
         let at = closed_filter::spot(&seg.flow(), closed_filter::line_bits(&self.cfg));
-        let time_wait = self.closed.get(&at.line).is_some_and(|line| line.may_be_time_wait(&at, now));
+        let unwritten = ClosedLine::default();
+        let time_wait =
+            closed_filter::may_be_time_wait(&at, now, |i| Some(self.closed.get(&i).unwrap_or(&unwritten)));
         let path = if self.cfg.has(FLAG_RAW_COOKIES) {
             cookie_path(last_renewal, time_wait, now)
         } else {
