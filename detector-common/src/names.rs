@@ -120,7 +120,8 @@ pub const MAP_CLOSED_FILTER: &str = "CLOSED_FILTER";
 ///    `closed_filter_lookup` (slot 38).
 /// 10: `CLOSED_FILTER` has its lines' latest stamps after its lines (`closed_filter::entries`),
 ///    which a SYN reads before its line: an older filter has none, and its FINs would be
-///    skipped by a newer program's check.
+///    skipped by a newer program's check. `SKETCH`'s first row is packed, four 16-bit cells
+///    a word (`sketch::words`): an older sketch's words would read as other cells.
 pub const LAYOUT_VERSION: u32 = 10;
 
 /// The maps pinned under `<pin_dir>/maps-v<LAYOUT_VERSION>/`: the state a restart keeps.

@@ -5,11 +5,18 @@
 //! tracking gives exact state only to the sources it estimates over
 //! `track::promotion_threshold`.
 //!
-//! `SKETCH_ROWS` rows of `Config::sketch_width` cells in one array map. A cell is a u64:
-//! the high half is the epoch (about one second) it counts for, the low half the count,
-//! so stale cells reset themselves on their first touch in a new epoch and nothing has to
-//! sweep the array. The estimate for a source is the minimum over its cells: never below
-//! the true count, above it only by collisions.
+//! `SKETCH_ROWS` rows of `Config::sketch_width` cells in one array map of u64 words
+//! (`words`). A later row's cell is a word: the high half is the epoch (about one second)
+//! it counts for, the low half the count, so stale cells reset themselves on their first
+//! touch in a new epoch and nothing has to sweep the array. The estimate for a source is
+//! the minimum over its cells: never below the true count, above it only by collisions.
+//!
+//! The first row, which every SYN reads, is packed four cells to a word (`FirstCell`, 16
+//! bits: the epoch's low bits and a count that stops at its maximum), so that it is a
+//! quarter of the memory: 32 KiB at the default width, against 128 KiB as words. Its read
+//! was the costliest instruction of an answered SYN, a cache miss (docs/hotpaths.md); a
+//! quarter of the lines stay in the cache far better, under a flood that touches all of
+//! them. The same columns as before: only where a first-row count is stored changed.
 
 use crate::{config::Config, state::SourceKey, words};
 
@@ -67,7 +74,8 @@ impl Rows {
         Self { at: h, step: h.rotate_right(16) | 1, base: 0, width: cfg.sketch_width }
     }
 
-    /// The flat array index of the current row's cell; moves on to the next row.
+    /// The current row's cell as a flat index, `row * width + column` (`place` says where
+    /// the map stores it); moves on to the next row.
     #[inline(always)]
     pub fn next_cell(&mut self) -> u32 {
         let cell = self.base + (self.at & (self.width - 1));
@@ -77,15 +85,113 @@ impl Rows {
     }
 }
 
-/// All of `key`'s cells, row by row: for code that is not on the packet path (the agent's
-/// offline model, tests), where walking `Rows` by hand buys nothing.
+/// All of `key`'s cells, row by row, as flat indices (`Rows::next_cell`): for code that is
+/// not on the packet path (the agent's offline model, tests), where walking `Rows` by hand
+/// buys nothing.
 #[must_use]
 pub fn cells(key: &SourceKey, cfg: &Config) -> [u32; SKETCH_ROWS as usize] {
     let mut rows = Rows::new(key, cfg);
     [0; SKETCH_ROWS as usize].map(|_| rows.next_cell())
 }
 
-/// Counts one SYN in `cell` for `epoch`; returns the cell's count after it. Not saturating:
+/// Where the first row's cells are: `FIRST_LANES` to a word, at the start of the map.
+pub const FIRST_LANES: u32 = 4;
+
+/// The map's words for rows of `width` cells: the first row packed (`FIRST_LANES` cells a
+/// word), then the later rows, a word a cell. What the agent makes `SKETCH`.
+#[must_use]
+pub const fn words(width: u32) -> u32 {
+    width / FIRST_LANES + (SKETCH_ROWS - 1) * width
+}
+
+/// Where the sketch stores a cell (a flat index `row * width + column`, as `Rows` and
+/// `cells` give it): the first row's as a word and a lane (16 bits from the word's low
+/// end, lane 0 lowest), a later row's as a word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Place {
+    First { word: u32, lane: u32 },
+    Later(u32),
+}
+
+/// `Place` of the cell at flat index `cell` in rows of `width` cells.
+#[inline(always)]
+#[must_use]
+pub const fn place(cell: u32, width: u32) -> Place {
+    if cell < width {
+        Place::First { word: cell / FIRST_LANES, lane: cell % FIRST_LANES }
+    } else {
+        // The later rows start right after the packed first row.
+        Place::Later(cell - width + width / FIRST_LANES)
+    }
+}
+
+/// A first-row cell: the epoch's low `FIRST_TAG_BITS` bits above a `FIRST_COUNT_BITS`-bit
+/// count.
+///
+/// - The count stops at its maximum, and a stopped cell reports `UNCOUNTED`, more than it
+///   can count: such a source is hot (`is_hot`) whatever the mark, and its estimate comes
+///   from the later rows (`cascade`). Never below the true count.
+/// - The tag tells this epoch from the last fifteen: a cell last counted sixteen epochs
+///   ago (about 17 s) or a multiple of that reads as this epoch's and is counted on. That
+///   can only add to a count, as a collision does: the estimate stays at or above the true
+///   count, and the cascade bounds what it costs a light source the same way (the later
+///   rows decide once the first is hot).
+pub type FirstCell = u16;
+const FIRST_COUNT_BITS: u32 = 12;
+const FIRST_TAG_BITS: u32 = 16 - FIRST_COUNT_BITS;
+const FIRST_COUNT_MAX: u16 = (1 << FIRST_COUNT_BITS) - 1;
+/// What a first-row cell whose count stopped reports.
+pub const UNCOUNTED: u32 = u32::MAX;
+
+/// The first-row cell's tag for `epoch`.
+#[inline(always)]
+#[allow(clippy::cast_possible_truncation, reason = "the low FIRST_TAG_BITS bits")]
+const fn first_tag(epoch: u32) -> u16 {
+    (epoch & ((1 << FIRST_TAG_BITS) - 1)) as u16
+}
+
+/// Counts one SYN in a first-row `cell` for `epoch`; returns its count after it, or
+/// `UNCOUNTED` once the count has stopped.
+#[inline(always)]
+pub fn bump_first(cell: &mut FirstCell, epoch: u32) -> u32 {
+    let tag = first_tag(epoch);
+    let count = if *cell >> FIRST_COUNT_BITS == tag { (*cell & FIRST_COUNT_MAX) + 1 } else { 1 };
+    let count = count.min(FIRST_COUNT_MAX);
+    *cell = tag << FIRST_COUNT_BITS | count;
+    if count == FIRST_COUNT_MAX {
+        UNCOUNTED
+    } else {
+        u32::from(count)
+    }
+}
+
+/// A first-row cell's count in `epoch` (0 when its tag is another epoch's), `UNCOUNTED`
+/// once stopped: for code that reads the sketch (tests, the bench).
+#[must_use]
+pub fn first_count(cell: FirstCell, epoch: u32) -> u32 {
+    match (cell >> FIRST_COUNT_BITS == first_tag(epoch), cell & FIRST_COUNT_MAX) {
+        (false, _) => 0,
+        (true, FIRST_COUNT_MAX) => UNCOUNTED,
+        (true, count) => u32::from(count),
+    }
+}
+
+/// Lane `lane` of a map word, as the program sees it through a `u16` pointer on the
+/// little-endian machines BPF runs on (x86-64, arm64): bits `16 * lane` and up.
+#[must_use]
+#[allow(clippy::cast_possible_truncation, reason = "one 16-bit lane")]
+pub const fn lane(word: u64, lane: u32) -> FirstCell {
+    (word >> (16 * lane)) as u16
+}
+
+/// `word` with lane `lane` set to `cell`.
+#[must_use]
+pub const fn with_lane(word: u64, lane: u32, cell: FirstCell) -> u64 {
+    word & !(0xffff << (16 * lane)) | (cell as u64) << (16 * lane)
+}
+
+/// Counts one SYN in a later row's `cell` for `epoch`; returns the cell's count after it.
+/// Not saturating:
 /// the count would carry into the epoch only after 2^32 SYNs in one cell within one epoch
 /// (about a second), four billion packets a second.
 #[inline(always)]
@@ -142,35 +248,88 @@ pub const fn cascade(first: u32, rest: u32, hot_mark: u32) -> u32 {
 }
 
 /// Counts one more SYN of `key` and returns the source's estimate: the first row always,
-/// the later rows once hot (`cascade`). `bump_at(i)` counts the SYN in the cell at flat
-/// index `i` and returns the cell's count, or `None` when there is no such cell (then the
-/// answer is `None` too). The program's `track::sketch_estimate` passes map cells, the
-/// agent's offline model and the tests a slice (`count_syn`): one walk of the rows for all.
+/// the later rows once hot (`cascade`). `bump_first(word, lane)` counts the SYN in that
+/// first-row cell (`bump_first`), `bump_at(word)` in that later row's word (`bump`); each
+/// returns the cell's count, or `None` when there is no such word (then the answer is
+/// `None` too). The program's `track::sketch_estimate` passes map words, the agent's
+/// offline model and the tests a slice (`count_syn`): one walk of the rows for all.
 #[inline(always)]
 pub fn count_syn_with(
     key: &SourceKey,
     cfg: &Config,
     hot_mark: u32,
+    bump_first: impl FnOnce(u32, u32) -> Option<u32>,
     mut bump_at: impl FnMut(u32) -> Option<u32>,
 ) -> Option<u32> {
     let mut rows = Rows::new(key, cfg);
-    let first = bump_at(rows.next_cell())?;
+    let column = rows.next_cell();
+    let first = bump_first(column / FIRST_LANES, column % FIRST_LANES)?;
     if !is_hot(first, hot_mark) {
         return Some(first);
     }
     let mut rest = u32::MAX;
     for _ in 1..SKETCH_ROWS {
-        rest = rest.min(bump_at(rows.next_cell())?);
+        // The later rows' words start after the packed first row (`place`).
+        rest = rest.min(bump_at(rows.next_cell() - cfg.sketch_width + cfg.sketch_width / FIRST_LANES)?);
     }
     Some(cascade(first, rest, hot_mark))
 }
 
-/// `count_syn_with` over `cells` (all rows) in `epoch`, for code that is not on the packet
-/// path. Panics when a cell is outside `cells` (a width that disagrees with the slice).
+/// `count_syn_with` over the map's `words` (`words(width)` of them) in `epoch`, for code
+/// that is not on the packet path. Panics when a cell is outside `words` (a width that
+/// disagrees with the slice).
 #[must_use]
-pub fn count_syn(cells: &mut [u64], key: &SourceKey, cfg: &Config, epoch: u32, hot_mark: u32) -> u32 {
-    count_syn_with(key, cfg, hot_mark, |at| cells.get_mut(at as usize).map(|cell| bump(cell, epoch)))
-        .expect("every cell inside the sketch")
+pub fn count_syn(words: &mut [u64], key: &SourceKey, cfg: &Config, epoch: u32, hot_mark: u32) -> u32 {
+    // Both closures write the slice; they run one after the other.
+    let words = core::cell::RefCell::new(words);
+    count_syn_with(
+        key,
+        cfg,
+        hot_mark,
+        |word, at| {
+            let mut words = words.borrow_mut();
+            let slot = words.get_mut(word as usize)?;
+            let mut cell = lane(*slot, at);
+            let count = bump_first(&mut cell, epoch);
+            *slot = with_lane(*slot, at, cell);
+            Some(count)
+        },
+        |word| words.borrow_mut().get_mut(word as usize).map(|w| bump(w, epoch)),
+    )
+    .expect("every cell inside the sketch")
+}
+
+/// `key`'s counts row by row in the map's `words`, for code that reads the sketch (tests,
+/// the bench): those of `epoch` (0 for a cell of another), or with `None` whatever epoch
+/// each cell counts for (a test whose SYNs may straddle an epoch's end). `None` when a
+/// cell is outside `words`.
+#[must_use]
+pub fn counts(
+    words: &[u64],
+    key: &SourceKey,
+    cfg: &Config,
+    epoch: Option<u32>,
+) -> Option<[u32; SKETCH_ROWS as usize]> {
+    let mut out = [0; SKETCH_ROWS as usize];
+    for (count, cell) in out.iter_mut().zip(cells(key, cfg)) {
+        *count = match place(cell, cfg.sketch_width) {
+            Place::First { word, lane: at } => {
+                let cell = lane(*words.get(word as usize)?, at);
+                // Read as of the cell's own tag when any epoch will do.
+                first_count(cell, epoch.unwrap_or(u32::from(cell >> FIRST_COUNT_BITS)))
+            }
+            Place::Later(word) => {
+                let w = *words.get(word as usize)?;
+                #[allow(clippy::cast_possible_truncation, reason = "the low half is the count")]
+                if epoch.is_none_or(|e| w >> 32 == u64::from(e)) {
+                    w as u32
+                } else {
+                    0
+                }
+            }
+        };
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -219,6 +378,45 @@ mod tests {
         assert!(est[20_000] >= 500, "never underestimates");
         let light_over = est[..20_000].iter().filter(|&&e| e > 100).count();
         assert_eq!(light_over, 0, "no light source estimated over the limit");
+    }
+
+    #[test]
+    fn a_first_row_cell_counts_resets_and_stops() {
+        let mut cell: FirstCell = 0;
+        assert_eq!(bump_first(&mut cell, 5), 1);
+        assert_eq!(bump_first(&mut cell, 5), 2);
+        assert_eq!(first_count(cell, 5), 2);
+        assert_eq!(first_count(cell, 6), 0, "another epoch's count reads as none");
+        assert_eq!(bump_first(&mut cell, 6), 1, "a new epoch starts over");
+        for n in 2..4_095 {
+            assert_eq!(bump_first(&mut cell, 6), n);
+        }
+        // At the count's maximum the cell stops and says it cannot count.
+        assert_eq!(bump_first(&mut cell, 6), UNCOUNTED);
+        assert_eq!(bump_first(&mut cell, 6), UNCOUNTED);
+        assert_eq!(first_count(cell, 6), UNCOUNTED);
+        assert!(is_hot(UNCOUNTED, u32::MAX - 1) && cascade(UNCOUNTED, 7, 3) == 10);
+        // Sixteen epochs on, the tag repeats: counted on (only ever more, never less).
+        assert_eq!(bump_first(&mut cell, 7), 1);
+        assert_eq!(bump_first(&mut cell, 7 + 16), 2);
+    }
+
+    #[test]
+    fn every_cell_has_its_own_place_inside_the_map() {
+        for width in [1024, 16_384] {
+            let mut places = std::collections::BTreeSet::new();
+            for cell in 0..SKETCH_ROWS * width {
+                let at = place(cell, width);
+                match at {
+                    Place::First { word, lane } => assert!(cell < width && word < width / 4 && lane < 4),
+                    Place::Later(word) => assert!(cell >= width && (width / 4..words(width)).contains(&word)),
+                }
+                assert!(places.insert(at), "cell {cell} shares {at:?}");
+            }
+            assert_eq!(places.len(), (SKETCH_ROWS * width) as usize);
+        }
+        let word = with_lane(with_lane(0, 1, 0xabcd), 3, 0x1234);
+        assert_eq!((lane(word, 0), lane(word, 1), lane(word, 2), lane(word, 3)), (0, 0xabcd, 0, 0x1234));
     }
 
     #[test]

@@ -33,9 +33,22 @@ fn key(i: u64) -> SourceKey {
     SourceKey { addr }
 }
 
-/// Count-min as tracking counts it: every row, the least of them.
+/// Count-min as tracking counts it: every row, the least of them, a u64 word per cell
+/// (`cells` is `SKETCH_ROWS * width` words, unpacked).
 fn count_min(cells: &mut [u64], key: &SourceKey, c: &Config) -> u32 {
     sketch::cells(key, c).iter().map(|&cell| sketch::bump(&mut cells[cell as usize], EPOCH)).min().unwrap()
+}
+
+/// The cascade over unpacked rows, a u64 word per cell: what `count_syn` computed before
+/// the first row was packed.
+fn unpacked_cascade(cells: &mut [u64], key: &SourceKey, c: &Config, mark: u32) -> u32 {
+    let [first, later @ ..] = sketch::cells(key, c);
+    let first = sketch::bump(&mut cells[first as usize], EPOCH);
+    if !sketch::is_hot(first, mark) {
+        return first;
+    }
+    let rest = later.iter().map(|&cell| sketch::bump(&mut cells[cell as usize], EPOCH)).min().unwrap();
+    sketch::cascade(first, rest, mark)
 }
 
 /// SYNs of `counts.len()` sources, `counts[i]` each, interleaved in a fixed pseudo-random
@@ -55,9 +68,11 @@ fn interleaved(counts: &[u32]) -> Vec<usize> {
 }
 
 /// Each source's last estimate, and whether every estimate along the way was at least the
-/// source's count so far.
+/// source's count so far. With a mark, by `count_syn` on the map's layout (`sketch::words`);
+/// without, count-min on unpacked rows.
 fn run(c: &Config, counts: &[u32], mark: Option<u32>) -> (Vec<u32>, bool) {
     let keys: Vec<SourceKey> = (0..counts.len() as u64).map(key).collect();
+    let mut words = vec![0u64; sketch::words(c.sketch_width) as usize];
     let mut cells = vec![0u64; (SKETCH_ROWS * c.sketch_width) as usize];
     let mut seen = vec![0u32; counts.len()];
     let mut last = vec![0u32; counts.len()];
@@ -65,7 +80,7 @@ fn run(c: &Config, counts: &[u32], mark: Option<u32>) -> (Vec<u32>, bool) {
     for i in interleaved(counts) {
         seen[i] += 1;
         last[i] = match mark {
-            Some(mark) => sketch::count_syn(&mut cells, &keys[i], c, EPOCH, mark),
+            Some(mark) => sketch::count_syn(&mut words, &keys[i], c, EPOCH, mark),
             None => count_min(&mut cells, &keys[i], c),
         };
         never_under &= last[i] >= seen[i];
@@ -75,12 +90,43 @@ fn run(c: &Config, counts: &[u32], mark: Option<u32>) -> (Vec<u32>, bool) {
 
 #[test]
 fn the_cascade_never_undercounts() {
-    // A narrow sketch, so collisions are frequent, and counts from 1 to 60 per source.
+    // A narrow sketch, so collisions are frequent, and counts from 1 to 60 per source, and
+    // two sources past what a first-row cell counts (4,094): their cells stop, and the
+    // later rows count for them.
+    let c = cfg(256);
+    let mut counts: Vec<u32> = (0..3_000u32).map(|i| 1 + (i * 7) % 60).collect();
+    counts.extend([5_000, 9_000]);
+    for mark in [0, 1, 5, 20, 50, 5_000] {
+        let (estimates, never_under) = run(&c, &counts, Some(mark));
+        assert!(never_under, "mark {mark}: an estimate fell under its source's count");
+        assert!(estimates[3_000] >= 5_000 && estimates[3_001] >= 9_000);
+    }
+}
+
+#[test]
+fn the_packed_first_row_counts_as_a_word_per_cell_did() {
+    // The same SYNs through the map's layout and through unpacked rows: the same estimate
+    // for every SYN, at every mark, while no first-row cell reaches its maximum.
     let c = cfg(256);
     let counts: Vec<u32> = (0..3_000u32).map(|i| 1 + (i * 7) % 60).collect();
-    for mark in [0, 1, 5, 20, 50] {
-        let (_, never_under) = run(&c, &counts, Some(mark));
-        assert!(never_under, "mark {mark}: an estimate fell under its source's count");
+    let keys: Vec<SourceKey> = (0..counts.len() as u64).map(key).collect();
+    for mark in [0, 5, 50] {
+        let mut words = vec![0u64; sketch::words(c.sketch_width) as usize];
+        let mut cells = vec![0u64; (SKETCH_ROWS * c.sketch_width) as usize];
+        for i in interleaved(&counts) {
+            assert_eq!(
+                sketch::count_syn(&mut words, &keys[i], &c, EPOCH, mark),
+                unpacked_cascade(&mut cells, &keys[i], &c, mark),
+                "mark {mark}, source {i}"
+            );
+        }
+        for k in &keys {
+            let unpacked =
+                sketch::cells(k, &c).map(|cell| u32::try_from(cells[cell as usize] & 0xffff_ffff).unwrap());
+            let rows = sketch::counts(&words, k, &c, Some(EPOCH)).unwrap();
+            assert_eq!(rows[0], unpacked[0], "the first row's count read back");
+            assert_eq!(rows[1..], unpacked[1..]);
+        }
     }
 }
 
@@ -94,13 +140,14 @@ fn with_mark_0_the_cascade_is_count_min() {
 #[test]
 fn a_source_alone_is_counted_exactly_and_light_ones_in_the_first_row_only() {
     let c = cfg(16_384);
-    let mut cells = vec![0u64; (SKETCH_ROWS * c.sketch_width) as usize];
+    let mut cells = vec![0u64; sketch::words(c.sketch_width) as usize];
     let heavy = key(1);
     // Alone in its cells: exact, below the mark and past it.
     for n in 1..=300 {
         assert_eq!(sketch::count_syn(&mut cells, &heavy, &c, EPOCH, 50), n);
     }
-    let later = |cells: &[u64]| cells[c.sketch_width as usize..].iter().filter(|&&v| v != 0).count();
+    let first_row_words = (c.sketch_width / sketch::FIRST_LANES) as usize;
+    let later = |cells: &[u64]| cells[first_row_words..].iter().filter(|&&v| v != 0).count();
     assert_eq!(later(&cells), 3, "the heavy source in each later row");
     // 5,000 light sources of 10 SYNs each under a mark of 50: nothing in the later rows
     // but the heavy source's cells.

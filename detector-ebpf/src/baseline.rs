@@ -20,7 +20,7 @@ use detector_common::{
     closed_filter::{self, ClosedLine},
     config::Config,
     parse::{ipv4_mapped, two_words},
-    sketch::{self, SKETCH_ROWS},
+    sketch,
     state::{FlowKey, SourceKey, SourceState},
 };
 
@@ -145,7 +145,7 @@ const RULED: Config = {
 };
 
 #[map(name = "RULED_SKETCH")]
-static RULED_SKETCH: Array<u64> = Array::with_max_entries(SKETCH_ROWS * RULED_WIDTH, 0);
+static RULED_SKETCH: Array<u64> = Array::with_max_entries(sketch::words(RULED_WIDTH), 0);
 
 #[map(name = "RULED_CLOSED")]
 static RULED_CLOSED: Array<ClosedLine> =

@@ -33,9 +33,9 @@ static SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_entrie
 #[map(name = "PENDING")]
 static PENDING: LruHashMap<FlowKey, PendingFlow> = LruHashMap::with_max_entries(131_072, 0);
 
-/// Default size; the agent sets `SKETCH_ROWS × sketch_width` from its config.
+/// Default size; the agent sets `sketch::words(sketch_width)` from its config.
 #[map(name = "SKETCH")]
-static SKETCH: Array<u64> = Array::with_max_entries(sketch::SKETCH_ROWS * 16_384, 0);
+static SKETCH: Array<u64> = Array::with_max_entries(sketch::words(16_384), 0);
 
 #[map(name = "PENDING_FILTER")]
 static PENDING_FILTER: Array<u32> = Array::with_max_entries(PENDING_FILTER_BUCKETS, 0);
@@ -288,12 +288,27 @@ pub fn sketch_estimate(
     hot_mark: u32,
 ) -> Option<u32> {
     let epoch = sketch::epoch(now);
-    sketch::count_syn_with(key, cfg, hot_mark, |at| {
-        // Out of range only if the config's width disagrees with the map.
-        let cell = sketch.get_ptr_mut(at)?;
-        // SAFETY: a live array value; concurrent CPUs may lose an increment (an estimate).
-        Some(sketch::bump(unsafe { &mut *cell }, epoch))
-    })
+    sketch::count_syn_with(
+        key,
+        cfg,
+        hot_mark,
+        |word, lane| {
+            // Out of range only if the config's width disagrees with the map.
+            let word = sketch.get_ptr_mut(word)?;
+            // SAFETY: lane `lane` (below `FIRST_LANES`) of a live array value, 16 bits at
+            // byte `2 * lane` (`sketch::lane`: little-endian); concurrent CPUs may lose an
+            // increment (an estimate).
+            Some(sketch::bump_first(
+                unsafe { &mut *word.cast::<sketch::FirstCell>().add(lane as usize) },
+                epoch,
+            ))
+        },
+        |at| {
+            let cell = sketch.get_ptr_mut(at)?;
+            // SAFETY: a live array value; concurrent CPUs may lose an increment (an estimate).
+            Some(sketch::bump(unsafe { &mut *cell }, epoch))
+        },
+    )
 }
 
 /// A segment that may be a handshake's third packet: complete its pending flow, if any.

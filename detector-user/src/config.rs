@@ -14,11 +14,7 @@ use std::{
 };
 
 use clap::{Args, ValueEnum};
-use detector_common::{
-    closed_filter,
-    config::Config as KernelConfig,
-    sketch::{self, SKETCH_ROWS},
-};
+use detector_common::{closed_filter, config::Config as KernelConfig, sketch};
 use serde::Deserialize;
 
 use crate::{
@@ -405,8 +401,9 @@ impl Config {
         }
     }
 
-    pub fn sketch_cells(&self) -> u32 {
-        SKETCH_ROWS * self.file.maps.sketch_width
+    /// The sketch's map words for `maps.sketch_width` (`sketch::words`: the first row packed).
+    pub fn sketch_words(&self) -> u32 {
+        sketch::words(self.file.maps.sketch_width)
     }
 
     /// The closed filter's map entries: `maps.closed_filter_lines` lines and their latest

@@ -57,7 +57,7 @@ pub fn take_over(cfg: &Config, sysctls: &mut Sysctls) -> Result<TakeOver> {
             let sizes = [
                 (names::MAP_SOURCES, cfg.file.maps.sources),
                 (names::MAP_PENDING, cfg.file.maps.pending),
-                (names::MAP_SKETCH, cfg.sketch_cells()),
+                (names::MAP_SKETCH, cfg.sketch_words()),
                 (names::MAP_CLOSED_FILTER, cfg.closed_filter_entries()),
             ];
             let plan = p.prepare_maps(&sizes).context("preparing the pinned maps")?;

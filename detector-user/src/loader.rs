@@ -67,7 +67,7 @@ pub fn load(cfg: &Config, maps_dir: Option<&Path>) -> Result<(Ebpf, Option<Logge
     loader
         .map_max_entries(names::MAP_SOURCES, maps.sources)
         .map_max_entries(names::MAP_PENDING, maps.pending)
-        .map_max_entries(names::MAP_SKETCH, cfg.sketch_cells())
+        .map_max_entries(names::MAP_SKETCH, cfg.sketch_words())
         .map_max_entries(names::MAP_CLOSED_FILTER, cfg.closed_filter_entries());
     if let Some(dir) = maps_dir {
         for name in names::PINNED_MAPS {

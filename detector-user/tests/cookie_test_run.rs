@@ -499,11 +499,11 @@ fn a_source_counts_in_the_later_sketch_rows_only_past_the_hot_mark() {
                 aya::maps::Array::try_from(det.ebpf.map(names::MAP_SKETCH).unwrap()).unwrap();
             map.iter().map(Result::unwrap).collect()
         };
-        let counts = |cells: &[u64], last: u8| -> Vec<u64> {
+        let counts = |words: &[u64], last: u8| -> [u32; 4] {
             let mut key = SourceKey { addr: [0; 16] };
             key.addr[10..12].copy_from_slice(&[0xff, 0xff]);
             key.addr[12..].copy_from_slice(&[198, 18, 0, last]);
-            sketch::cells(&key, &cfg).iter().map(|&at| cells[at as usize] & 0xffff_ffff).collect()
+            sketch::counts(words, &key, &cfg, None).unwrap()
         };
         let light = |i: u16| Syn { sport: 44_000 + i, src_last: 88, ..Syn::v4() };
         for i in 0..3 {
@@ -821,8 +821,8 @@ fn test_run_frames_always_have_room_for_the_reply() {
 fn a_sketch_wider_than_its_map_is_a_counted_map_error() {
     in_private_netns("2", || {
         let mut cfg = cookie_config(true);
-        // The object's SKETCH holds SKETCH_ROWS × 16_384 cells; rows 2 and 3 of a 32_768
-        // wide sketch are outside it.
+        // The object's SKETCH holds `sketch::words(16_384)` words; the last row of a 32,768
+        // wide sketch is outside it.
         cfg.sketch_width = 32_768;
         cfg.syn_rate_limit = 5;
         let det = Detector::load(cfg, &[]);

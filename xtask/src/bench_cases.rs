@@ -16,8 +16,7 @@ use detector_common::{
     config::{Config, FLAG_COOKIES},
     counters::Counter,
     local_table::{self, LocalBucket},
-    names,
-    sketch::{self, SKETCH_ROWS},
+    names, sketch,
     state::{SourceKey, SourceState},
 };
 
@@ -85,8 +84,11 @@ pub(crate) fn detector_config(rate_limit: u32) -> Config {
 /// config written, the bench destinations made local and, for the blocked-drop cases,
 /// every source of the case blocked.
 pub(crate) fn load_case(object: &[u8], case: &Case) -> Result<Ebpf> {
+    // As many words as rows of unpacked cells: this build uses the first
+    // `sketch::words(16_384)` of them, and an older object compared (`--compare`,
+    // `--object`), whose first row is a word a cell, finds its later rows.
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(names::MAP_SKETCH, SKETCH_ROWS * 16_384)
+        .map_max_entries(names::MAP_SKETCH, sketch::SKETCH_ROWS * 16_384)
         .load(object)
         .context("loading the object")?;
     let prog: &mut Xdp = ebpf

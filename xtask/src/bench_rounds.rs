@@ -169,7 +169,10 @@ fn check_state(
             let expected: HashSet<u32> =
                 sent.iter().map(|key| sketch::cells(key, cfg)[row as usize]).collect();
             let used: HashSet<u32> = (row * cfg.sketch_width..(row + 1) * cfg.sketch_width)
-                .filter(|&i| cells[i as usize] != 0)
+                .filter(|&i| match sketch::place(i, cfg.sketch_width) {
+                    sketch::Place::First { word, lane } => sketch::lane(cells[word as usize], lane) != 0,
+                    sketch::Place::Later(word) => cells[word as usize] != 0,
+                })
                 .collect();
             // The first row counts every SYN; the later ones only SYNs past the hot mark
             // (none, with the bench's mark, unless an older object counts every row).

@@ -15,8 +15,7 @@ use aya::{
 use detector_common::{
     config::{Config, FLAG_COOKIES, FLAG_COOKIE_TIMESTAMPS, FLAG_ENFORCE, FLAG_RAW_COOKIES},
     counters::Counter,
-    names,
-    sketch::SKETCH_ROWS,
+    names, sketch,
     state::{SourceKey, SourceState},
 };
 
@@ -65,7 +64,7 @@ fn run_path(
     per_round: u32,
 ) -> Result<[f64; 3]> {
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(names::MAP_SKETCH, SKETCH_ROWS * 16_384)
+        .map_max_entries(names::MAP_SKETCH, sketch::words(16_384))
         .load(object)
         .context("loading the object")?;
     let prog: &mut Xdp = ebpf.program_mut(names::PROGRAM).context("program")?.try_into()?;

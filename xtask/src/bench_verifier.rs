@@ -13,7 +13,7 @@ use std::{path::Path, time::Instant};
 
 use anyhow::{Context, Result};
 use aya::{programs::Xdp, EbpfLoader};
-use detector_common::{names, sketch::SKETCH_ROWS};
+use detector_common::{names, sketch};
 
 /// The verifier's limit on instructions processed per program (`BPF_COMPLEXITY_LIMIT_INSNS`).
 pub const VERIFIER_LIMIT: u32 = 1_000_000;
@@ -101,7 +101,7 @@ pub fn main(shipped: &Path, test: &Path, loads: usize) -> Result<Vec<LoadCost>> 
 /// bench's cases size it (the map's size does not change what the verifier does).
 fn open(object: &[u8]) -> Result<aya::Ebpf> {
     EbpfLoader::new()
-        .map_max_entries(names::MAP_SKETCH, SKETCH_ROWS * 16_384)
+        .map_max_entries(names::MAP_SKETCH, sketch::words(16_384))
         .load(object)
         .context("loading the object")
 }

@@ -140,7 +140,7 @@ impl Model {
             pending: HashMap::new(),
             filter: vec![0; PENDING_FILTER_BUCKETS as usize],
             sketch: if track::promotion_threshold(&cfg) > 1 {
-                vec![0; (sketch::SKETCH_ROWS * cfg.sketch_width) as usize]
+                vec![0; sketch::words(cfg.sketch_width) as usize]
             } else {
                 Vec::new()
             },

@@ -145,7 +145,7 @@ pub fn maps(cfg: &Config) -> Vec<MapShape> {
     vec![
         shape(names::MAP_SOURCES, Kind::LruHash, size_of::<SourceKey>(), size_of::<SourceState>(), m.sources),
         shape(names::MAP_PENDING, Kind::LruHash, size_of::<FlowKey>(), size_of::<PendingFlow>(), m.pending),
-        shape(names::MAP_SKETCH, Kind::Array, 4, 8, cfg.sketch_cells()),
+        shape(names::MAP_SKETCH, Kind::Array, 4, 8, cfg.sketch_words()),
         shape(names::MAP_PENDING_FILTER, Kind::Array, 4, 4, names::PENDING_FILTER_BUCKETS),
         shape(names::MAP_BLOCK_FILTER, Kind::Array, 4, 4, names::BLOCK_FILTER_SLOTS),
         shape(
