@@ -16,9 +16,9 @@
 //! (`other_flows_rarely_cover_a_flows_cells` measures it).
 //!
 //! The size is a trade between those false alarms and the cost of the line's cache miss on
-//! every answered SYN: 8,192 lines (512 KiB, the default) cost the calm server 1-3 % over
-//! the old 256 KiB of buckets; 16,384 lines cut the false alarms to 0.9 % and 14 % but
-//! cost 5 % (docs/hotpaths.md). So the operator chooses (`maps.closed_filter_lines`, in the
+//! every answered SYN whose line is recent (below): 8,192 lines (512 KiB, the default) cost
+//! the calm server 1-3 % over the old 256 KiB of buckets, before the latest stamps; 16,384
+//! lines cut the false alarms to 0.9 % and 14 % but cost 5 % (docs/hotpaths.md). So the operator chooses (`maps.closed_filter_lines`, in the
 //! program's config as `Config::closed_filter_extra_bits`): a server closing thousands of
 //! connections a second buys back its raw path with a larger filter (docs/cookies.md).
 //!
