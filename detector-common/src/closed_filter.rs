@@ -18,9 +18,10 @@
 //! The size is a trade between those false alarms and the cost of the line's cache miss on
 //! every answered SYN whose line is recent (below): 8,192 lines (512 KiB, the default) cost
 //! the calm server 1-3 % over the old 256 KiB of buckets, before the latest stamps; 16,384
-//! lines cut the false alarms to 0.9 % and 14 % but cost 5 % (docs/hotpaths.md). So the operator chooses (`maps.closed_filter_lines`, in the
-//! program's config as `Config::closed_filter_extra_bits`): a server closing thousands of
-//! connections a second buys back its raw path with a larger filter (docs/cookies.md).
+//! lines cut the false alarms to 0.9 % and 14 % but cost 5 % (docs/hotpaths.md). So the
+//! operator chooses (`maps.closed_filter_lines`, in the program's config as
+//! `Config::closed_filter_extra_bits`): a server closing thousands of connections a second
+//! buys back its raw path with a larger filter (docs/cookies.md).
 //!
 //! After the lines come the filter's latest stamps: one more line per `LINE_CELLS` lines,
 //! whose byte for a line holds the latest stamp written anywhere in it (`ClosedSpot::latest`).
@@ -158,7 +159,8 @@ impl ClosedSpot {
     }
 
     /// The filter's bytes a FIN of this flow writes, as (entry, cell): its line's latest
-    /// stamp first, then its cells (the order `stamp_fin` writes them in).
+    /// stamp first, then its cells (the order `stamp_fin` writes them in). How every writer
+    /// but the program stamps a FIN: the agent's mapping, the models, the bench.
     #[must_use]
     pub fn fin_bytes(&self) -> [(u32, usize); CELLS_PER_FLOW + 1] {
         let [a, b, c] = self.cells();
@@ -326,9 +328,9 @@ mod tests {
 
     impl Filter {
         fn fin(&mut self, f: &FlowKey, now: u64) {
-            let at = spot(f, self.1);
-            self.0.entry(at.latest).or_default().stamp_latest(&at, stamp(now));
-            self.0.entry(at.line).or_default().stamp_flow(&at, stamp(now));
+            for (entry, cell) in spot(f, self.1).fin_bytes() {
+                self.0.entry(entry).or_default().cells[cell] = stamp(now);
+            }
         }
         fn may_be_time_wait(&self, f: &FlowKey, now: u64) -> bool {
             may_be_time_wait(&spot(f, self.1), now, |i| Some(self.0.get(&i).unwrap_or(&UNWRITTEN)))

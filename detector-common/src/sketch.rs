@@ -118,11 +118,24 @@ pub enum Place {
 #[must_use]
 pub const fn place(cell: u32, width: u32) -> Place {
     if cell < width {
-        Place::First { word: cell / FIRST_LANES, lane: cell % FIRST_LANES }
+        let (word, lane) = first_place(cell);
+        Place::First { word, lane }
     } else {
-        // The later rows start right after the packed first row.
-        Place::Later(cell - width + width / FIRST_LANES)
+        Place::Later(later_word(cell, width))
     }
+}
+
+/// The word and lane of the first row's cell in column `column`.
+#[inline(always)]
+const fn first_place(column: u32) -> (u32, u32) {
+    (column / FIRST_LANES, column % FIRST_LANES)
+}
+
+/// The word of a later row's cell at flat index `cell` (at least `width`): the later rows
+/// start right after the packed first row.
+#[inline(always)]
+const fn later_word(cell: u32, width: u32) -> u32 {
+    cell - width + width / FIRST_LANES
 }
 
 /// A first-row cell: the epoch's low `FIRST_TAG_BITS` bits above a `FIRST_COUNT_BITS`-bit
@@ -262,15 +275,14 @@ pub fn count_syn_with(
     mut bump_at: impl FnMut(u32) -> Option<u32>,
 ) -> Option<u32> {
     let mut rows = Rows::new(key, cfg);
-    let column = rows.next_cell();
-    let first = bump_first(column / FIRST_LANES, column % FIRST_LANES)?;
+    let (word, lane) = first_place(rows.next_cell());
+    let first = bump_first(word, lane)?;
     if !is_hot(first, hot_mark) {
         return Some(first);
     }
     let mut rest = u32::MAX;
     for _ in 1..SKETCH_ROWS {
-        // The later rows' words start after the packed first row (`place`).
-        rest = rest.min(bump_at(rows.next_cell() - cfg.sketch_width + cfg.sketch_width / FIRST_LANES)?);
+        rest = rest.min(bump_at(later_word(rows.next_cell(), cfg.sketch_width))?);
     }
     Some(cascade(first, rest, hot_mark))
 }

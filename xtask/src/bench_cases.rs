@@ -197,9 +197,9 @@ fn stamp_closed_filter(ebpf: &mut Ebpf, flows: u32) -> Result<()> {
             dst_port: BENCH_PORT,
         };
         // The bench's configs leave the filter at its default size, as its map is.
-        let at = closed_filter::spot(&flow, closed_filter::DEFAULT_LINE_BITS);
-        lines.entry(at.latest).or_default().stamp_latest(&at, stamp);
-        lines.entry(at.line).or_default().stamp_flow(&at, stamp);
+        for (entry, cell) in closed_filter::spot(&flow, closed_filter::DEFAULT_LINE_BITS).fin_bytes() {
+            lines.entry(entry).or_default().cells[cell] = stamp;
+        }
     }
     // An older object compared (`--compare`) has no latest stamps after its lines.
     let len = filter.len();

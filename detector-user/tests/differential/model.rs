@@ -214,8 +214,9 @@ impl Model {
         // completion, the ACK shield.
         if seg.flags & tcp_flags::FIN != 0 {
             let at = closed_filter::spot(&seg.flow(), closed_filter::line_bits(&self.cfg));
-            self.closed.entry(at.latest).or_default().stamp_latest(&at, closed_filter::stamp(now));
-            self.closed.entry(at.line).or_default().stamp_flow(&at, closed_filter::stamp(now));
+            for (entry, cell) in at.fin_bytes() {
+                self.closed.entry(entry).or_default().cells[cell] = closed_filter::stamp(now);
+            }
         }
         if seg.may_complete_handshake() {
             self.on_ack(&seg, now, ev);
