@@ -321,7 +321,7 @@ fn ratios(report: &mut Report, results: &[Timing], many: u32, few: u32) {
             TRACKED_MANY,
             TRACKED_FEW,
             "tracked SYN: many / few sources (sketch admission: light sources stay in the sketch)",
-            None,
+            Some("≤ 1.3"),
         ),
     ];
     println!("\nratios (each minus the trivial XDP_PASS):");
