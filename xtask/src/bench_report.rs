@@ -259,11 +259,11 @@ pub fn update_doc(report: &Report, png: &Path) -> Result<()> {
            runs (tens of percent for the agent's poll and the per-path times); the load average\n  \
            at the start is given. Targets are stated, never enforced.\n\
          - How busy the host was shows in the trivial XDP_PASS's absolute time (the first\n  \
-           per-path row): 90-98 ns in all eleven committed runs of 2026-11-25/26, 120-145 ns on\n  \
-           the busier host of 2026-11-27. On a busier host every path reads higher, and ours\n  \
-           more than the floors it is measured against: it reads more distinct cache lines per\n  \
-           packet, and on a busy host more of them are evicted between two runs (the profile's\n  \
-           stalls sit after those loads: docs/hotpaths.md, \"Where it stands\").\n\
+           per-path row): 90-98 ns in all eleven committed runs of 2026-11-25/26, 120-142 ns in\n  \
+           the twelve on the busier host of 2026-11-27. On a busier host every path reads higher,\n  \
+           and ours more than the floors it is measured against: it reads more distinct cache\n  \
+           lines per packet, and on a busy host more of them are evicted between two runs (the\n  \
+           profile's stalls sit after those loads: docs/hotpaths.md, \"Where it stands\").\n\
          - Per path: ns per SYN minus a trivial XDP_PASS, one BPF_PROG_TEST_RUN per fresh packet,\n  \
            five rounds through all cases and the median round of each, the path proven by the\n  \
            program's counters. The selftest peer is timed the same way on the same SYNs (with\n  \
