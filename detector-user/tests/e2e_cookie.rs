@@ -241,7 +241,10 @@ fn auto_mode_enters_and_leaves_cookie_mode_and_restores_sysctls() {
     assert_eq!((syncookies.as_str(), timestamps.as_str()), ("2", "2"), "cookie sysctls set while mitigating");
 
     // The flood is over: after the hold time (3 s) the agent goes back to pass-through.
-    let calm_again = wait_for(&agent, "syndetector_under_attack", 0.0, Duration::from_secs(15));
+    // Waited for on the cookies, which the poll switches off (sysctls first) after it
+    // publishes the calm state: a scrape between the two saw calm with cookies still on.
+    let calm_again = wait_for(&agent, "syndetector_cookies_active", 0.0, Duration::from_secs(15));
+    assert_eq!(calm_again.value("syndetector_under_attack").unwrap(), 0.0);
     assert_eq!(calm_again.value("syndetector_attack_transitions_total{to=\"calm\"}").unwrap(), 1.0);
     assert_eq!(calm_again.value("syndetector_cookies_active").unwrap(), 0.0);
     assert_eq!(sysctl_in(&lab, "net.ipv4.tcp_syncookies"), "0", "restored when mitigation ends");
