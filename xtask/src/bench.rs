@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// object holds them), which is how a profile of one path is taken.
     #[arg(long, requires = "compare")]
     pub only: Vec<String>,
+    /// Time the packets on this CPU; by default the one with the fewest `NET_RX` softirqs,
+    /// away from the host NIC's receive work (bench_pin.rs).
+    #[arg(long)]
+    pub cpu: Option<usize>,
 }
 
 impl BenchArgs {
@@ -141,6 +145,8 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
     if !args.compare.is_empty() {
         enter_private_netns()?;
         let _listener = TcpListener::bind(("::", BENCH_PORT)).context("bench listener")?;
+        let pinned = crate::bench_pin::pin(args.cpu)?;
+        println!("timed on CPU {}: {}", pinned.cpu, pinned.why);
         return crate::bench_compare::main(
             &args.compare,
             &test_bytes,
@@ -159,6 +165,9 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
     let _listener = TcpListener::bind(("::", BENCH_PORT)).context("bench listener")?;
 
     let cases = cases(packets, many, few);
+    // Pinned for the timings only: dropped before the agent's part and the floods.
+    let pinned = crate::bench_pin::pin(args.cpu)?;
+    report.note(format!("per-packet timings on CPU {}, pinned: {}", pinned.cpu, pinned.why));
     println!(
         "{packets} fresh packets per case (at least one per source), one BPF_PROG_TEST_RUN each, kernel-measured \
          time; {ROUNDS} rounds through all cases, the median round per case"
@@ -202,6 +211,7 @@ pub fn main(args: &BenchArgs, object: &Path) -> Result<()> {
         net(&results, RAW_FLOOR),
         &mut beside_the_peer(&ours_beside, &pass_beside, cookie_v4, &cases[0]),
     );
+    drop(pinned);
     if no_agent {
         report.note("agent part skipped (--quick or --no-agent)");
     } else {

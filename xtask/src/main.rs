@@ -5,6 +5,7 @@ mod bench_agent;
 mod bench_cases;
 mod bench_compare;
 mod bench_flood;
+mod bench_pin;
 mod bench_report;
 mod bench_rounds;
 mod bench_samples;
