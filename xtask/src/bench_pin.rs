@@ -5,10 +5,11 @@
 //! CPUs: the program then meets another CPU's per-CPU maps cold (the tick anchor, the
 //! per-port copy, the renewal slots, the counters), and on CPU 0 it shares the CPU with
 //! more of the kernel's own work (on this 2-vCPU VM: the NIC's receive interrupt, and
-//! about 45 % more timer interrupts than CPU 1 while idle). In six full runs each
-//! (2026-11-27), the medians read: pinned to CPU 1, blocked drop 1.89 × `XDP_DROP`, calm
-//! ACK 1.41 × `XDP_PASS`; unpinned 2.13 and 1.73; pinned to CPU 0 2.16 and 1.73
-//! (docs/hotpaths.md). `--cpu` picks another.
+//! about 45 % more timer interrupts than CPU 1 while idle). In 41 runs of 2026-11-27, the
+//! blocked drop read a median of 1.92 × `XDP_DROP` pinned to CPU 1, 2.13 unpinned and 2.15
+//! pinned to CPU 0, and a case's rounds moved less on CPU 1; the host's load still moves a
+//! whole run more than that (docs/hotpaths.md, "The bench pinned to one CPU"). `--cpu`
+//! picks another.
 //!
 //! Only the timing is pinned: the agent's part and the floods need every CPU (a process
 //! spawned while pinned would inherit the mask), so the guard puts the old mask back.
