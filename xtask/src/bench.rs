@@ -82,8 +82,8 @@ pub struct BenchArgs {
     /// object holds them), which is how a profile of one path is taken.
     #[arg(long, requires = "compare")]
     pub only: Vec<String>,
-    /// Time the packets on this CPU; by default the one with the fewest `NET_RX` softirqs,
-    /// away from the host NIC's receive work (bench_pin.rs).
+    /// Time the packets on this CPU; by default the last one the bench may run on, away
+    /// from CPU 0 and the kernel's housekeeping there (bench_pin.rs).
     #[arg(long)]
     pub cpu: Option<usize>,
 }
