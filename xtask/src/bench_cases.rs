@@ -160,7 +160,7 @@ fn stamp_blocks(ebpf: &mut Ebpf, case: &Case) -> Result<()> {
 }
 
 /// `CLOCK_MONOTONIC` in ns: the program's clock, which its stamps are compared with.
-fn monotonic_ns() -> Result<u64> {
+pub(crate) fn monotonic_ns() -> Result<u64> {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid clock id and a timespec to write.
     ensure!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) } == 0, "clock_gettime");

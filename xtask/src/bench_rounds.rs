@@ -14,7 +14,9 @@ use detector_common::{
     state::{SourceKey, SourceState},
 };
 
-use crate::bench_cases::{case_template, counter, is_ack, load_case, set_source, source_of, timed_run, Case};
+use crate::bench_cases::{
+    case_template, counter, is_ack, load_case, monotonic_ns, set_source, source_of, timed_run, Case,
+};
 
 /// One case's figures: ns per packet of its program in its median round.
 pub(crate) struct Timing {
@@ -52,7 +54,7 @@ pub(crate) struct Running<'c> {
     packets: u32,
     sent: u32,
     sent_sources: HashSet<SourceKey>,
-    /// The sketch epochs (`sketch::epoch` of `CLOCK_MONOTONIC`, the program's clock) at the
+    /// The sketch epochs (`sketch::epoch` of `monotonic_ns`, the program's clock) at the
     /// first packet and after the last: how many epochs the case's SYNs were spread over.
     epochs: Option<(u32, u32)>,
     rounds: Vec<f64>,
@@ -82,7 +84,10 @@ impl<'c> Running<'c> {
         let (mut template, mut out) = (case_template(case), vec![0u8; 256]);
         let mut total = Duration::ZERO;
         let (from, to) = (self.sent, self.packets.min(self.sent + self.packets.div_ceil(rounds_of(case))));
-        let first_epoch = self.epochs.map_or_else(monotonic_epoch, |(first, _)| first);
+        let first_epoch = match self.epochs {
+            Some((first, _)) => first,
+            None => sketch::epoch(monotonic_ns()?),
+        };
         for i in from..to {
             set_source(&mut template, case.family, i % case.sources);
             self.sent_sources.insert(source_of(&template, case.family));
@@ -95,7 +100,7 @@ impl<'c> Running<'c> {
             )?;
         }
         self.sent = to;
-        self.epochs = Some((first_epoch, monotonic_epoch()));
+        self.epochs = Some((first_epoch, sketch::epoch(monotonic_ns()?)));
         if to > from {
             #[allow(clippy::cast_precision_loss, reason = "a duration in ns, far below 2^52")]
             self.rounds.push(total.as_nanos() as f64 / f64::from(to - from));
@@ -249,15 +254,4 @@ fn check_state(
         }
     }
     Ok(())
-}
-
-/// The sketch epoch of `CLOCK_MONOTONIC` now: the clock the program's tracking path reads
-/// (`bpf_ktime_get_ns`).
-fn monotonic_epoch() -> u32 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    #[allow(clippy::cast_sign_loss, reason = "the monotonic clock is never negative")]
-    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    sketch::epoch(ns)
 }
