@@ -267,9 +267,9 @@ pub fn update_doc(report: &Report, png: &Path) -> Result<()> {
          - Per path: ns per SYN minus a trivial XDP_PASS, one BPF_PROG_TEST_RUN per fresh packet,\n  \
            five rounds through all cases and the median round of each, the path proven by the\n  \
            program's counters, all on one CPU the bench pins itself to (the notes below say\n  \
-           which; it did not pin before 2026-11-27 afternoon). The selftest peer is timed the same way on the same SYNs (with\n  \
-           real checksums, which it checks), alone and interleaved with our cookie path packet\n  \
-           by packet.\n\
+           which; it did not pin before 2026-11-27 afternoon). The selftest peer is timed the\n  \
+           same way on the same SYNs (with real checksums, which it checks), alone and\n  \
+           interleaved with our cookie path packet by packet.\n\
          - Floods (docs/lab.md): veth, so the receiver's work runs on the sender's CPU; a defence\n  \
            that costs more per SYN also lowers the rate the sender reaches, and the report says\n  \
            whether the sender or the defence was the limit. CPU per SYN is softirq time above a\n  \
