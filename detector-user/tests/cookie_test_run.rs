@@ -271,7 +271,8 @@ fn without_timestamps_or_client_options_the_reply_has_mss_only() {
 /// The reply frame: a SYN the reply's length is answered in place (no resize: `send_reply`
 /// sees the length by pointer comparison); one with longer options that end the frame
 /// keeps its length, the bytes after the MSS-only SYN-ACK zeroed as an Ethernet trailer
-/// that the IP length leaves out (`reply_frame`: no resize either); one padded to
+/// that the IP length leaves out (`reply_frame`: no resize either; trailers of an odd and
+/// an even number of words, up to the longest); one padded to
 /// Ethernet's 60-byte minimum or carrying data is cut to the reply (its length from the
 /// helper); one shorter grows to it. The kernel accepts every cookie.
 #[test]
@@ -296,10 +297,13 @@ fn the_reply_frame_is_its_headers_or_the_syns_with_a_zeroed_trailer() {
                 TcpOptionElement::Noop,
                 TcpOptionElement::WindowScale(7),
             ]);
+            // The longest TCP header: 36 bytes more than the reply's, nine trailer words.
+            let longest = syn.frame(&options_of_len(40));
             for (what, frame, frame_len) in [
                 ("same length", &exact, exact.len()),
                 ("longer options", &longer, longer.len()),
                 ("Linux's options", &linux, linux.len()),
+                ("the longest header", &longest, longest.len()),
                 ("padded", &padded, exact.len()),
                 ("no options", &syn.frame(&[]), exact.len()),
             ] {
@@ -317,8 +321,10 @@ fn the_reply_frame_is_its_headers_or_the_syns_with_a_zeroed_trailer() {
                 assert!(kernel_accepts(&det, syn, h.sequence_number), "{what}");
             }
             assert!(
-                longer.len() > exact.len() && linux.len() == exact.len() + 16,
-                "the cases differ as named"
+                longer.len() == exact.len() + 4
+                    && linux.len() == exact.len() + 16
+                    && longest.len() == exact.len() + 36,
+                "the cases differ as named: trailers of 1, 4 and 9 words"
             );
         }
     });
