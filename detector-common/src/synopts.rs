@@ -5,6 +5,9 @@
 //! The walk costs a map round trip per option (it keeps the verifier's state count flat),
 //! about a tenth of the cookie path on a Linux SYN (docs/hotpaths.md); these shortcuts
 //! give the same `SynOptions` as the walk wherever they answer.
+//!
+//! One more shortcut is around the kernel's own walk: the raw cookie helper looks for the
+//! MSS through every option of the header it is given (`mss_first_offset_byte`).
 
 use crate::{
     config::{Config, FLAG_COOKIE_TIMESTAMPS},
@@ -50,6 +53,35 @@ pub fn linux_options(buf: &[u8; LINUX_LEN]) -> Option<SynOptions> {
     })
 }
 
+/// The TCP header length the raw cookie helper is shown for a SYN whose options begin
+/// with its MSS: the fixed header and that one option.
+pub const MSS_FIRST_HEADER_LEN: usize = 24;
+
+/// The data-offset byte (byte 12 of the TCP header: the offset in its high nibble) that
+/// shows the raw cookie helper a header ending after the MSS option, for a SYN whose
+/// options begin with a nonzero MSS (kind 2, length 4), as Linux, Windows, macOS and the
+/// BSDs send it; `offset_byte` is the SYN's own, `first_option` the four bytes after the
+/// fixed header. `None` for any other SYN: no options, another option first, or an MSS of
+/// 0 (which the kernel's walk passes over); the helper then gets the whole header.
+///
+/// Why: `bpf_tcp_raw_gen_syncookie_ipv4/6` takes the MSS from `tcp_parse_mss_option`,
+/// which walks every option the data offset covers (five for a Linux SYN) and keeps the
+/// last MSS it finds. The cookie itself depends only on the addresses, ports, sequence
+/// number and that MSS, so the helper answers the same for the shortened header. The one
+/// difference: a SYN with a second MSS option, which no stack sends, gets its first one
+/// here where the kernel's walk would take the last; both are values the client offered.
+/// The XDP program writes this byte, calls the helper and writes the SYN's byte back
+/// before anything else reads the frame (docs/cookies.md).
+#[inline(always)]
+#[must_use]
+pub fn mss_first_offset_byte(offset_byte: u8, first_option: [u8; 4]) -> Option<u8> {
+    /// The data offset of `MSS_FIRST_HEADER_LEN`, in 4-byte words.
+    const WORDS: u8 = 6;
+    let has_options = offset_byte >> 4 > 5;
+    let mss_first = first_option[0] == 2 && first_option[1] == 4 && first_option[2] | first_option[3] != 0;
+    (has_options && mss_first).then_some(WORDS << 4 | (offset_byte & 0x0f))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +90,7 @@ mod tests {
         parse::{IpVersion, TcpSegment},
         synack::{build_synack, parse_syn_options, ReplySettings, MAX_OPTIONS_LEN},
     };
+    use std::{vec, vec::Vec};
 
     /// What `syncookie::read_options` in the XDP program makes of `buf[..len]` before
     /// the walk: `linux_options` for an area `LINUX_LEN` long, nothing otherwise.
@@ -174,5 +207,126 @@ mod tests {
         assert!(reply_reads_options(&cfg));
         let reply = |opts: &SynOptions| build_synack(&syn, opts, 0xdead_beef, 1460, 5_000, &settings(&cfg));
         assert_ne!(reply(&found), reply(&SynOptions::default()));
+    }
+
+    /// The kernel's `tcp_parse_mss_option` as its source reads (net/ipv4/tcp_input.c), in
+    /// our words: over the options the data offset covers, END stops, NOP is one byte, any
+    /// other option needs a length of 2 or more that fits; an MSS option of length 4 and a
+    /// nonzero value replaces what was found before. 0 means none (the helper then takes
+    /// the default MSS).
+    fn kernel_mss_walk(header: &[u8]) -> u16 {
+        let len = usize::from(header[12] >> 4) * 4;
+        let (mut at, mut mss) = (20, 0);
+        while at < len {
+            match header[at] {
+                0 => return mss,
+                1 => at += 1,
+                kind => {
+                    let Some(&size) = header.get(at + 1).filter(|_| at + 2 <= len) else { return mss };
+                    let size = usize::from(size);
+                    if size < 2 || at + size > len {
+                        return mss;
+                    }
+                    if kind == 2 && size == 4 {
+                        let value = u16::from_be_bytes([header[at + 2], header[at + 3]]);
+                        if value != 0 {
+                            mss = value;
+                        }
+                    }
+                    at += size;
+                }
+            }
+        }
+        mss
+    }
+
+    /// A TCP header of a SYN with these options (padded with END to whole words), and what
+    /// the helper would be shown for it.
+    fn header_with(options: &[u8]) -> Vec<u8> {
+        let mut h = vec![0u8; 20];
+        h.extend_from_slice(options);
+        h.resize(20 + options.len().div_ceil(4) * 4, 0);
+        #[allow(clippy::cast_possible_truncation, reason = "at most 60 bytes")]
+        let words = (h.len() / 4) as u8;
+        // The offset and, in the low nibble, a reserved bit that must survive.
+        h[12] = words << 4 | 0x01;
+        h
+    }
+
+    fn shown(header: &[u8]) -> Option<Vec<u8>> {
+        // A header without options has no first option: zeros, as past the frame's end.
+        let mut first = [0u8; 4];
+        for (to, from) in first.iter_mut().zip(&header[20..]) {
+            *to = *from;
+        }
+        mss_first_offset_byte(header[12], first).map(|byte| {
+            let mut h = header.to_vec();
+            h[12] = byte;
+            h
+        })
+    }
+
+    #[test]
+    fn an_mss_that_comes_first_is_the_mss_the_whole_walk_finds() {
+        let linux = [2, 4, 0x05, 0xa0, 4, 2, 8, 10, 0, 0, 0, 7, 0, 0, 0, 0, 1, 3, 3, 7];
+        let windows = [2, 4, 0x05, 0xa0, 1, 3, 3, 8, 1, 1, 4, 2];
+        let macos = [2, 4, 0x05, 0xa0, 1, 3, 3, 6, 1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 0, 4, 2, 0, 0];
+        let mss_only = [2, 4, 0x05, 0xa0];
+        for options in [&linux[..], &windows[..], &macos[..], &mss_only[..]] {
+            let header = header_with(options);
+            let cut = shown(&header).expect("the MSS comes first");
+            assert_eq!(usize::from(cut[12] >> 4) * 4, MSS_FIRST_HEADER_LEN);
+            assert_eq!(cut[12] & 0x0f, 0x01, "the low nibble is the SYN's");
+            assert_eq!(kernel_mss_walk(&cut), 1440, "{options:?}");
+            assert_eq!(kernel_mss_walk(&cut), kernel_mss_walk(&header), "{options:?}");
+        }
+    }
+
+    #[test]
+    fn any_other_first_option_gets_the_whole_header() {
+        for options in [
+            &[][..],
+            &[1, 2, 4, 0x05, 0xa0][..],
+            &[4, 2, 2, 4, 0x05, 0xa0][..],
+            &[2, 4, 0, 0, 2, 4, 0x05, 0xa0][..],
+            &[2, 3, 0x05, 0xa0][..],
+            &[0, 2, 4, 0x05][..],
+        ] {
+            assert_eq!(shown(&header_with(options)), None, "{options:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_second_mss_option_reads_differently() {
+        // What no stack sends: the kernel's walk keeps the last, the shortcut the first.
+        let header = header_with(&[2, 4, 0x05, 0xa0, 2, 4, 0x05, 0xb4]);
+        assert_eq!(kernel_mss_walk(&header), 1460);
+        assert_eq!(kernel_mss_walk(&shown(&header).unwrap()), 1440);
+        // Pseudo-random areas after a first MSS: wherever no later option is an MSS, the
+        // walks agree.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut compared = 0;
+        for _ in 0..20_000 {
+            let mut options = [0u8; 40];
+            for b in &mut options {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                // Mostly small kinds and lengths, so that the walk goes far.
+                *b = seed.to_le_bytes()[3] % 12;
+            }
+            options[..4].copy_from_slice(&[2, 4, 0x05, 0xa0]);
+            #[allow(clippy::cast_possible_truncation, reason = "below 10")]
+            let words = 1 + (seed % 10) as usize;
+            let header = header_with(&options[..4 * words]);
+            let full = kernel_mss_walk(&header);
+            let mut later = header.clone();
+            later[20..24].fill(1);
+            if kernel_mss_walk(&later) == 0 {
+                compared += 1;
+                assert_eq!(kernel_mss_walk(&shown(&header).unwrap()), full, "{header:?}");
+            }
+        }
+        assert!(compared > 10_000, "{compared}");
     }
 }

@@ -19,10 +19,11 @@ use detector_common::{
     counters::Counter,
     fastpath::{cookie_path, renewal_index, CookiePath, RenewalSlot, RENEWAL_SLOTS},
     parse::{tcp_flags, IpVersion, TcpSegment},
+    synopts::{mss_first_offset_byte, MSS_FIRST_HEADER_LEN},
 };
 
 use crate::{
-    packet::reread,
+    packet::{load, reread},
     syncookie::{header_pointers, options_len, Cookie},
 };
 
@@ -127,6 +128,24 @@ pub fn raw_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Resul
     let (iph, th, end) = header_pointers(ctx, seg).ok_or(Counter::PassCookieHelperError)?;
     let opt_len = options_len(seg).ok_or(Counter::PassCookieHelperError)?;
     let v6 = matches!(seg.version, IpVersion::V6);
+    // A SYN whose options begin with its MSS (nearly all) is shown to the helper as a
+    // header that ends there, so that the kernel's walk for the MSS reads one option
+    // instead of all of them (`synopts::mss_first_offset_byte`); the SYN's own byte is
+    // written back at once, before anything else can read or pass the frame.
+    if opt_len >= 4 && th + MSS_FIRST_HEADER_LEN <= end {
+        // SAFETY: th + 24 is inside the frame (just checked), so are bytes 12 and 20..24.
+        let (offset_byte, first_option) = unsafe { (*((th + 12) as *const u8), load::<4>(th + 20)) };
+        if let Some(shown) = mss_first_offset_byte(offset_byte, first_option) {
+            // SAFETY: as above; the helper reads th + 24, checked in `raw`.
+            let ret = unsafe {
+                *((th + 12) as *mut u8) = shown;
+                let ret = raw::<MSS_FIRST_HEADER_LEN>(v6, iph, th, end);
+                *((th + 12) as *mut u8) = offset_byte;
+                ret
+            };
+            return cookie_from(ret, out);
+        }
+    }
     // The header length must be a constant the verifier checks against the frame: one
     // call per length, as for the socket-bound helper (docs/verifier.md, lesson 1).
     // SAFETY: each call checks th + TH_LEN against the frame; iph + 40 is checked above.
@@ -146,6 +165,12 @@ pub fn raw_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Resul
             _ => -EINVAL,
         }
     };
+    cookie_from(ret, out)
+}
+
+/// The raw helper's answer (`cookie | mss << 32`, or a negative error) into `out`.
+#[inline(always)]
+fn cookie_from(ret: i64, out: &mut Cookie) -> Result<(), Counter> {
     if ret < 0 {
         return Err(Counter::PassCookieHelperError);
     }

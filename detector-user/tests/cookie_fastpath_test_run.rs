@@ -58,8 +58,33 @@ fn cookie_config() -> Config {
     c
 }
 
-/// A segment from the client (`sport`) to PORT on the fixture server.
+/// A segment from the client (`sport`) to PORT on the fixture server; a SYN carries
+/// Linux's options.
 fn segment(v6: bool, sport: u16, dport: u16, syn: bool, ack: Option<u32>) -> Vec<u8> {
+    let options = if syn { linux_options(1460) } else { Vec::new() };
+    segment_with(v6, sport, dport, syn, ack, &options)
+}
+
+/// The options of a Linux SYN, in Linux's order, with this MSS.
+fn linux_options(mss: u16) -> Vec<TcpOptionElement> {
+    vec![
+        TcpOptionElement::MaximumSegmentSize(mss),
+        TcpOptionElement::SelectiveAcknowledgementPermitted,
+        TcpOptionElement::Timestamp(7, 0),
+        TcpOptionElement::Noop,
+        TcpOptionElement::WindowScale(7),
+    ]
+}
+
+/// A segment as `segment` makes it, with these TCP options.
+fn segment_with(
+    v6: bool,
+    sport: u16,
+    dport: u16,
+    syn: bool,
+    ack: Option<u32>,
+    options: &[TcpOptionElement],
+) -> Vec<u8> {
     let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]);
     let b = if v6 { b.ipv6(CLIENT6, SERVER6, 64) } else { b.ipv4(CLIENT4, SERVER4, 64) };
     let seq = if syn { 1000 } else { 1001 };
@@ -70,18 +95,7 @@ fn segment(v6: bool, sport: u16, dport: u16, syn: bool, ack: Option<u32>) -> Vec
     if let Some(ack) = ack {
         tcp = tcp.ack(ack);
     }
-    let options = if syn {
-        vec![
-            TcpOptionElement::MaximumSegmentSize(1460),
-            TcpOptionElement::SelectiveAcknowledgementPermitted,
-            TcpOptionElement::Timestamp(7, 0),
-            TcpOptionElement::Noop,
-            TcpOptionElement::WindowScale(7),
-        ]
-    } else {
-        Vec::new()
-    };
-    let tcp = tcp.options(&options).unwrap();
+    let tcp = tcp.options(options).unwrap();
     let mut out = Vec::new();
     tcp.write(&mut out, &[]).unwrap();
     out
@@ -111,12 +125,21 @@ fn ack(v6: bool, sport: u16, cookie: u32) -> Vec<u8> {
 
 /// Answers the SYN from `sport`; returns the SYN-ACK's cookie.
 fn answer(det: &Detector, v6: bool, sport: u16) -> u32 {
-    let (verdict, reply) = det.run(names::PROGRAM, &syn(v6, sport));
-    assert_eq!(verdict, XDP_TX, "the SYN from port {sport} is answered");
+    answer_frame(det, &syn(v6, sport)).0
+}
+
+/// Answers this SYN; returns the SYN-ACK's cookie and its MSS option.
+fn answer_frame(det: &Detector, frame: &[u8]) -> (u32, Option<u16>) {
+    let (verdict, reply) = det.run(names::PROGRAM, frame);
+    assert_eq!(verdict, XDP_TX, "the SYN is answered");
     let sliced = SlicedPacket::from_ethernet(&reply).expect("etherparse decodes the SYN-ACK");
     let Some(TransportSlice::Tcp(tcp)) = sliced.transport else { panic!("no TCP in the reply") };
     assert!(tcp.syn() && tcp.ack());
-    tcp.sequence_number()
+    let mss = tcp.options_iterator().find_map(|o| match o {
+        Ok(TcpOptionElement::MaximumSegmentSize(mss)) => Some(mss),
+        _ => None,
+    });
+    (tcp.sequence_number(), mss)
 }
 
 /// The kernel's verdict (`bpf_tcp_check_syncookie`, which also requires the listener's
@@ -160,6 +183,55 @@ fn the_raw_helper_answers_within_a_second_of_a_socket_bound_answer_then_it_renew
             answer(&det, v6, 40_002);
             assert_eq!(det.counter(Counter::TxCookie), before.0 + 2, "v6={v6}: a second later, renewed");
             assert_eq!(det.counter(Counter::TxCookieFast), before.1 + 1);
+        }
+    });
+}
+
+/// The raw helper is shown a SYN's header cut after a first MSS option, so that the
+/// kernel's walk for the MSS reads that one option (`synopts::mss_first_offset_byte`):
+/// every layout must get the cookie and MSS the whole header gets, and the kernel must
+/// accept the cookie. The one layout that reads differently, two MSS options (no stack
+/// sends it), gets its first one where the kernel's walk would take the last.
+#[test]
+fn the_raw_helper_answers_a_header_cut_after_its_first_mss_as_the_whole_header() {
+    use TcpOptionElement::{MaximumSegmentSize as Mss, Noop, SelectiveAcknowledgementPermitted as Sack};
+    in_private_netns(|| {
+        let det = Detector::load(cookie_config(), &["probe_check_cookie"]);
+        // 1440: in both families' cookie MSS tables, and neither the default (536) nor
+        // the other SYNs' 1460.
+        let layouts: [(&str, Vec<TcpOptionElement>); 4] = [
+            ("Linux's (cut after the MSS)", linux_options(1440)),
+            ("the MSS alone (nothing to cut)", vec![Mss(1440)]),
+            ("the MSS after a NOP (the whole header)", vec![Noop, Mss(1440), Sack, Noop]),
+            ("an MSS of 0 first (the whole header)", vec![Mss(0), Mss(1440)]),
+        ];
+        for v6 in [false, true] {
+            // A socket-bound answer renews the listener; the rest are raw answers.
+            answer(&det, v6, 42_000);
+            let fast_before = det.counter(Counter::TxCookieFast);
+            let answer_with = |options: &[TcpOptionElement]| {
+                answer_frame(&det, &segment_with(v6, 42_001, PORT, true, None, options))
+            };
+            // The cookie counts minutes (`tcp_cookie_time`): one set of answers may
+            // straddle a minute's end, two in a row cannot both.
+            let sets: Vec<Vec<(u32, Option<u16>)>> =
+                (0..2).map(|_| layouts.iter().map(|(_, options)| answer_with(options)).collect()).collect();
+            for set in &sets {
+                for ((what, _), (_, mss)) in layouts.iter().zip(set) {
+                    assert_eq!(*mss, Some(1440), "v6={v6}, {what}: the client's MSS");
+                }
+            }
+            let Some(set) = sets.iter().find(|set| set.iter().all(|(cookie, _)| *cookie == set[0].0)) else {
+                panic!("v6={v6}: the layouts got different cookies: {sets:?}");
+            };
+            assert!(kernel_accepts(&det, v6, 42_001, set[0].0), "v6={v6}: the kernel accepts it");
+
+            let (cookie, mss) = answer_with(&[Mss(1300), Mss(1440)]);
+            // 1300 as the cookie tables round it: IPv4's has 1300, IPv6's 1220 below 1420.
+            let first = if v6 { 1220 } else { 1300 };
+            assert_eq!(mss, Some(first), "v6={v6}: of two MSS options, the first");
+            assert!(kernel_accepts(&det, v6, 42_001, cookie), "v6={v6}: and the kernel accepts its cookie");
+            assert_eq!(det.counter(Counter::TxCookieFast), fast_before + 9, "v6={v6}: every answer was raw");
         }
     });
 }
