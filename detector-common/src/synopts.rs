@@ -92,6 +92,14 @@ mod tests {
     };
     use std::{vec, vec::Vec};
 
+    /// A byte of a xorshift64 sequence: the pseudo-random areas below, the same on every run.
+    fn next_byte(seed: &mut u64) -> u8 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        seed.to_le_bytes()[3]
+    }
+
     /// What `syncookie::read_options` in the XDP program makes of `buf[..len]` before
     /// the walk: `linux_options` for an area `LINUX_LEN` long, nothing otherwise.
     fn linux_layout(buf: &[u8; MAX_OPTIONS_LEN], len: usize) -> Option<SynOptions> {
@@ -150,10 +158,7 @@ mod tests {
         for n in 0..20_000 {
             let mut buf = [0u8; MAX_OPTIONS_LEN];
             for b in &mut buf {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                *b = seed.to_le_bytes()[3];
+                *b = next_byte(&mut seed);
             }
             if n % 2 == 0 {
                 for (i, v) in [(0, 2), (1, 4), (4, 4), (5, 2), (6, 8), (7, 10), (16, 1), (17, 3), (18, 3)] {
@@ -240,8 +245,7 @@ mod tests {
         mss
     }
 
-    /// A TCP header of a SYN with these options (padded with END to whole words), and what
-    /// the helper would be shown for it.
+    /// A TCP header of a SYN with these options, padded with END to whole words.
     fn header_with(options: &[u8]) -> Vec<u8> {
         let mut h = vec![0u8; 20];
         h.extend_from_slice(options);
@@ -253,6 +257,7 @@ mod tests {
         h
     }
 
+    /// The header the raw helper is shown for this one, if it is cut.
     fn shown(header: &[u8]) -> Option<Vec<u8>> {
         // A header without options has no first option: zeros, as past the frame's end.
         let mut first = [0u8; 4];
@@ -309,11 +314,8 @@ mod tests {
         for _ in 0..20_000 {
             let mut options = [0u8; 40];
             for b in &mut options {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
                 // Mostly small kinds and lengths, so that the walk goes far.
-                *b = seed.to_le_bytes()[3] % 12;
+                *b = next_byte(&mut seed) % 12;
             }
             options[..4].copy_from_slice(&[2, 4, 0x05, 0xa0]);
             #[allow(clippy::cast_possible_truncation, reason = "below 10")]
