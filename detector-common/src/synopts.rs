@@ -259,11 +259,9 @@ mod tests {
 
     /// The header the raw helper is shown for this one, if it is cut.
     fn shown(header: &[u8]) -> Option<Vec<u8>> {
-        // A header without options has no first option: zeros, as past the frame's end.
-        let mut first = [0u8; 4];
-        for (to, from) in first.iter_mut().zip(&header[20..]) {
-            *to = *from;
-        }
+        // A header without options has no first option: zeros, as past the frame's end
+        // (`header_with` pads the options to whole words, so there are four bytes or none).
+        let first = header.get(20..24).map_or([0; 4], |b| [b[0], b[1], b[2], b[3]]);
         mss_first_offset_byte(header[12], first).map(|byte| {
             let mut h = header.to_vec();
             h[12] = byte;
