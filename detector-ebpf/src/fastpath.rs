@@ -131,8 +131,10 @@ pub fn raw_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Resul
     // A SYN whose options begin with its MSS (nearly all) is shown to the helper as a
     // header that ends there, so that the kernel's walk for the MSS reads one option
     // instead of all of them (`synopts::mss_first_offset_byte`); the SYN's own byte is
-    // written back at once, before anything else can read or pass the frame.
-    if opt_len >= 4 && th + MSS_FIRST_HEADER_LEN <= end {
+    // written back at once, before anything else can read or pass the frame. A header
+    // without options may still have 24 bytes in the frame (padding): the pure function
+    // reads its data offset and declines it.
+    if th + MSS_FIRST_HEADER_LEN <= end {
         // SAFETY: th + 24 is inside the frame (just checked), so are bytes 12 and 20..24.
         let (offset_byte, first_option) = unsafe { (*((th + 12) as *const u8), load::<4>(th + 20)) };
         if let Some(shown) = mss_first_offset_byte(offset_byte, first_option) {
