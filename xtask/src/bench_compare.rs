@@ -1,12 +1,12 @@
 //! `cargo xtask bench --compare A,B,...`: the detector's cases timed on several builds of
 //! the object at once, interleaved packet by packet. Every fresh packet goes through each
-//! object's program in turn and through the trivial XDP_PASS, so a load change on this
-//! shared machine moves them all alike; whole runs one after another (`--object`) moved the
-//! same baseline by up to 50 % between runs (docs/hotpaths.md). Each program evicts the
-//! others' maps from the cache, so the figures are higher than a single object's (closer to
-//! a flood from many sources than the plain bench); the differences between the objects
-//! are what it is for. Prints ns per packet minus PASS per object and against the first;
-//! writes no report.
+//! object's program in turn (which one goes first turns with each packet) and through the
+//! trivial XDP_PASS, so a load change on this shared machine moves them all alike; whole
+//! runs one after another (`--object`) moved the same baseline by up to 50 % between runs
+//! (docs/hotpaths.md). Each program evicts the others' maps from the cache, so the figures
+//! are higher than a single object's (closer to a flood from many sources than the plain
+//! bench); the differences between the objects are what it is for. Prints ns per packet
+//! minus PASS per object and against the first; writes no report.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -93,9 +93,13 @@ fn interleave(
     let (mut template, mut out) = (case_template(case), vec![0u8; 256]);
     for i in 0..packets {
         set_source(&mut template, case.family, i % case.sources);
-        for (k, prog) in progs.iter().enumerate() {
+        // The order turns with each packet: in a fixed order, the same object twice read up
+        // to 14 % apart by its place alone (docs/hotpaths.md, "The order in `bench
+        // --compare`").
+        for step in 0..progs.len() {
+            let k = (i as usize + step) % progs.len();
             let what = format_args!("{}: object #{} on packet {i}", case.name, k + 1);
-            totals[k] += timed_run(prog, &template, &mut out, case.verdict, &what)?;
+            totals[k] += timed_run(progs[k], &template, &mut out, case.verdict, &what)?;
         }
         totals[progs.len()] += timed_run(pass, &template, &mut out, pass_case.verdict, &pass_case.name)?;
     }
