@@ -34,7 +34,10 @@ pub fn main(
     let mut pass = EbpfLoader::new().load(test_object).context("loading the test object")?;
     let prog: &mut Xdp = pass.program_mut(pass_case.program).context("no trivial XDP_PASS")?.try_into()?;
     prog.load()?;
-    println!("{packets} fresh packets per case, each through every object in turn and the trivial XDP_PASS");
+    println!(
+        "{packets} fresh packets per case, each through every object in turn (the first turning with each \
+         packet) and the trivial XDP_PASS"
+    );
     println!("objects: {}", objects.iter().map(|o| o.display().to_string()).collect::<Vec<_>>().join(", "));
     let label = |i: usize| format!("#{}", i + 1);
     print!("\n{:<44} {:>9}", "path (ns/packet minus PASS)", "PASS");
