@@ -126,7 +126,6 @@ pub fn renewed(seg: &TcpSegment, now: u64) {
 #[inline(always)]
 pub fn raw_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Result<(), Counter> {
     let (iph, th, end) = header_pointers(ctx, seg).ok_or(Counter::PassCookieHelperError)?;
-    let opt_len = options_len(seg).ok_or(Counter::PassCookieHelperError)?;
     let v6 = matches!(seg.version, IpVersion::V6);
     // A SYN whose options begin with its MSS (nearly all) is shown to the helper as a
     // header that ends there, so that the kernel's walk for the MSS reads one option
@@ -148,10 +147,20 @@ pub fn raw_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Resul
             return cookie_from(ret, out);
         }
     }
-    // The header length must be a constant the verifier checks against the frame: one
-    // call per length, as for the socket-bound helper (docs/verifier.md, lesson 1).
+    cookie_from(raw_any_length(ctx, seg), out)
+}
+
+/// The raw helper for a SYN whose options do not begin with its MSS (rare): a call of its
+/// own, so that its eleven helper calls per IP version stay out of the answer call's hot
+/// code. The header length must be a constant the verifier checks against the frame: one
+/// call per length, as for the socket-bound helper (docs/verifier.md, lesson 1).
+#[inline(never)]
+fn raw_any_length(ctx: &XdpContext, seg: &TcpSegment) -> i64 {
+    let Some((iph, th, end)) = header_pointers(ctx, seg) else { return -EINVAL };
+    let Some(opt_len) = options_len(seg) else { return -EINVAL };
+    let v6 = matches!(seg.version, IpVersion::V6);
     // SAFETY: each call checks th + TH_LEN against the frame; iph + 40 is checked above.
-    let ret = unsafe {
+    unsafe {
         match opt_len {
             0 => raw::<20>(v6, iph, th, end),
             4 => raw::<24>(v6, iph, th, end),
@@ -166,8 +175,7 @@ pub fn raw_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Resul
             40 => raw::<60>(v6, iph, th, end),
             _ => -EINVAL,
         }
-    };
-    cookie_from(ret, out)
+    }
 }
 
 /// The raw helper's answer (`cookie | mss << 32`, or a negative error) into `out`.
