@@ -78,7 +78,7 @@ pub const MAP_SAMPLE_SCRATCH: &str = "SAMPLE_SCRATCH";
 pub const MAP_PORT_LIMITS: &str = "PORT_LIMITS";
 pub const PORT_LIMITS_CAPACITY: u32 = 1_024;
 /// `PerCpuArray<Config>`, one slot: the config with a port's own limits, for the SYN
-/// being judged (a copy off the stack). Not pinned.
+/// the tracking path is judging (a copy off the stack; cookie mode makes none). Not pinned.
 pub const MAP_PORT_CONFIG: &str = "PORT_CONFIG";
 /// `PerCpuArray<tick_clock::TickAnchor>`, one slot: the CPU's coarse time and the jiffies
 /// it was read at (`tick_clock`). Not pinned.

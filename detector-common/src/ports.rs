@@ -30,34 +30,53 @@ pub struct PortLimits {
 
 const _: () = assert!(core::mem::size_of::<PortLimits>() == 16);
 
-/// The config a SYN to a port is judged by, or `None` when the port is not protected
-/// (the SYN passes untouched). `entry` is the port's `PORT_LIMITS` value, if any; it is
-/// only looked up when `FLAG_PORT_LIMITS` is set.
-#[inline(always)]
-#[must_use]
-pub fn config_for_port(cfg: &Config, entry: Option<&PortLimits>) -> Option<Config> {
-    let mut out = *cfg;
-    apply_port(&mut out, entry).then_some(out)
+/// The limits a SYN is judged by: the config's, or its port's where the port's entry sets
+/// them. Cookie mode needs only `syn_rate_limit` (it keeps no half-open state), so it
+/// carries these two values instead of a copy of the config; tracking applies them to a
+/// copy (`apply`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub syn_rate_limit: u32,
+    pub half_open_limit: u32,
 }
 
-/// `config_for_port` in place: overrides `cfg`'s limits with the port's and says whether
-/// the port is protected (`false`: its SYNs pass untracked). The program applies it to a
-/// copy in map memory, not on its stack (docs/verifier.md).
+impl Limits {
+    /// The config's own limits.
+    #[inline(always)]
+    #[must_use]
+    pub const fn of(cfg: &Config) -> Self {
+        Self { syn_rate_limit: cfg.syn_rate_limit, half_open_limit: cfg.half_open_limit }
+    }
+
+    /// Puts these limits into `cfg` (the program's copy in map memory, not on its stack:
+    /// docs/verifier.md).
+    #[inline(always)]
+    pub fn apply(self, cfg: &mut Config) {
+        cfg.syn_rate_limit = self.syn_rate_limit;
+        cfg.half_open_limit = self.half_open_limit;
+    }
+}
+
+/// The limits a SYN to a port is judged by, or `None` when the port is not protected (the
+/// SYN passes untouched). `entry` is the port's `PORT_LIMITS` value, if any; it is only
+/// looked up when `needs_lookup`.
 #[inline(always)]
-pub fn apply_port(cfg: &mut Config, entry: Option<&PortLimits>) -> bool {
+#[must_use]
+pub fn limits_for_port(cfg: &Config, entry: Option<&PortLimits>) -> Option<Limits> {
+    let mut limits = Limits::of(cfg);
     let Some(entry) = entry else {
-        return !cfg.has(FLAG_PROTECTED_PORTS_ONLY);
+        return (!cfg.has(FLAG_PROTECTED_PORTS_ONLY)).then_some(limits);
     };
     if cfg.has(FLAG_PROTECTED_PORTS_ONLY) && entry.flags & PORT_PROTECTED == 0 {
-        return false;
+        return None;
     }
     if entry.flags & PORT_SYN_RATE != 0 {
-        cfg.syn_rate_limit = entry.syn_rate_limit;
+        limits.syn_rate_limit = entry.syn_rate_limit;
     }
     if entry.flags & PORT_HALF_OPEN != 0 {
-        cfg.half_open_limit = entry.half_open_limit;
+        limits.half_open_limit = entry.half_open_limit;
     }
-    true
+    Some(limits)
 }
 
 /// Whether the program must look the port up at all.
@@ -83,14 +102,15 @@ mod tests {
 
     #[test]
     fn without_an_entry_the_config_applies_unless_only_listed_ports_are_protected() {
-        assert_eq!(config_for_port(&cfg(FLAG_PORT_LIMITS), None), Some(cfg(FLAG_PORT_LIMITS)));
-        assert_eq!(config_for_port(&cfg(FLAG_PROTECTED_PORTS_ONLY), None), None);
+        let c = cfg(FLAG_PORT_LIMITS);
+        assert_eq!(limits_for_port(&c, None), Some(Limits::of(&c)));
+        assert_eq!(limits_for_port(&cfg(FLAG_PROTECTED_PORTS_ONLY), None), None);
     }
 
     #[test]
     fn an_entry_overrides_only_the_limits_it_sets() {
         let rate = PortLimits { syn_rate_limit: 5, half_open_limit: 999, flags: PORT_SYN_RATE, _pad: 0 };
-        let c = config_for_port(&cfg(FLAG_PORT_LIMITS), Some(&rate)).unwrap();
+        let c = limits_for_port(&cfg(FLAG_PORT_LIMITS), Some(&rate)).unwrap();
         assert_eq!((c.syn_rate_limit, c.half_open_limit), (5, 100));
         let none = PortLimits {
             syn_rate_limit: 0,
@@ -98,7 +118,7 @@ mod tests {
             flags: PORT_SYN_RATE | PORT_HALF_OPEN,
             _pad: 0,
         };
-        let c = config_for_port(&cfg(FLAG_PORT_LIMITS), Some(&none)).unwrap();
+        let c = limits_for_port(&cfg(FLAG_PORT_LIMITS), Some(&none)).unwrap();
         assert_eq!((c.syn_rate_limit, c.half_open_limit), (0, 0), "0 = no limit on this port");
     }
 
@@ -106,9 +126,21 @@ mod tests {
     fn only_listed_ports_marked_protected_are_judged() {
         let flags = FLAG_PORT_LIMITS | FLAG_PROTECTED_PORTS_ONLY;
         let limits_only = PortLimits { syn_rate_limit: 5, half_open_limit: 0, flags: PORT_SYN_RATE, _pad: 0 };
-        assert_eq!(config_for_port(&cfg(flags), Some(&limits_only)), None);
+        assert_eq!(limits_for_port(&cfg(flags), Some(&limits_only)), None);
         let protected = PortLimits { flags: PORT_PROTECTED | PORT_SYN_RATE, ..limits_only };
-        assert_eq!(config_for_port(&cfg(flags), Some(&protected)).map(|c| c.syn_rate_limit), Some(5));
+        assert_eq!(limits_for_port(&cfg(flags), Some(&protected)).map(|c| c.syn_rate_limit), Some(5));
+    }
+
+    #[test]
+    fn applied_limits_replace_only_the_two_limits() {
+        let mut c = cfg(FLAG_PORT_LIMITS);
+        let before = c;
+        Limits { syn_rate_limit: 7, half_open_limit: 0 }.apply(&mut c);
+        assert_eq!((c.syn_rate_limit, c.half_open_limit), (7, 0));
+        assert_eq!(
+            Config { syn_rate_limit: before.syn_rate_limit, half_open_limit: before.half_open_limit, ..c },
+            before
+        );
     }
 
     #[test]

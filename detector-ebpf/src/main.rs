@@ -132,9 +132,9 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
     if !policy::is_local(seg) {
         return Counter::PassNotLocal;
     }
-    // Per-port limits and protected ports (the port's copy of the config, in map memory).
-    let cfg = match ports::config_for(seg, cfg) {
-        Ok(cfg) => cfg,
+    // Per-port limits and protected ports.
+    let limits = match ports::limits_for(seg, cfg) {
+        Ok(limits) => limits,
         Err(not_judged) => return not_judged,
     };
     // Both modes drop blocked sources on the coarse clock; cookie mode runs on it
@@ -155,12 +155,17 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
             None
         };
         // The answer's two rare steps are calls from here, beside `cookie_syn`'s frame.
-        blocked.unwrap_or_else(|| match cookie_syn(ctx, seg, cfg, now) {
+        blocked.unwrap_or_else(|| match cookie_syn(ctx, seg, cfg, limits.syn_rate_limit, now) {
             CookieStep::Done(counter) => counter,
             CookieStep::BlockSource => track::block_heavy_source(ctx, seg, cfg, now),
             CookieStep::SocketBound => cookie::answer_socket_bound(ctx, seg, cfg, now),
         })
     } else {
+        // The port's limits in a copy of the config (in map memory), which tracking judges by.
+        let cfg = match ports::config_with(cfg, limits) {
+            Ok(cfg) => cfg,
+            Err(no_slot) => return no_slot,
+        };
         // Blocked sources first (they are dropped whatever their destination): a flood's
         // SYNs mostly end here, on the coarse clock and without another call; from the
         // block cache without the `SOURCES` lookup, or from `SOURCES`, which caches them.
@@ -189,8 +194,8 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
 /// (docs/hotpaths.md). The rare steps that are calls (blocking a heavy source, the
 /// socket-bound answer) are left to the caller (`CookieStep`).
 #[inline(never)]
-fn cookie_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> CookieStep {
-    track::screen_for_cookie(seg, cfg, now)
+fn cookie_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, syn_rate_limit: u32, now: u64) -> CookieStep {
+    track::screen_for_cookie(seg, cfg, syn_rate_limit, now)
         .or_else(|| policy::leave_to_kernel(ctx, seg, cfg).map(CookieStep::Done))
         .unwrap_or_else(|| cookie::answer_syn(ctx, seg, cfg, now))
 }

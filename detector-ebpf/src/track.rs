@@ -241,15 +241,21 @@ pub fn drop_if_blocked_now(state: &mut SourceState, cfg: &Config, now: u64) -> O
 /// sketch. No per-flow or per-source entry is made for it: a spoofed flood must not fill
 /// the maps. Only a source the sketch estimates over the SYN-rate limit gets an entry, as
 /// a block (`CookieStep::BlockSource`: `block_heavy_source`, called by the entry point).
-/// `None` means: go ahead and answer. Inlined into the cookie answer's call (`cookie_syn`
-/// in main.rs): the common case, an estimate under the limit, then costs no call of its own.
+/// `None` means: go ahead and answer. `syn_rate_limit` is the port's (`ports::limits_for`;
+/// 0: no limit). Inlined into the cookie answer's call (`cookie_syn` in main.rs): the common
+/// case, an estimate under the limit, then costs no call of its own.
 #[inline(always)]
-pub fn screen_for_cookie(seg: &TcpSegment, cfg: &Config, now: u64) -> Option<CookieStep> {
-    if cfg.syn_rate_limit == 0 {
+pub fn screen_for_cookie(
+    seg: &TcpSegment,
+    cfg: &Config,
+    syn_rate_limit: u32,
+    now: u64,
+) -> Option<CookieStep> {
+    if syn_rate_limit == 0 {
         return None;
     }
     match sketch_estimate(&SKETCH, &SourceKey { addr: seg.src }, cfg, now, cfg.sketch_hot_mark) {
-        Some(estimate) if estimate <= cfg.syn_rate_limit => None,
+        Some(estimate) if estimate <= syn_rate_limit => None,
         Some(_) => Some(CookieStep::BlockSource),
         // A cell outside the map (the config's width disagrees with it): without the
         // estimate no flooder can be found, so say so rather than answer blind.

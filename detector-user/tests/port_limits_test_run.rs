@@ -12,6 +12,7 @@ use detector_common::{
     names,
     parse::ipv4_mapped,
     ports::{PortLimits, PORT_HALF_OPEN, PORT_PROTECTED, PORT_SYN_RATE},
+    sketch,
     state::SourceKey,
 };
 use etherparse::PacketBuilder;
@@ -83,6 +84,35 @@ fn a_source_over_the_lower_limit_of_one_port_is_blocked_while_the_same_rate_to_a
     assert!(!det.sources().get(&key(2), 0).unwrap().is_blocked(0), "source 2 was never blocked");
     // A block is per source: the strict port's block holds on the other port too.
     expect(&det, "blocked source, other port", &syn(1, 41_010, OTHER), XDP_DROP, Counter::DropBlocked);
+}
+
+/// Cookie mode judges a source by its port's SYN-rate limit too, through the sketch (it
+/// takes the limit alone, without tracking's copy of the config): the fourth SYN to the
+/// strict port is over its limit and blocks the source, while as many to the other port
+/// go on to the responder (which passes them here: no listener) and leave no entry.
+#[test]
+fn in_cookie_mode_the_sketch_holds_a_source_to_its_ports_limit() {
+    let mut cfg = config(FLAG_PORT_LIMITS | FLAG_COOKIES);
+    cfg.sketch_width = 16_384;
+    cfg.sketch_seed = 7;
+    // As the agent sets it: half the lowest limit in force, the strict port's.
+    cfg.sketch_hot_mark = sketch::hot_mark(3);
+    cfg.cookie_budget_per_second = 1_000_000;
+    let mut det = Detector::load(cfg, &[]);
+    set_port(&mut det, STRICT, strict_rate(3));
+    for i in 0..4 {
+        let (verdict, _) = det.run(names::PROGRAM, &syn(10, 48_000 + i, OTHER));
+        assert_eq!(verdict, XDP_PASS, "default port, SYN {i}: answered by the responder or passed");
+    }
+    for i in 0..3 {
+        let (verdict, _) = det.run(names::PROGRAM, &syn(9, 49_000 + i, STRICT));
+        assert_eq!(verdict, XDP_PASS, "strict port, SYN {i}: within its limit");
+    }
+    assert_eq!(det.counter(Counter::DropOverLimit), 0, "no source was over a limit yet");
+    expect(&det, "strict port, over its limit", &syn(9, 49_003, STRICT), XDP_DROP, Counter::DropOverLimit);
+    assert_eq!(det.counter(Counter::BlockedSynRate), 1);
+    assert!(det.sources().get(&key(9), 0).unwrap().blocked_until_ns > 0, "source 9 is blocked");
+    assert!(det.sources().get(&key(10), 0).is_err(), "source 10 has no entry: never over a limit");
 }
 
 #[test]
