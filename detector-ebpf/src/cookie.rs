@@ -50,7 +50,7 @@ static COOKIE_BUDGET: Array<[u64; 2]> = Array::with_max_entries(1, 0);
 /// What cookie mode's answer call (`cookie_syn` in main.rs) leaves to the entry point: a
 /// counter, or one of the two rare steps that are BPF-to-BPF calls of their own. Made from
 /// the entry point, their frames sit beside the answer call's instead of on top of it, so
-/// that `send_reply` can be inlined into it within the verifier's 512 bytes (entry 192 +
+/// that `send_reply` can be inlined into it within the verifier's 512 bytes (entry 184 +
 /// `cookie_syn` + a callee; docs/verifier.md).
 pub enum CookieStep {
     Done(Counter),

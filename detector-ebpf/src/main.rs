@@ -123,7 +123,7 @@ fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
 /// A connection request. Inlined into the entry point: a BPF-to-BPF call here cost 8-10 ns
 /// on every SYN (the blocked drop 118 → 108 ns per run, `repeat` 1M), for 48 more bytes
 /// in the entry point's frame (160). The chains stay inside the verifier's 512 bytes:
-/// entry + `track::on_syn` 432, entry + `cookie::answer_socket_bound` + `gen_cookie` 472
+/// entry + `track::on_syn` 432, entry + `cookie::answer_socket_bound` + `gen_cookie` 464
 /// (docs/verifier.md).
 #[inline(always)]
 fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
