@@ -47,39 +47,32 @@ const NS_PER_MS: u64 = 1_000_000;
 #[map(name = "COOKIE_BUDGET")]
 static COOKIE_BUDGET: Array<[u64; 2]> = Array::with_max_entries(1, 0);
 
-/// What cookie mode's answer call (`cookie_syn` in main.rs) leaves to the entry point: a
-/// counter, or one of the two rare steps that are BPF-to-BPF calls of their own. Made from
-/// the entry point, their frames sit beside the answer call's instead of on top of it, so
-/// that `send_reply` can be inlined into it within the verifier's 512 bytes (entry 184 +
-/// `cookie_syn` + a callee; docs/verifier.md).
+/// What cookie mode's answer (`cookie_syn` in main.rs) leaves to the entry point: a
+/// counter, or the rare step that is a BPF-to-BPF call of its own, blocking a heavy source.
 pub enum CookieStep {
     Done(Counter),
     /// The sketch put the source over its limit: `track::block_heavy_source`.
     BlockSource,
-    /// This SYN takes the socket-bound helper (the listener's renewal, or a flow the closed
-    /// filter may hold in TIME_WAIT): `answer_socket_bound`. The budget was checked.
-    SocketBound,
 }
 
-/// Answers a SYN with a cookie from the raw helper, or says why not, or that the
-/// socket-bound helper must answer it. The caller has already screened the source
-/// (blocked, heavy hitter) and the policy; inlined into its call (`cookie_syn`).
+/// Answers a SYN with a cookie, from the raw helper or the socket-bound one, or says why
+/// not. The caller has already screened the source (blocked, heavy hitter) and the
+/// policy; inlined into the entry point (`cookie_syn`).
 #[inline(always)]
-pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> CookieStep {
+pub fn answer_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
     let sent = match budget_left(cfg, now) {
         Ok(sent) => sent,
-        Err(reason) => return CookieStep::Done(reason),
+        Err(reason) => return reason,
     };
     // A failure leaves the frame at the SYN's length: only `send_reply` resizes it, and
     // puts it back itself if the reply cannot be written.
     match respond(ctx, seg, cfg, now) {
-        Ok(Some(answered)) => {
+        Ok(answered) => {
             // SAFETY: `budget_left`'s pointer into the budget's map value.
             unsafe { atomic_add(sent, 1) };
-            CookieStep::Done(answered)
+            answered
         }
-        Ok(None) => CookieStep::SocketBound,
-        Err(reason) => CookieStep::Done(reason),
+        Err(reason) => reason,
     }
 }
 
@@ -120,33 +113,6 @@ fn budget_left(cfg: &Config, now: u64) -> Result<*mut u64, Counter> {
         return Err(Counter::DropCookieBudget);
     }
     Ok(sent)
-}
-
-/// The socket-bound answer `answer_syn` left to the entry point (`CookieStep::SocketBound`):
-/// the listener looked up, its cookie, the renewal noted, the reply built and counted in
-/// the budget (checked by `answer_syn`). At most once a second per listener on the fast
-/// path, and for SYNs the closed filter sends here.
-#[inline(never)]
-pub fn answer_socket_bound(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Counter {
-    let answered = (|| {
-        let mut cookie = Cookie::default();
-        if reply_reads_options(cfg) {
-            read_options(ctx, seg, &mut cookie.opts)?;
-        }
-        gen_cookie(ctx, seg, &mut cookie)?;
-        fastpath::renewed(seg, now);
-        send_reply(ctx, seg, cfg, &cookie, now)
-    })();
-    match answered {
-        Ok(()) => {
-            if let Some((_, sent)) = budget_words() {
-                // SAFETY: a live, 8-byte aligned array map value.
-                unsafe { atomic_add(sent, 1) };
-            }
-            Counter::TxCookie
-        }
-        Err(reason) => reason,
-    }
 }
 
 /// `*dst += n`, atomically, result unused: one BPF atomic add (`lock xadd`, any kernel).
@@ -199,10 +165,11 @@ fn adjust_tail(ctx: &XdpContext, delta: i32) -> bool {
     unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) == 0 }
 }
 
-/// `Ok(Some(TxCookieFast))`: answered with the raw helper; `Ok(None)`: the socket-bound
-/// helper must answer (`answer_socket_bound`, a call from the entry point).
+/// Answers the SYN: `TxCookieFast` with the raw helper's cookie, `TxCookie` with the
+/// socket-bound helper's (the listener's renewal, or a flow the closed filter may hold in
+/// TIME_WAIT). One reply builder for both.
 #[inline(always)]
-fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result<Option<Counter>, Counter> {
+fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result<Counter, Counter> {
     let mut cookie = Cookie::default();
     // First, before anything below forks on the IP version (see `read_options`). Only
     // for a reply that uses them: a reply without timestamps reads none, and the call
@@ -223,20 +190,26 @@ fn respond(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, now: u64) -> Result
     }
     // The raw helper within a second of a socket-bound answer for this listener, else
     // the socket-bound one, which renews the listener's overflow stamp (fastpath.rs).
-    match fastpath::path(seg, cfg, now) {
+    let answered = match fastpath::path(seg, cfg, now) {
         CookiePath::Raw => {
             fastpath::raw_cookie(ctx, seg, &mut cookie)?;
-            send_reply(ctx, seg, cfg, &cookie, now)?;
-            Ok(Some(Counter::TxCookieFast))
+            Counter::TxCookieFast
         }
-        CookiePath::SocketBound => Ok(None),
-    }
+        CookiePath::SocketBound => {
+            // A BPF-to-BPF call, its socket tuple in its own frame (docs/verifier.md).
+            gen_cookie(ctx, seg, &mut cookie)?;
+            fastpath::renewed(seg, now);
+            Counter::TxCookie
+        }
+    };
+    send_reply(ctx, seg, cfg, &cookie, now)?;
+    Ok(answered)
 }
 
 /// Makes the frame the SYN-ACK's length, or keeps the SYN's with a zeroed trailer
 /// (`reply_frame`), and builds the SYN-ACK over the SYN.
-/// Inlined into both answers (`cookie_syn`'s raw one and `answer_socket_bound`): as a
-/// BPF-to-BPF call its return cost 1-4 % of an answered SYN (docs/hotpaths.md).
+/// One copy for both helpers' answers, inlined: as a BPF-to-BPF call its return cost 1-4 %
+/// of an answered SYN (docs/hotpaths.md).
 #[inline(always)]
 fn send_reply(
     ctx: &XdpContext,
@@ -246,7 +219,8 @@ fn send_reply(
     now: u64,
 ) -> Result<(), Counter> {
     // Inlined after the lookups and the helper: without this, LLVM kept the address words
-    // the closed filter's hash loaded for the reply, spilled (`cookie_syn` 400 bytes).
+    // the closed filter's hash loaded for the reply, spilled (the answer's frame
+    // grew to 400 bytes).
     let seg = reread(seg);
     let settings = ReplySettings {
         timestamps: cfg.has(FLAG_COOKIE_TIMESTAMPS),

@@ -121,10 +121,10 @@ fn on_segment(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
 }
 
 /// A connection request. Inlined into the entry point: a BPF-to-BPF call here cost 8-10 ns
-/// on every SYN (the blocked drop 118 → 108 ns per run, `repeat` 1M), for 48 more bytes
-/// in the entry point's frame (160). The chains stay inside the verifier's 512 bytes:
-/// entry + `track::on_syn` 432, entry + `cookie::answer_socket_bound` + `gen_cookie` 464
-/// (docs/verifier.md).
+/// on every SYN (the blocked drop 118 → 108 ns per run, `repeat` 1M). So is cookie mode's
+/// answer (`cookie_syn`), which takes the entry point's frame to 280 bytes; every call made
+/// from it must fit in the 232 left of the verifier's 512: `track::on_syn` 200 (its events
+/// logged from here, `track::logged`), `syncookie::gen_cookie` 120 (docs/verifier.md).
 #[inline(always)]
 fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
     // In every mode: a SYN for another machine (routed, forwarded) is neither tracked
@@ -154,11 +154,11 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
         } else {
             None
         };
-        // The answer's two rare steps are calls from here, beside `cookie_syn`'s frame.
+        // Blocking a heavy source is a call from here: rare, its map update and event out
+        // of the entry point's frame.
         blocked.unwrap_or_else(|| match cookie_syn(ctx, seg, cfg, limits.syn_rate_limit, now) {
             CookieStep::Done(counter) => counter,
             CookieStep::BlockSource => track::block_heavy_source(ctx, seg, cfg, now),
-            CookieStep::SocketBound => cookie::answer_socket_bound(ctx, seg, cfg, now),
         })
     } else {
         // The port's limits in a copy of the config (in map memory), which tracking judges by.
@@ -176,7 +176,7 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
             blocked.unwrap_or_else(|| {
                 // SAFETY: a helper without arguments.
                 let now = unsafe { bpf_ktime_get_ns() };
-                track::on_syn(ctx, seg, cfg, now, found)
+                track::logged(ctx, seg, track::on_syn(seg, cfg, now, found), now)
             })
         })
     };
@@ -189,15 +189,16 @@ fn on_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config) -> Counter {
 
 /// A SYN cookie mode may answer, its source not blocked: the sketch (a flooder found
 /// there is blocked), then what policy leaves to the kernel, and only then the budget, the
-/// raw helper and the reply. One BPF-to-BPF call for all of it, which calls nothing of
-/// ours: each call and its return cost 5-10 ns on a machine with return-thunk mitigations
-/// (docs/hotpaths.md). The rare steps that are calls (blocking a heavy source, the
-/// socket-bound answer) are left to the caller (`CookieStep`).
-#[inline(never)]
+/// helper and the reply. Inlined: an answer from the raw helper makes no BPF-to-BPF call
+/// at all. Each call's return costs 5-10 ns on a machine with return-thunk mitigations;
+/// as a call of its own this cost 3-7 % of an answered SYN (docs/hotpaths.md). The rare
+/// steps are calls: blocking a heavy source (`CookieStep`) and the socket-bound helper's
+/// lookup (`syncookie::gen_cookie`).
+#[inline(always)]
 fn cookie_syn(ctx: &XdpContext, seg: &TcpSegment, cfg: &Config, syn_rate_limit: u32, now: u64) -> CookieStep {
     track::screen_for_cookie(seg, cfg, syn_rate_limit, now)
         .or_else(|| policy::leave_to_kernel(ctx, seg, cfg).map(CookieStep::Done))
-        .unwrap_or_else(|| cookie::answer_syn(ctx, seg, cfg, now))
+        .unwrap_or_else(|| CookieStep::Done(cookie::answer_syn(ctx, seg, cfg, now)))
 }
 
 /// The parser. A frame without VLAN tags that carries IPv4 or IPv6 (nearly every frame

@@ -118,8 +118,8 @@ pub fn read_options(ctx: &XdpContext, seg: &TcpSegment, out: &mut SynOptions) ->
 }
 
 /// Looks up the listener and asks the kernel for a cookie (`out.opts` is `read_options`'
-/// business). A BPF-to-BPF call from `answer_socket_bound`, so its buffers do not sit under
-/// the inlined reply's on the stack.
+/// business). A BPF-to-BPF call from the cookie answer (inlined into the entry point), so
+/// that the socket tuple and the lookup's registers do not sit in the entry point's frame.
 #[inline(never)]
 pub fn gen_cookie(ctx: &XdpContext, seg: &TcpSegment, out: &mut Cookie) -> Result<(), Counter> {
     let ip_len = match seg.version {

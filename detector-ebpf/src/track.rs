@@ -155,6 +155,33 @@ pub fn drop_if_blocked(state: &mut SourceState, cfg: &Config, now: u64) -> Optio
     Some(Counter::DropBlocked)
 }
 
+/// What `on_syn` leaves to its caller: a counter, or one to log an event for first
+/// (`logged`). The events are logged by the entry point, so that their frames sit beside
+/// `on_syn`'s on the stack rather than on top of it (docs/verifier.md).
+pub enum TrackedSyn {
+    Done(Counter),
+    /// The source was blocked just now, for this reason: `DropOverLimit`.
+    NewlyBlocked(BlockReason),
+    /// `SOURCES` took no entry for a new source: `PassMapError`.
+    SourcesFull,
+}
+
+/// The counter of what `on_syn` did, its event logged (rate-limited, `events`).
+#[inline(always)]
+pub fn logged(ctx: &XdpContext, seg: &TcpSegment, tracked: TrackedSyn, now: u64) -> Counter {
+    match tracked {
+        TrackedSyn::Done(counter) => counter,
+        TrackedSyn::NewlyBlocked(reason) => {
+            events::source_blocked(ctx, &SourceKey { addr: seg.src }, reason, now);
+            Counter::DropOverLimit
+        }
+        TrackedSyn::SourcesFull => {
+            events::map_full(ctx);
+            Counter::PassMapError
+        }
+    }
+}
+
 /// A connection request: account it to its source (`found`, its state if it has any) and
 /// decide. A source without state is only counted in the sketch until its estimate
 /// reaches the promotion threshold (`track::promotion_threshold`, only with
@@ -162,13 +189,7 @@ pub fn drop_if_blocked(state: &mut SourceState, cfg: &Config, now: u64) -> Optio
 /// find.
 // A BPF-to-BPF call: its own stack frame, beside (not on top of) the other paths.
 #[inline(never)]
-pub fn on_syn(
-    ctx: &XdpContext,
-    seg: &TcpSegment,
-    cfg: &Config,
-    now: u64,
-    found: Option<&'static mut SourceState>,
-) -> Counter {
+pub fn on_syn(seg: &TcpSegment, cfg: &Config, now: u64, found: Option<&'static mut SourceState>) -> TrackedSyn {
     let key = SourceKey { addr: seg.src };
     let state = if let Some(state) = found {
         state
@@ -178,7 +199,7 @@ pub fn on_syn(
             // Tracking counts every row (mark 0): its promotion threshold lies under cookie
             // mode's mark, where the cascade's estimate would be the first row's alone.
             match sketch_estimate(&SKETCH, &key, cfg, now, 0) {
-                Some(estimate) if estimate < threshold => return Counter::PassSyn,
+                Some(estimate) if estimate < threshold => return TrackedSyn::Done(Counter::PassSyn),
                 Some(estimate) => estimate,
                 // A cell outside the map (the config's width disagrees with it): track
                 // exactly, as without a sketch.
@@ -188,8 +209,7 @@ pub fn on_syn(
             1
         };
         let Some(state) = source_state(&key, &SourceState::promoted(now, cfg, estimate)) else {
-            events::map_full(ctx);
-            return Counter::PassMapError;
+            return TrackedSyn::SourcesFull;
         };
         state
     };
@@ -197,7 +217,7 @@ pub fn on_syn(
     if state.is_blocked(now) {
         // A blocked source's retransmissions must not refresh its pending flows.
         let _ = track::on_syn(state, now, cfg, false);
-        return Counter::DropBlocked;
+        return TrackedSyn::Done(Counter::DropBlocked);
     }
     let flow = seg.flow();
     let pending = PendingFlow { syn_ns: now, isn: seg.seq, _pad: 0 };
@@ -208,9 +228,9 @@ pub fn on_syn(
     match track::on_syn(state, now, cfg, new_flow) {
         SynVerdict::Pass => {
             let _ = PENDING_FILTER.set(filter::bucket(&flow), filter::stamp(now), u64::from(BPF_ANY));
-            Counter::PassSyn
+            TrackedSyn::Done(Counter::PassSyn)
         }
-        SynVerdict::DropBlocked => Counter::DropBlocked,
+        SynVerdict::DropBlocked => TrackedSyn::Done(Counter::DropBlocked),
         SynVerdict::DropNewlyBlocked(reason) => {
             if new_flow {
                 let _ = PENDING.remove(&flow);
@@ -220,8 +240,7 @@ pub fn on_syn(
                 BlockReason::SynRate => Counter::BlockedSynRate,
                 BlockReason::HalfOpen => Counter::BlockedHalfOpen,
             });
-            events::source_blocked(ctx, &key, reason, now);
-            Counter::DropOverLimit
+            TrackedSyn::NewlyBlocked(reason)
         }
     }
 }
@@ -242,8 +261,8 @@ pub fn drop_if_blocked_now(state: &mut SourceState, cfg: &Config, now: u64) -> O
 /// the maps. Only a source the sketch estimates over the SYN-rate limit gets an entry, as
 /// a block (`CookieStep::BlockSource`: `block_heavy_source`, called by the entry point).
 /// `None` means: go ahead and answer. `syn_rate_limit` is the port's (`ports::limits_for`;
-/// 0: no limit). Inlined into the cookie answer's call (`cookie_syn` in main.rs): the common
-/// case, an estimate under the limit, then costs no call of its own.
+/// 0: no limit). Inlined into the cookie answer (`cookie_syn` in main.rs): the common case,
+/// an estimate under the limit, then costs no call of its own.
 #[inline(always)]
 pub fn screen_for_cookie(
     seg: &TcpSegment,
